@@ -1,0 +1,17 @@
+//! nodelens eBPF programs. One module per probe family, maps next to the programs that
+//! write them. Entry points are thin: the logic lives in fallible functions.
+#![no_std]
+#![no_main]
+
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL-compatible: tp_btf programs and bpf_probe_read_kernel need it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

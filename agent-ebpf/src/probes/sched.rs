@@ -1,0 +1,199 @@
+//! Scheduler probes: run-queue latency (runqlat semantics) and context switches.
+//!
+//! A task's run-queue wait starts when it is woken (`sched_wakeup`, `sched_wakeup_new`) or
+//! when it is switched out while still runnable (preempted), and ends when `sched_switch`
+//! puts it on a CPU. The idle task (pid 0) is never recorded.
+//!
+//! Each event exists twice: as a BTF tracepoint (`tp_btf`, preferred: no tracefs, cheaper
+//! per event) and as a classic tracepoint. User space loads one of the two per probe.
+use agent_ebpf::{
+    Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
+};
+use aya_ebpf::{
+    EbpfContext, Global,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use aya_log_ebpf::warn;
+
+use super::histogram;
+
+#[unsafe(no_mangle)]
+static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
+    task_pid: 0,
+    task_state: 0,
+    task_state_size: 0,
+    tp_wakeup_pid: 0,
+    tp_switch_prev_pid: 0,
+    tp_switch_prev_state: 0,
+    tp_switch_prev_state_size: 0,
+    tp_switch_next_pid: 0,
+});
+
+/// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU.
+#[map]
+static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
+
+#[map]
+static RUNQUEUE_LATENCY: PerCpuArray<Log2Histogram> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Task states in the low byte of `prev_state`; the classic tracepoint sets bit 8
+/// (TASK_REPORT_MAX) instead when the task was preempted.
+const TASK_STATE_MASK: u64 = 0xff;
+
+#[inline(always)]
+fn enqueue<C: EbpfContext>(ctx: &C, pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if RUNQUEUE_START.insert(pid, now, 0).is_err()
+        && let Some(c) = SCHED_COUNTERS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            // Log the first loss on each CPU only: the counter carries the rest.
+            if (*c).start_map_full == 0 {
+                warn!(
+                    ctx,
+                    "runqueue start map full: run-queue latency samples are being lost"
+                );
+            }
+            (*c).start_map_full += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
+    if let Some(c) = SCHED_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if prev_runnable {
+                (*c).involuntary_switches += 1;
+            } else {
+                (*c).voluntary_switches += 1;
+            }
+        }
+    }
+    if prev_runnable {
+        enqueue(ctx, prev_pid);
+    }
+    if next_pid == 0 {
+        return;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { RUNQUEUE_START.get(next_pid) }).copied() else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    histogram::record(
+        &RUNQUEUE_LATENCY,
+        RUNQUEUE_HISTOGRAM_INDEX,
+        now.saturating_sub(start),
+    );
+    let _ = RUNQUEUE_START.remove(next_pid);
+}
+
+// ---- BTF tracepoints -------------------------------------------------------------------
+
+#[inline(always)]
+unsafe fn read_kernel_u32(base: *const u8, offset: u32) -> Result<u32, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const u32) }
+}
+
+#[inline(always)]
+unsafe fn task_pid(task: *const u8) -> Result<u32, i32> {
+    unsafe { read_kernel_u32(task, SCHED_LAYOUT.load().task_pid) }
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
+    let task: *const u8 = ctx.arg(0);
+    if let Ok(pid) = unsafe { task_pid(task) } {
+        enqueue(&ctx, pid);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
+    let task: *const u8 = ctx.arg(0);
+    if let Ok(pid) = unsafe { task_pid(task) } {
+        enqueue(&ctx, pid);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
+    match unsafe { try_sched_switch_btf(&ctx) } {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+unsafe fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...):
+    // the first three arguments are the same on every kernel since tp_btf exists.
+    let preempt: u64 = ctx.arg(0);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let layout = SCHED_LAYOUT.load();
+    let state: u64 = if layout.task_state_size == 8 {
+        unsafe { bpf_probe_read_kernel(prev.add(layout.task_state as usize) as *const u64)? }
+    } else {
+        u64::from(unsafe { read_kernel_u32(prev, layout.task_state)? })
+    };
+    // Matches the kernel's own nvcsw/nivcsw split in __schedule().
+    let prev_runnable = (preempt & 1) != 0 || (state & TASK_STATE_MASK) == 0;
+    let prev_pid = unsafe { task_pid(prev)? };
+    let next_pid = unsafe { task_pid(next)? };
+    on_switch(ctx, prev_pid, prev_runnable, next_pid);
+    Ok(())
+}
+
+// ---- classic tracepoints (fallback: need tracefs) ---------------------------------------
+
+#[tracepoint]
+pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
+    let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
+    if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
+        enqueue(&ctx, pid);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
+    let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
+    if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
+        enqueue(&ctx, pid);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
+    match unsafe { try_sched_switch_tp(&ctx) } {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+unsafe fn try_sched_switch_tp(ctx: &TracePointContext) -> Result<(), i32> {
+    let layout = SCHED_LAYOUT.load();
+    let state: u64 = if layout.tp_switch_prev_state_size == 8 {
+        unsafe { ctx.read_at::<u64>(layout.tp_switch_prev_state as usize)? }
+    } else {
+        u64::from(unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_state as usize)? })
+    };
+    let prev_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_pid as usize)? };
+    let next_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_next_pid as usize)? };
+    on_switch(ctx, prev_pid, (state & TASK_STATE_MASK) == 0, next_pid);
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Scheduler metrics measured in the kernel: run-queue latency and context switches.
+//! Reads two per-CPU maps per scrape, one lookup each, and sums the CPUs.
+use std::sync::Arc;
+
+use agent_ebpf::{HISTOGRAM_SLOTS, Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, SchedCounters};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use super::{CollectError, Collector};
+use crate::{
+    ebpf::ProbeMaps,
+    metrics::{Log2Buckets, NoLabels, family, histogram},
+};
+
+/// Run-queue latency buckets: 2^10 ns (about 1 µs) up to 2^36 ns (about 69 s).
+pub const RUNQUEUE_FIRST_SLOT: usize = 10;
+pub const RUNQUEUE_LAST_SLOT: usize = 36;
+
+#[derive(Debug)]
+pub struct SchedCollector {
+    maps: Arc<ProbeMaps>,
+}
+
+impl SchedCollector {
+    pub fn new(maps: Arc<ProbeMaps>) -> Self {
+        Self { maps }
+    }
+}
+
+fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
+    CollectError::Map {
+        map,
+        detail: crate::ebpf::reason(&e),
+    }
+}
+
+/// Sums a per-CPU histogram across CPUs.
+pub fn sum_histograms<'a>(per_cpu: impl IntoIterator<Item = &'a Log2Histogram>) -> Log2Histogram {
+    let mut total = Log2Histogram::zeroed();
+    for h in per_cpu {
+        for (t, v) in total.slots.iter_mut().zip(h.slots.iter()) {
+            *t += v;
+        }
+        total.sum += h.sum;
+    }
+    total
+}
+
+impl Collector for SchedCollector {
+    fn name(&self) -> &'static str {
+        "sched"
+    }
+
+    fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
+        // Before the probes are loaded, or when none could be, there is nothing to report;
+        // nodelens_probe_up says why.
+        let Some(maps) = self.maps.sched.get() else {
+            return Ok(());
+        };
+        let counters = maps
+            .counters
+            .get(&0, 0)
+            .map_err(|e| map_error("SCHED_COUNTERS", e))?;
+        let mut total = SchedCounters::default();
+        for c in counters.iter() {
+            total.voluntary_switches += c.voluntary_switches;
+            total.involuntary_switches += c.involuntary_switches;
+            total.start_map_full += c.start_map_full;
+        }
+        let latency = if maps.runqueue_complete {
+            let per_cpu = maps
+                .runqueue_latency
+                .get(&RUNQUEUE_HISTOGRAM_INDEX, 0)
+                .map_err(|e| map_error("RUNQUEUE_LATENCY", e))?;
+            Some(sum_histograms(per_cpu.iter()))
+        } else {
+            None
+        };
+
+        if maps.switch_up {
+            family(
+                out,
+                "nodelens_cpu_context_switches_total",
+                "Context switches seen by sched_switch: voluntary (the task blocked) or involuntary (preempted while runnable).",
+                MetricType::Counter,
+                [
+                    ([("kind", "voluntary")], total.voluntary_switches as f64),
+                    ([("kind", "involuntary")], total.involuntary_switches as f64),
+                ],
+            )?;
+        }
+        if let Some(latency) = latency {
+            histogram(
+                out,
+                "nodelens_runqueue_latency_seconds",
+                "Time tasks spent runnable on a run queue before getting a CPU (wakeup or preemption to sched_switch).",
+                [(
+                    NoLabels,
+                    Log2Buckets {
+                        slots: &latency.slots[..HISTOGRAM_SLOTS],
+                        sum: latency.sum,
+                        first_slot: RUNQUEUE_FIRST_SLOT,
+                        last_slot: RUNQUEUE_LAST_SLOT,
+                        scale: 1e-9,
+                    },
+                )],
+            )?;
+        }
+        family(
+            out,
+            "nodelens_events_lost_total",
+            "Kernel events that could not be recorded, by reason.",
+            MetricType::Counter,
+            [(
+                [("reason", "runqueue_start_map_full")],
+                total.start_map_full as f64,
+            )],
+        )?;
+        Ok(())
+    }
+}

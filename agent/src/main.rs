@@ -1,0 +1,136 @@
+//! nodelens: eBPF node agent for Kubernetes.
+use std::{process::ExitCode, sync::Arc};
+
+use clap::Parser;
+
+mod agent;
+mod collectors;
+mod config;
+mod ebpf;
+mod logging;
+mod metrics;
+mod server;
+
+use config::{Cli, Command, Config};
+
+/// Usage and configuration errors.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's own message spans several lines; keep the first, which names the flag.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("nodelens: {first} (see 'nodelens --help')");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::resolve(cli.flags).and_then(|c| c.check_host_paths().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodelens: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    logging::init(config.log_level, config.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // One event loop thread is plenty: scrapes render on the blocking pool.
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nodelens: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen_address).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "nodelens: listen_address: cannot listen on {}: {e} (choose a free port with --listen-address)",
+                    config.listen_address
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let agent = Arc::new(agent::AgentState::default());
+        let probe_maps = Arc::new(ebpf::ProbeMaps::default());
+        let registry = metrics::registry(collectors::build(&config, probe_maps.clone()), agent.clone());
+        let server = Arc::new(server::Server {
+            registry: Arc::new(registry),
+            agent: agent.clone(),
+        });
+        tracing::info!(
+            address = %config.listen_address,
+            collectors = ?config.collectors,
+            "serving http://{}/metrics",
+            config.listen_address
+        );
+
+        // Probes load while the server already answers /healthz; /readyz turns 200 after.
+        let mode = config.probe_attach;
+        let sched_enabled = config.collectors.contains(&"sched");
+        let loading = tokio::task::spawn_blocking(move || {
+            if sched_enabled {
+                let (statuses, loaded) = ebpf::load(mode, &probe_maps);
+                agent.set_probes(statuses);
+                loaded
+            } else {
+                agent.set_probes(Vec::new());
+                None
+            }
+        });
+        let serving = tokio::spawn(server::serve(listener, server, shutdown_signal()));
+        let mut loaded = match loading.await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!("loading probes failed: {e}");
+                None
+            }
+        };
+        if let Some(logger) = loaded.as_mut().and_then(|l| l.logger.take()) {
+            ebpf::spawn_log_forwarder(logger);
+        }
+        if let Err(e) = serving.await {
+            tracing::error!("server task failed: {e}");
+        }
+        // Dropping the object detaches and unloads every program.
+        drop(loaded);
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install SIGTERM handler: {e}");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,189 @@
+//! Registry wiring and small helpers that collectors use to emit const metrics.
+//!
+//! Collectors read at scrape time and write straight into the encoder: nothing is cached
+//! between scrapes, and there is no background polling.
+use std::{fmt, sync::Arc, time::Instant};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use crate::{agent::AgentState, collectors::Collector};
+
+/// A metric family with labelled samples. Counter names are written as exported, with
+/// `_total`; the encoder adds that suffix itself, so it is stripped here.
+pub fn family<L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, f64)>,
+) -> fmt::Result {
+    let base = match kind {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let mut metric = out.encode_descriptor(base, help, None, kind)?;
+    for (labels, value) in samples {
+        let mut sample = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => sample.encode_counter::<NoLabelSet, f64, f64>(&value, None)?,
+            _ => sample.encode_gauge(&value)?,
+        }
+    }
+    Ok(())
+}
+
+/// A family with a single unlabelled sample.
+pub fn single(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: f64,
+) -> fmt::Result {
+    family(out, name, help, kind, [(NoLabels, value)])
+}
+
+pub fn counter(out: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    single(out, name, help, MetricType::Counter, value)
+}
+
+pub fn gauge(out: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    single(out, name, help, MetricType::Gauge, value)
+}
+
+/// An empty label set for unlabelled samples.
+#[derive(Debug, Clone, Copy)]
+pub struct NoLabels;
+
+impl EncodeLabelSet for NoLabels {
+    fn encode(&self, _: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        Ok(())
+    }
+}
+
+/// Histogram from log2 slots: `slots[s]` counts values `<= 2^s` units (and above
+/// `2^(s-1)`). Slots below `first_slot` fold into the first bucket, those above
+/// `last_slot` into `+Inf`. `scale` turns the unit into the exported base unit
+/// (1e-9 for nanoseconds to seconds, 1 for bytes).
+pub struct Log2Buckets<'a> {
+    pub slots: &'a [u64],
+    pub sum: u64,
+    pub first_slot: usize,
+    pub last_slot: usize,
+    pub scale: f64,
+}
+
+impl Log2Buckets<'_> {
+    /// (upper bound, non-cumulative count) pairs, sum and count, as the encoder wants them.
+    pub fn to_buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let count: u64 = self.slots.iter().sum();
+        let mut buckets = Vec::with_capacity(self.last_slot - self.first_slot + 2);
+        let first: u64 = self.slots.iter().take(self.first_slot + 1).sum();
+        buckets.push(((1u64 << self.first_slot) as f64 * self.scale, first));
+        for slot in self.first_slot + 1..=self.last_slot {
+            let n = self.slots.get(slot).copied().unwrap_or(0);
+            buckets.push(((1u64 << slot) as f64 * self.scale, n));
+        }
+        let rest: u64 = self.slots.iter().skip(self.last_slot + 1).sum();
+        buckets.push((f64::INFINITY, rest));
+        (buckets, self.sum as f64 * self.scale, count)
+    }
+}
+
+pub fn histogram<'a, L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, Log2Buckets<'a>)>,
+) -> fmt::Result {
+    let mut metric = out.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, hist) in samples {
+        let (buckets, sum, count) = hist.to_buckets();
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// Runs every enabled collector on each scrape, then reports on itself.
+#[derive(Debug)]
+struct Scrape {
+    collectors: Vec<Box<dyn Collector>>,
+    agent: Arc<AgentState>,
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+        let mut results = Vec::with_capacity(self.collectors.len());
+        for collector in &self.collectors {
+            let started = Instant::now();
+            let ok = match collector.collect(&mut out) {
+                Ok(()) => true,
+                Err(crate::collectors::CollectError::Encode(e)) => return Err(e),
+                Err(e) => {
+                    // A failed read skips that collector; the scrape itself never fails.
+                    tracing::warn!(collector = collector.name(), "collector failed: {e}");
+                    false
+                }
+            };
+            results.push((collector.name(), started.elapsed().as_secs_f64(), ok));
+        }
+        family(
+            &mut out,
+            "nodelens_collector_duration_seconds",
+            "Time each collector took in this scrape.",
+            MetricType::Gauge,
+            results.iter().map(|(c, d, _)| ([("collector", *c)], *d)),
+        )?;
+        family(
+            &mut out,
+            "nodelens_collector_success",
+            "Whether each collector succeeded in this scrape (1) or failed (0).",
+            MetricType::Gauge,
+            results
+                .iter()
+                .map(|(c, _, ok)| ([("collector", *c)], f64::from(u8::from(*ok)))),
+        )?;
+        self.agent.encode(&mut out)
+    }
+}
+
+/// The registry served at `/metrics`.
+pub fn registry(collectors: Vec<Box<dyn Collector>>, agent: Arc<AgentState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { collectors, agent }));
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_buckets_fold_edges_and_keep_count() {
+        let mut slots = [0u64; 64];
+        slots[0] = 1; // <= 1
+        slots[3] = 2; // <= 8
+        slots[10] = 4; // <= 1024
+        slots[40] = 8; // > last bucket
+        let (buckets, sum, count) = Log2Buckets {
+            slots: &slots,
+            sum: 5000,
+            first_slot: 3,
+            last_slot: 12,
+            scale: 1.0,
+        }
+        .to_buckets();
+        assert_eq!(count, 15);
+        assert_eq!(sum, 5000.0);
+        assert_eq!(buckets.first(), Some(&(8.0, 3)));
+        assert!(buckets.contains(&(1024.0, 4)));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 8)));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), count);
+    }
+}

@@ -1,0 +1,307 @@
+//! HTTP: `/metrics`, `/healthz`, `/readyz` and `/`, on hyper 1 with graceful shutdown.
+use std::{convert::Infallible, io::Write as _, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::agent::{AgentState, REVISION, VERSION};
+
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Time given to requests in flight after a shutdown signal; the whole exit stays under 5 s.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Server {
+    pub registry: Arc<Registry>,
+    pub agent: Arc<AgentState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Prometheus,
+    OpenMetrics,
+}
+
+/// Picks the exposition format from `Accept`, honouring q-values: OpenMetrics only when the
+/// client prefers it (as Prometheus does when it scrapes), the 0.0.4 text format otherwise.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Prometheus;
+    };
+    let mut best = (Format::Prometheus, 0.0f32, false);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let format = match media.as_str() {
+            "application/openmetrics-text" => Format::OpenMetrics,
+            "text/plain" | "text/*" | "*/*" => Format::Prometheus,
+            _ => continue,
+        };
+        if q > 0.0 && (q > best.1 || !best.2) {
+            best = (format, q, true);
+        }
+    }
+    best.0
+}
+
+/// Whether `Accept-Encoding` allows gzip (with a non-zero q).
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|v| {
+        v.split(',').any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
+        })
+    })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl Server {
+    /// Encodes the registry. Runs the collectors, so it reads /proc and the BPF maps.
+    pub fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(64 * 1024);
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
+            }
+        }
+        Ok(out)
+    }
+
+    fn index_page(&self) -> String {
+        let mut rows = String::new();
+        for p in self.agent.probes() {
+            let (state, how) = match p.attach {
+                Some(kind) => ("up", kind.as_str()),
+                None => ("down", "none"),
+            };
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{state}</td><td>{how}</td><td>{}</td></tr>\n",
+                html_escape(p.name),
+                html_escape(p.note.as_deref().unwrap_or(""))
+            ));
+        }
+        if rows.is_empty() {
+            rows.push_str("<tr><td colspan=4>probes are still loading</td></tr>\n");
+        }
+        format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>nodelens</title></head><body>\n\
+             <h1>nodelens {VERSION}</h1>\n<p>revision {REVISION}</p>\n\
+             <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
+             <li><a href=\"/healthz\">/healthz</a>: liveness</li>\
+             <li><a href=\"/readyz\">/readyz</a>: readiness (every probe attempted)</li></ul>\n\
+             <h2>Probes</h2>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n</body></html>\n"
+        )
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let head_only = req.method() == Method::HEAD;
+        if req.method() != Method::GET && !head_only {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return Ok(r);
+        }
+        let mut response = match req.uri().path() {
+            "/metrics" => {
+                let headers = req.headers();
+                let format = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+                let gzip = accepts_gzip(
+                    headers
+                        .get(header::ACCEPT_ENCODING)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let server = self.clone();
+                // Collectors do blocking reads of /proc and BPF maps: keep them off the
+                // event loop so /healthz stays responsive during a scrape.
+                let rendered = tokio::task::spawn_blocking(move || server.render(format)).await;
+                match rendered {
+                    Ok(Ok(body)) => metrics_response(body, format, gzip),
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::error!("encoding metrics failed");
+                        text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "encoding metrics failed\n",
+                        )
+                    }
+                }
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.agent.is_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "probes are still loading\n",
+                    )
+                }
+            }
+            "/" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.index_page())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        if head_only {
+            *response.body_mut() = Full::new(Bytes::new());
+        }
+        Ok(response)
+    }
+}
+
+fn metrics_response(body: String, format: Format, gzip: bool) -> Response<Full<Bytes>> {
+    let content_type = match format {
+        Format::Prometheus => PROMETHEUS_TEXT,
+        Format::OpenMetrics => OPENMETRICS_TEXT,
+    };
+    let mut encoded = None;
+    if gzip {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4),
+            flate2::Compression::fast(),
+        );
+        if enc.write_all(body.as_bytes()).is_ok()
+            && let Ok(bytes) = enc.finish()
+        {
+            encoded = Some(bytes);
+        }
+    }
+    let gzipped = encoded.is_some();
+    let mut r = Response::new(Full::new(match encoded {
+        Some(bytes) => Bytes::from(bytes),
+        None => Bytes::from(body),
+    }));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
+    if gzipped {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, drains requests in flight for at
+/// most `DRAIN_TIMEOUT`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Slow clients must not hold connections open forever.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let conn = http.serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| server.clone().handle(req)),
+                );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection error: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_like_prometheus_scrapes() {
+        assert_eq!(negotiate(None), Format::Prometheus);
+        assert_eq!(negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some("text/plain;version=0.0.4")),
+            Format::Prometheus
+        );
+        let prometheus_default = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(negotiate(Some(prometheus_default)), Format::OpenMetrics);
+        let prefers_text = "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5";
+        assert_eq!(negotiate(Some(prefers_text)), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Prometheus
+        );
+        assert_eq!(negotiate(Some("garbage;;;q=zz,,")), Format::Prometheus);
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+}
