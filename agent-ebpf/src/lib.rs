@@ -2,7 +2,7 @@
 //!
 //! Everything here is `#[repr(C)]` plain data: the kernel side writes it into maps and the
 //! agent reads it back with the `user` feature, which adds `aya::Pod`.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Number of log2 slots in a kernel-side histogram.
 ///
@@ -117,4 +117,26 @@ mod user {
     unsafe impl aya::Pod for super::Log2Histogram {}
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::SchedLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_upper_bound_is_exact_power_of_two() {
+        assert_eq!(log2_slot(0), 0);
+        assert_eq!(log2_slot(1), 0);
+        assert_eq!(log2_slot(2), 1);
+        assert_eq!(log2_slot(3), 2);
+        assert_eq!(log2_slot(4), 2);
+        assert_eq!(log2_slot(4096), 12);
+        assert_eq!(log2_slot(4097), 13);
+        assert_eq!(log2_slot(u64::MAX), 64);
+        for s in 1..63 {
+            let v = 1u64 << s;
+            assert_eq!(log2_slot(v), s, "2^{s} lands in the bucket le=2^{s}");
+            assert_eq!(log2_slot(v + 1), s + 1);
+        }
+    }
 }

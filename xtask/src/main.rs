@@ -1,1 +1,304 @@
-fn main() {}
+//! Repeatable chores: `cargo xtask setup | run | test | lint`.
+//!
+//! `setup` brings a fresh Debian machine to a working toolchain, idempotently, and says
+//! what it does. `run` and `test` call it first, so a new clone needs nothing else.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "nodelens development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the nightly toolchain with rust-src, LLVM and bpf-linker (idempotent).
+    Setup {
+        /// Also install the Debian tools the tests use (promtool, bpftool, stress-ng, ...).
+        #[arg(long)]
+        test_tools: bool,
+    },
+    /// Set up, build in release mode and run the agent as root on the default port.
+    Run {
+        /// Arguments passed to `nodelens`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up (with test tools), then check formatting and lints and run every test.
+    Test,
+    /// cargo fmt --check and cargo clippy -D warnings.
+    Lint,
+}
+
+/// Debian packages the tests use: promtool (prometheus), node_exporter for the parity test,
+/// bpftool, stress-ng and taskset (util-linux).
+const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "prometheus-node-exporter",
+    "bpftool",
+    "stress-ng",
+    "util-linux",
+];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { test_tools } => setup(test_tools),
+        Task::Run { args } => run(&args),
+        Task::Test => test(),
+        Task::Lint => lint(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+fn cmd_output(program: &str, args: &[&str]) -> Option<String> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    cmd_output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn is_debian() -> bool {
+    Path::new("/etc/debian_version").exists()
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    cmd_output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Installs missing Debian packages, or stops with the exact command to run.
+fn apt_install(packages: &[String]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        step(&format!("Debian packages present: {}", packages.join(" ")));
+        return Ok(());
+    }
+    let command = format!(
+        "apt-get update && apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !is_debian() {
+        bail!(
+            "not a Debian system: install the equivalents of these packages yourself: {}",
+            missing.join(" ")
+        );
+    }
+    if !is_root() {
+        bail!("installing packages needs root; run: sudo sh -c '{command}'");
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The LLVM major version of the nightly rustc, which bpf-linker must match.
+fn nightly_llvm_major() -> Result<u32> {
+    let out = cmd_output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV failed")?;
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV printed no LLVM version")?;
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse().ok())
+        .with_context(|| format!("cannot parse LLVM version {version:?}"))
+}
+
+/// The libLLVM major an installed bpf-linker is linked against, if it is installed.
+fn bpf_linker_llvm_major() -> Option<u32> {
+    let path = cmd_output("sh", &["-c", "command -v bpf-linker"])?;
+    let ldd = cmd_output("ldd", &[path.trim()])?;
+    ldd.lines()
+        .find_map(|l| l.trim().strip_prefix("libLLVM.so."))
+        .or_else(|| ldd.lines().find_map(|l| l.trim().strip_prefix("libLLVM-")))
+        .and_then(|rest| rest.split(['.', ' ']).next()?.parse().ok())
+}
+
+fn setup(test_tools: bool) -> Result<()> {
+    step("checking the nightly toolchain (builds the eBPF programs)");
+    let toolchains = cmd_output("rustup", &["toolchain", "list"])
+        .context("rustup not found: install it from your distribution or rustup.rs")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain");
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = cmd_output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to nightly (for -Z build-std=core)");
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    let llvm = nightly_llvm_major()?;
+    step(&format!(
+        "nightly rustc uses LLVM {llvm}; bpf-linker must link against the same"
+    ));
+    if bpf_linker_llvm_major() == Some(llvm) {
+        step(&format!("bpf-linker present, linked against LLVM {llvm}"));
+    } else {
+        apt_install(&[
+            format!("llvm-{llvm}-dev"),
+            format!("libpolly-{llvm}-dev"),
+            "libzstd-dev".into(),
+            "zlib1g-dev".into(),
+        ])?;
+        step(&format!(
+            "building bpf-linker against LLVM {llvm} (takes a few minutes)"
+        ));
+        run_cmd(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--force",
+                    "--no-default-features",
+                    "--features",
+                ])
+                .arg(format!("llvm-{llvm}"))
+                .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")),
+        )?;
+    }
+    if test_tools {
+        apt_install(
+            &TEST_PACKAGES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    step("setup complete");
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run_cmd(
+        Command::new("cargo")
+            .args(args)
+            .current_dir(workspace_root()),
+    )
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup(false)?;
+    step("building nodelens (release)");
+    cargo(&["build", "--release", "--package", "nodelens"])?;
+    let binary = workspace_root().join("target/release/nodelens");
+    let listen = args
+        .windows(2)
+        .find(|w| w[0] == "--listen-address")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| "0.0.0.0:9560".into());
+    let url_host = listen.replace("0.0.0.0", "localhost");
+    step(&format!(
+        "starting nodelens: metrics at http://{url_host}/metrics (Ctrl-C to stop)"
+    ));
+    let mut cmd = if is_root() {
+        Command::new(&binary)
+    } else {
+        step("not root: running through sudo (loading eBPF needs CAP_BPF and CAP_PERFMON)");
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&binary);
+        c
+    };
+    run_cmd(cmd.args(args))
+}
+
+fn lint() -> Result<()> {
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    step("cargo clippy -D warnings");
+    // Default members only: agent-ebpf's binary builds for the BPF target, through build.rs.
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+}
+
+fn test() -> Result<()> {
+    setup(true)?;
+    if !is_root() {
+        bail!(
+            "the integration tests load eBPF programs and create cgroups: run as root (sudo -E cargo xtask test)"
+        );
+    }
+    lint()?;
+    step("unit tests");
+    cargo(&["test", "--lib", "--bins"])?;
+    cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
+    // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
+    step("integration tests against the running kernel (as root, serialized)");
+    cargo(&[
+        "test",
+        "--package",
+        "nodelens",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ])
+}

@@ -1,0 +1,334 @@
+//! Helpers shared by the integration tests: start the real binary, scrape it, parse the
+//! text format. These tests load eBPF into the running kernel, so they need root; without
+//! it they fail loudly rather than skip.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nodelens");
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc_geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load eBPF programs and must run as root (sudo -E cargo xtask test)"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running agent, killed on drop if the test did not stop it.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        require_root();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args(["--listen-address", &addr, "--log-level", "debug"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nodelens");
+        let agent = Agent { child, addr };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((200, _, _)) = http(&self.addr, "GET", "/readyz", &[]) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nodelens on {} not ready within 20 s", self.addr);
+    }
+
+    pub fn scrape(&self) -> String {
+        let (status, _, body) = http(&self.addr, "GET", "/metrics", &[]).expect("scrape");
+        assert_eq!(status, 200);
+        String::from_utf8(body).expect("utf-8 metrics")
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.scrape())
+    }
+
+    /// SIGTERM, then wait up to `limit` for the exit status; returns (exit code, stderr).
+    pub fn terminate(mut self, limit: Duration) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.code(), err);
+            }
+            assert!(
+                started.elapsed() < limit,
+                "nodelens did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status, headers (names lower-cased) and body.
+pub type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 client.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body);
+    }
+    Ok((status, headers, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let Some(chunk) = data.get(eol + 2..eol + 2 + size) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(chunk);
+        data = data.get(eol + 2 + size + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// Samples by full series text (`name{labels}`), plus the TYPE of each family.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: BTreeMap<String, f64>,
+    pub types: BTreeMap<String, String>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = Metrics::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut p = rest.split(' ');
+                if let (Some(n), Some(t)) = (p.next(), p.next()) {
+                    m.types.insert(n.to_owned(), t.to_owned());
+                }
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some((series, value)) = line.rsplit_once(' ') {
+                let v = match value {
+                    "+Inf" => f64::INFINITY,
+                    "-Inf" => f64::NEG_INFINITY,
+                    v => v.parse().unwrap_or(f64::NAN),
+                };
+                m.samples.insert(series.to_owned(), v);
+            }
+        }
+        m
+    }
+
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("series {series} missing"))
+    }
+
+    /// Every series of a family: `name` or `name{...}`.
+    pub fn family(&self, name: &str) -> Vec<(&str, f64)> {
+        self.samples
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect()
+    }
+
+    /// Family names (the part before `{`), without histogram/summary suffixes folded.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.samples
+            .keys()
+            .map(|k| k.split('{').next().unwrap_or(k).to_owned())
+            .collect()
+    }
+
+    /// Label names used by a family's series.
+    pub fn label_names(&self, name: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (series, _) in self.family(name) {
+            if let Some(labels) = series.split_once('{').map(|(_, l)| l.trim_end_matches('}')) {
+                for pair in split_labels(labels) {
+                    if let Some((k, _)) = pair.split_once('=') {
+                        out.insert(k.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Splits `a="x",b="y,z"` on the commas between labels, not inside values.
+pub fn split_labels(labels: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in labels.chars() {
+        match c {
+            '\\' if in_quotes && !escaped => escaped = true,
+            '"' if !escaped => in_quotes = !in_quotes,
+            ',' if !in_quotes => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => escaped = false,
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Reads a whole /proc file.
+pub fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
+}
+
+/// `ctxt` from /proc/stat.
+pub fn proc_ctxt() -> u64 {
+    read("/proc/stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ctxt in /proc/stat")
+}
+
+/// Mounts tracefs for tests of classic tracepoints; returns whether this call mounted it.
+pub fn mount_tracefs() -> bool {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return false;
+    }
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cannot mount tracefs at /sys/kernel/tracing");
+    true
+}
+
+pub fn umount_tracefs() {
+    let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+}
+
+/// Runs `promtool check metrics` on `text`; returns its complaints, minus the camelCase
+/// lint on node_memory_* names, which node_exporter compatibility requires.
+pub fn promtool_problems(text: &str) -> Vec<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup --test-tools installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !(l.starts_with("node_memory_") && l.contains("camelCase")))
+        .map(str::to_owned)
+        .collect()
+}

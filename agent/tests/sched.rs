@@ -1,0 +1,210 @@
+//! Scheduler probes against the real kernel: known CPU contention and context switches,
+//! checked against /proc/stat. Runs as root, one test at a time (`--test-threads=1`).
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Agent, Metrics, proc_ctxt};
+
+/// (upper bound in seconds, cumulative count) for the run-queue histogram.
+fn buckets(m: &Metrics) -> Vec<(f64, f64)> {
+    let mut b: Vec<(f64, f64)> = m
+        .family("nodelens_runqueue_latency_seconds_bucket")
+        .into_iter()
+        .filter_map(|(series, v)| {
+            let le = series.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v))
+        })
+        .collect();
+    b.sort_by(|a, b| a.0.total_cmp(&b.0));
+    b
+}
+
+/// Fraction of the events between two scrapes that waited longer than `threshold` seconds.
+fn fraction_above(before: &Metrics, after: &Metrics, threshold: f64) -> (f64, f64) {
+    let (b, a) = (buckets(before), buckets(after));
+    let total = a.last().unwrap().1 - b.last().unwrap().1;
+    let at_or_below = a
+        .iter()
+        .zip(&b)
+        .filter(|((le, _), _)| *le <= threshold)
+        .map(|((_, av), (_, bv))| av - bv)
+        .next_back()
+        .unwrap_or(0.0);
+    (
+        total,
+        if total > 0.0 {
+            (total - at_or_below) / total
+        } else {
+            0.0
+        },
+    )
+}
+
+/// Busy loops pinned to CPU 0: more runnable tasks than the CPU can run at once.
+fn pinned_busy_loops(n: usize) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            Command::new("taskset")
+                .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("taskset (util-linux)")
+        })
+        .collect()
+}
+
+fn stop(children: Vec<Child>) {
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn runqueue_latency_grows_and_shifts_up_when_a_cpu_is_saturated() {
+    let agent = Agent::start(&[]);
+    let idle0 = agent.metrics();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle1 = agent.metrics();
+
+    let busy = pinned_busy_loops(4);
+    std::thread::sleep(Duration::from_millis(300));
+    let busy0 = agent.metrics();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy1 = agent.metrics();
+    stop(busy);
+
+    let (idle_events, idle_slow) = fraction_above(&idle0, &idle1, 0.001);
+    let (busy_events, busy_slow) = fraction_above(&busy0, &busy1, 0.001);
+    eprintln!(
+        "idle: {idle_events} events, {:.1}% > 1ms; saturated: {busy_events} events, {:.1}% > 1ms",
+        idle_slow * 100.0,
+        busy_slow * 100.0
+    );
+    assert!(busy_events > 0.0, "count must grow under load");
+    assert!(
+        busy_slow > idle_slow + 0.10,
+        "mass must shift to higher buckets: {:.1}% > 1ms saturated vs {:.1}% idle",
+        busy_slow * 100.0,
+        idle_slow * 100.0
+    );
+    // _sum moves with the count: the mean wait under saturation is at least 0.5 ms.
+    let sum = busy1.value("nodelens_runqueue_latency_seconds_sum")
+        - busy0.value("nodelens_runqueue_latency_seconds_sum");
+    assert!(
+        sum / busy_events > 0.0005,
+        "mean wait {} s",
+        sum / busy_events
+    );
+}
+
+fn ebpf_switches(m: &Metrics) -> f64 {
+    m.value("nodelens_cpu_context_switches_total{kind=\"voluntary\"}")
+        + m.value("nodelens_cpu_context_switches_total{kind=\"involuntary\"}")
+}
+
+/// Generates context switches for `secs` and compares the eBPF count with /proc/stat.
+fn assert_switches_match_proc_stat(agent: &Agent) {
+    let m0 = agent.metrics();
+    let c0 = proc_ctxt();
+    let status = Command::new("stress-ng")
+        .args(["--switch", "2", "--timeout", "2s", "--quiet"])
+        .status()
+        .expect("stress-ng (cargo xtask setup --test-tools installs it)");
+    assert!(status.success(), "stress-ng failed");
+    let c1 = proc_ctxt();
+    let m1 = agent.metrics();
+    let ebpf = ebpf_switches(&m1) - ebpf_switches(&m0);
+    let proc = (c1 - c0) as f64;
+    eprintln!("context switches: eBPF {ebpf}, /proc/stat ctxt {proc}");
+    assert!(
+        proc > 10_000.0,
+        "stress-ng should switch a lot, /proc/stat saw {proc}"
+    );
+    let ratio = ebpf / proc;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "eBPF {ebpf} vs /proc/stat {proc}: ratio {ratio:.3}"
+    );
+    let voluntary = m1.value("nodelens_cpu_context_switches_total{kind=\"voluntary\"}")
+        - m0.value("nodelens_cpu_context_switches_total{kind=\"voluntary\"}");
+    assert!(
+        voluntary > 0.0,
+        "stress-ng --switch blocks on pipes: voluntary switches"
+    );
+}
+
+#[test]
+fn context_switches_agree_with_proc_stat() {
+    let agent = Agent::start(&[]);
+    assert_switches_match_proc_stat(&agent);
+}
+
+#[test]
+fn classic_tracepoint_fallback_gives_the_same_families_and_numbers() {
+    let mounted = common::mount_tracefs();
+    let agent = Agent::start(&["--probe-attach", "tracepoint"]);
+    let m = agent.metrics();
+    for (series, v) in m.family("nodelens_probe_up") {
+        assert!(
+            series.contains("attach=\"tracepoint\"") && v == 1.0,
+            "{series} {v}"
+        );
+    }
+    assert!(m.value("nodelens_runqueue_latency_seconds_count") > 0.0);
+    assert_switches_match_proc_stat(&agent);
+    drop(agent);
+    if mounted {
+        common::umount_tracefs();
+    }
+}
+
+#[test]
+fn missing_tracefs_is_reported_not_fatal() {
+    if std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
+        common::umount_tracefs();
+    }
+    assert!(
+        !std::path::Path::new("/sys/kernel/tracing/events").is_dir(),
+        "tracefs still mounted; this test needs it unmounted"
+    );
+    let agent = Agent::start(&["--probe-attach", "tracepoint"]);
+    let text = agent.scrape();
+    let m = Metrics::parse(&text);
+    for (series, v) in m.family("nodelens_probe_up") {
+        assert!(
+            series.contains("attach=\"none\"") && v == 0.0,
+            "{series} {v}"
+        );
+    }
+    assert!(
+        m.family("nodelens_runqueue_latency_seconds_count")
+            .is_empty(),
+        "no fake zeros"
+    );
+    assert!(
+        m.get("node_boot_time_seconds").is_some(),
+        "everything else keeps working"
+    );
+    let (_, _, page) = common::http(&agent.addr, "GET", "/", &[]).unwrap();
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("tracefs not mounted"),
+        "the / page says why: {page}"
+    );
+    let (code, stderr) = agent.terminate(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(
+        stderr.contains("tracefs not mounted"),
+        "the log says why: {stderr}"
+    );
+}
