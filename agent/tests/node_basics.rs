@@ -76,14 +76,16 @@ impl NodeExporter {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus-node-exporter (cargo xtask setup --test-tools installs it)");
+        // Owned right away, so Drop reaps it even if it never becomes ready.
+        let ne = NodeExporter(child, addr);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if common::http(&addr, "GET", "/metrics", &[]).is_ok_and(|r| r.0 == 200) {
-                return NodeExporter(child, addr);
+            if common::http(&ne.1, "GET", "/metrics", &[]).is_ok_and(|r| r.0 == 200) {
+                return ne;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("node_exporter did not start on {addr}");
+        panic!("node_exporter did not start on {}", ne.1);
     }
 
     fn metrics(&self) -> Metrics {
