@@ -289,7 +289,7 @@ fn test() -> Result<()> {
     }
     lint()?;
     step("unit tests");
-    cargo(&["test", "--lib", "--bins"])?;
+    cargo(&["test", "--bins"])?;
     cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
     // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
     step("integration tests against the running kernel (as root, serialized)");
