@@ -297,7 +297,8 @@ fn test() -> Result<()> {
         "test",
         "--package",
         "nodelens",
-        "--tests",
+        "--test",
+        "*",
         "--",
         "--test-threads=1",
     ])
