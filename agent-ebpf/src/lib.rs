@@ -111,17 +111,196 @@ pub struct SchedLayout {
 /// Name of the global holding [`SchedLayout`] in the eBPF object.
 pub const SCHED_LAYOUT_GLOBAL: &str = "SCHED_LAYOUT";
 
+/// Block request operation, decoded from `rwbs` (classic tracepoint) or from the request's
+/// `cmd_flags` (tp_btf). The values index `DISK_OP_NAMES`.
+pub const DISK_OP_READ: u32 = 0;
+pub const DISK_OP_WRITE: u32 = 1;
+pub const DISK_OP_DISCARD: u32 = 2;
+pub const DISK_OP_FLUSH: u32 = 3;
+pub const DISK_OP_OTHER: u32 = 4;
+pub const DISK_OP_NAMES: [&str; 5] = ["read", "write", "discard", "flush", "other"];
+
+/// Decodes the operation from the kernel's `rwbs` string (blk_fill_rwbs): an optional
+/// leading `F` (preflush) followed by the operation letter.
+#[inline(always)]
+pub fn disk_op_from_rwbs(first: u8, second: u8) -> u32 {
+    let op = match (first, second) {
+        (b'F', b'R' | b'W' | b'D' | b'F') => second,
+        _ => first,
+    };
+    match op {
+        b'R' => DISK_OP_READ,
+        b'W' => DISK_OP_WRITE,
+        b'D' => DISK_OP_DISCARD,
+        b'F' => DISK_OP_FLUSH,
+        _ => DISK_OP_OTHER,
+    }
+}
+
+/// Decodes the operation from `req_opf` (`cmd_flags & REQ_OP_MASK`).
+#[inline(always)]
+pub fn disk_op_from_req_op(op: u32) -> u32 {
+    match op & 0xff {
+        0 => DISK_OP_READ,
+        1 => DISK_OP_WRITE,
+        2 => DISK_OP_FLUSH,
+        3 | 5 => DISK_OP_DISCARD, // REQ_OP_DISCARD, REQ_OP_SECURE_ERASE (rwbs "DE")
+        _ => DISK_OP_OTHER,
+    }
+}
+
+/// Histogram key: the whole disk (kernel dev_t, major << 20 | minor) and the operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DiskKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Latency (ns) and size (bytes) of completed requests, recorded together at completion so
+/// that both histograms always have the same count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DiskHistograms {
+    pub latency: Log2Histogram,
+    pub size: Log2Histogram,
+}
+
+/// A request between issue and completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskInFlight {
+    pub issued_ns: u64,
+    pub bytes: u32,
+    pub dev: u32,
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// Requests in flight at once, node-wide. Deep NVMe queues reach a few thousand.
+pub const DISK_INFLIGHT_ENTRIES: u32 = 16384;
+/// Distinct (disk, op) pairs.
+pub const DISK_HISTOGRAM_ENTRIES: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskCounters {
+    /// An issue could not be recorded: the in-flight map was full.
+    pub inflight_map_full: u64,
+    /// A (disk, op) histogram could not be created: the histogram map was full.
+    pub histogram_map_full: u64,
+}
+
+/// Offsets for the tp_btf block programs, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// Argument index of `struct request *` in block_rq_issue (0 since 5.11, 1 before).
+    pub issue_rq_arg: u32,
+    pub request_data_len: u32,
+    pub request_cmd_flags: u32,
+    /// 1: the disk is `request.rq_disk` (before 5.19); 0: `request.q->disk`.
+    pub disk_in_request: u32,
+    pub request_rq_disk: u32,
+    pub request_q: u32,
+    pub queue_disk: u32,
+    pub gendisk_major: u32,
+    pub gendisk_first_minor: u32,
+    /// Classic tracepoint fields.
+    pub tp_issue_dev: u32,
+    pub tp_issue_sector: u32,
+    pub tp_issue_bytes: u32,
+    pub tp_issue_rwbs: u32,
+    pub tp_complete_dev: u32,
+    pub tp_complete_sector: u32,
+}
+
+pub const DISK_LAYOUT_GLOBAL: &str = "DISK_LAYOUT";
+
+/// Reclaim stall kinds, indexing the per-CPU reclaim histograms.
+pub const RECLAIM_DIRECT: u32 = 0;
+pub const RECLAIM_MEMCG: u32 = 1;
+pub const RECLAIM_KIND_NAMES: [&str; 2] = ["direct", "memcg"];
+/// Threads inside reclaim at once.
+pub const RECLAIM_START_ENTRIES: u32 = 8192;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryCounters {
+    pub reclaim_start_map_full: u64,
+    pub oom_kills: u64,
+    /// An OOM event could not be sent to user space: the ring buffer was full.
+    pub oom_ringbuf_full: u64,
+}
+
+/// Sent through the ring buffer for each OOM kill.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomEvent {
+    pub pid: u32,
+    pub _pad: u32,
+    /// The victim's cgroup v2 id (inode of its cgroup directory); 0 when unknown.
+    pub cgroup_id: u64,
+}
+
+/// Offsets for the tp_btf mark_victim program, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// 1: mark_victim's first argument is `struct task_struct *` (6.x); 0: `int pid`.
+    pub oom_arg_is_task: u32,
+    pub task_pid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// Classic tracepoint: offset of `pid` in mark_victim.
+    pub tp_victim_pid: u32,
+    pub _pad: u32,
+}
+
+pub const MEMORY_LAYOUT_GLOBAL: &str = "MEMORY_LAYOUT";
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are #[repr(C)] structs of u64/u32 with no padding-sensitive invariants.
+    // SAFETY: all are #[repr(C)] structs of u64/u32 fields with explicit padding.
     unsafe impl aya::Pod for super::Log2Histogram {}
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::SchedLayout {}
+    unsafe impl aya::Pod for super::DiskKey {}
+    unsafe impl aya::Pod for super::DiskHistograms {}
+    unsafe impl aya::Pod for super::DiskCounters {}
+    unsafe impl aya::Pod for super::DiskInFlight {}
+    unsafe impl aya::Pod for super::DiskLayout {}
+    unsafe impl aya::Pod for super::MemoryCounters {}
+    unsafe impl aya::Pod for super::OomEvent {}
+    unsafe impl aya::Pod for super::MemoryLayout {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rwbs_decoding_follows_blk_fill_rwbs() {
+        let op = |s: &[u8]| disk_op_from_rwbs(s[0], *s.get(1).unwrap_or(&0));
+        assert_eq!(op(b"R"), DISK_OP_READ);
+        assert_eq!(op(b"RA"), DISK_OP_READ);
+        assert_eq!(op(b"WS"), DISK_OP_WRITE);
+        assert_eq!(op(b"FWS"), DISK_OP_WRITE, "preflush then write");
+        assert_eq!(op(b"WFS"), DISK_OP_WRITE, "write with FUA");
+        assert_eq!(op(b"F"), DISK_OP_FLUSH);
+        assert_eq!(op(b"FF"), DISK_OP_FLUSH);
+        assert_eq!(op(b"FS"), DISK_OP_FLUSH);
+        assert_eq!(op(b"D"), DISK_OP_DISCARD);
+        assert_eq!(op(b"DE"), DISK_OP_DISCARD);
+        assert_eq!(op(b"N"), DISK_OP_OTHER);
+        assert_eq!(disk_op_from_req_op(0), DISK_OP_READ);
+        assert_eq!(disk_op_from_req_op(1 | 1 << 11), DISK_OP_WRITE);
+        assert_eq!(disk_op_from_req_op(2), DISK_OP_FLUSH);
+        assert_eq!(disk_op_from_req_op(3), DISK_OP_DISCARD);
+        assert_eq!(disk_op_from_req_op(9), DISK_OP_OTHER);
+    }
 
     #[test]
     fn slot_upper_bound_is_exact_power_of_two() {

@@ -1,39 +1,54 @@
 //! The agent's view of itself: build, probe status and readiness, shared by `/metrics`,
 //! `/readyz` and the `/` page.
 use std::sync::{
-    RwLock,
+    Arc,
     atomic::{AtomicBool, Ordering},
 };
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use crate::{ebpf::ProbeStatus, metrics::family};
+use crate::{
+    ebpf::{ProbeStatus, Probes},
+    metrics::family,
+};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("NODELENS_REVISION");
 
 #[derive(Debug, Default)]
 pub struct AgentState {
-    probes: RwLock<Vec<ProbeStatus>>,
+    pub probes: Arc<Probes>,
     /// Every probe has been attempted, whatever the outcome.
     ready: AtomicBool,
 }
 
 impl AgentState {
-    pub fn set_probes(&self, probes: Vec<ProbeStatus>) {
-        *self.probes.write().unwrap_or_else(|p| p.into_inner()) = probes;
-        self.ready.store(true, Ordering::Release);
+    pub fn new(probes: Arc<Probes>) -> Self {
+        Self {
+            probes,
+            ready: AtomicBool::new(false),
+        }
     }
 
-    pub fn probes(&self) -> Vec<ProbeStatus> {
-        self.probes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn statuses(&self) -> Vec<ProbeStatus> {
+        self.probes
+            .loaded
+            .get()
+            .map(|l| l.statuses.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether kernel BPF statistics are on, or why not; `None` before loading.
+    pub fn bpf_stats(&self) -> Option<Result<(), String>> {
+        self.probes.loaded.get().map(|l| l.bpf_stats.clone())
     }
 
     pub fn encode(&self, out: &mut DescriptorEncoder) -> std::fmt::Result {
@@ -44,7 +59,7 @@ impl AgentState {
             MetricType::Gauge,
             [([("revision", REVISION), ("version", VERSION)], 1.0)],
         )?;
-        let probes = self.probes();
+        let probes = self.statuses();
         family(
             out,
             "nodelens_probe_up",

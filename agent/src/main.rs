@@ -71,9 +71,9 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let agent = Arc::new(agent::AgentState::default());
-        let probe_maps = Arc::new(ebpf::ProbeMaps::default());
-        let registry = metrics::registry(collectors::build(&config, probe_maps.clone()), agent.clone());
+        let probes = Arc::new(ebpf::Probes::default());
+        let agent = Arc::new(agent::AgentState::new(probes.clone()));
+        let registry = metrics::registry(collectors::build(&config, probes.clone()), agent.clone());
         let server = Arc::new(server::Server {
             registry: Arc::new(registry),
             agent: agent.clone(),
@@ -87,33 +87,41 @@ fn run(config: Config) -> ExitCode {
 
         // Probes load while the server already answers /healthz; /readyz turns 200 after.
         let mode = config.probe_attach;
-        let sched_enabled = config.collectors.contains(&"sched");
+        let families: Vec<ebpf::Family> = ebpf::Family::ALL
+            .into_iter()
+            .filter(|f| config.collectors.contains(&f.collector()))
+            .collect();
+        let loader_probes = probes.clone();
         let loading = tokio::task::spawn_blocking(move || {
-            if sched_enabled {
-                let (statuses, loaded) = ebpf::load(mode, &probe_maps);
-                agent.set_probes(statuses);
-                loaded
-            } else {
-                agent.set_probes(Vec::new());
-                None
+            if families.is_empty() {
+                return (None, None);
             }
+            let loaded = ebpf::load(mode, &families);
+            // Only this task sets it, once.
+            let _ = loader_probes.loaded.set(loaded.probes);
+            (loaded.logger, loaded.oom_ring)
         });
         let serving = tokio::spawn(server::serve(listener, server, shutdown_signal()));
-        let mut loaded = match loading.await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::error!("loading probes failed: {e}");
-                None
+        match loading.await {
+            Ok((logger, oom_ring)) => {
+                if let Some(logger) = logger {
+                    ebpf::spawn_log_forwarder(logger);
+                }
+                if let Some(ring) = oom_ring {
+                    ebpf::spawn_oom_reader(ring, probes.clone());
+                }
             }
-        };
-        if let Some(logger) = loaded.as_mut().and_then(|l| l.logger.take()) {
-            ebpf::spawn_log_forwarder(logger);
+            Err(e) => tracing::error!("loading probes failed: {e}"),
         }
+        agent.set_ready();
         if let Err(e) = serving.await {
             tracing::error!("server task failed: {e}");
         }
-        // Dropping the object detaches and unloads every program.
-        drop(loaded);
+        // Detach every program now rather than at process exit, so that the log line below
+        // is true.
+        if let Some(loaded) = probes.loaded.get() {
+            loaded.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -99,7 +99,7 @@ impl Server {
 
     fn index_page(&self) -> String {
         let mut rows = String::new();
-        for p in self.agent.probes() {
+        for p in self.agent.statuses() {
             let (state, how) = match p.attach {
                 Some(kind) => ("up", kind.as_str()),
                 None => ("down", "none"),
@@ -111,15 +111,25 @@ impl Server {
             ));
         }
         if rows.is_empty() {
-            rows.push_str("<tr><td colspan=4>probes are still loading</td></tr>\n");
+            let why = if self.agent.is_ready() {
+                "no eBPF collector is enabled"
+            } else {
+                "probes are still loading"
+            };
+            rows.push_str(&format!("<tr><td colspan=4>{why}</td></tr>\n"));
         }
+        let stats = match self.agent.bpf_stats() {
+            Some(Ok(())) => "BPF run-time statistics: on".to_owned(),
+            Some(Err(why)) => html_escape(&why),
+            None => "BPF run-time statistics: not loaded yet".to_owned(),
+        };
         format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>nodelens</title></head><body>\n\
              <h1>nodelens {VERSION}</h1>\n<p>revision {REVISION}</p>\n\
              <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
              <li><a href=\"/healthz\">/healthz</a>: liveness</li>\
              <li><a href=\"/readyz\">/readyz</a>: readiness (every probe attempted)</li></ul>\n\
-             <h2>Probes</h2>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n</body></html>\n"
+             <h2>Probes</h2>\n<p>{stats}</p>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n</body></html>\n"
         )
     }
 

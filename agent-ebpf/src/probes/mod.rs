@@ -1,2 +1,5 @@
+pub mod disk;
 pub mod histogram;
+pub mod kernel;
+pub mod memory;
 pub mod sched;

@@ -8,13 +8,16 @@ use std::{
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::{config::Config, ebpf::ProbeMaps};
+use crate::{config::Config, ebpf::Probes};
 
+pub mod block;
+pub mod bpf;
 pub mod cpu;
 pub mod diskstats;
 pub mod filesystem;
 pub mod loadavg;
 pub mod meminfo;
+pub mod memory;
 pub mod pressure;
 pub mod process;
 pub mod sched;
@@ -35,6 +38,9 @@ pub const COLLECTOR_NAMES: &[&str] = &[
     "diskstats",
     "filesystem",
     "sched",
+    "block",
+    "memory",
+    "bpf",
     "process",
 ];
 
@@ -80,7 +86,7 @@ pub struct HostPaths {
 }
 
 /// Builds the enabled collectors, in `COLLECTOR_NAMES` order.
-pub fn build(config: &Config, probes: Arc<ProbeMaps>) -> Vec<Box<dyn Collector>> {
+pub fn build(config: &Config, probes: Arc<Probes>) -> Vec<Box<dyn Collector>> {
     let paths = HostPaths {
         procfs: config.procfs.clone(),
         rootfs: config.rootfs.clone(),
@@ -100,6 +106,9 @@ pub fn build(config: &Config, probes: Arc<ProbeMaps>) -> Vec<Box<dyn Collector>>
                 "diskstats" => Box::new(diskstats::DiskstatsCollector::new(&paths)),
                 "filesystem" => Box::new(filesystem::FilesystemCollector::new(&paths)),
                 "sched" => Box::new(sched::SchedCollector::new(probes.clone())),
+                "block" => Box::new(block::BlockCollector::new(probes.clone(), &config.sysfs)),
+                "memory" => Box::new(memory::MemoryCollector::new(probes.clone())),
+                "bpf" => Box::new(bpf::BpfCollector::new(probes.clone())),
                 "process" => Box::new(process::ProcessCollector::new()),
                 other => unreachable!("config validated collector name {other}"),
             }

@@ -7,7 +7,7 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use super::{CollectError, Collector};
 use crate::{
-    ebpf::ProbeMaps,
+    ebpf::Probes,
     metrics::{Log2Buckets, NoLabels, family, histogram},
 };
 
@@ -17,16 +17,16 @@ pub const RUNQUEUE_LAST_SLOT: usize = 36;
 
 #[derive(Debug)]
 pub struct SchedCollector {
-    maps: Arc<ProbeMaps>,
+    probes: Arc<Probes>,
 }
 
 impl SchedCollector {
-    pub fn new(maps: Arc<ProbeMaps>) -> Self {
-        Self { maps }
+    pub fn new(probes: Arc<Probes>) -> Self {
+        Self { probes }
     }
 }
 
-fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
+pub fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
     CollectError::Map {
         map,
         detail: crate::ebpf::reason(&e),
@@ -53,7 +53,7 @@ impl Collector for SchedCollector {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
         // Before the probes are loaded, or when none could be, there is nothing to report;
         // nodelens_probe_up says why.
-        let Some(maps) = self.maps.sched.get() else {
+        let Some(maps) = self.probes.loaded.get().and_then(|l| l.sched.as_ref()) else {
             return Ok(());
         };
         let counters = maps
@@ -64,7 +64,6 @@ impl Collector for SchedCollector {
         for c in counters.iter() {
             total.voluntary_switches += c.voluntary_switches;
             total.involuntary_switches += c.involuntary_switches;
-            total.start_map_full += c.start_map_full;
         }
         let latency = if maps.runqueue_complete {
             let per_cpu = maps
@@ -105,16 +104,6 @@ impl Collector for SchedCollector {
                 )],
             )?;
         }
-        family(
-            out,
-            "nodelens_events_lost_total",
-            "Kernel events that could not be recorded, by reason.",
-            MetricType::Counter,
-            [(
-                [("reason", "runqueue_start_map_full")],
-                total.start_map_full as f64,
-            )],
-        )?;
         Ok(())
     }
 }

@@ -223,6 +223,54 @@ impl Btf {
         None
     }
 
+    /// Whether `strukt` has a member named `field` (anywhere, anonymous members included).
+    pub fn has_member(&self, strukt: &str, field: &str) -> bool {
+        self.member(strukt, &[field]).is_ok()
+    }
+
+    /// The argument types of a BTF tracepoint, from its `btf_trace_<event>` typedef
+    /// (`void (*)(void *, <args>...)`), without the leading context pointer. Pointers to
+    /// structs read `struct NAME *`; other types read as their (typedef-resolved) name.
+    pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
+        let want = format!("btf_trace_{event}");
+        let typedef = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)?;
+        let ptr = self.types.get(typedef.size_or_type as usize)?;
+        let proto = self.types.get(ptr.size_or_type as usize)?;
+        if ptr.kind != KIND_PTR || proto.kind != KIND_FUNC_PROTO {
+            return None;
+        }
+        let mut args = Vec::new();
+        for i in 1..proto.vlen as usize {
+            let ty = u32_at(&self.data, proto.extra + i * 8 + 4).ok()?;
+            args.push(self.describe(ty));
+        }
+        Some(args)
+    }
+
+    fn describe(&self, id: u32) -> String {
+        let Some(t) = self.types.get(id as usize) else {
+            return String::new();
+        };
+        match t.kind {
+            KIND_PTR => {
+                let target = self.resolve(t.size_or_type);
+                match self.types.get(target as usize) {
+                    Some(s) if s.kind == KIND_STRUCT => {
+                        format!("struct {} *", self.name(s.name_off))
+                    }
+                    _ => "ptr".into(),
+                }
+            }
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                self.describe(t.size_or_type)
+            }
+            _ => self.name(t.name_off).to_owned(),
+        }
+    }
+
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.types.get(id as usize) {
@@ -267,6 +315,20 @@ mod tests {
             btf.member("no_such_struct", &["x"]),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    #[test]
+    fn reads_tracepoint_signatures() {
+        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        let issue = btf.tracepoint_args("block_rq_issue").unwrap();
+        assert!(issue.contains(&"struct request *".to_owned()), "{issue:?}");
+        let switch = btf.tracepoint_args("sched_switch").unwrap();
+        assert_eq!(
+            switch.get(1).map(String::as_str),
+            Some("struct task_struct *"),
+            "{switch:?}"
+        );
+        assert!(btf.tracepoint_args("no_such_event").is_none());
     }
 
     #[test]

@@ -3,12 +3,19 @@
 //! Every probe is tried as a BTF tracepoint first (no tracefs needed, cheaper per event),
 //! then as a classic tracepoint. A probe the kernel refuses is logged once with the
 //! kernel's reason and reported as `nodelens_probe_up{...} 0`; the rest keep working.
-use std::{path::Path, sync::OnceLock};
+use std::{
+    os::fd::OwnedFd,
+    path::Path,
+    sync::{Mutex, OnceLock},
+};
 
-use agent_ebpf::{Log2Histogram, SCHED_LAYOUT_GLOBAL, SchedCounters};
+use agent_ebpf::{
+    DISK_LAYOUT_GLOBAL, DiskCounters, DiskHistograms, DiskInFlight, DiskKey, Log2Histogram,
+    MEMORY_LAYOUT_GLOBAL, MemoryCounters, OomEvent, SCHED_LAYOUT_GLOBAL, SchedCounters,
+};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 
@@ -39,41 +46,149 @@ impl AttachKind {
     }
 }
 
+/// A probe family: one collector reads its maps, and it loads only when that collector is
+/// enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Sched = 0,
+    Disk = 1,
+    Memory = 2,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Sched, Family::Disk, Family::Memory];
+
+    /// The collector that reads this family's maps.
+    pub fn collector(self) -> &'static str {
+        match self {
+            Family::Sched => "sched",
+            Family::Disk => "block",
+            Family::Memory => "memory",
+        }
+    }
+}
+
 /// One kernel event and the two programs that can serve it (kunai's compat-table idea).
 #[derive(Debug)]
 pub struct ProbeSpec {
     /// The probe's name in metrics: the tracepoint's name.
     pub name: &'static str,
     pub category: &'static str,
+    pub family: Family,
+    /// Probes of one group attach with the same attach type, because their programs must
+    /// agree on how they key shared state (block requests: address vs. dev and sector).
+    pub group: &'static str,
     pub btf_program: &'static str,
     pub tracepoint_program: &'static str,
 }
 
+const fn probe(
+    name: &'static str,
+    category: &'static str,
+    family: Family,
+    group: &'static str,
+    btf_program: &'static str,
+    tracepoint_program: &'static str,
+) -> ProbeSpec {
+    ProbeSpec {
+        name,
+        category,
+        family,
+        group,
+        btf_program,
+        tracepoint_program,
+    }
+}
+
 pub const PROBES: &[ProbeSpec] = &[
-    ProbeSpec {
-        name: "sched_wakeup",
-        category: "sched",
-        btf_program: "sched_wakeup_btf",
-        tracepoint_program: "sched_wakeup_tp",
-    },
-    ProbeSpec {
-        name: "sched_wakeup_new",
-        category: "sched",
-        btf_program: "sched_wakeup_new_btf",
-        tracepoint_program: "sched_wakeup_new_tp",
-    },
-    ProbeSpec {
-        name: "sched_switch",
-        category: "sched",
-        btf_program: "sched_switch_btf",
-        tracepoint_program: "sched_switch_tp",
-    },
+    probe(
+        "sched_wakeup",
+        "sched",
+        Family::Sched,
+        "sched_wakeup",
+        "sched_wakeup_btf",
+        "sched_wakeup_tp",
+    ),
+    probe(
+        "sched_wakeup_new",
+        "sched",
+        Family::Sched,
+        "sched_wakeup_new",
+        "sched_wakeup_new_btf",
+        "sched_wakeup_new_tp",
+    ),
+    probe(
+        "sched_switch",
+        "sched",
+        Family::Sched,
+        "sched_switch",
+        "sched_switch_btf",
+        "sched_switch_tp",
+    ),
+    probe(
+        "block_rq_issue",
+        "block",
+        Family::Disk,
+        "block",
+        "block_rq_issue_btf",
+        "block_rq_issue_tp",
+    ),
+    probe(
+        "block_rq_complete",
+        "block",
+        Family::Disk,
+        "block",
+        "block_rq_complete_btf",
+        "block_rq_complete_tp",
+    ),
+    probe(
+        "mm_vmscan_direct_reclaim_begin",
+        "vmscan",
+        Family::Memory,
+        "direct_reclaim",
+        "direct_reclaim_begin_btf",
+        "direct_reclaim_begin_tp",
+    ),
+    probe(
+        "mm_vmscan_direct_reclaim_end",
+        "vmscan",
+        Family::Memory,
+        "direct_reclaim",
+        "direct_reclaim_end_btf",
+        "direct_reclaim_end_tp",
+    ),
+    probe(
+        "mm_vmscan_memcg_reclaim_begin",
+        "vmscan",
+        Family::Memory,
+        "memcg_reclaim",
+        "memcg_reclaim_begin_btf",
+        "memcg_reclaim_begin_tp",
+    ),
+    probe(
+        "mm_vmscan_memcg_reclaim_end",
+        "vmscan",
+        Family::Memory,
+        "memcg_reclaim",
+        "memcg_reclaim_end_btf",
+        "memcg_reclaim_end_tp",
+    ),
+    probe(
+        "mark_victim",
+        "oom",
+        Family::Memory,
+        "mark_victim",
+        "mark_victim_btf",
+        "mark_victim_tp",
+    ),
 ];
 
 #[derive(Debug, Clone)]
 pub struct ProbeStatus {
     pub name: &'static str,
     pub attach: Option<AttachKind>,
+    /// Program name in the object, for BPF stats.
+    pub program: Option<&'static str>,
     /// Why it is not attached, or why the preferred attach type was not used.
     pub note: Option<String>,
 }
@@ -88,35 +203,96 @@ impl ProbeStatus {
 pub struct SchedMaps {
     pub runqueue_latency: PerCpuArray<MapData, Log2Histogram>,
     pub counters: PerCpuArray<MapData, SchedCounters>,
+    pub start: HashMap<MapData, u32, u64>,
     /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
     pub runqueue_complete: bool,
     /// sched_switch attached.
     pub switch_up: bool,
 }
 
-/// The maps collectors read, filled once the probes are loaded.
-#[derive(Default)]
-pub struct ProbeMaps {
-    pub sched: OnceLock<SchedMaps>,
+/// Block I/O maps.
+pub struct DiskMaps {
+    pub histograms: PerCpuHashMap<MapData, DiskKey, DiskHistograms>,
+    /// Behind a lock: the stale-entry sweep removes from it.
+    pub inflight: Mutex<HashMap<MapData, u64, DiskInFlight>>,
+    pub counters: PerCpuArray<MapData, DiskCounters>,
+    /// block_rq_issue and block_rq_complete attached.
+    pub up: bool,
 }
 
-impl std::fmt::Debug for ProbeMaps {
+/// Reclaim and OOM maps.
+pub struct MemoryMaps {
+    pub reclaim: PerCpuArray<MapData, Log2Histogram>,
+    pub counters: PerCpuArray<MapData, MemoryCounters>,
+    pub start: HashMap<MapData, u64, u64>,
+    pub direct_up: bool,
+    pub memcg_up: bool,
+    pub oom_up: bool,
+}
+
+/// Everything loading produced. Dropping it detaches every program.
+pub struct LoadedProbes {
+    pub statuses: Vec<ProbeStatus>,
+    /// The object, for BPF statistics on its programs; `None` when it could not load.
+    pub ebpf: Mutex<Option<Ebpf>>,
+    pub sched: Option<SchedMaps>,
+    pub disk: Option<DiskMaps>,
+    pub memory: Option<MemoryMaps>,
+    /// Kernel BPF run-time statistics are on, or why not.
+    pub bpf_stats: Result<(), String>,
+    _bpf_stats_fd: Option<OwnedFd>,
+    /// Recent OOM kills from the ring buffer (victim pid and cgroup), newest last.
+    pub oom_events: Mutex<Vec<OomEvent>>,
+}
+
+/// Shared between the loader, the collectors and the HTTP pages.
+#[derive(Default)]
+pub struct Probes {
+    pub loaded: OnceLock<LoadedProbes>,
+}
+
+impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProbeMaps")
-            .field("sched", &self.sched.get().is_some())
+        f.debug_struct("Probes")
+            .field("loaded", &self.loaded.get().is_some())
             .finish()
     }
 }
 
-/// What loading produced. Dropping `ebpf` detaches every program.
-pub struct Loaded {
-    /// Held only so the programs stay attached while the agent runs.
-    #[expect(
-        dead_code,
-        reason = "kept alive for its Drop, which detaches the programs"
-    )]
-    pub ebpf: Ebpf,
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+impl LoadedProbes {
+    fn empty(statuses: Vec<ProbeStatus>, bpf_stats: Result<(), String>) -> Self {
+        Self {
+            statuses,
+            ebpf: Mutex::new(None),
+            sched: None,
+            disk: None,
+            memory: None,
+            bpf_stats,
+            _bpf_stats_fd: None,
+            oom_events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// (probe, run count, run time in seconds) for every attached probe, from the kernel's
+    /// BPF statistics. Zero while statistics are off.
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, f64)> {
+        let guard = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ebpf) = guard.as_ref() else {
+            return Vec::new();
+        };
+        self.statuses
+            .iter()
+            .filter_map(|s| {
+                let program = ebpf.program(s.program?)?;
+                let info = match s.attach? {
+                    AttachKind::TpBtf => <&BtfTracePoint>::try_from(program).ok()?.info(),
+                    AttachKind::Tracepoint => <&TracePoint>::try_from(program).ok()?.info(),
+                }
+                .ok()?;
+                Some((s.name, info.run_count(), info.run_time().as_secs_f64()))
+            })
+            .collect()
+    }
 }
 
 /// One line out of an error chain; verifier logs are cut to their last line, which is the
@@ -161,10 +337,44 @@ fn raise_memlock() {
     }
 }
 
-/// Loads the object, attaches every probe it can, and publishes the maps in `maps`.
+/// Turns on the kernel's per-program run time and count (BPF_ENABLE_STATS, which needs
+/// CAP_SYS_ADMIN), or finds them already on through `kernel.bpf_stats_enabled`.
+fn enable_bpf_stats() -> (Result<(), String>, Option<OwnedFd>) {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => (Ok(()), Some(fd)),
+        Err(e) => {
+            let sysctl =
+                std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+            if sysctl.trim() == "1" {
+                (Ok(()), None)
+            } else {
+                let why = format!(
+                    "BPF run-time statistics are off: {} (needs CAP_SYS_ADMIN, or set sysctl kernel.bpf_stats_enabled=1 on the host); nodelens_probe_run* stay 0",
+                    reason(&e)
+                );
+                tracing::warn!("{why}");
+                (Err(why), None)
+            }
+        }
+    }
+}
+
+/// Loads the object, attaches every probe of the enabled families, and returns the maps.
 /// Never fails as a whole: what cannot work is reported in the statuses.
-pub fn load(mode: ProbeAttach, maps: &ProbeMaps) -> (Vec<ProbeStatus>, Option<Loaded>) {
+/// What `load` hands back: the probes for the collectors, and the two event sources that
+/// need a task on the async runtime.
+pub struct Loaded {
+    pub probes: LoadedProbes,
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub oom_ring: Option<RingBuf<MapData>>,
+}
+
+pub fn load(mode: ProbeAttach, families: &[Family]) -> Loaded {
     raise_memlock();
+    let wanted: Vec<&ProbeSpec> = PROBES
+        .iter()
+        .filter(|p| families.contains(&p.family))
+        .collect();
     let tracefs_dir = tracefs::find();
     if tracefs_dir.is_none() && mode != ProbeAttach::BtfOnly {
         tracing::info!(
@@ -175,26 +385,28 @@ pub fn load(mode: ProbeAttach, maps: &ProbeMaps) -> (Vec<ProbeStatus>, Option<Lo
     let own_btf = btf::Btf::from_file(Path::new(BTF_PATH));
     let aya_btf = aya::Btf::from_sys_fs().ok();
     let layout = layout::resolve(
-        own_btf.as_ref().ok(),
-        own_btf.as_ref().err().map(|e| e.to_string()).as_deref(),
+        own_btf.as_ref().map_err(|e| e.to_string()),
         tracefs_dir.as_deref(),
     );
     drop(own_btf); // several MB; only the offsets are kept
     tracing::debug!(?layout, "kernel layout");
 
-    let all_down = |why: String| -> Vec<ProbeStatus> {
-        PROBES
+    let down = |why: &str| -> Vec<ProbeStatus> {
+        wanted
             .iter()
             .map(|p| ProbeStatus {
                 name: p.name,
                 attach: None,
-                note: Some(why.clone()),
+                program: None,
+                note: Some(why.to_owned()),
             })
             .collect()
     };
     let mut ebpf = match EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global(SCHED_LAYOUT_GLOBAL, &layout.sched, true)
+        .override_global(DISK_LAYOUT_GLOBAL, &layout.disk, true)
+        .override_global(MEMORY_LAYOUT_GLOBAL, &layout.memory, true)
         .load(EBPF_OBJECT)
     {
         Ok(ebpf) => ebpf,
@@ -204,7 +416,11 @@ pub fn load(mode: ProbeAttach, maps: &ProbeMaps) -> (Vec<ProbeStatus>, Option<Lo
                 reason(&e)
             );
             tracing::error!("{why}");
-            return (all_down(why), None);
+            return Loaded {
+                probes: LoadedProbes::empty(down(&why), Err(why.clone())),
+                logger: None,
+                oom_ring: None,
+            };
         }
     };
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -214,61 +430,193 @@ pub fn load(mode: ProbeAttach, maps: &ProbeMaps) -> (Vec<ProbeStatus>, Option<Lo
             None
         }
     };
+    let (bpf_stats, stats_fd) = enable_bpf_stats();
 
-    let mut statuses = Vec::with_capacity(PROBES.len());
-    for spec in PROBES {
-        let status = attach(&mut ebpf, spec, mode, aya_btf.as_ref(), &layout);
-        match (&status.attach, &status.note) {
-            (Some(kind), None) => {
-                tracing::info!(probe = spec.name, attach = kind.as_str(), "probe attached")
+    let mut statuses: Vec<ProbeStatus> = Vec::with_capacity(wanted.len());
+    let mut groups: Vec<&str> = wanted.iter().map(|p| p.group).collect();
+    groups.dedup();
+    for group in groups {
+        let members: Vec<&ProbeSpec> = wanted
+            .iter()
+            .copied()
+            .filter(|p| p.group == group)
+            .collect();
+        for status in attach_group(&mut ebpf, &members, mode, aya_btf.as_ref(), &layout) {
+            match (&status.attach, &status.note) {
+                (Some(kind), None) => tracing::info!(
+                    probe = status.name,
+                    attach = kind.as_str(),
+                    "probe attached"
+                ),
+                (Some(kind), Some(note)) => tracing::info!(
+                    probe = status.name,
+                    attach = kind.as_str(),
+                    "probe attached ({note})"
+                ),
+                (None, note) => tracing::warn!(
+                    probe = status.name,
+                    "probe not attached: {}",
+                    note.as_deref().unwrap_or("unknown reason")
+                ),
             }
-            (Some(kind), Some(note)) => tracing::info!(
-                probe = spec.name,
-                attach = kind.as_str(),
-                "probe attached ({note})"
-            ),
-            (None, note) => tracing::warn!(
-                probe = spec.name,
-                "probe not attached: {}",
-                note.as_deref().unwrap_or("unknown reason")
-            ),
+            statuses.push(status);
         }
-        statuses.push(status);
     }
 
     let up = |name: &str| statuses.iter().any(|s| s.name == name && s.is_up());
-    let sched = (|| {
-        let runqueue_latency = PerCpuArray::try_from(ebpf.take_map("RUNQUEUE_LATENCY")?).ok()?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("SCHED_COUNTERS")?).ok()?;
-        Some(SchedMaps {
-            runqueue_latency,
-            counters,
-            runqueue_complete: up("sched_wakeup") && up("sched_wakeup_new") && up("sched_switch"),
-            switch_up: up("sched_switch"),
+    let enabled = |f: Family| families.contains(&f);
+    let sched = enabled(Family::Sched)
+        .then(|| {
+            Some(SchedMaps {
+                runqueue_latency: PerCpuArray::try_from(ebpf.take_map("RUNQUEUE_LATENCY")?).ok()?,
+                counters: PerCpuArray::try_from(ebpf.take_map("SCHED_COUNTERS")?).ok()?,
+                start: HashMap::try_from(ebpf.take_map("RUNQUEUE_START")?).ok()?,
+                runqueue_complete: up("sched_wakeup")
+                    && up("sched_wakeup_new")
+                    && up("sched_switch"),
+                switch_up: up("sched_switch"),
+            })
         })
-    })();
-    match sched {
-        Some(s) => {
-            let _ = maps.sched.set(s);
+        .flatten();
+    let disk = enabled(Family::Disk)
+        .then(|| {
+            Some(DiskMaps {
+                histograms: PerCpuHashMap::try_from(ebpf.take_map("DISK_HISTOGRAMS")?).ok()?,
+                inflight: Mutex::new(HashMap::try_from(ebpf.take_map("DISK_INFLIGHT")?).ok()?),
+                counters: PerCpuArray::try_from(ebpf.take_map("DISK_COUNTERS")?).ok()?,
+                up: up("block_rq_issue") && up("block_rq_complete"),
+            })
+        })
+        .flatten();
+    let memory = enabled(Family::Memory)
+        .then(|| {
+            Some(MemoryMaps {
+                reclaim: PerCpuArray::try_from(ebpf.take_map("RECLAIM_LATENCY")?).ok()?,
+                counters: PerCpuArray::try_from(ebpf.take_map("MEMORY_COUNTERS")?).ok()?,
+                start: HashMap::try_from(ebpf.take_map("RECLAIM_START")?).ok()?,
+                direct_up: up("mm_vmscan_direct_reclaim_begin")
+                    && up("mm_vmscan_direct_reclaim_end"),
+                memcg_up: up("mm_vmscan_memcg_reclaim_begin") && up("mm_vmscan_memcg_reclaim_end"),
+                oom_up: up("mark_victim"),
+            })
+        })
+        .flatten();
+    for (family, present) in [
+        (Family::Sched, sched.is_some()),
+        (Family::Disk, disk.is_some()),
+        (Family::Memory, memory.is_some()),
+    ] {
+        if enabled(family) && !present {
+            tracing::error!(
+                "{} maps missing from the eBPF object; this is a build bug",
+                family.collector()
+            );
         }
-        None => tracing::error!("scheduler maps missing from the eBPF object; this is a build bug"),
     }
-    (statuses, Some(Loaded { ebpf, logger }))
+    let oom_ring = if enabled(Family::Memory) {
+        ebpf.take_map("OOM_EVENTS")
+            .and_then(|m| RingBuf::try_from(m).ok())
+    } else {
+        None
+    };
+    let loaded = LoadedProbes {
+        statuses,
+        ebpf: Mutex::new(Some(ebpf)),
+        sched,
+        disk,
+        memory,
+        bpf_stats,
+        _bpf_stats_fd: stats_fd,
+        oom_events: Mutex::new(Vec::new()),
+    };
+    Loaded {
+        probes: loaded,
+        logger,
+        oom_ring,
+    }
 }
 
-fn attach(
+/// Attaches every probe of a group with one attach type: tp_btf first, then classic
+/// tracepoints. A member that fails with a type unloads the others before the next try.
+fn attach_group(
     ebpf: &mut Ebpf,
-    spec: &ProbeSpec,
+    members: &[&ProbeSpec],
     mode: ProbeAttach,
     btf: Option<&aya::Btf>,
     layout: &layout::Layout,
-) -> ProbeStatus {
-    let mut notes = Vec::new();
-    if mode != ProbeAttach::TracepointOnly {
-        let result = (|| -> Result<(), String> {
+) -> Vec<ProbeStatus> {
+    let kinds: &[AttachKind] = match mode {
+        ProbeAttach::Auto => &[AttachKind::TpBtf, AttachKind::Tracepoint],
+        ProbeAttach::BtfOnly => &[AttachKind::TpBtf],
+        ProbeAttach::TracepointOnly => &[AttachKind::Tracepoint],
+    };
+    let mut notes: Vec<String> = Vec::new();
+    for &kind in kinds {
+        let mut attached: Vec<&'static str> = Vec::new();
+        let mut failure = None;
+        for spec in members {
+            match attach_one(ebpf, spec, kind, btf, layout) {
+                Ok(program) => attached.push(program),
+                Err(e) => {
+                    failure = Some(format!("{}: {e}", kind.as_str()));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => {
+                let note = (!notes.is_empty()).then(|| notes.join("; "));
+                return members
+                    .iter()
+                    .zip(attached)
+                    .map(|(spec, program)| ProbeStatus {
+                        name: spec.name,
+                        attach: Some(kind),
+                        program: Some(program),
+                        note: note.clone(),
+                    })
+                    .collect();
+            }
+            Some(why) => {
+                for program in attached {
+                    if let Some(p) = ebpf.program_mut(program) {
+                        let _ = match kind {
+                            AttachKind::TpBtf => {
+                                <&mut BtfTracePoint>::try_from(p).map(|p| p.unload())
+                            }
+                            AttachKind::Tracepoint => {
+                                <&mut TracePoint>::try_from(p).map(|p| p.unload())
+                            }
+                        };
+                    }
+                }
+                notes.push(why);
+            }
+        }
+    }
+    members
+        .iter()
+        .map(|spec| ProbeStatus {
+            name: spec.name,
+            attach: None,
+            program: None,
+            note: Some(notes.join("; ")),
+        })
+        .collect()
+}
+
+/// Loads and attaches one program; returns its name in the object.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &ProbeSpec,
+    kind: AttachKind,
+    btf: Option<&aya::Btf>,
+    layout: &layout::Layout,
+) -> Result<&'static str, String> {
+    match kind {
+        AttachKind::TpBtf => {
             layout
-                .btf_ok
-                .clone()
+                .btf_ok(spec.family)
                 .map_err(|e| format!("no BTF offsets: {e}"))?;
             let btf = btf.ok_or("no kernel BTF at /sys/kernel/btf/vmlinux")?;
             let program: &mut BtfTracePoint = ebpf
@@ -281,22 +629,10 @@ fn attach(
                 let _ = program.unload();
                 return Err(reason(&e));
             }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                return ProbeStatus {
-                    name: spec.name,
-                    attach: Some(AttachKind::TpBtf),
-                    note: None,
-                };
-            }
-            Err(e) => notes.push(format!("tp_btf: {e}")),
+            Ok(spec.btf_program)
         }
-    }
-    if mode != ProbeAttach::BtfOnly {
-        let result = (|| -> Result<(), String> {
-            layout.tracepoint_ok.clone()?;
+        AttachKind::Tracepoint => {
+            layout.tracepoint_ok(spec.family)?;
             let program: &mut TracePoint = ebpf
                 .program_mut(spec.tracepoint_program)
                 .ok_or("program missing from object")?
@@ -307,23 +643,8 @@ fn attach(
                 let _ = program.unload();
                 return Err(reason(&e));
             }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                return ProbeStatus {
-                    name: spec.name,
-                    attach: Some(AttachKind::Tracepoint),
-                    note: (!notes.is_empty()).then(|| notes.join("; ")),
-                };
-            }
-            Err(e) => notes.push(format!("tracepoint: {e}")),
+            Ok(spec.tracepoint_program)
         }
-    }
-    ProbeStatus {
-        name: spec.name,
-        attach: None,
-        note: Some(notes.join("; ")),
     }
 }
 
@@ -353,4 +674,57 @@ pub fn spawn_log_forwarder(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
             guard.clear_ready();
         }
     });
+}
+
+/// Keeps at most this many recent OOM events for attribution.
+const OOM_EVENTS_KEPT: usize = 1024;
+
+/// Drains OOM kill events from the ring buffer as they arrive (woken by the kernel, no
+/// timer) and logs each kill.
+pub fn spawn_oom_reader(ring: RingBuf<MapData>, probes: std::sync::Arc<Probes>) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("OOM event reader disabled: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!("OOM event reader stopped: {e}");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                let Some(event) = parse_oom_event(&item) else {
+                    continue;
+                };
+                tracing::info!(pid = event.pid, cgroup_id = event.cgroup_id, "OOM kill");
+                if let Some(loaded) = probes.loaded.get() {
+                    let mut events = loaded.oom_events.lock().unwrap_or_else(|p| p.into_inner());
+                    if events.len() >= OOM_EVENTS_KEPT {
+                        events.remove(0);
+                    }
+                    events.push(event);
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+}
+
+fn parse_oom_event(bytes: &[u8]) -> Option<OomEvent> {
+    let pid = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?);
+    let cgroup_id = u64::from_ne_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some(OomEvent {
+        pid,
+        _pad: 0,
+        cgroup_id,
+    })
 }
