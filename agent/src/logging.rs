@@ -1,5 +1,7 @@
 //! Logging through tracing, as text or JSON. `log` records (aya-log's eBPF messages among
 //! them) are forwarded into tracing.
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
@@ -11,8 +13,13 @@ pub fn init(level: tracing::Level, format: LogFormat) {
         .from_env_lossy();
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
+        // Colours only on a terminal: container logs must stay plain text.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))

@@ -1,0 +1,149 @@
+//! Memory probes against real memory pressure inside cgroups the test creates. On this
+//! hybrid host the limit lives in a cgroup v1 memory controller, while a cgroup2 directory
+//! gives the process the identity the probes report (DESIGN.md, Testing).
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::Agent;
+
+const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
+
+/// Finds the cgroup2 mount (/sys/fs/cgroup on v2 hosts, /sys/fs/cgroup/unified on hybrid).
+fn cgroup2_root() -> PathBuf {
+    common::read("/proc/self/mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A v1 memory cgroup with a limit plus a v2 cgroup, both removed on drop.
+struct TestCgroup {
+    v1: PathBuf,
+    v2: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(name: &str, limit_bytes: u64) -> TestCgroup {
+        common::require_root();
+        let v1 = Path::new(V1_MEMORY).join(format!("{name}-{}", std::process::id()));
+        let v2 = cgroup2_root().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&v1).expect("create v1 memory cgroup");
+        std::fs::create_dir_all(&v2).expect("create cgroup2 directory");
+        std::fs::write(v1.join("memory.limit_in_bytes"), limit_bytes.to_string()).unwrap();
+        TestCgroup { v1, v2 }
+    }
+
+    /// Runs `script` with sh inside both cgroups; returns (exit status, the shell's pid).
+    fn run(&self, script: &str) -> (std::process::ExitStatus, u32) {
+        let wrapped = format!(
+            "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec {script}",
+            self.v1.display(),
+            self.v2.display()
+        );
+        let mut child = Command::new("sh").args(["-c", &wrapped]).spawn().unwrap();
+        let pid = child.id();
+        (child.wait().unwrap(), pid)
+    }
+
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.v2).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Processes are gone by now; empty cgroups can be removed.
+        let _ = std::fs::remove_dir(&self.v1);
+        let _ = std::fs::remove_dir(&self.v2);
+    }
+}
+
+#[test]
+fn memcg_reclaim_is_measured() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("nodelens-reclaim", 32 << 20);
+    let dir = tempfile::Builder::new()
+        .prefix("nodelens-reclaim-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Written with O_DIRECT, so none of it sits in the page cache yet.
+    let file = dir.path().join("fill");
+    let status = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "bs=1M",
+            "count=256",
+            "oflag=direct",
+            "status=none",
+        ])
+        .arg(format!("of={}", file.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "creating the file failed");
+    let before = agent.metrics();
+    // Reading 256 MiB through the page cache inside a 32 MiB cgroup: the memcg must reclaim
+    // (clean pages, so reclaim always succeeds and nothing is OOM-killed).
+    let (status, _) = cg.run(&format!(
+        "dd if={} of=/dev/null bs=1M status=none",
+        file.display()
+    ));
+    assert!(status.success(), "dd inside the cgroup failed");
+    let after = agent.metrics();
+    let key = "nodelens_memory_reclaim_stall_seconds_count{kind=\"memcg\"}";
+    let stalls = after.value(key) - before.value(key);
+    let sum_key = "nodelens_memory_reclaim_stall_seconds_sum{kind=\"memcg\"}";
+    let secs = after.value(sum_key) - before.value(sum_key);
+    eprintln!("memcg reclaim: {stalls} stalls, {secs} s");
+    assert!(stalls > 0.0, "memcg reclaim histogram must grow");
+    assert!(secs > 0.0, "stall time is recorded");
+}
+
+#[test]
+fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
+    let agent = Agent::start(&[]);
+    let cg = TestCgroup::new("nodelens-oom", 32 << 20);
+    let before = agent.metrics().value("nodelens_oom_kills_total");
+    // dd's 256 MiB buffer cannot fit in 32 MiB without swap: the memcg OOM killer takes dd,
+    // the only task in the cgroup, and nothing outside it.
+    let (status, pid) = cg.run("dd if=/dev/zero of=/dev/null bs=256M count=1 status=none");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "dd should be OOM-killed, got {status:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = agent.metrics().value("nodelens_oom_kills_total");
+    assert_eq!(after - before, 1.0, "exactly one OOM kill");
+    let oom_control = common::read(cg.v1.join("memory.oom_control"));
+    assert!(
+        oom_control.contains("oom_kill 1"),
+        "the kill happened in the test cgroup: {oom_control}"
+    );
+
+    // The ring buffer carried the victim's pid and its cgroup2 id (the directory's inode).
+    let inode = cg.inode();
+    let (_, stderr) = agent.terminate(Duration::from_secs(5));
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("OOM kill"))
+        .unwrap_or_else(|| panic!("no OOM kill log line in:\n{stderr}"));
+    assert!(
+        line.contains(&format!("pid={pid}")),
+        "victim pid {pid}: {line}"
+    );
+    assert!(
+        line.contains(&format!("cgroup_id={inode}")),
+        "victim cgroup {inode}: {line}"
+    );
+}
