@@ -17,6 +17,11 @@ use config::{Cli, Command, Config};
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // One malloc arena: the agent's threads are few and mostly idle, and per-thread arenas
+    // (64 MB of address space each, partly resident) would cost more memory than they save
+    // in contention.
+    // SAFETY: called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -47,10 +52,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        // One event loop thread is plenty: scrapes render on the blocking pool.
-        .worker_threads(1)
-        .max_blocking_threads(4)
+    // One thread serves everything: a scrape is a short burst of reads from memory, and
+    // probe loading runs once on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
         .enable_all()
         .build()
     {
@@ -99,6 +104,10 @@ fn run(config: Config) -> ExitCode {
             let loaded = ebpf::load(mode, &families);
             // Only this task sets it, once.
             let _ = loader_probes.loaded.set(loaded.probes);
+            // Parsing the kernel's BTF (twice: ours for offsets, aya's for loading) leaves
+            // ~18 MB of freed heap that glibc keeps; hand it back to the kernel.
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
             (loaded.logger, loaded.oom_ring)
         });
         let serving = tokio::spawn(server::serve(listener, server, shutdown_signal()));

@@ -153,13 +153,12 @@ impl Server {
                         .get(header::ACCEPT_ENCODING)
                         .and_then(|v| v.to_str().ok()),
                 );
-                let server = self.clone();
-                // Collectors do blocking reads of /proc and BPF maps: keep them off the
-                // event loop so /healthz stays responsive during a scrape.
-                let rendered = tokio::task::spawn_blocking(move || server.render(format)).await;
-                match rendered {
-                    Ok(Ok(body)) => metrics_response(body, format, gzip),
-                    Ok(Err(_)) | Err(_) => {
+                // Rendered inline on the event loop: the reads are of /proc, /sys and BPF maps
+                // (memory, never disk) and take well under a millisecond, less than handing
+                // them to another thread would cost.
+                match self.render(format) {
+                    Ok(body) => metrics_response(body, format, gzip),
+                    Err(_) => {
                         tracing::error!("encoding metrics failed");
                         text(
                             StatusCode::INTERNAL_SERVER_ERROR,

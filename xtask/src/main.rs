@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(about = "nodelens development tasks")]
 struct Cli {
@@ -35,15 +37,24 @@ enum Task {
     Test,
     /// cargo fmt --check and cargo clippy -D warnings.
     Lint,
+    /// Compare nodelens with node_exporter on this machine: probe cost per event, CPU per
+    /// scrape, latency, bytes, series and RSS (as root).
+    Bench {
+        /// Short loads and fewer scrapes: checks that the bench works (CI uses this).
+        #[arg(long)]
+        short: bool,
+    },
 }
 
-/// Debian packages the tests use: promtool (prometheus), node_exporter for the parity test,
-/// bpftool, stress-ng and taskset (util-linux).
+/// Debian packages the tests and the bench use: promtool (prometheus), node_exporter (the
+/// peer we compare with), bpftool, stress-ng, fio, and losetup/taskset/blkdiscard
+/// (util-linux).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-node-exporter",
     "bpftool",
     "stress-ng",
+    "fio",
     "util-linux",
 ];
 
@@ -54,6 +65,9 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test => test(),
         Task::Lint => lint(),
+        Task::Bench { short } => setup(true)
+            .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
+            .and_then(|()| bench::bench(bench::Options { short })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,11 +78,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn step(msg: &str) {
+pub(crate) fn step(msg: &str) {
     eprintln!("==> {msg}");
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
@@ -84,12 +98,19 @@ fn cmd_output(program: &str, args: &[&str]) -> Option<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{why}: run as root (sudo -E cargo xtask ...)");
     }
     Ok(())
 }
@@ -239,7 +260,7 @@ fn setup(test_tools: bool) -> Result<()> {
     Ok(())
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .args(args)
@@ -301,5 +322,7 @@ fn test() -> Result<()> {
         "*",
         "--",
         "--test-threads=1",
-    ])
+    ])?;
+    step("bench, short mode: checks that it completes and produces every figure");
+    bench::bench(bench::Options { short: true })
 }

@@ -1,9 +1,12 @@
 //! The cost and health of the eBPF side: per-probe run counts and run time from the
 //! kernel's BPF statistics (their ratio is the cost per event), how full the bounded maps
 //! are, and events lost because a map was full or an entry went stale.
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use agent_ebpf::{
@@ -18,10 +21,20 @@ use crate::{ebpf::Probes, metrics::family};
 /// that vanished mid-request): it is removed and counted, never recorded as latency.
 pub const DISK_INFLIGHT_STALE_NS: u64 = 60 * 1_000_000_000;
 
+/// Counting a hash map's entries walks every bucket of it (the kernel has no entry count
+/// for preallocated hash maps), which costs tens of microseconds per large map. So the
+/// counts, and the stale-request sweep that shares the walk, refresh at most this often.
+pub const MAP_WALK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// (map name, entries, capacity).
+type MapFill = (&'static str, u64, u32);
+
 #[derive(Debug)]
 pub struct BpfCollector {
     probes: Arc<Probes>,
     disk_inflight_stale: AtomicU64,
+    /// Last walk: when, and (map, entries, capacity).
+    walked: Mutex<Option<(Instant, Vec<MapFill>)>>,
 }
 
 impl BpfCollector {
@@ -29,7 +42,75 @@ impl BpfCollector {
         Self {
             probes,
             disk_inflight_stale: AtomicU64::new(0),
+            walked: Mutex::new(None),
         }
+    }
+
+    /// Map fill levels, walking the maps only when the last walk is older than
+    /// `MAP_WALK_INTERVAL`.
+    fn map_entries(
+        &self,
+        loaded: &crate::ebpf::LoadedProbes,
+    ) -> Result<Vec<MapFill>, CollectError> {
+        let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, maps)) = walked.as_ref()
+            && at.elapsed() < MAP_WALK_INTERVAL
+        {
+            return Ok(maps.clone());
+        }
+        let mut maps = Vec::new();
+        if let Some(s) = &loaded.sched {
+            maps.push((
+                "RUNQUEUE_START",
+                s.start.keys().count() as u64,
+                RUNQUEUE_START_ENTRIES,
+            ));
+        }
+        if let Some(d) = &loaded.disk {
+            maps.push((
+                "DISK_INFLIGHT",
+                self.sweep_disk_inflight(d)?,
+                DISK_INFLIGHT_ENTRIES,
+            ));
+            maps.push((
+                "DISK_HISTOGRAMS",
+                d.histograms.keys().count() as u64,
+                DISK_HISTOGRAM_ENTRIES,
+            ));
+        }
+        if let Some(m) = &loaded.memory {
+            maps.push((
+                "RECLAIM_START",
+                m.start.keys().count() as u64,
+                RECLAIM_START_ENTRIES,
+            ));
+        }
+        *walked = Some((Instant::now(), maps.clone()));
+        Ok(maps)
+    }
+
+    /// Removes in-flight requests older than `DISK_INFLIGHT_STALE_NS`, counts them, and
+    /// returns how many entries remain.
+    fn sweep_disk_inflight(&self, d: &crate::ebpf::DiskMaps) -> Result<u64, CollectError> {
+        let now = monotonic_ns();
+        let mut inflight = d.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = 0u64;
+        let mut stale = Vec::new();
+        for item in inflight.iter() {
+            let (key, req) = item.map_err(|e| map_error("DISK_INFLIGHT", e))?;
+            entries += 1;
+            if now.saturating_sub(req.issued_ns) > DISK_INFLIGHT_STALE_NS {
+                stale.push(key);
+            }
+        }
+        for key in &stale {
+            // Gone already means it completed after all: not stale.
+            if inflight.remove(key).is_ok() {
+                self.disk_inflight_stale.fetch_add(1, Ordering::Relaxed);
+                entries = entries.saturating_sub(1);
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -54,15 +135,9 @@ impl Collector for BpfCollector {
             return Ok(());
         };
         let stats = loaded.program_stats();
-        let mut maps: Vec<(&'static str, u64, u32)> = Vec::new();
+        let maps = self.map_entries(loaded)?;
         let mut lost: Vec<(&'static str, u64)> = Vec::new();
-
         if let Some(s) = &loaded.sched {
-            maps.push((
-                "RUNQUEUE_START",
-                s.start.keys().count() as u64,
-                RUNQUEUE_START_ENTRIES,
-            ));
             let c = s
                 .counters
                 .get(&0, 0)
@@ -73,34 +148,6 @@ impl Collector for BpfCollector {
             ));
         }
         if let Some(d) = &loaded.disk {
-            let now = monotonic_ns();
-            let inflight = d.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            let mut entries = 0u64;
-            let mut stale = Vec::new();
-            for item in inflight.iter() {
-                let (key, req) = item.map_err(|e| map_error("DISK_INFLIGHT", e))?;
-                entries += 1;
-                if now.saturating_sub(req.issued_ns) > DISK_INFLIGHT_STALE_NS {
-                    stale.push(key);
-                }
-            }
-            drop(inflight);
-            if !stale.is_empty() {
-                let mut inflight = d.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                for key in &stale {
-                    // Gone already means it completed after all: not stale.
-                    if inflight.remove(key).is_ok() {
-                        self.disk_inflight_stale.fetch_add(1, Ordering::Relaxed);
-                        entries = entries.saturating_sub(1);
-                    }
-                }
-            }
-            maps.push(("DISK_INFLIGHT", entries, DISK_INFLIGHT_ENTRIES));
-            maps.push((
-                "DISK_HISTOGRAMS",
-                d.histograms.keys().count() as u64,
-                DISK_HISTOGRAM_ENTRIES,
-            ));
             let c = d
                 .counters
                 .get(&0, 0)
@@ -119,11 +166,6 @@ impl Collector for BpfCollector {
             ));
         }
         if let Some(m) = &loaded.memory {
-            maps.push((
-                "RECLAIM_START",
-                m.start.keys().count() as u64,
-                RECLAIM_START_ENTRIES,
-            ));
             let c = m
                 .counters
                 .get(&0, 0)
@@ -159,7 +201,7 @@ impl Collector for BpfCollector {
         family(
             out,
             "nodelens_map_entries",
-            "Entries in each bounded BPF map.",
+            "Entries in each bounded BPF map (refreshed at most every 10 s).",
             MetricType::Gauge,
             maps.iter().map(|(map, n, _)| ([("map", *map)], *n as f64)),
         )?;

@@ -109,7 +109,7 @@ pub fn build(config: &Config, probes: Arc<Probes>) -> Vec<Box<dyn Collector>> {
                 "block" => Box::new(block::BlockCollector::new(probes.clone(), &config.sysfs)),
                 "memory" => Box::new(memory::MemoryCollector::new(probes.clone())),
                 "bpf" => Box::new(bpf::BpfCollector::new(probes.clone())),
-                "process" => Box::new(process::ProcessCollector::new()),
+                "process" => Box::new(process::ProcessCollector::new(&paths.procfs)),
                 other => unreachable!("config validated collector name {other}"),
             }
         })
