@@ -67,7 +67,7 @@ pub fn log2_slot(value: u64) -> usize {
     r + 1
 }
 
-/// Scheduler counters, one entry per CPU.
+/// Scheduler counters and per-CPU state, one entry per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SchedCounters {
@@ -77,7 +77,41 @@ pub struct SchedCounters {
     pub involuntary_switches: u64,
     /// A wakeup timestamp could not be stored because the start map was full.
     pub start_map_full: u64,
+    /// A cgroup's statistics could not be stored because the cgroup map was full.
+    pub cgroup_map_full: u64,
+    /// When this CPU last switched tasks: the task leaving at the next switch has run
+    /// since then. Per-CPU state rather than a counter; 0 until the first switch is seen.
+    pub last_switch_ns: u64,
 }
+
+/// A runnable task's wait start and the cgroup to charge the wait to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunqueueStart {
+    pub since_ns: u64,
+    /// cgroup v2 id of the waiting task; 0 when unknown (classic-tracepoint wakeups).
+    pub cgroup_id: u64,
+}
+
+/// Per-cgroup totals, keyed by cgroup v2 id (the inode of the cgroup's directory), updated
+/// with atomic adds: one shared entry per cgroup instead of one per CPU keeps the map small
+/// on large machines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupStats {
+    /// Time the cgroup's tasks spent on a CPU.
+    pub cpu_ns: u64,
+    /// Time the cgroup's tasks spent runnable, waiting for a CPU.
+    pub runqueue_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub reclaim_direct_ns: u64,
+    pub reclaim_memcg_ns: u64,
+}
+
+/// Default size of the per-cgroup map. User space sets it at load time from the tracked
+/// cgroup cap (room for churn: gone cgroups stay until their last scrape).
+pub const CGROUP_STATS_ENTRIES: u32 = 16384;
 
 /// Index of the run-queue latency histogram in its per-CPU array.
 pub const RUNQUEUE_HISTOGRAM_INDEX: u32 = 0;
@@ -106,6 +140,11 @@ pub struct SchedLayout {
     /// Size of `prev_state` in the format file (`long`: 8 on 64-bit kernels).
     pub tp_switch_prev_state_size: u32,
     pub tp_switch_next_pid: u32,
+    /// task->cgroups->dfl_cgrp->kn->id, to charge a woken task's wait to its cgroup.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// Name of the global holding [`SchedLayout`] in the eBPF object.
@@ -228,6 +267,7 @@ pub const RECLAIM_START_ENTRIES: u32 = 8192;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MemoryCounters {
     pub reclaim_start_map_full: u64,
+    pub cgroup_map_full: u64,
     pub oom_kills: u64,
     /// An OOM event could not be sent to user space: the ring buffer was full.
     pub oom_ringbuf_full: u64,
@@ -267,6 +307,8 @@ mod user {
     unsafe impl aya::Pod for super::Log2Histogram {}
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::SchedLayout {}
+    unsafe impl aya::Pod for super::RunqueueStart {}
+    unsafe impl aya::Pod for super::CgroupStats {}
     unsafe impl aya::Pod for super::DiskKey {}
     unsafe impl aya::Pod for super::DiskHistograms {}
     unsafe impl aya::Pod for super::DiskCounters {}

@@ -2,6 +2,9 @@
 //! write them. Entry points are thin: the logic lives in fallible functions.
 #![no_std]
 #![no_main]
+// Atomic adds on shared per-cgroup counters (see probes/cgroup.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod probes;
 

@@ -72,6 +72,24 @@ pub struct Flags {
     /// How probes attach: auto (tp_btf, else classic tracepoint), tp_btf or tracepoint [default: auto].
     #[arg(long, env = "NODELENS_PROBE_ATTACH", global = true)]
     pub probe_attach: Option<String>,
+    /// The cgroup2 mount [default: found in /proc/self/mountinfo].
+    #[arg(long, env = "NODELENS_CGROUP_ROOT", global = true)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Most cgroups exported one by one; the rest fold into cgroup="other" [default: 4096].
+    #[arg(long, env = "NODELENS_MAX_CGROUPS", global = true)]
+    pub max_cgroups: Option<usize>,
+    /// Only export cgroups whose path (relative to the cgroup2 root) matches this regex.
+    #[arg(long, env = "NODELENS_CGROUP_INCLUDE", global = true)]
+    pub cgroup_include: Option<String>,
+    /// Never export cgroups whose path matches this regex (applied after the include).
+    #[arg(long, env = "NODELENS_CGROUP_EXCLUDE", global = true)]
+    pub cgroup_exclude: Option<String>,
+    /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
+    #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
+    pub pod_logs_dir: Option<PathBuf>,
+    /// The kubelet's container log links, for container names [default: /var/log/containers].
+    #[arg(long, env = "NODELENS_CONTAINER_LOGS_DIR", global = true)]
+    pub container_logs_dir: Option<PathBuf>,
     /// trace, debug, info, warn or error [default: info].
     #[arg(long, env = "NODELENS_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
@@ -90,8 +108,20 @@ pub struct FileConfig {
     pub sysfs: Option<PathBuf>,
     pub rootfs: Option<PathBuf>,
     pub probe_attach: Option<String>,
+    pub cgroups: Option<FileCgroups>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCgroups {
+    pub root: Option<PathBuf>,
+    pub max: Option<usize>,
+    pub include: Option<String>,
+    pub exclude: Option<String>,
+    pub pod_logs_dir: Option<PathBuf>,
+    pub container_logs_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,9 +156,24 @@ pub struct Config {
     pub sysfs: PathBuf,
     pub rootfs: PathBuf,
     pub probe_attach: ProbeAttach,
+    pub cgroups: CgroupConfig,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
+
+/// Per-cgroup attribution settings.
+#[derive(Debug, Clone)]
+pub struct CgroupConfig {
+    /// `None`: find the cgroup2 mount in /proc/self/mountinfo.
+    pub root: Option<PathBuf>,
+    pub max_tracked: usize,
+    pub include: Option<regex::Regex>,
+    pub exclude: Option<regex::Regex>,
+    pub pod_logs_dir: PathBuf,
+    pub container_logs_dir: PathBuf,
+}
+
+pub const DEFAULT_MAX_CGROUPS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -228,6 +273,53 @@ impl Config {
             }
         };
 
+        let file_cgroups = file.cgroups.unwrap_or_default();
+        let pattern = |field: &'static str,
+                       value: Option<String>|
+         -> Result<Option<regex::Regex>, ConfigError> {
+            value
+                .map(|p| {
+                    regex::Regex::new(&p).map_err(|e| {
+                        let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                        invalid(
+                            field,
+                            format!("{p:?} is not a valid regular expression: {first}"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let max_tracked = flags
+            .max_cgroups
+            .or(file_cgroups.max)
+            .unwrap_or(DEFAULT_MAX_CGROUPS);
+        if max_tracked == 0 {
+            return Err(invalid(
+                "cgroups.max",
+                "must be at least 1 (the default is 4096)",
+            ));
+        }
+        let cgroups = CgroupConfig {
+            root: flags.cgroup_root.or(file_cgroups.root),
+            max_tracked,
+            include: pattern(
+                "cgroups.include",
+                flags.cgroup_include.or(file_cgroups.include),
+            )?,
+            exclude: pattern(
+                "cgroups.exclude",
+                flags.cgroup_exclude.or(file_cgroups.exclude),
+            )?,
+            pod_logs_dir: flags
+                .pod_logs_dir
+                .or(file_cgroups.pod_logs_dir)
+                .unwrap_or_else(|| "/var/log/pods".into()),
+            container_logs_dir: flags
+                .container_logs_dir
+                .or(file_cgroups.container_logs_dir)
+                .unwrap_or_else(|| "/var/log/containers".into()),
+        };
+
         let level = flags
             .log_level
             .or(file.log_level)
@@ -260,6 +352,7 @@ impl Config {
             sysfs: flags.sysfs.or(file.sysfs).unwrap_or_else(|| "/sys".into()),
             rootfs: flags.rootfs.or(file.rootfs).unwrap_or_else(|| "/".into()),
             probe_attach,
+            cgroups,
             log_level,
             log_format,
         })
@@ -395,6 +488,28 @@ mod tests {
             ..flags()
         };
         assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("probe_attach: "));
+    }
+
+    #[test]
+    fn cgroup_settings_are_checked() {
+        let c = Config::resolve(flags()).unwrap();
+        assert_eq!(c.cgroups.max_tracked, DEFAULT_MAX_CGROUPS);
+        assert_eq!(c.cgroups.pod_logs_dir, PathBuf::from("/var/log/pods"));
+        let f = Flags {
+            cgroup_exclude: Some("system\\.slice/(".into()),
+            ..flags()
+        };
+        let msg = field_of(Config::resolve(f).unwrap_err());
+        assert!(msg.starts_with("cgroups.exclude: "), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let f = Flags {
+            max_cgroups: Some(0),
+            ..flags()
+        };
+        assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("cgroups.max: "));
+        let yaml = "cgroups:\n  max: 10\n  include: '^kubepods'\n";
+        let file = FileConfig::parse(Path::new("c.yaml"), yaml).unwrap();
+        assert_eq!(file.cgroups.unwrap().max, Some(10));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser;
 
 mod agent;
+mod cgroups;
 mod collectors;
 mod config;
 mod ebpf;
@@ -78,7 +79,11 @@ fn run(config: Config) -> ExitCode {
         };
         let probes = Arc::new(ebpf::Probes::default());
         let agent = Arc::new(agent::AgentState::new(probes.clone()));
-        let registry = metrics::registry(collectors::build(&config, probes.clone()), agent.clone());
+        let resolver = Arc::new(std::sync::Mutex::new(cgroup_resolver(&config)));
+        let registry = metrics::registry(
+            collectors::build(&config, probes.clone(), resolver.clone()),
+            agent.clone(),
+        );
         let server = Arc::new(server::Server {
             registry: Arc::new(registry),
             agent: agent.clone(),
@@ -97,11 +102,12 @@ fn run(config: Config) -> ExitCode {
             .filter(|f| config.collectors.contains(&f.collector()))
             .collect();
         let loader_probes = probes.clone();
+        let max_cgroups = config.cgroups.max_tracked;
         let loading = tokio::task::spawn_blocking(move || {
             if families.is_empty() {
                 return (None, None);
             }
-            let loaded = ebpf::load(mode, &families);
+            let loaded = ebpf::load(mode, &families, max_cgroups);
             // Only this task sets it, once.
             let _ = loader_probes.loaded.set(loaded.probes);
             // Parsing the kernel's BTF (twice: ours for offsets, aya's for loading) leaves
@@ -117,7 +123,7 @@ fn run(config: Config) -> ExitCode {
                     ebpf::spawn_log_forwarder(logger);
                 }
                 if let Some(ring) = oom_ring {
-                    ebpf::spawn_oom_reader(ring, probes.clone());
+                    ebpf::spawn_oom_reader(ring, probes.clone(), resolver.clone(), config.procfs.clone());
                 }
             }
             Err(e) => tracing::error!("loading probes failed: {e}"),
@@ -134,6 +140,27 @@ fn run(config: Config) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The resolver over the cgroup2 hierarchy: `--cgroup-root`, or the cgroup2 mount in our
+/// own mountinfo (the host's /sys/fs/cgroup is mounted into the pod at the same place).
+fn cgroup_resolver(config: &Config) -> cgroups::CgroupResolver {
+    let root = config.cgroups.root.clone().or_else(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        cgroups::cgroup2_mount(&mountinfo)
+    });
+    let root = root.unwrap_or_else(|| {
+        tracing::warn!(
+            "no cgroup2 mount in /proc/self/mountinfo: per-cgroup metrics fold into cgroup=\"other\" (mount the host's /sys/fs/cgroup, or set --cgroup-root)"
+        );
+        "/sys/fs/cgroup".into()
+    });
+    tracing::info!(root = %root.display(), "cgroup2 hierarchy");
+    cgroups::CgroupResolver::new(
+        root,
+        &config.cgroups.pod_logs_dir,
+        &config.cgroups.container_logs_dir,
+    )
 }
 
 async fn shutdown_signal() {

@@ -112,7 +112,13 @@ fn memcg_reclaim_is_measured() {
 fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
     let agent = Agent::start(&[]);
     let cg = TestCgroup::new("nodelens-oom", 32 << 20);
-    let before = agent.metrics().value("nodelens_oom_kills_total");
+    let total = |m: &common::Metrics| {
+        m.family("nodelens_oom_kills_total")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    let before = total(&agent.metrics());
     // dd's 256 MiB buffer cannot fit in 32 MiB without swap: the memcg OOM killer takes dd,
     // the only task in the cgroup, and nothing outside it.
     let (status, pid) = cg.run("dd if=/dev/zero of=/dev/null bs=256M count=1 status=none");
@@ -123,8 +129,17 @@ fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
         "dd should be OOM-killed, got {status:?}"
     );
     std::thread::sleep(Duration::from_millis(300));
-    let after = agent.metrics().value("nodelens_oom_kills_total");
-    assert_eq!(after - before, 1.0, "exactly one OOM kill");
+    let after = agent.metrics();
+    assert_eq!(total(&after) - before, 1.0, "exactly one OOM kill");
+    let series = format!(
+        "nodelens_oom_kills_total{{cgroup=\"{}\",container=\"\",namespace=\"\",pod=\"\"}}",
+        cg.v2.file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        after.get(&series),
+        Some(1.0),
+        "the kill is labelled with the victim's cgroup: {series}"
+    );
     let oom_control = common::read(cg.v1.join("memory.oom_control"));
     assert!(
         oom_control.contains("oom_kill 1"),

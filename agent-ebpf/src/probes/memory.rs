@@ -7,13 +7,13 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use super::{histogram, kernel};
+use super::{cgroup, histogram, kernel};
 
 #[unsafe(no_mangle)]
 static MEMORY_LAYOUT: Global<MemoryLayout> = Global::new(MemoryLayout {
@@ -74,7 +74,20 @@ fn reclaim_end(kind: u32) -> u32 {
     };
     let _ = RECLAIM_START.remove(key);
     let now = unsafe { bpf_ktime_get_ns() };
-    histogram::record(&RECLAIM_LATENCY, kind, now.saturating_sub(start));
+    let stalled = now.saturating_sub(start);
+    histogram::record(&RECLAIM_LATENCY, kind, stalled);
+    // The stalled task is `current`: charge its cgroup.
+    match cgroup::stats(unsafe { bpf_get_current_cgroup_id() }) {
+        Some(stats) => {
+            let field = if kind == RECLAIM_DIRECT {
+                unsafe { &raw mut (*stats).reclaim_direct_ns }
+            } else {
+                unsafe { &raw mut (*stats).reclaim_memcg_ns }
+            };
+            cgroup::add(field, stalled);
+        }
+        None => count(|c| c.cgroup_map_full += 1),
+    }
     0
 }
 
@@ -131,14 +144,19 @@ fn oom_kill(pid: u32, cgroup_id: u64) {
     }
 }
 
-/// task->cgroups->dfl_cgrp->kn->id: the victim's cgroup v2 id. mark_victim runs in the
-/// context of whoever triggered the OOM killer, so the current task's cgroup would be wrong.
+/// The victim's cgroup v2 id. mark_victim runs in the context of whoever triggered the OOM
+/// killer, so the current task's cgroup would be wrong.
 #[inline(always)]
 unsafe fn task_cgroup_id(task: *const u8, l: &MemoryLayout) -> Result<u64, i32> {
-    let css_set = unsafe { kernel::read_ptr(task, l.task_cgroups)? };
-    let cgroup = unsafe { kernel::read_ptr(css_set, l.css_set_dfl_cgrp)? };
-    let kn = unsafe { kernel::read_ptr(cgroup, l.cgroup_kn)? };
-    unsafe { kernel::read_u64(kn, l.kernfs_node_id) }
+    unsafe {
+        cgroup::task_cgroup_id(
+            task,
+            l.task_cgroups,
+            l.css_set_dfl_cgrp,
+            l.cgroup_kn,
+            l.kernfs_node_id,
+        )
+    }
 }
 
 #[btf_tracepoint(function = "mark_victim")]

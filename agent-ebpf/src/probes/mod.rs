@@ -1,3 +1,4 @@
+pub mod cgroup;
 pub mod disk;
 pub mod histogram;
 pub mod kernel;

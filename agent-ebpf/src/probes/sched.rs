@@ -7,11 +7,12 @@
 //! Each event exists twice: as a BTF tracepoint (`tp_btf`, preferred: no tracefs, cheaper
 //! per event) and as a classic tracepoint. User space loads one of the two per probe.
 use agent_ebpf::{
-    Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
+    Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, RUNQUEUE_START_ENTRIES, RunqueueStart, SchedCounters,
+    SchedLayout,
 };
 use aya_ebpf::{
     EbpfContext, Global,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
@@ -19,7 +20,7 @@ use aya_ebpf::{
 
 use aya_log_ebpf::warn;
 
-use super::histogram;
+use super::{cgroup, histogram};
 
 #[unsafe(no_mangle)]
 static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
@@ -31,11 +32,16 @@ static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
     tp_switch_prev_state: 0,
     tp_switch_prev_state_size: 0,
     tp_switch_next_pid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 });
 
-/// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU.
+/// Wakeup (or preemption) timestamp and cgroup per pid, consumed when the task gets a CPU.
 #[map]
-static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
+static RUNQUEUE_START: HashMap<u32, RunqueueStart> =
+    HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
 
 #[map]
 static RUNQUEUE_LATENCY: PerCpuArray<Log2Histogram> = PerCpuArray::with_max_entries(1, 0);
@@ -48,12 +54,15 @@ static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entrie
 const TASK_STATE_MASK: u64 = 0xff;
 
 #[inline(always)]
-fn enqueue<C: EbpfContext>(ctx: &C, pid: u32) {
+fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64, cgroup_id: u64) {
     if pid == 0 {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if RUNQUEUE_START.insert(pid, now, 0).is_err()
+    let start = RunqueueStart {
+        since_ns: now,
+        cgroup_id,
+    };
+    if RUNQUEUE_START.insert(pid, start, 0).is_err()
         && let Some(c) = SCHED_COUNTERS.get_ptr_mut(0)
     {
         // SAFETY: per-CPU slot.
@@ -71,19 +80,51 @@ fn enqueue<C: EbpfContext>(ctx: &C, pid: u32) {
 }
 
 #[inline(always)]
+fn on_wakeup<C: EbpfContext>(ctx: &C, pid: u32, cgroup_id: u64) {
+    enqueue(ctx, pid, unsafe { bpf_ktime_get_ns() }, cgroup_id);
+}
+
+/// One map lookup for this CPU's counters, one for the leaving task's cgroup, and, when
+/// the arriving task was waiting, one for its start and one for its cgroup.
+#[inline(always)]
 fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
-    if let Some(c) = SCHED_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            if prev_runnable {
-                (*c).involuntary_switches += 1;
-            } else {
-                (*c).voluntary_switches += 1;
-            }
-        }
-    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(cpu) = SCHED_COUNTERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it.
+    let cpu = unsafe { &mut *cpu };
     if prev_runnable {
-        enqueue(ctx, prev_pid);
+        cpu.involuntary_switches += 1;
+    } else {
+        cpu.voluntary_switches += 1;
+    }
+    let ran_since = cpu.last_switch_ns;
+    cpu.last_switch_ns = now;
+
+    // The idle task's time is idle, not any cgroup's CPU time.
+    if prev_pid != 0 {
+        // `current` is still prev here.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        match cgroup::stats(cgroup_id) {
+            Some(stats) => {
+                // SAFETY: the entry lives in the map; fields are updated atomically.
+                unsafe {
+                    if ran_since != 0 {
+                        cgroup::add(&raw mut (*stats).cpu_ns, now.saturating_sub(ran_since));
+                    }
+                    if prev_runnable {
+                        cgroup::add(&raw mut (*stats).involuntary_switches, 1);
+                    } else {
+                        cgroup::add(&raw mut (*stats).voluntary_switches, 1);
+                    }
+                }
+            }
+            None => cpu.cgroup_map_full += 1,
+        }
+        if prev_runnable {
+            enqueue(ctx, prev_pid, now, cgroup_id);
+        }
     }
     if next_pid == 0 {
         return;
@@ -92,13 +133,14 @@ fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_p
     let Some(start) = (unsafe { RUNQUEUE_START.get(next_pid) }).copied() else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    histogram::record(
-        &RUNQUEUE_LATENCY,
-        RUNQUEUE_HISTOGRAM_INDEX,
-        now.saturating_sub(start),
-    );
     let _ = RUNQUEUE_START.remove(next_pid);
+    let waited = now.saturating_sub(start.since_ns);
+    histogram::record(&RUNQUEUE_LATENCY, RUNQUEUE_HISTOGRAM_INDEX, waited);
+    if start.cgroup_id != 0
+        && let Some(stats) = cgroup::stats(start.cgroup_id)
+    {
+        cgroup::add(unsafe { &raw mut (*stats).runqueue_wait_ns }, waited);
+    }
 }
 
 // ---- BTF tracepoints -------------------------------------------------------------------
@@ -113,11 +155,27 @@ unsafe fn task_pid(task: *const u8) -> Result<u32, i32> {
     unsafe { read_kernel_u32(task, SCHED_LAYOUT.load().task_pid) }
 }
 
+/// The woken task's cgroup: the waker's (`current`) would charge the wait to the wrong pod.
+#[inline(always)]
+unsafe fn woken_cgroup(task: *const u8) -> u64 {
+    let l = SCHED_LAYOUT.load();
+    unsafe {
+        cgroup::task_cgroup_id(
+            task,
+            l.task_cgroups,
+            l.css_set_dfl_cgrp,
+            l.cgroup_kn,
+            l.kernfs_node_id,
+        )
+    }
+    .unwrap_or(0)
+}
+
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
     if let Ok(pid) = unsafe { task_pid(task) } {
-        enqueue(&ctx, pid);
+        on_wakeup(&ctx, pid, unsafe { woken_cgroup(task) });
     }
     0
 }
@@ -126,7 +184,7 @@ pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
     let task: *const u8 = ctx.arg(0);
     if let Ok(pid) = unsafe { task_pid(task) } {
-        enqueue(&ctx, pid);
+        on_wakeup(&ctx, pid, unsafe { woken_cgroup(task) });
     }
     0
 }
@@ -160,11 +218,13 @@ unsafe fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
 // ---- classic tracepoints (fallback: need tracefs) ---------------------------------------
 
+// Classic wakeup tracepoints carry only the pid, so the wait of a woken task is not
+// charged to a cgroup (cgroup id 0); preempted tasks still are.
 #[tracepoint]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
     let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
     if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        enqueue(&ctx, pid);
+        on_wakeup(&ctx, pid, 0);
     }
     0
 }
@@ -173,7 +233,7 @@ pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
     let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
     if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        enqueue(&ctx, pid);
+        on_wakeup(&ctx, pid, 0);
     }
     0
 }

@@ -85,6 +85,10 @@ impl BpfCollector {
                 RECLAIM_START_ENTRIES,
             ));
         }
+        if let Some(c) = &loaded.cgroup_stats {
+            let entries = c.lock().unwrap_or_else(|p| p.into_inner()).keys().count() as u64;
+            maps.push(("CGROUP_STATS", entries, loaded.cgroup_stats_capacity));
+        }
         *walked = Some((Instant::now(), maps.clone()));
         Ok(maps)
     }
@@ -146,6 +150,10 @@ impl Collector for BpfCollector {
                 "runqueue_start_map_full",
                 c.iter().map(|c| c.start_map_full).sum(),
             ));
+            lost.push((
+                "cgroup_map_full_sched",
+                c.iter().map(|c| c.cgroup_map_full).sum(),
+            ));
         }
         if let Some(d) = &loaded.disk {
             let c = d
@@ -177,6 +185,10 @@ impl Collector for BpfCollector {
             lost.push((
                 "oom_ringbuf_full",
                 c.iter().map(|c| c.oom_ringbuf_full).sum(),
+            ));
+            lost.push((
+                "cgroup_map_full_reclaim",
+                c.iter().map(|c| c.cgroup_map_full).sum(),
             ));
         }
 

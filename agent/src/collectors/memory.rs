@@ -1,5 +1,5 @@
 //! Memory pressure measured in the kernel: reclaim stalls (direct and memcg) and OOM kills.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use agent_ebpf::{Log2Histogram, RECLAIM_DIRECT, RECLAIM_KIND_NAMES, RECLAIM_MEMCG};
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
@@ -9,6 +9,7 @@ use super::{
     sched::{map_error, sum_histograms},
 };
 use crate::{
+    cgroups::{CgroupLabels, CgroupResolver},
     ebpf::Probes,
     metrics::{Log2Buckets, family, histogram},
 };
@@ -20,11 +21,62 @@ pub const STALL_LAST_SLOT: usize = 36;
 #[derive(Debug)]
 pub struct MemoryCollector {
     probes: Arc<Probes>,
+    resolver: Arc<Mutex<CgroupResolver>>,
 }
 
 impl MemoryCollector {
-    pub fn new(probes: Arc<Probes>) -> Self {
-        Self { probes }
+    pub fn new(probes: Arc<Probes>, resolver: Arc<Mutex<CgroupResolver>>) -> Self {
+        Self { probes, resolver }
+    }
+
+    /// Per-cgroup kills, plus `cgroup="unknown"` for kills the ring buffer could not
+    /// attribute (the kernel's own count is the total). Rows of gone cgroups are exported
+    /// one last time, then dropped.
+    fn oom_rows(
+        &self,
+        loaded: &crate::ebpf::LoadedProbes,
+        kernel_total: u64,
+    ) -> Vec<(CgroupLabels, u64)> {
+        let root = self
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .root()
+            .to_owned();
+        let mut table = loaded.oom.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = table
+            .rows
+            .iter()
+            .filter(|(_, r)| r.gone)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(row) = table.rows.remove(&key) {
+                table.retired_kills += row.kills;
+            }
+        }
+        let mut rows = Vec::with_capacity(table.rows.len() + 1);
+        let mut attributed = table.retired_kills;
+        for (path, row) in table.rows.iter_mut() {
+            if path != "unknown" && !root.join(path.trim_start_matches('/')).is_dir() {
+                row.gone = true;
+            }
+            attributed += row.kills;
+            rows.push((row.labels.clone(), row.kills));
+        }
+        let unknown = kernel_total.saturating_sub(attributed);
+        match rows.iter_mut().find(|(l, _)| l.cgroup == "unknown") {
+            Some((_, kills)) => *kills += unknown,
+            None => rows.push((
+                CgroupLabels {
+                    cgroup: "unknown".into(),
+                    ..Default::default()
+                },
+                unknown,
+            )),
+        }
+        rows.sort_by(|a, b| a.0.cgroup.cmp(&b.0.cgroup));
+        rows
     }
 }
 
@@ -53,12 +105,13 @@ impl Collector for MemoryCollector {
                 ));
             }
         }
-        let oom_kills = if maps.oom_up {
+        let oom_rows = if maps.oom_up {
             let per_cpu = maps
                 .counters
                 .get(&0, 0)
                 .map_err(|e| map_error("MEMORY_COUNTERS", e))?;
-            Some(per_cpu.iter().map(|c| c.oom_kills).sum::<u64>())
+            let total = per_cpu.iter().map(|c| c.oom_kills).sum::<u64>();
+            self.probes.loaded.get().map(|l| self.oom_rows(l, total))
         } else {
             None
         };
@@ -81,13 +134,14 @@ impl Collector for MemoryCollector {
                 }),
             )?;
         }
-        if let Some(kills) = oom_kills {
+        if let Some(rows) = oom_rows {
             family(
                 out,
                 "nodelens_oom_kills_total",
-                "Processes killed by the OOM killer (oom:mark_victim).",
+                "Processes killed by the OOM killer (oom:mark_victim), by the victim's cgroup.",
                 MetricType::Counter,
-                [(crate::metrics::NoLabels, kills as f64)],
+                rows.iter()
+                    .map(|(labels, kills)| (labels.as_array(), *kills as f64)),
             )?;
         }
         Ok(())

@@ -3,15 +3,16 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::{config::Config, ebpf::Probes};
+use crate::{cgroups::CgroupResolver, config::Config, ebpf::Probes};
 
 pub mod block;
 pub mod bpf;
+pub mod cgroup;
 pub mod cpu;
 pub mod diskstats;
 pub mod filesystem;
@@ -40,6 +41,7 @@ pub const COLLECTOR_NAMES: &[&str] = &[
     "sched",
     "block",
     "memory",
+    "cgroup",
     "bpf",
     "process",
 ];
@@ -86,7 +88,11 @@ pub struct HostPaths {
 }
 
 /// Builds the enabled collectors, in `COLLECTOR_NAMES` order.
-pub fn build(config: &Config, probes: Arc<Probes>) -> Vec<Box<dyn Collector>> {
+pub fn build(
+    config: &Config,
+    probes: Arc<Probes>,
+    resolver: Arc<Mutex<CgroupResolver>>,
+) -> Vec<Box<dyn Collector>> {
     let paths = HostPaths {
         procfs: config.procfs.clone(),
         rootfs: config.rootfs.clone(),
@@ -107,7 +113,15 @@ pub fn build(config: &Config, probes: Arc<Probes>) -> Vec<Box<dyn Collector>> {
                 "filesystem" => Box::new(filesystem::FilesystemCollector::new(&paths)),
                 "sched" => Box::new(sched::SchedCollector::new(probes.clone())),
                 "block" => Box::new(block::BlockCollector::new(probes.clone(), &config.sysfs)),
-                "memory" => Box::new(memory::MemoryCollector::new(probes.clone())),
+                "memory" => Box::new(memory::MemoryCollector::new(
+                    probes.clone(),
+                    resolver.clone(),
+                )),
+                "cgroup" => Box::new(cgroup::CgroupCollector::new(
+                    probes.clone(),
+                    resolver.clone(),
+                    config.cgroups.clone(),
+                )),
                 "bpf" => Box::new(bpf::BpfCollector::new(probes.clone())),
                 "process" => Box::new(process::ProcessCollector::new(&paths.procfs)),
                 other => unreachable!("config validated collector name {other}"),

@@ -10,8 +10,9 @@ use std::{
 };
 
 use agent_ebpf::{
-    DISK_LAYOUT_GLOBAL, DiskCounters, DiskHistograms, DiskInFlight, DiskKey, Log2Histogram,
-    MEMORY_LAYOUT_GLOBAL, MemoryCounters, OomEvent, SCHED_LAYOUT_GLOBAL, SchedCounters,
+    CGROUP_STATS_ENTRIES, CgroupStats, DISK_LAYOUT_GLOBAL, DiskCounters, DiskHistograms,
+    DiskInFlight, DiskKey, Log2Histogram, MEMORY_LAYOUT_GLOBAL, MemoryCounters, OomEvent,
+    RunqueueStart, SCHED_LAYOUT_GLOBAL, SchedCounters,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -203,7 +204,7 @@ impl ProbeStatus {
 pub struct SchedMaps {
     pub runqueue_latency: PerCpuArray<MapData, Log2Histogram>,
     pub counters: PerCpuArray<MapData, SchedCounters>,
-    pub start: HashMap<MapData, u32, u64>,
+    pub start: HashMap<MapData, u32, RunqueueStart>,
     /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
     pub runqueue_complete: bool,
     /// sched_switch attached.
@@ -238,11 +239,32 @@ pub struct LoadedProbes {
     pub sched: Option<SchedMaps>,
     pub disk: Option<DiskMaps>,
     pub memory: Option<MemoryMaps>,
+    /// Per-cgroup totals (sched and memory probes write them). Behind a lock: user space
+    /// deletes the entries of cgroups that are gone.
+    pub cgroup_stats: Option<Mutex<HashMap<MapData, u64, CgroupStats>>>,
+    /// The per-cgroup map's size, set at load time.
+    pub cgroup_stats_capacity: u32,
     /// Kernel BPF run-time statistics are on, or why not.
     pub bpf_stats: Result<(), String>,
     _bpf_stats_fd: Option<OwnedFd>,
-    /// Recent OOM kills from the ring buffer (victim pid and cgroup), newest last.
-    pub oom_events: Mutex<Vec<OomEvent>>,
+    /// OOM kills by the victim's cgroup, filled from the ring buffer.
+    pub oom: Mutex<OomTable>,
+}
+
+/// OOM kills per victim cgroup, keyed by the cgroup's path.
+#[derive(Debug, Default)]
+pub struct OomTable {
+    pub rows: std::collections::HashMap<String, OomRow>,
+    /// Kills of rows removed after their cgroup was gone; still part of the node total.
+    pub retired_kills: u64,
+}
+
+#[derive(Debug)]
+pub struct OomRow {
+    pub labels: crate::cgroups::CgroupLabels,
+    pub kills: u64,
+    /// Seen gone at the previous scrape, which exported it one last time.
+    pub gone: bool,
 }
 
 /// Shared between the loader, the collectors and the HTTP pages.
@@ -267,9 +289,11 @@ impl LoadedProbes {
             sched: None,
             disk: None,
             memory: None,
+            cgroup_stats: None,
+            cgroup_stats_capacity: 0,
             bpf_stats,
             _bpf_stats_fd: None,
-            oom_events: Mutex::new(Vec::new()),
+            oom: Mutex::new(OomTable::default()),
         }
     }
 
@@ -369,7 +393,13 @@ pub struct Loaded {
     pub oom_ring: Option<RingBuf<MapData>>,
 }
 
-pub fn load(mode: ProbeAttach, families: &[Family]) -> Loaded {
+/// Size of the per-cgroup map for a cap on exported cgroups: room for the cap, the cgroups
+/// folded into "other", and gone ones waiting for their last scrape.
+pub fn cgroup_stats_capacity(max_tracked: usize) -> u32 {
+    (max_tracked.saturating_mul(4) as u32).max(CGROUP_STATS_ENTRIES)
+}
+
+pub fn load(mode: ProbeAttach, families: &[Family], max_cgroups: usize) -> Loaded {
     raise_memlock();
     let wanted: Vec<&ProbeSpec> = PROBES
         .iter()
@@ -402,8 +432,10 @@ pub fn load(mode: ProbeAttach, families: &[Family]) -> Loaded {
             })
             .collect()
     };
+    let cgroup_capacity = cgroup_stats_capacity(max_cgroups);
     let mut ebpf = match EbpfLoader::new()
         .btf(aya_btf.as_ref())
+        .map_max_entries("CGROUP_STATS", cgroup_capacity)
         .override_global(SCHED_LAYOUT_GLOBAL, &layout.sched, true)
         .override_global(DISK_LAYOUT_GLOBAL, &layout.disk, true)
         .override_global(MEMORY_LAYOUT_GLOBAL, &layout.memory, true)
@@ -519,15 +551,24 @@ pub fn load(mode: ProbeAttach, families: &[Family]) -> Loaded {
     } else {
         None
     };
+    let cgroup_stats = (enabled(Family::Sched) || enabled(Family::Memory))
+        .then(|| {
+            ebpf.take_map("CGROUP_STATS")
+                .and_then(|m| HashMap::try_from(m).ok())
+        })
+        .flatten()
+        .map(Mutex::new);
     let loaded = LoadedProbes {
         statuses,
         ebpf: Mutex::new(Some(ebpf)),
         sched,
         disk,
         memory,
+        cgroup_stats,
+        cgroup_stats_capacity: cgroup_capacity,
         bpf_stats,
         _bpf_stats_fd: stats_fd,
-        oom_events: Mutex::new(Vec::new()),
+        oom: Mutex::new(OomTable::default()),
     };
     Loaded {
         probes: loaded,
@@ -676,12 +717,14 @@ pub fn spawn_log_forwarder(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     });
 }
 
-/// Keeps at most this many recent OOM events for attribution.
-const OOM_EVENTS_KEPT: usize = 1024;
-
 /// Drains OOM kill events from the ring buffer as they arrive (woken by the kernel, no
-/// timer) and logs each kill.
-pub fn spawn_oom_reader(ring: RingBuf<MapData>, probes: std::sync::Arc<Probes>) {
+/// timer), logs each kill, and attributes it to the victim's cgroup while that still exists.
+pub fn spawn_oom_reader(
+    ring: RingBuf<MapData>,
+    probes: std::sync::Arc<Probes>,
+    resolver: std::sync::Arc<Mutex<crate::cgroups::CgroupResolver>>,
+    procfs: std::path::PathBuf,
+) {
     use tokio::io::{Interest, unix::AsyncFd};
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
@@ -705,18 +748,62 @@ pub fn spawn_oom_reader(ring: RingBuf<MapData>, probes: std::sync::Arc<Probes>) 
                 let Some(event) = parse_oom_event(&item) else {
                     continue;
                 };
-                tracing::info!(pid = event.pid, cgroup_id = event.cgroup_id, "OOM kill");
+                let labels = victim_labels(&event, &resolver, &procfs);
+                tracing::info!(
+                    pid = event.pid,
+                    cgroup_id = event.cgroup_id,
+                    cgroup = %labels.cgroup,
+                    namespace = %labels.namespace,
+                    pod = %labels.pod,
+                    container = %labels.container,
+                    "OOM kill"
+                );
                 if let Some(loaded) = probes.loaded.get() {
-                    let mut events = loaded.oom_events.lock().unwrap_or_else(|p| p.into_inner());
-                    if events.len() >= OOM_EVENTS_KEPT {
-                        events.remove(0);
-                    }
-                    events.push(event);
+                    let mut table = loaded.oom.lock().unwrap_or_else(|p| p.into_inner());
+                    table
+                        .rows
+                        .entry(labels.cgroup.clone())
+                        .or_insert_with(|| OomRow {
+                            labels,
+                            kills: 0,
+                            gone: false,
+                        })
+                        .kills += 1;
                 }
             }
             guard.clear_ready();
         }
     });
+}
+
+/// The victim's labels: from the cgroup id the kernel sent (tp_btf), else from
+/// `/proc/<pid>/cgroup` if the victim is still there, else `cgroup="unknown"`.
+fn victim_labels(
+    event: &OomEvent,
+    resolver: &Mutex<crate::cgroups::CgroupResolver>,
+    procfs: &Path,
+) -> crate::cgroups::CgroupLabels {
+    let mut resolver = resolver.lock().unwrap_or_else(|p| p.into_inner());
+    if event.cgroup_id != 0
+        && let Some(labels) = resolver.labels(event.cgroup_id)
+    {
+        return labels;
+    }
+    let from_proc = std::fs::read_to_string(procfs.join(event.pid.to_string()).join("cgroup"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| p.trim_start_matches('/').to_owned())
+        });
+    match from_proc {
+        Some(path) if path.is_empty() => resolver.labels_for_path("/".into()),
+        Some(path) => resolver.labels_for_path(path),
+        None => crate::cgroups::CgroupLabels {
+            cgroup: "unknown".into(),
+            ..Default::default()
+        },
+    }
 }
 
 fn parse_oom_event(bytes: &[u8]) -> Option<OomEvent> {

@@ -1,0 +1,216 @@
+//! From a cgroup id (what `bpf_get_current_cgroup_id()` returns: the inode of the cgroup's
+//! directory in the cgroup2 hierarchy) to a path, and from a path to Kubernetes labels.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+pub mod kubernetes;
+
+use kubernetes::PodNames;
+
+/// Re-walks of the cgroup tree for an unknown id happen at most this often.
+pub const REWALK_INTERVAL: Duration = Duration::from_secs(2);
+/// Guards against pathological trees: deeper directories and entries past this are skipped.
+const MAX_DEPTH: usize = 32;
+const MAX_CGROUPS: usize = 1 << 20;
+
+/// Finds the cgroup2 mount point in a mountinfo text: `/sys/fs/cgroup` on pure v2 hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        pre.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Labels for one cgroup. Non-Kubernetes cgroups have only `cgroup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct CgroupLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// Path relative to the cgroup2 root; `/` for the root itself.
+    pub cgroup: String,
+}
+
+impl CgroupLabels {
+    pub fn other() -> Self {
+        Self {
+            cgroup: "other".into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn as_array(&self) -> [(&'static str, &str); 4] {
+        [
+            ("cgroup", self.cgroup.as_str()),
+            ("container", self.container.as_str()),
+            ("namespace", self.namespace.as_str()),
+            ("pod", self.pod.as_str()),
+        ]
+    }
+}
+
+#[derive(Debug)]
+pub struct CgroupResolver {
+    root: PathBuf,
+    paths: HashMap<u64, String>,
+    walked: Option<Instant>,
+    names: PodNames,
+}
+
+impl CgroupResolver {
+    pub fn new(root: PathBuf, pods_dir: &Path, containers_dir: &Path) -> Self {
+        Self {
+            root,
+            paths: HashMap::new(),
+            walked: None,
+            names: PodNames::new(pods_dir, containers_dir),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Rebuilds id → path from the cgroup2 tree.
+    fn walk(&mut self) {
+        self.walked = Some(Instant::now());
+        let mut paths = HashMap::with_capacity(self.paths.len().max(64));
+        let mut stack: Vec<(PathBuf, usize)> = vec![(self.root.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            if !meta.is_dir() {
+                continue;
+            }
+            let rel = match dir.strip_prefix(&self.root) {
+                Ok(r) if r.as_os_str().is_empty() => "/".to_owned(),
+                Ok(r) => r.to_string_lossy().into_owned(),
+                Err(_) => continue,
+            };
+            paths.insert(meta.ino(), rel);
+            if depth >= MAX_DEPTH || paths.len() >= MAX_CGROUPS {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((entry.path(), depth + 1));
+                }
+            }
+        }
+        self.paths = paths;
+    }
+
+    /// The path of `id`, re-walking the tree (rate-limited) when it is unknown.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if self.walked.is_none_or(|at| at.elapsed() >= REWALK_INTERVAL) {
+            self.walk();
+            return self.paths.get(&id).cloned();
+        }
+        None
+    }
+
+    /// Whether the cgroup still exists (its directory is there with the same inode).
+    pub fn exists(&self, id: u64) -> bool {
+        let Some(rel) = self.paths.get(&id) else {
+            return false;
+        };
+        let path = if rel == "/" {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        std::fs::metadata(path).is_ok_and(|m| m.ino() == id)
+    }
+
+    /// Forgets a cgroup that is gone.
+    pub fn forget(&mut self, id: u64) {
+        self.paths.remove(&id);
+    }
+
+    /// Labels for a path: Kubernetes names where the path is a kubelet pod or container.
+    pub fn labels_for_path(&mut self, path: String) -> CgroupLabels {
+        let mut labels = CgroupLabels {
+            cgroup: path,
+            ..CgroupLabels::default()
+        };
+        if let Some(k) = kubernetes::parse(&labels.cgroup) {
+            if let Some((namespace, pod)) = self.names.pod(&k.pod_uid) {
+                labels.namespace = namespace;
+                labels.pod = pod;
+            }
+            if let Some(container) = k
+                .container_id
+                .as_deref()
+                .and_then(|id| self.names.container(id))
+            {
+                labels.container = container;
+            }
+        }
+        labels
+    }
+
+    /// Labels for an id, or `None` when it cannot be resolved (gone before it was seen).
+    pub fn labels(&mut self, id: u64) -> Option<CgroupLabels> {
+        let path = self.path(id)?;
+        Some(self.labels_for_path(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_mountinfo() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(v2), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount("garbage\n\n - \n"), None);
+    }
+
+    #[test]
+    fn resolves_real_cgroups_on_this_host() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = cgroup2_mount(&mountinfo).expect("cgroup2 mounted");
+        let dir = root.join(format!("nodelens-unit-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let id = std::fs::metadata(&dir).unwrap().ino();
+        let mut r = CgroupResolver::new(
+            root.clone(),
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        );
+        let labels = r.labels(id).expect("a fresh cgroup is found by a walk");
+        assert_eq!(
+            labels.cgroup,
+            format!("nodelens-unit-{}", std::process::id())
+        );
+        assert!(labels.pod.is_empty());
+        assert!(r.exists(id));
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(!r.exists(id));
+        let root_id = std::fs::metadata(&root).unwrap().ino();
+        assert_eq!(r.path(root_id).as_deref(), Some("/"));
+        assert_eq!(r.path(u64::MAX), None, "unknown ids stay unknown");
+    }
+}
