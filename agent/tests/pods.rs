@@ -1,0 +1,374 @@
+//! Per-pod attribution against real cgroups: a kubepods-like tree for two pods (systemd
+//! driver with containerd, cgroupfs driver with CRI-O), the kubelet's log directories as
+//! fixtures, and real busy processes moved into the container cgroups.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Agent, Metrics};
+
+const UID_A: &str = "0f9c1f6a-3b1e-4b7c-9d2a-5e6f7a8b9c0d";
+const UID_B: &str = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const CID_A: &str = "4c5d0e2a1b3f4e6d8c9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
+const CID_B: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
+
+fn cgroup2_root() -> PathBuf {
+    common::read("/proc/self/mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// The two pods' cgroups and kubelet log fixtures; everything is removed on drop.
+struct Pods {
+    root: PathBuf,
+    created: Vec<PathBuf>,
+    logs: tempfile::TempDir,
+    /// Container cgroup of pod A (systemd driver, burstable, containerd).
+    a: PathBuf,
+    /// Container cgroup of pod B (cgroupfs driver, besteffort, CRI-O).
+    b: PathBuf,
+}
+
+impl Pods {
+    fn new() -> Pods {
+        common::require_root();
+        let root = cgroup2_root();
+        let uid_a = UID_A.replace('-', "_");
+        let a_rel = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_a}.slice/cri-containerd-{CID_A}.scope"
+        );
+        let b_rel = format!("kubepods/besteffort/pod{UID_B}/crio-{CID_B}.scope");
+        let mut created = Vec::new();
+        for rel in [&a_rel, &b_rel] {
+            let mut path = root.clone();
+            for part in Path::new(rel) {
+                path.push(part);
+                if !path.exists() {
+                    std::fs::create_dir(&path).expect("create cgroup");
+                    created.push(path.clone());
+                }
+            }
+        }
+        let logs = tempfile::tempdir().unwrap();
+        let pods = logs.path().join("pods");
+        let containers = logs.path().join("containers");
+        std::fs::create_dir_all(pods.join(format!("team-a_web-7d4b9c_{UID_A}/app"))).unwrap();
+        std::fs::create_dir_all(pods.join(format!("team-b_batch-x2_{UID_B}/worker"))).unwrap();
+        std::fs::create_dir_all(&containers).unwrap();
+        std::fs::write(
+            containers.join(format!("web-7d4b9c_team-a_app-{CID_A}.log")),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            containers.join(format!("batch-x2_team-b_worker-{CID_B}.log")),
+            "",
+        )
+        .unwrap();
+        Pods {
+            a: root.join(&a_rel),
+            b: root.join(&b_rel),
+            root,
+            created,
+            logs,
+        }
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--pod-logs-dir".into(),
+            self.logs.path().join("pods").display().to_string(),
+            "--container-logs-dir".into(),
+            self.logs.path().join("containers").display().to_string(),
+        ]
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        let _ = &self.root;
+    }
+}
+
+/// A process that moves itself into `cgroup`, then spins (optionally pinned to a CPU).
+fn spin_in(cgroup: &Path, cpu: Option<u32>) -> Child {
+    let spin = "exec sh -c 'while :; do :; done'";
+    let pin = cpu.map(|c| format!("exec taskset -c {c} sh -c 'while :; do :; done'"));
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && {}",
+        cgroup.display(),
+        pin.as_deref().unwrap_or(spin)
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// user + system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = common::read(format!("/proc/{pid}/stat"));
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_ascii_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn signal(child: &Child, sig: &str) {
+    Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+fn stop_and_reap(mut children: Vec<Child>) {
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn labels(ns: &str, pod: &str, container: &str, cgroup: &Path, root: &Path) -> String {
+    let rel = cgroup.strip_prefix(root).unwrap().display().to_string();
+    format!("cgroup=\"{rel}\",container=\"{container}\",namespace=\"{ns}\",pod=\"{pod}\"")
+}
+
+fn value(m: &Metrics, family: &str, labels: &str) -> f64 {
+    m.value(&format!("{family}{{{labels}}}"))
+}
+
+#[test]
+fn container_cpu_time_matches_proc_and_carries_pod_labels() {
+    let pods = Pods::new();
+    let args = pods.agent_args();
+    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = spin_in(&pods.a, None);
+    let b = spin_in(&pods.b, None);
+    std::thread::sleep(Duration::from_secs(2));
+    // Stopping them switches them out, which is when their CPU time is charged.
+    signal(&a, "-STOP");
+    signal(&b, "-STOP");
+    std::thread::sleep(Duration::from_millis(200));
+    let (cpu_a, cpu_b) = (cpu_seconds(a.id()), cpu_seconds(b.id()));
+    let m = agent.metrics();
+    stop_and_reap(vec![a, b]);
+
+    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
+    let lb = labels("team-b", "batch-x2", "worker", &pods.b, &pods.root);
+    let ours_a = value(&m, "nodelens_cgroup_cpu_seconds_total", &la);
+    let ours_b = value(&m, "nodelens_cgroup_cpu_seconds_total", &lb);
+    eprintln!(
+        "pod A: eBPF {ours_a:.3} s, /proc {cpu_a:.3} s; pod B: eBPF {ours_b:.3} s, /proc {cpu_b:.3} s"
+    );
+    assert!(cpu_a > 0.5 && cpu_b > 0.5, "the spinners ran");
+    assert!(
+        (ours_a / cpu_a - 1.0).abs() <= 0.10,
+        "pod A {ours_a} vs {cpu_a}"
+    );
+    assert!(
+        (ours_b / cpu_b - 1.0).abs() <= 0.10,
+        "pod B {ours_b} vs {cpu_b}"
+    );
+    for kind in ["voluntary", "involuntary"] {
+        let l = format!(
+            "cgroup=\"{}\",container=\"app\",kind=\"{kind}\",namespace=\"team-a\",pod=\"web-7d4b9c\"",
+            pods.a.strip_prefix(&pods.root).unwrap().display()
+        );
+        assert!(
+            m.get(&format!("nodelens_cgroup_context_switches_total{{{l}}}"))
+                .is_some(),
+            "{kind} switches for pod A"
+        );
+    }
+    // Non-Kubernetes cgroups carry the cgroup label only (the test runs in one).
+    assert!(
+        m.family("nodelens_cgroup_cpu_seconds_total")
+            .iter()
+            .any(|(s, _)| s.contains("namespace=\"\"") && !s.contains("cgroup=\"other\"")),
+        "some non-pod cgroup is exported with empty pod labels"
+    );
+    assert!(common::promtool_problems(&agent.scrape()).is_empty());
+}
+
+#[test]
+fn two_pods_sharing_one_cpu_each_wait_about_the_others_run_time() {
+    let pods = Pods::new();
+    let args = pods.agent_args();
+    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
+    let lb = labels("team-b", "batch-x2", "worker", &pods.b, &pods.root);
+    let a = spin_in(&pods.a, Some(1));
+    let b = spin_in(&pods.b, Some(1));
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&a, "-STOP");
+    signal(&b, "-STOP");
+    std::thread::sleep(Duration::from_millis(200));
+    let m = agent.metrics();
+    stop_and_reap(vec![a, b]);
+    let (run_a, run_b) = (
+        value(&m, "nodelens_cgroup_cpu_seconds_total", &la),
+        value(&m, "nodelens_cgroup_cpu_seconds_total", &lb),
+    );
+    let (wait_a, wait_b) = (
+        value(&m, "nodelens_cgroup_runqueue_wait_seconds_total", &la),
+        value(&m, "nodelens_cgroup_runqueue_wait_seconds_total", &lb),
+    );
+    eprintln!("A ran {run_a:.2} s, waited {wait_a:.2} s; B ran {run_b:.2} s, waited {wait_b:.2} s");
+    assert!(run_a > 0.5 && run_b > 0.5, "both ran");
+    assert!(
+        (wait_a / run_b - 1.0).abs() <= 0.25,
+        "A waited {wait_a} while B ran {run_b}"
+    );
+    assert!(
+        (wait_b / run_a - 1.0).abs() <= 0.25,
+        "B waited {wait_b} while A ran {run_a}"
+    );
+}
+
+#[test]
+fn oom_kill_in_a_container_is_labelled_with_its_pod() {
+    let pods = Pods::new();
+    let args = pods.agent_args();
+    let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The limit lives in a cgroup v1 memory controller on this hybrid host; the container's
+    // cgroup2 directory gives the identity the probes see.
+    let v1 = PathBuf::from(format!(
+        "/sys/fs/cgroup/memory/nodelens-pod-oom-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("memory.limit_in_bytes"), (32u64 << 20).to_string()).unwrap();
+    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
+    let series = format!("nodelens_oom_kills_total{{{la}}}");
+    let before = agent.metrics().get(&series).unwrap_or(0.0);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=256M count=1 status=none",
+        v1.display(),
+        pods.a.display()
+    );
+    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "dd should be OOM-killed");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = agent.metrics().get(&series).unwrap_or(0.0);
+    let _ = std::fs::remove_dir(&v1);
+    assert_eq!(after - before, 1.0, "{series} goes up by exactly one");
+}
+
+fn rss_kb(pid: u32) -> f64 {
+    common::read(format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_ascii_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn churn_of_5000_cgroups_stays_bounded() {
+    common::require_root();
+    let root = cgroup2_root();
+    let cap = 100;
+    let agent = Agent::start(&["--max-cgroups", &cap.to_string()]);
+    let tracked = |m: &Metrics| m.value("nodelens_cgroups_tracked");
+    // Warm up, then take the baseline.
+    for _ in 0..3 {
+        agent.scrape();
+    }
+    let base = agent.metrics();
+    let base_rss = rss_kb(agent.child.id());
+    let parent = root.join(format!("nodelens-churn-{}", std::process::id()));
+    std::fs::create_dir(&parent).unwrap();
+    let other = "nodelens_cgroup_cpu_seconds_total{cgroup=\"other\",container=\"\",namespace=\"\",pod=\"\"}";
+    let mut max_series = 0;
+    let mut last_other = 0.0;
+    // 20 rounds of 250 cgroups: each round's cgroups live across one scrape (so they are
+    // resolved, tracked up to the cap, folded beyond it), then go away.
+    for round in 0..20 {
+        let started = std::time::Instant::now();
+        let dirs: Vec<PathBuf> = (0..250)
+            .map(|i| parent.join(format!("r{round}c{i}")))
+            .collect();
+        for dir in &dirs {
+            std::fs::create_dir(dir).unwrap();
+            let script = format!("echo $$ > {}/cgroup.procs && exec true", dir.display());
+            assert!(
+                Command::new("sh")
+                    .args(["-c", &script])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        // Unknown ids trigger a re-walk at most every 2 s.
+        std::thread::sleep(Duration::from_millis(2100).saturating_sub(started.elapsed()));
+        let (code, _, body) = common::http(&agent.addr, "GET", "/metrics", &[]).unwrap();
+        assert_eq!(code, 200, "scrape during churn");
+        let m = Metrics::parse(&String::from_utf8(body).unwrap());
+        max_series = max_series.max(m.family("nodelens_cgroup_cpu_seconds_total").len());
+        assert!(
+            tracked(&m) <= cap as f64,
+            "tracked {} over the cap",
+            tracked(&m)
+        );
+        let o = m.get(other).unwrap_or(0.0);
+        assert!(
+            o >= last_other,
+            "\"other\" went backwards: {last_other} -> {o}"
+        );
+        last_other = o;
+        for dir in &dirs {
+            std::fs::remove_dir(dir).unwrap();
+        }
+    }
+    std::fs::remove_dir(&parent).unwrap();
+    // A gone cgroup is exported once more, then dropped: two scrapes settle it.
+    agent.scrape();
+    std::thread::sleep(Duration::from_millis(100));
+    agent.scrape();
+    let after = agent.metrics();
+    let rss = rss_kb(agent.child.id());
+    eprintln!(
+        "tracked {} -> {}; max cgroup series {max_series}; evictions {}; unknown {}; RSS {base_rss} -> {rss} kB",
+        tracked(&base),
+        tracked(&after),
+        after.value("nodelens_cgroup_evictions_total"),
+        after.value("nodelens_cgroups_unknown_total"),
+    );
+    assert_eq!(
+        tracked(&after),
+        tracked(&base),
+        "tracked count returns to baseline"
+    );
+    assert!(
+        max_series <= cap + 1,
+        "series bounded by the cap (+ other): {max_series}"
+    );
+    // A gone cgroup keeps its slot for one more scrape, so about every other round finds
+    // free slots: some thousand evictions over 20 rounds.
+    assert!(
+        after.value("nodelens_cgroup_evictions_total") >= 500.0,
+        "gone cgroups were evicted"
+    );
+    assert!(
+        rss <= base_rss * 1.2,
+        "RSS {rss} kB vs {base_rss} kB before churn"
+    );
+    // Totals stay whole: "other" holds what churned through unresolved or over the cap.
+    assert!(after.get("nodelens_cgroup_cpu_seconds_total{cgroup=\"other\",container=\"\",namespace=\"\",pod=\"\"}").is_some());
+}
