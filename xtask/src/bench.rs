@@ -256,6 +256,61 @@ impl Drop for LoopDevice {
     }
 }
 
+/// Finds the cgroup2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup2_root() -> Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// `n` sibling cgroups under the cgroup2 root, removed on drop.
+struct Cgroup2Set(Vec<PathBuf>);
+
+impl Cgroup2Set {
+    fn new(n: usize) -> Result<Cgroup2Set> {
+        let root = cgroup2_root()?;
+        let dirs: Vec<PathBuf> = (0..n)
+            .map(|i| root.join(format!("nodelens-bench-{}-{i}", std::process::id())))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        Ok(Cgroup2Set(dirs))
+    }
+
+    /// Runs `command` once in every cgroup, all at the same time, and waits for them.
+    fn run_in_each(&self, command: &str) -> Result<()> {
+        let mut children = Vec::new();
+        for d in &self.0 {
+            let script = format!("echo $$ > {}/cgroup.procs && exec {command}", d.display());
+            children.push(
+                Command::new("sh")
+                    .args(["-c", &script])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        for mut c in children {
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup2Set {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// A cgroup v1 memory controller with a limit, removed on drop.
 struct MemoryCgroup(PathBuf);
 
@@ -306,20 +361,20 @@ pub fn bench(opts: Options) -> Result<()> {
     )?;
 
     step(&format!("probe cost under load ({load_secs} s per load)"));
+    // The scheduler load runs in 50 cgroups at once, so sched_switch pays for per-cgroup
+    // accounting across many live entries, as on a busy node.
+    let cgroups = Cgroup2Set::new(50)?;
     let mut costs = probe_costs(
         &nodelens.addr,
-        "stress-ng --switch",
+        "stress-ng --switch in 50 cgroups",
         &["sched_switch", "sched_wakeup"],
         || {
-            quiet(Command::new("stress-ng").args([
-                "--switch",
-                "2",
-                "--timeout",
-                &format!("{load_secs}s"),
-                "--quiet",
-            ]))
+            cgroups.run_in_each(&format!(
+                "stress-ng --switch 1 --timeout {load_secs}s --quiet"
+            ))
         },
     )?;
+    drop(cgroups);
     let lo = LoopDevice::new(256)?;
     costs.extend(probe_costs(
         &nodelens.addr,

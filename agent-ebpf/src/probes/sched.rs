@@ -12,7 +12,7 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     EbpfContext, Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use aya_log_ebpf::warn;
 
-use super::{cgroup, histogram};
+use super::{cgroup, histogram, kernel};
 
 #[unsafe(no_mangle)]
 static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
@@ -145,47 +145,32 @@ fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_p
 
 // ---- BTF tracepoints -------------------------------------------------------------------
 
+/// The woken task's pid and cgroup (task->cgroups->dfl_cgrp->kn->id), by direct loads
+/// through the BTF-typed argument. The waker's cgroup (`current`) would charge the wait to
+/// the wrong pod.
 #[inline(always)]
-unsafe fn read_kernel_u32(base: *const u8, offset: u32) -> Result<u32, i32> {
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const u32) }
-}
-
-#[inline(always)]
-unsafe fn task_pid(task: *const u8) -> Result<u32, i32> {
-    unsafe { read_kernel_u32(task, SCHED_LAYOUT.load().task_pid) }
-}
-
-/// The woken task's cgroup: the waker's (`current`) would charge the wait to the wrong pod.
-#[inline(always)]
-unsafe fn woken_cgroup(task: *const u8) -> u64 {
+unsafe fn woken(task: *const u8) -> (u32, u64) {
     let l = SCHED_LAYOUT.load();
     unsafe {
-        cgroup::task_cgroup_id(
-            task,
-            l.task_cgroups,
-            l.css_set_dfl_cgrp,
-            l.cgroup_kn,
-            l.kernfs_node_id,
-        )
+        let pid = kernel::btf_load::<u32>(task, l.task_pid);
+        let css_set = kernel::btf_load::<*const u8>(task, l.task_cgroups);
+        let cgroup = kernel::btf_load::<*const u8>(css_set, l.css_set_dfl_cgrp);
+        let kn = kernel::btf_load::<*const u8>(cgroup, l.cgroup_kn);
+        (pid, kernel::btf_load::<u64>(kn, l.kernfs_node_id))
     }
-    .unwrap_or(0)
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
-    let task: *const u8 = ctx.arg(0);
-    if let Ok(pid) = unsafe { task_pid(task) } {
-        on_wakeup(&ctx, pid, unsafe { woken_cgroup(task) });
-    }
+    let (pid, cgroup_id) = unsafe { woken(ctx.arg(0)) };
+    on_wakeup(&ctx, pid, cgroup_id);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
-    let task: *const u8 = ctx.arg(0);
-    if let Ok(pid) = unsafe { task_pid(task) } {
-        on_wakeup(&ctx, pid, unsafe { woken_cgroup(task) });
-    }
+    let (pid, cgroup_id) = unsafe { woken(ctx.arg(0)) };
+    on_wakeup(&ctx, pid, cgroup_id);
     0
 }
 
@@ -203,15 +188,18 @@ unsafe fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let layout = SCHED_LAYOUT.load();
+    // Direct loads through the BTF-typed arguments (see kernel::btf_load): no helper calls
+    // on the hottest path.
     let state: u64 = if layout.task_state_size == 8 {
-        unsafe { bpf_probe_read_kernel(prev.add(layout.task_state as usize) as *const u64)? }
+        unsafe { kernel::btf_load::<u64>(prev, layout.task_state) }
     } else {
-        u64::from(unsafe { read_kernel_u32(prev, layout.task_state)? })
+        u64::from(unsafe { kernel::btf_load::<u32>(prev, layout.task_state) })
     };
     // Matches the kernel's own nvcsw/nivcsw split in __schedule().
     let prev_runnable = (preempt & 1) != 0 || (state & TASK_STATE_MASK) == 0;
-    let prev_pid = unsafe { task_pid(prev)? };
-    let next_pid = unsafe { task_pid(next)? };
+    // prev is still `current` here.
+    let prev_pid = bpf_get_current_pid_tgid() as u32;
+    let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
     on_switch(ctx, prev_pid, prev_runnable, next_pid);
     Ok(())
 }
