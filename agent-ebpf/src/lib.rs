@@ -67,9 +67,10 @@ pub fn log2_slot(value: u64) -> usize {
     r + 1
 }
 
-/// Scheduler counters and per-CPU state, one entry per CPU.
+/// Scheduler counters, run-queue histogram and per-CPU state: one entry per CPU, so each
+/// sched_switch needs a single lookup for all of it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct SchedCounters {
     /// `prev` gave up the CPU by blocking (it was not runnable and not preempted).
     pub voluntary_switches: u64,
@@ -82,15 +83,25 @@ pub struct SchedCounters {
     /// When this CPU last switched tasks: the task leaving at the next switch has run
     /// since then. Per-CPU state rather than a counter; 0 until the first switch is seen.
     pub last_switch_ns: u64,
+    /// How long the task now on this CPU waited for it. Charged to that task's cgroup when
+    /// it leaves the CPU, together with its run time, in the same map update.
+    pub pending_wait_ns: u64,
+    /// Run-queue latency of every task this CPU switched in.
+    pub runqueue_latency: Log2Histogram,
 }
 
-/// A runnable task's wait start and the cgroup to charge the wait to.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RunqueueStart {
-    pub since_ns: u64,
-    /// cgroup v2 id of the waiting task; 0 when unknown (classic-tracepoint wakeups).
-    pub cgroup_id: u64,
+impl SchedCounters {
+    pub const fn zeroed() -> Self {
+        Self {
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            start_map_full: 0,
+            cgroup_map_full: 0,
+            last_switch_ns: 0,
+            pending_wait_ns: 0,
+            runqueue_latency: Log2Histogram::zeroed(),
+        }
+    }
 }
 
 /// Per-cgroup totals, keyed by cgroup v2 id (the inode of the cgroup's directory), updated
@@ -112,9 +123,6 @@ pub struct CgroupStats {
 /// Default size of the per-cgroup map. User space sets it at load time from the tracked
 /// cgroup cap (room for churn: gone cgroups stay until their last scrape).
 pub const CGROUP_STATS_ENTRIES: u32 = 16384;
-
-/// Index of the run-queue latency histogram in its per-CPU array.
-pub const RUNQUEUE_HISTOGRAM_INDEX: u32 = 0;
 
 /// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
 pub const RUNQUEUE_START_ENTRIES: u32 = 10240;
@@ -140,11 +148,6 @@ pub struct SchedLayout {
     /// Size of `prev_state` in the format file (`long`: 8 on 64-bit kernels).
     pub tp_switch_prev_state_size: u32,
     pub tp_switch_next_pid: u32,
-    /// task->cgroups->dfl_cgrp->kn->id, to charge a woken task's wait to its cgroup.
-    pub task_cgroups: u32,
-    pub css_set_dfl_cgrp: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
 }
 
 /// Name of the global holding [`SchedLayout`] in the eBPF object.
@@ -307,7 +310,6 @@ mod user {
     unsafe impl aya::Pod for super::Log2Histogram {}
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::SchedLayout {}
-    unsafe impl aya::Pod for super::RunqueueStart {}
     unsafe impl aya::Pod for super::CgroupStats {}
     unsafe impl aya::Pod for super::DiskKey {}
     unsafe impl aya::Pod for super::DiskHistograms {}

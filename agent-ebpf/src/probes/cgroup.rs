@@ -4,8 +4,6 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use agent_ebpf::{CGROUP_STATS_ENTRIES, CgroupStats};
 use aya_ebpf::{macros::map, maps::HashMap};
 
-use super::kernel;
-
 #[map]
 static CGROUP_STATS: HashMap<u64, CgroupStats> = HashMap::with_max_entries(CGROUP_STATS_ENTRIES, 0);
 
@@ -29,19 +27,4 @@ pub fn add(field: *mut u64, value: u64) {
     // lowers this intrinsic, result unused, to the BPF atomic add instruction.
     // SAFETY: the field lives in a map value that outlives the program run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, value) };
-}
-
-/// task->cgroups->dfl_cgrp->kn->id: a task's cgroup v2 id, read through offsets from BTF.
-#[inline(always)]
-pub unsafe fn task_cgroup_id(
-    task: *const u8,
-    task_cgroups: u32,
-    css_set_dfl_cgrp: u32,
-    cgroup_kn: u32,
-    kernfs_node_id: u32,
-) -> Result<u64, i32> {
-    let css_set = unsafe { kernel::read_ptr(task, task_cgroups)? };
-    let cgroup = unsafe { kernel::read_ptr(css_set, css_set_dfl_cgrp)? };
-    let kn = unsafe { kernel::read_ptr(cgroup, cgroup_kn)? };
-    unsafe { kernel::read_u64(kn, kernfs_node_id) }
 }

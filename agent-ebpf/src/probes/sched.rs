@@ -1,15 +1,17 @@
-//! Scheduler probes: run-queue latency (runqlat semantics) and context switches.
+//! Scheduler probes: run-queue latency (runqlat semantics), context switches, and each
+//! cgroup's CPU time, run-queue wait and switches.
 //!
 //! A task's run-queue wait starts when it is woken (`sched_wakeup`, `sched_wakeup_new`) or
 //! when it is switched out while still runnable (preempted), and ends when `sched_switch`
 //! puts it on a CPU. The idle task (pid 0) is never recorded.
 //!
+//! Per-cgroup accounting costs one map update per switch: when a task leaves a CPU, its
+//! cgroup (`current`'s) is charged the time since the CPU's previous switch (its run time)
+//! and the wait it had before getting the CPU, kept per CPU until then.
+//!
 //! Each event exists twice: as a BTF tracepoint (`tp_btf`, preferred: no tracefs, cheaper
 //! per event) and as a classic tracepoint. User space loads one of the two per probe.
-use agent_ebpf::{
-    Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, RUNQUEUE_START_ENTRIES, RunqueueStart, SchedCounters,
-    SchedLayout,
-};
+use agent_ebpf::{RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout};
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -17,7 +19,6 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
-
 use aya_log_ebpf::warn;
 
 use super::{cgroup, histogram, kernel};
@@ -32,20 +33,13 @@ static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
     tp_switch_prev_state: 0,
     tp_switch_prev_state_size: 0,
     tp_switch_next_pid: 0,
-    task_cgroups: 0,
-    css_set_dfl_cgrp: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
 });
 
-/// Wakeup (or preemption) timestamp and cgroup per pid, consumed when the task gets a CPU.
+/// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU.
 #[map]
-static RUNQUEUE_START: HashMap<u32, RunqueueStart> =
-    HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
+static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
 
-#[map]
-static RUNQUEUE_LATENCY: PerCpuArray<Log2Histogram> = PerCpuArray::with_max_entries(1, 0);
-
+/// Counters, the run-queue histogram and per-CPU state, in one entry per CPU.
 #[map]
 static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entries(1, 0);
 
@@ -54,15 +48,11 @@ static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entrie
 const TASK_STATE_MASK: u64 = 0xff;
 
 #[inline(always)]
-fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64, cgroup_id: u64) {
+fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64) {
     if pid == 0 {
         return;
     }
-    let start = RunqueueStart {
-        since_ns: now,
-        cgroup_id,
-    };
-    if RUNQUEUE_START.insert(pid, start, 0).is_err()
+    if RUNQUEUE_START.insert(pid, now, 0).is_err()
         && let Some(c) = SCHED_COUNTERS.get_ptr_mut(0)
     {
         // SAFETY: per-CPU slot.
@@ -80,12 +70,12 @@ fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64, cgroup_id: u64) {
 }
 
 #[inline(always)]
-fn on_wakeup<C: EbpfContext>(ctx: &C, pid: u32, cgroup_id: u64) {
-    enqueue(ctx, pid, unsafe { bpf_ktime_get_ns() }, cgroup_id);
+fn on_wakeup<C: EbpfContext>(ctx: &C, pid: u32) {
+    enqueue(ctx, pid, unsafe { bpf_ktime_get_ns() });
 }
 
-/// One map lookup for this CPU's counters, one for the leaving task's cgroup, and, when
-/// the arriving task was waiting, one for its start and one for its cgroup.
+/// Lookups per switch: this CPU's entry, the leaving task's cgroup, and the arriving task's
+/// wait start (plus an insert when the leaving task was preempted).
 #[inline(always)]
 fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
@@ -100,30 +90,32 @@ fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_p
         cpu.voluntary_switches += 1;
     }
     let ran_since = cpu.last_switch_ns;
+    let waited = cpu.pending_wait_ns;
     cpu.last_switch_ns = now;
+    cpu.pending_wait_ns = 0;
 
     // The idle task's time is idle, not any cgroup's CPU time.
     if prev_pid != 0 {
         // `current` is still prev here.
-        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        match cgroup::stats(cgroup_id) {
-            Some(stats) => {
-                // SAFETY: the entry lives in the map; fields are updated atomically.
-                unsafe {
-                    if ran_since != 0 {
-                        cgroup::add(&raw mut (*stats).cpu_ns, now.saturating_sub(ran_since));
-                    }
-                    if prev_runnable {
-                        cgroup::add(&raw mut (*stats).involuntary_switches, 1);
-                    } else {
-                        cgroup::add(&raw mut (*stats).voluntary_switches, 1);
-                    }
+        match cgroup::stats(unsafe { bpf_get_current_cgroup_id() }) {
+            // SAFETY: the entry lives in the map; fields are updated atomically.
+            Some(stats) => unsafe {
+                if ran_since != 0 {
+                    cgroup::add(&raw mut (*stats).cpu_ns, now.saturating_sub(ran_since));
                 }
-            }
+                if waited != 0 {
+                    cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
+                }
+                if prev_runnable {
+                    cgroup::add(&raw mut (*stats).involuntary_switches, 1);
+                } else {
+                    cgroup::add(&raw mut (*stats).voluntary_switches, 1);
+                }
+            },
             None => cpu.cgroup_map_full += 1,
         }
         if prev_runnable {
-            enqueue(ctx, prev_pid, now, cgroup_id);
+            enqueue(ctx, prev_pid, now);
         }
     }
     if next_pid == 0 {
@@ -134,54 +126,29 @@ fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_p
         return;
     };
     let _ = RUNQUEUE_START.remove(next_pid);
-    let waited = now.saturating_sub(start.since_ns);
-    histogram::record(&RUNQUEUE_LATENCY, RUNQUEUE_HISTOGRAM_INDEX, waited);
-    if start.cgroup_id != 0
-        && let Some(stats) = cgroup::stats(start.cgroup_id)
-    {
-        cgroup::add(unsafe { &raw mut (*stats).runqueue_wait_ns }, waited);
-    }
+    let waited = now.saturating_sub(start);
+    histogram::add(&mut cpu.runqueue_latency, waited);
+    cpu.pending_wait_ns = waited;
 }
 
 // ---- BTF tracepoints -------------------------------------------------------------------
 
-/// The woken task's pid and cgroup (task->cgroups->dfl_cgrp->kn->id), by direct loads
-/// through the BTF-typed argument. The waker's cgroup (`current`) would charge the wait to
-/// the wrong pod.
-#[inline(always)]
-unsafe fn woken(task: *const u8) -> (u32, u64) {
-    let l = SCHED_LAYOUT.load();
-    unsafe {
-        let pid = kernel::btf_load::<u32>(task, l.task_pid);
-        let css_set = kernel::btf_load::<*const u8>(task, l.task_cgroups);
-        let cgroup = kernel::btf_load::<*const u8>(css_set, l.css_set_dfl_cgrp);
-        let kn = kernel::btf_load::<*const u8>(cgroup, l.cgroup_kn);
-        (pid, kernel::btf_load::<u64>(kn, l.kernfs_node_id))
-    }
-}
-
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
-    let (pid, cgroup_id) = unsafe { woken(ctx.arg(0)) };
-    on_wakeup(&ctx, pid, cgroup_id);
+    let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
+    on_wakeup(&ctx, pid);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
-    let (pid, cgroup_id) = unsafe { woken(ctx.arg(0)) };
-    on_wakeup(&ctx, pid, cgroup_id);
+    let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
+    on_wakeup(&ctx, pid);
     0
 }
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
-    match unsafe { try_sched_switch_btf(&ctx) } {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
-unsafe fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...):
     // the first three arguments are the same on every kernel since tp_btf exists.
     let preempt: u64 = ctx.arg(0);
@@ -200,19 +167,17 @@ unsafe fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // prev is still `current` here.
     let prev_pid = bpf_get_current_pid_tgid() as u32;
     let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
-    on_switch(ctx, prev_pid, prev_runnable, next_pid);
-    Ok(())
+    on_switch(&ctx, prev_pid, prev_runnable, next_pid);
+    0
 }
 
 // ---- classic tracepoints (fallback: need tracefs) ---------------------------------------
 
-// Classic wakeup tracepoints carry only the pid, so the wait of a woken task is not
-// charged to a cgroup (cgroup id 0); preempted tasks still are.
 #[tracepoint]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
     let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
     if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        on_wakeup(&ctx, pid, 0);
+        on_wakeup(&ctx, pid);
     }
     0
 }
@@ -221,7 +186,7 @@ pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
     let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
     if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        on_wakeup(&ctx, pid, 0);
+        on_wakeup(&ctx, pid);
     }
     0
 }

@@ -2,7 +2,7 @@
 //! Reads two per-CPU maps per scrape, one lookup each, and sums the CPUs.
 use std::sync::Arc;
 
-use agent_ebpf::{HISTOGRAM_SLOTS, Log2Histogram, RUNQUEUE_HISTOGRAM_INDEX, SchedCounters};
+use agent_ebpf::{HISTOGRAM_SLOTS, Log2Histogram};
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use super::{CollectError, Collector};
@@ -60,20 +60,14 @@ impl Collector for SchedCollector {
             .counters
             .get(&0, 0)
             .map_err(|e| map_error("SCHED_COUNTERS", e))?;
-        let mut total = SchedCounters::default();
+        let (mut voluntary, mut involuntary) = (0u64, 0u64);
         for c in counters.iter() {
-            total.voluntary_switches += c.voluntary_switches;
-            total.involuntary_switches += c.involuntary_switches;
+            voluntary += c.voluntary_switches;
+            involuntary += c.involuntary_switches;
         }
-        let latency = if maps.runqueue_complete {
-            let per_cpu = maps
-                .runqueue_latency
-                .get(&RUNQUEUE_HISTOGRAM_INDEX, 0)
-                .map_err(|e| map_error("RUNQUEUE_LATENCY", e))?;
-            Some(sum_histograms(per_cpu.iter()))
-        } else {
-            None
-        };
+        let latency = maps
+            .runqueue_complete
+            .then(|| sum_histograms(counters.iter().map(|c| &c.runqueue_latency)));
 
         if maps.switch_up {
             family(
@@ -82,8 +76,8 @@ impl Collector for SchedCollector {
                 "Context switches seen by sched_switch: voluntary (the task blocked) or involuntary (preempted while runnable).",
                 MetricType::Counter,
                 [
-                    ([("kind", "voluntary")], total.voluntary_switches as f64),
-                    ([("kind", "involuntary")], total.involuntary_switches as f64),
+                    ([("kind", "voluntary")], voluntary as f64),
+                    ([("kind", "involuntary")], involuntary as f64),
                 ],
             )?;
         }

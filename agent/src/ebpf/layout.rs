@@ -41,16 +41,6 @@ fn sched_btf(btf: &Btf, l: &mut SchedLayout) -> BtfResult {
     l.task_pid = pid.offset;
     l.task_state = state.offset;
     l.task_state_size = state.size;
-    let m = |s: &str, f: &str| {
-        btf.member(s, &[f])
-            .map(|m| m.offset)
-            .map_err(|e| e.to_string())
-    };
-    // task->cgroups->dfl_cgrp->kn->id: a woken task's cgroup, for per-cgroup wait time.
-    l.task_cgroups = m("task_struct", "cgroups")?;
-    l.css_set_dfl_cgrp = m("css_set", "dfl_cgrp")?;
-    l.cgroup_kn = m("cgroup", "kn")?;
-    l.kernfs_node_id = m("kernfs_node", "id")?;
     Ok(())
 }
 

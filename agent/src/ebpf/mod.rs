@@ -12,7 +12,7 @@ use std::{
 use agent_ebpf::{
     CGROUP_STATS_ENTRIES, CgroupStats, DISK_LAYOUT_GLOBAL, DiskCounters, DiskHistograms,
     DiskInFlight, DiskKey, Log2Histogram, MEMORY_LAYOUT_GLOBAL, MemoryCounters, OomEvent,
-    RunqueueStart, SCHED_LAYOUT_GLOBAL, SchedCounters,
+    SCHED_LAYOUT_GLOBAL, SchedCounters,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -202,9 +202,8 @@ impl ProbeStatus {
 
 /// Scheduler maps, read at scrape time.
 pub struct SchedMaps {
-    pub runqueue_latency: PerCpuArray<MapData, Log2Histogram>,
     pub counters: PerCpuArray<MapData, SchedCounters>,
-    pub start: HashMap<MapData, u32, RunqueueStart>,
+    pub start: HashMap<MapData, u32, u64>,
     /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
     pub runqueue_complete: bool,
     /// sched_switch attached.
@@ -500,7 +499,6 @@ pub fn load(mode: ProbeAttach, families: &[Family], max_cgroups: usize) -> Loade
     let sched = enabled(Family::Sched)
         .then(|| {
             Some(SchedMaps {
-                runqueue_latency: PerCpuArray::try_from(ebpf.take_map("RUNQUEUE_LATENCY")?).ok()?,
                 counters: PerCpuArray::try_from(ebpf.take_map("SCHED_COUNTERS")?).ok()?,
                 start: HashMap::try_from(ebpf.take_map("RUNQUEUE_START")?).ok()?,
                 runqueue_complete: up("sched_wakeup")
