@@ -10,22 +10,28 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use crate::{
     ebpf::{ProbeStatus, Probes},
     metrics::family,
+    preflight::NodeIdentity,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("NODELENS_REVISION");
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AgentState {
     pub probes: Arc<Probes>,
+    pub node: NodeIdentity,
+    /// The preflight init container's report, shown on the `/` page.
+    pub preflight: Option<String>,
     /// Every probe has been attempted, whatever the outcome.
     ready: AtomicBool,
 }
 
 impl AgentState {
-    pub fn new(probes: Arc<Probes>) -> Self {
+    pub fn new(probes: Arc<Probes>, node: NodeIdentity, preflight: Option<String>) -> Self {
         Self {
             probes,
+            node,
+            preflight,
             ready: AtomicBool::new(false),
         }
     }
@@ -58,6 +64,20 @@ impl AgentState {
             "nodelens build: version and source revision.",
             MetricType::Gauge,
             [([("revision", REVISION), ("version", VERSION)], 1.0)],
+        )?;
+        family(
+            out,
+            "nodelens_node_info",
+            "The node this agent runs on: name, host machine id and kernel release.",
+            MetricType::Gauge,
+            [(
+                [
+                    ("kernel", self.node.kernel.as_str()),
+                    ("machine_id", self.node.machine_id.as_str()),
+                    ("node", self.node.node.as_str()),
+                ],
+                1.0,
+            )],
         )?;
         let probes = self.statuses();
         family(

@@ -32,6 +32,16 @@ pub struct Cli {
 pub enum Command {
     /// Serve metrics (the default when no subcommand is given).
     Run,
+    /// Check what will and won't work on this node (kernel, BTF, tracefs, capabilities,
+    /// memlock, cgroups, every probe), print it, and exit 0 when the core probes attach.
+    Preflight {
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the node identity and the report here, for the agent to show.
+        #[arg(long, env = "NODELENS_PREFLIGHT_OUTPUT_DIR")]
+        output_dir: Option<PathBuf>,
+    },
 }
 
 /// Flags that override the config file. All are optional here so that the file and the
@@ -90,6 +100,16 @@ pub struct Flags {
     /// The kubelet's container log links, for container names [default: /var/log/containers].
     #[arg(long, env = "NODELENS_CONTAINER_LOGS_DIR", global = true)]
     pub container_logs_dir: Option<PathBuf>,
+    /// This node's name, for nodelens_node_info (the DaemonSet passes spec.nodeName)
+    /// [default: the host name].
+    #[arg(long, env = "NODELENS_NODE_NAME", global = true)]
+    pub node_name: Option<String>,
+    /// The host's machine id [default: /etc/machine-id].
+    #[arg(long, env = "NODELENS_MACHINE_ID_FILE", global = true)]
+    pub machine_id_file: Option<PathBuf>,
+    /// Where `nodelens preflight --output-dir` wrote the node identity and its report.
+    #[arg(long, env = "NODELENS_PREFLIGHT_DIR", global = true)]
+    pub preflight_dir: Option<PathBuf>,
     /// trace, debug, info, warn or error [default: info].
     #[arg(long, env = "NODELENS_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
@@ -109,6 +129,9 @@ pub struct FileConfig {
     pub rootfs: Option<PathBuf>,
     pub probe_attach: Option<String>,
     pub cgroups: Option<FileCgroups>,
+    pub node_name: Option<String>,
+    pub machine_id_file: Option<PathBuf>,
+    pub preflight_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
 }
@@ -157,6 +180,9 @@ pub struct Config {
     pub rootfs: PathBuf,
     pub probe_attach: ProbeAttach,
     pub cgroups: CgroupConfig,
+    pub node_name: Option<String>,
+    pub machine_id_file: PathBuf,
+    pub preflight_dir: Option<PathBuf>,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
@@ -353,6 +379,12 @@ impl Config {
             rootfs: flags.rootfs.or(file.rootfs).unwrap_or_else(|| "/".into()),
             probe_attach,
             cgroups,
+            node_name: flags.node_name.or(file.node_name),
+            machine_id_file: flags
+                .machine_id_file
+                .or(file.machine_id_file)
+                .unwrap_or_else(|| "/etc/machine-id".into()),
+            preflight_dir: flags.preflight_dir.or(file.preflight_dir),
             log_level,
             log_format,
         })

@@ -10,6 +10,7 @@ mod config;
 mod ebpf;
 mod logging;
 mod metrics;
+mod preflight;
 mod server;
 
 use config::{Cli, Command, Config};
@@ -49,6 +50,35 @@ fn main() -> ExitCode {
     logging::init(config.log_level, config.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config),
+        Command::Preflight { json, output_dir } => {
+            run_preflight(&config, json, output_dir.as_deref())
+        }
+    }
+}
+
+fn run_preflight(config: &Config, json: bool, output_dir: Option<&std::path::Path>) -> ExitCode {
+    let report = preflight::run(config);
+    if json {
+        print!("{}", preflight::to_json(&report));
+    } else {
+        print!("{}", preflight::render_text(&report));
+    }
+    if let Some(dir) = output_dir
+        && let Err(e) = preflight::write(dir, &report)
+    {
+        eprintln!(
+            "nodelens: preflight: cannot write to {}: {e} (mount a writable emptyDir there)",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        for fix in &report.fixes {
+            eprintln!("nodelens: preflight: {fix}");
+        }
+        ExitCode::FAILURE
     }
 }
 
@@ -78,7 +108,14 @@ fn run(config: Config) -> ExitCode {
             }
         };
         let probes = Arc::new(ebpf::Probes::default());
-        let agent = Arc::new(agent::AgentState::new(probes.clone()));
+        // The identity preflight found (it reads the host's machine id through a hostPath),
+        // else what this container can see.
+        let dir = config.preflight_dir.as_deref();
+        let identity = dir
+            .and_then(preflight::read_identity)
+            .unwrap_or_else(|| preflight::node_identity(&config));
+        let preflight_text = dir.and_then(preflight::read_report_text);
+        let agent = Arc::new(agent::AgentState::new(probes.clone(), identity, preflight_text));
         let resolver = Arc::new(std::sync::Mutex::new(cgroup_resolver(&config)));
         let registry = metrics::registry(
             collectors::build(&config, probes.clone(), resolver.clone()),

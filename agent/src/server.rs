@@ -129,7 +129,16 @@ impl Server {
              <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
              <li><a href=\"/healthz\">/healthz</a>: liveness</li>\
              <li><a href=\"/readyz\">/readyz</a>: readiness (every probe attempted)</li></ul>\n\
-             <h2>Probes</h2>\n<p>{stats}</p>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n</body></html>\n"
+             <p>node {node}, machine-id {machine_id}, kernel {kernel}</p>\n<h2>Probes</h2>\n<p>{stats}</p>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n{preflight}</body></html>\n",
+            node = html_escape(&self.agent.node.node),
+            machine_id = html_escape(&self.agent.node.machine_id),
+            kernel = html_escape(&self.agent.node.kernel),
+            preflight = self
+                .agent
+                .preflight
+                .as_deref()
+                .map(|t| format!("<h2>Preflight</h2>\n<pre>{}</pre>\n", html_escape(t)))
+                .unwrap_or_default()
         )
     }
 
