@@ -288,7 +288,7 @@ pub fn render_text(r: &Report) -> String {
         }
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<16} {:<6} {}", "CHECK", "STATUS", "DETAIL");
+    let _ = writeln!(s, "{:<16} {:<6} DETAIL", "CHECK", "STATUS");
     for c in &r.checks {
         let _ = writeln!(
             s,
@@ -299,7 +299,7 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<32} {:<12} {}", "PROBE", "ATTACH", "REASON");
+    let _ = writeln!(s, "{:<32} {:<12} REASON", "PROBE", "ATTACH");
     for p in &r.probes {
         let core = if CORE_PROBES.contains(&p.probe.as_str()) {
             " (core)"
