@@ -1,24 +1,27 @@
 # syntax=docker/dockerfile:1
-# nodelens image: build with the project's own setup, ship only the binary.
+# nodelens image: the builder runs the project's own setup (nightly + rust-src, LLVM,
+# bpf-linker) and builds a static binary; the runtime image holds nothing else.
 #
 #   docker build -t nodelens .
-#
-# Builder: Debian bookworm with Rust; `cargo xtask setup` installs nightly + rust-src,
-# LLVM and bpf-linker exactly as on a developer machine.
+#   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/nodelens:<tag> --push .
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
+# The target triple follows the platform being built, so buildx can build every arch.
 RUN cargo xtask setup \
- && cargo build --release --package nodelens \
- && cp target/release/nodelens /nodelens
+ && target="$(uname -m)-unknown-linux-gnu" \
+ && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --package nodelens --target "$target" \
+ && cp "target/$target/release/nodelens" /nodelens
 
-# Runtime: distroless with glibc (the binary is dynamically linked to libc for now).
-FROM gcr.io/distroless/cc-debian12:nonroot
+# A static binary needs no libc, shell or CA bundle: nothing but the binary ships.
+FROM scratch
 LABEL org.opencontainers.image.title="nodelens" \
       org.opencontainers.image.description="eBPF node agent for Kubernetes: run-queue, disk and memory latency per node and per pod" \
-      org.opencontainers.image.licenses="MIT OR Apache-2.0"
-COPY --from=builder /nodelens /usr/bin/nodelens
-# Loading eBPF needs CAP_BPF and CAP_PERFMON, granted by the DaemonSet's securityContext.
-USER 0
+      org.opencontainers.image.source="https://github.com/nodelens/nodelens" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+COPY --from=builder /nodelens /nodelens
 EXPOSE 9560
-ENTRYPOINT ["/usr/bin/nodelens"]
+# Runs as root with only CAP_BPF and CAP_PERFMON (see manifests/daemonset.yaml).
+ENTRYPOINT ["/nodelens"]
