@@ -1,0 +1,381 @@
+//! End to end with a real Prometheus: three simulated nodes (network namespaces on a bridge,
+//! each with its own "node IP"), one agent per node on <node IP>:9560, Prometheus in the
+//! root namespace scraping them with the shipped relabelling and loading the shipped rules.
+//! Every dashboard query must return data, and a killed agent must show as down and raise
+//! the probe-down alert.
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value as Json;
+
+const BRIDGE: &str = "nlbr0";
+const SUBNET: &str = "10.213.0";
+const NODES: usize = 3;
+
+fn ns(i: usize) -> String {
+    format!("nl-node-{i}")
+}
+
+fn node_ip(i: usize) -> String {
+    format!("{SUBNET}.{i}")
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ip_ok(args: &[&str]) {
+    assert!(ip(args), "ip {args:?} failed");
+}
+
+/// The simulated nodes, their agents and Prometheus; everything is torn down on drop.
+struct Cluster {
+    agents: Vec<Option<Child>>,
+    prometheus: Option<Child>,
+    prom_addr: String,
+    _dir: tempfile::TempDir,
+}
+
+fn teardown_network() {
+    for i in 1..=NODES {
+        let _ = ip(&["netns", "delete", &ns(i)]);
+        let _ = ip(&["link", "delete", &format!("nlv{i}")]);
+    }
+    let _ = ip(&["link", "delete", BRIDGE]);
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        common::require_root();
+        teardown_network(); // leftovers of an interrupted run
+        ip_ok(&["link", "add", BRIDGE, "type", "bridge"]);
+        ip_ok(&["addr", "add", &format!("{SUBNET}.254/24"), "dev", BRIDGE]);
+        ip_ok(&["link", "set", BRIDGE, "up"]);
+        let mut agents = Vec::new();
+        for i in 1..=NODES {
+            let (n, veth) = (ns(i), format!("nlv{i}"));
+            ip_ok(&["netns", "add", &n]);
+            ip_ok(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &n,
+            ]);
+            ip_ok(&["link", "set", &veth, "master", BRIDGE, "up"]);
+            ip_ok(&[
+                "-n",
+                &n,
+                "addr",
+                "add",
+                &format!("{}/24", node_ip(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip_ok(&["-n", &n, "link", "set", "eth0", "up"]);
+            ip_ok(&["-n", &n, "link", "set", "lo", "up"]);
+            let child = Command::new("ip")
+                .args(["netns", "exec", &n])
+                .arg(common::BIN)
+                .args(["--listen-address", &format!("{}:9560", node_ip(i))])
+                .args(["--node-name", &format!("node-{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            agents.push(Some(child));
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let prom_addr = format!("127.0.0.1:{}", common::free_port());
+        std::fs::write(dir.path().join("prometheus.yml"), prometheus_config(&repo)).unwrap();
+        let prometheus = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (cargo xtask setup --test-tools installs it)");
+        Cluster {
+            agents,
+            prometheus: Some(prometheus),
+            prom_addr,
+            _dir: dir,
+        }
+    }
+
+    fn query(&self, promql: &str) -> Vec<Json> {
+        let (code, _, body) = common::http(
+            &self.prom_addr,
+            "GET",
+            &format!("/api/v1/query?query={}", encode(promql)),
+            &[],
+        )
+        .expect("query Prometheus");
+        let v: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+        assert_eq!(code, 200, "{promql}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn api(&self, path: &str) -> Json {
+        let (_, _, body) = common::http(&self.prom_addr, "GET", path, &[]).expect("Prometheus API");
+        serde_json::from_slice(&body).unwrap_or(Json::Null)
+    }
+
+    /// `up` per target.
+    fn up(&self) -> Vec<(String, f64)> {
+        self.query("up{job=\"nodelens\"}")
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["instance"].as_str().unwrap_or("").to_owned(),
+                    r["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(-1.0),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self
+            .agents
+            .iter_mut()
+            .flatten()
+            .chain(self.prometheus.iter_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        teardown_network();
+    }
+}
+
+/// Prometheus scraping the three node IPs with the shipped scrape config's relabelling:
+/// targets are given as kubelet addresses (<IP>:10250), as the node role discovers them.
+fn prometheus_config(repo: &Path) -> String {
+    let shipped: serde_yaml::Value = serde_yaml::from_str(&common::read(
+        repo.join("manifests/prometheus/scrape-config.yml"),
+    ))
+    .unwrap();
+    let job = &shipped["scrape_configs"][0];
+    let targets: Vec<String> = (1..=NODES)
+        .map(|i| format!("{}:10250", node_ip(i)))
+        .collect();
+    let config = serde_json::json!({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+        "rule_files": [repo.join("manifests/prometheus/rules.yml")],
+        "scrape_configs": [{
+            "job_name": job["job_name"].as_str().unwrap(),
+            "static_configs": [{"targets": targets}],
+            "relabel_configs": serde_json::to_value(&job["relabel_configs"]).unwrap(),
+        }],
+    });
+    // JSON is YAML.
+    config.to_string()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// Every query of every dashboard panel, with the dashboard's variables filled in.
+fn dashboard_queries(repo: &Path) -> Vec<(String, String)> {
+    let dash: Json = serde_json::from_str(&common::read(
+        repo.join("manifests/grafana/nodelens-dashboard.json"),
+    ))
+    .unwrap();
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or("").to_owned();
+            p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |t| {
+                    let expr = t["expr"]
+                        .as_str()
+                        .unwrap_or("")
+                        .replace("$instance", ".*")
+                        .replace("$__rate_interval", "10s");
+                    (title.clone(), expr)
+                })
+        })
+        .collect()
+}
+
+fn programs() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "list"])
+        .output()
+        .unwrap();
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let before = programs();
+    let cluster = Cluster::start();
+    wait_for("Prometheus ready", Duration::from_secs(30), || {
+        common::http(&cluster.prom_addr, "GET", "/-/ready", &[]).is_ok_and(|r| r.0 == 200)
+    });
+    let want: Vec<String> = (1..=NODES)
+        .map(|i| format!("{}:9560", node_ip(i)))
+        .collect();
+    wait_for(
+        "up == 1 on the three node addresses",
+        Duration::from_secs(30),
+        || {
+            let up = cluster.up();
+            want.iter()
+                .all(|w| up.iter().any(|(i, v)| i == w && *v == 1.0))
+        },
+    );
+    // Disk I/O so every node's disk histograms have data, then a few scrape intervals.
+    let status = Command::new("dd")
+        .args([
+            &format!("if={}", common::BIN),
+            "of=/dev/null",
+            "bs=4k",
+            "count=64",
+            "iflag=direct",
+            "status=none",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(6));
+
+    for (title, expr) in dashboard_queries(&repo) {
+        let result = cluster.query(&expr);
+        assert!(
+            !result.is_empty(),
+            "dashboard panel {title:?} has no data: {expr}"
+        );
+    }
+    let node_info = cluster.query("nodelens_node_info");
+    assert_eq!(
+        node_info.len(),
+        NODES,
+        "one nodelens_node_info per node: {node_info:?}"
+    );
+
+    let rules = cluster.api("/api/v1/rules");
+    let loaded: Vec<&Json> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(loaded.len(), 7, "every alert rule loads: {rules}");
+    assert!(loaded.iter().all(|r| r["health"] != "err"), "{rules}");
+
+    // Kill the second node's agent: its target goes down, the probe-down alert goes
+    // pending for it, and the other two stay up.
+    let mut cluster = cluster;
+    let mut victim = cluster.agents[1].take().unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let dead = format!("{}:9560", node_ip(2));
+    wait_for(
+        "up == 0 for the killed agent",
+        Duration::from_secs(20),
+        || cluster.up().iter().any(|(i, v)| *i == dead && *v == 0.0),
+    );
+    wait_for(
+        "NodelensProbeDown pending for the killed agent",
+        Duration::from_secs(20),
+        || {
+            let alerts = cluster.api("/api/v1/alerts");
+            alerts["data"]["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| {
+                    a["labels"]["alertname"] == "NodelensProbeDown"
+                        && a["labels"]["instance"] == dead.as_str()
+                        && a["state"] == "pending"
+                })
+        },
+    );
+    let up = cluster.up();
+    for (i, w) in want.iter().enumerate() {
+        if i != 1 {
+            assert!(
+                up.iter().any(|(inst, v)| inst == w && *v == 1.0),
+                "{w} must stay up: {up:?}"
+            );
+        }
+    }
+
+    drop(cluster);
+    // Nothing left behind: namespaces, bridge, BPF programs.
+    let netns = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !netns.contains("nl-node-"),
+        "network namespaces left: {netns}"
+    );
+    assert!(!ip(&["link", "show", BRIDGE]), "bridge left behind");
+    wait_for(
+        "the agents' BPF programs to be freed",
+        Duration::from_secs(5),
+        || programs().iter().all(|id| before.contains(id)),
+    );
+}
