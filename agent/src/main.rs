@@ -157,10 +157,10 @@ fn run(config: Config) -> ExitCode {
         match loading.await {
             Ok((logger, oom_ring)) => {
                 if let Some(logger) = logger {
-                    ebpf::spawn_log_forwarder(logger);
+                    ebpf::events::spawn_log_forwarder(logger);
                 }
                 if let Some(ring) = oom_ring {
-                    ebpf::spawn_oom_reader(ring, probes.clone(), resolver.clone(), config.procfs.clone());
+                    ebpf::events::spawn_oom_reader(ring, probes.clone(), resolver.clone(), config.procfs.clone());
                 }
             }
             Err(e) => tracing::error!("loading probes failed: {e}"),

@@ -13,18 +13,6 @@ use common::Agent;
 
 const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
 
-/// Finds the cgroup2 mount (/sys/fs/cgroup on v2 hosts, /sys/fs/cgroup/unified on hybrid).
-fn cgroup2_root() -> PathBuf {
-    common::read("/proc/self/mountinfo")
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split(' ').nth(4)?;
-            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount")
-}
-
 /// A v1 memory cgroup with a limit plus a v2 cgroup, both removed on drop.
 struct TestCgroup {
     v1: PathBuf,
@@ -35,7 +23,7 @@ impl TestCgroup {
     fn new(name: &str, limit_bytes: u64) -> TestCgroup {
         common::require_root();
         let v1 = Path::new(V1_MEMORY).join(format!("{name}-{}", std::process::id()));
-        let v2 = cgroup2_root().join(format!("{name}-{}", std::process::id()));
+        let v2 = common::cgroup2_root().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&v1).expect("create v1 memory cgroup");
         std::fs::create_dir_all(&v2).expect("create cgroup2 directory");
         std::fs::write(v1.join("memory.limit_in_bytes"), limit_bytes.to_string()).unwrap();

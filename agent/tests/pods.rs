@@ -16,17 +16,6 @@ const UID_B: &str = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const CID_A: &str = "4c5d0e2a1b3f4e6d8c9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e";
 const CID_B: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
 
-fn cgroup2_root() -> PathBuf {
-    common::read("/proc/self/mountinfo")
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split(' ').nth(4)?;
-            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount")
-}
-
 /// The two pods' cgroups and kubelet log fixtures; everything is removed on drop.
 struct Pods {
     root: PathBuf,
@@ -41,7 +30,7 @@ struct Pods {
 impl Pods {
     fn new() -> Pods {
         common::require_root();
-        let root = cgroup2_root();
+        let root = common::cgroup2_root();
         let uid_a = UID_A.replace('-', "_");
         let a_rel = format!(
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_a}.slice/cri-containerd-{CID_A}.scope"
@@ -282,7 +271,7 @@ fn rss_kb(pid: u32) -> f64 {
 #[test]
 fn churn_of_5000_cgroups_stays_bounded() {
     common::require_root();
-    let root = cgroup2_root();
+    let root = common::cgroup2_root();
     let cap = 100;
     let agent = Agent::start(&["--max-cgroups", &cap.to_string()]);
     let tracked = |m: &Metrics| m.value("nodelens_cgroups_tracked");

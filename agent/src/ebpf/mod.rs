@@ -11,7 +11,7 @@ use std::{
 
 use agent_ebpf::{
     CGROUP_STATS_ENTRIES, CgroupStats, DISK_LAYOUT_GLOBAL, DiskCounters, DiskHistograms,
-    DiskInFlight, DiskKey, Log2Histogram, MEMORY_LAYOUT_GLOBAL, MemoryCounters, OomEvent,
+    DiskInFlight, DiskKey, Log2Histogram, MEMORY_LAYOUT_GLOBAL, MemoryCounters,
     SCHED_LAYOUT_GLOBAL, SchedCounters,
 };
 use aya::{
@@ -23,6 +23,7 @@ use aya::{
 use crate::config::ProbeAttach;
 
 pub mod btf;
+pub mod events;
 pub mod layout;
 pub mod tracefs;
 
@@ -685,131 +686,4 @@ fn attach_one(
             Ok(spec.tracepoint_program)
         }
     }
-}
-
-/// Forwards aya-log records from the programs into `log`, and so into tracing. Woken by the
-/// ring buffer, never by a timer.
-pub fn spawn_log_forwarder(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, until it is
-    // dropped together with the AsyncFd.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("eBPF log forwarding disabled: {e}");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!("eBPF log forwarding stopped: {e}");
-                    return;
-                }
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
-}
-
-/// Drains OOM kill events from the ring buffer as they arrive (woken by the kernel, no
-/// timer), logs each kill, and attributes it to the victim's cgroup while that still exists.
-pub fn spawn_oom_reader(
-    ring: RingBuf<MapData>,
-    probes: std::sync::Arc<Probes>,
-    resolver: std::sync::Arc<Mutex<crate::cgroups::CgroupResolver>>,
-    procfs: std::path::PathBuf,
-) {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("OOM event reader disabled: {e}");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        loop {
-            let mut guard = match fd.readable_mut().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!("OOM event reader stopped: {e}");
-                    return;
-                }
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                let Some(event) = parse_oom_event(&item) else {
-                    continue;
-                };
-                let labels = victim_labels(&event, &resolver, &procfs);
-                tracing::info!(
-                    pid = event.pid,
-                    cgroup_id = event.cgroup_id,
-                    cgroup = %labels.cgroup,
-                    namespace = %labels.namespace,
-                    pod = %labels.pod,
-                    container = %labels.container,
-                    "OOM kill"
-                );
-                if let Some(loaded) = probes.loaded.get() {
-                    let mut table = loaded.oom.lock().unwrap_or_else(|p| p.into_inner());
-                    table
-                        .rows
-                        .entry(labels.cgroup.clone())
-                        .or_insert_with(|| OomRow {
-                            labels,
-                            kills: 0,
-                            gone: false,
-                        })
-                        .kills += 1;
-                }
-            }
-            guard.clear_ready();
-        }
-    });
-}
-
-/// The victim's labels: from the cgroup id the kernel sent (tp_btf), else from
-/// `/proc/<pid>/cgroup` if the victim is still there, else `cgroup="unknown"`.
-fn victim_labels(
-    event: &OomEvent,
-    resolver: &Mutex<crate::cgroups::CgroupResolver>,
-    procfs: &Path,
-) -> crate::cgroups::CgroupLabels {
-    let mut resolver = resolver.lock().unwrap_or_else(|p| p.into_inner());
-    if event.cgroup_id != 0
-        && let Some(labels) = resolver.labels(event.cgroup_id)
-    {
-        return labels;
-    }
-    let from_proc = std::fs::read_to_string(procfs.join(event.pid.to_string()).join("cgroup"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .map(|p| p.trim_start_matches('/').to_owned())
-        });
-    match from_proc {
-        Some(path) if path.is_empty() => resolver.labels_for_path("/".into()),
-        Some(path) => resolver.labels_for_path(path),
-        None => crate::cgroups::CgroupLabels {
-            cgroup: "unknown".into(),
-            ..Default::default()
-        },
-    }
-}
-
-fn parse_oom_event(bytes: &[u8]) -> Option<OomEvent> {
-    let pid = u32::from_ne_bytes(bytes.get(0..4)?.try_into().ok()?);
-    let cgroup_id = u64::from_ne_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some(OomEvent {
-        pid,
-        _pad: 0,
-        cgroup_id,
-    })
 }

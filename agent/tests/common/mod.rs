@@ -332,3 +332,15 @@ pub fn promtool_problems(text: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The cgroup2 mount: /sys/fs/cgroup on v2 hosts, /sys/fs/cgroup/unified on hybrid ones.
+pub fn cgroup2_root() -> std::path::PathBuf {
+    read("/proc/self/mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| std::path::PathBuf::from(mount_point))
+        })
+        .expect("a cgroup2 mount")
+}
