@@ -41,6 +41,16 @@ pub enum Command {
         /// Also write the node identity and the report here, for the agent to show.
         #[arg(long, env = "NODELENS_PREFLIGHT_OUTPUT_DIR")]
         output_dir: Option<PathBuf>,
+        /// Also generate work (scheduler, disk reads, memory reclaim) and report, per probe,
+        /// the events seen and the cost per event; fails when a core probe sees none.
+        #[arg(long)]
+        exercise: bool,
+        /// The disk to read from during --exercise [default: the first disk in sysfs].
+        #[arg(long, requires = "exercise")]
+        exercise_device: Option<PathBuf>,
+        /// Write one scrape of /metrics here during --exercise.
+        #[arg(long, requires = "exercise")]
+        metrics_out: Option<PathBuf>,
     },
 }
 

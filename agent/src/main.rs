@@ -8,6 +8,7 @@ mod cgroups;
 mod collectors;
 mod config;
 mod ebpf;
+mod exercise;
 mod logging;
 mod metrics;
 mod preflight;
@@ -50,14 +51,40 @@ fn main() -> ExitCode {
     logging::init(config.log_level, config.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config),
-        Command::Preflight { json, output_dir } => {
-            run_preflight(&config, json, output_dir.as_deref())
+        Command::Preflight {
+            json,
+            output_dir,
+            exercise,
+            exercise_device,
+            metrics_out,
+        } => {
+            let exercise = exercise.then_some((exercise_device.as_deref(), metrics_out.as_deref()));
+            run_preflight(&config, json, output_dir.as_deref(), exercise)
         }
     }
 }
 
-fn run_preflight(config: &Config, json: bool, output_dir: Option<&std::path::Path>) -> ExitCode {
-    let report = preflight::run(config);
+/// `exercise`: Some((device, metrics file)) for `--exercise`.
+type ExerciseArgs<'a> = Option<(Option<&'a std::path::Path>, Option<&'a std::path::Path>)>;
+
+fn run_preflight(
+    config: &Config,
+    json: bool,
+    output_dir: Option<&std::path::Path>,
+    exercise: ExerciseArgs,
+) -> ExitCode {
+    let mut report = preflight::run(config);
+    if let Some((device, metrics_out)) = exercise {
+        let e = exercise::run(config, device, metrics_out);
+        if !e.failed_core.is_empty() {
+            report.ok = false;
+            report.fixes.push(format!(
+                "core probes saw no events: {}",
+                e.failed_core.join(", ")
+            ));
+        }
+        report.exercise = Some(e);
+    }
     if json {
         print!("{}", preflight::to_json(&report));
     } else {

@@ -56,6 +56,9 @@ pub struct Report {
     pub ok: bool,
     /// What to change, when something does not work.
     pub fixes: Vec<String>,
+    /// `--exercise`: events and cost per probe under generated work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<crate::exercise::Exercise>,
 }
 
 /// Capability bits from linux/capability.h.
@@ -271,6 +274,7 @@ pub fn run(config: &Config) -> Report {
         probes,
         ok: missing.is_empty(),
         fixes,
+        exercise: None,
     }
 }
 
@@ -315,6 +319,10 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
+    if let Some(e) = &r.exercise {
+        s.push_str(&crate::exercise::render_text(e));
+        let _ = writeln!(s);
+    }
     if r.ok {
         let _ = writeln!(s, "result: ok, the core probes attach");
     } else {
@@ -378,6 +386,7 @@ mod tests {
             probes: vec![],
             ok: false,
             fixes: vec!["add capability BPF".into()],
+            exercise: None,
         };
         write(dir.path(), &report).unwrap();
         assert_eq!(read_identity(dir.path()), Some(report.node.clone()));

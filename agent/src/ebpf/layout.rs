@@ -12,6 +12,8 @@ pub struct Layout {
     pub sched: SchedLayout,
     pub disk: DiskLayout,
     pub memory: MemoryLayout,
+    /// `__state` (5.14+) or `state`: which task state field this kernel has.
+    pub task_state_field: &'static str,
     /// Per family: offsets for tp_btf programs came from BTF, or why not.
     btf: [Result<(), String>; 3],
     /// Per family: offsets for classic tracepoints came from format files, or why not.
@@ -26,11 +28,45 @@ impl Layout {
     pub fn tracepoint_ok(&self, family: Family) -> Result<(), String> {
         self.tracepoint[family as usize].clone()
     }
+
+    /// The BTF-derived offsets by name, for reports that compare kernels. Empty when the
+    /// kernel has no BTF.
+    pub fn btf_offsets(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        if self.btf_ok(Family::Sched).is_ok() {
+            let (s, f) = (&self.sched, self.task_state_field);
+            out.push(("task_struct.pid".into(), s.task_pid));
+            out.push((format!("task_struct.{f}"), s.task_state));
+            out.push((format!("task_struct.{f} size"), s.task_state_size));
+        }
+        if self.btf_ok(Family::Disk).is_ok() {
+            let d = &self.disk;
+            out.push(("block_rq_issue request argument".into(), d.issue_rq_arg));
+            out.push(("request.__data_len".into(), d.request_data_len));
+            out.push(("request.cmd_flags".into(), d.request_cmd_flags));
+            if d.disk_in_request != 0 {
+                out.push(("request.rq_disk".into(), d.request_rq_disk));
+            } else {
+                out.push(("request.q".into(), d.request_q));
+                out.push(("request_queue.disk".into(), d.queue_disk));
+            }
+            out.push(("gendisk.major".into(), d.gendisk_major));
+            out.push(("gendisk.first_minor".into(), d.gendisk_first_minor));
+        }
+        if self.btf_ok(Family::Memory).is_ok() && self.memory.oom_arg_is_task != 0 {
+            let m = &self.memory;
+            out.push(("task_struct.cgroups".into(), m.task_cgroups));
+            out.push(("css_set.dfl_cgrp".into(), m.css_set_dfl_cgrp));
+            out.push(("cgroup.kn".into(), m.cgroup_kn));
+            out.push(("kernfs_node.id".into(), m.kernfs_node_id));
+        }
+        out
+    }
 }
 
 type BtfResult = Result<(), String>;
 
-fn sched_btf(btf: &Btf, l: &mut SchedLayout) -> BtfResult {
+fn sched_btf(btf: &Btf, l: &mut SchedLayout, state_field: &mut &'static str) -> BtfResult {
     let pid = btf
         .member("task_struct", &["pid"])
         .map_err(|e| e.to_string())?;
@@ -41,6 +77,11 @@ fn sched_btf(btf: &Btf, l: &mut SchedLayout) -> BtfResult {
     l.task_pid = pid.offset;
     l.task_state = state.offset;
     l.task_state_size = state.size;
+    *state_field = if state.name_index == 0 {
+        "__state"
+    } else {
+        "state"
+    };
     Ok(())
 }
 
@@ -130,9 +171,10 @@ fn memory_tp(tfs: &Path, l: &mut MemoryLayout) -> Result<(), String> {
 
 pub fn resolve(btf: Result<&Btf, String>, tracefs: Option<&Path>) -> Layout {
     let (mut sched, mut disk, mut memory) = Default::default();
+    let mut task_state_field = "__state";
     let btf_results = match btf {
         Ok(btf) => [
-            sched_btf(btf, &mut sched),
+            sched_btf(btf, &mut sched, &mut task_state_field),
             disk_btf(btf, &mut disk),
             memory_btf(btf, &mut memory),
         ],
@@ -150,6 +192,7 @@ pub fn resolve(btf: Result<&Btf, String>, tracefs: Option<&Path>) -> Layout {
         sched,
         disk,
         memory,
+        task_state_field,
         btf: btf_results,
         tracepoint: tp_results,
     }

@@ -389,6 +389,8 @@ fn enable_bpf_stats() -> (Result<(), String>, Option<OwnedFd>) {
 /// need a task on the async runtime.
 pub struct Loaded {
     pub probes: LoadedProbes,
+    /// The offsets resolved for this kernel.
+    pub layout: layout::Layout,
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub oom_ring: Option<RingBuf<MapData>>,
 }
@@ -450,6 +452,7 @@ pub fn load(mode: ProbeAttach, families: &[Family], max_cgroups: usize) -> Loade
             tracing::error!("{why}");
             return Loaded {
                 probes: LoadedProbes::empty(down(&why), Err(why.clone())),
+                layout,
                 logger: None,
                 oom_ring: None,
             };
@@ -571,6 +574,7 @@ pub fn load(mode: ProbeAttach, families: &[Family], max_cgroups: usize) -> Loade
     };
     Loaded {
         probes: loaded,
+        layout,
         logger,
         oom_ring,
     }

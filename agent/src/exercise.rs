@@ -1,0 +1,335 @@
+//! `nodelens preflight --exercise`: does nodelens work on this kernel? It loads and attaches
+//! every probe, generates a little of each kind of work (scheduler wakeups and switches,
+//! O_DIRECT reads from a disk, memcg reclaim where a cgroup2 memory controller allows it),
+//! and reports per probe the attach type, the events seen and the cost per event from the
+//! kernel's BPF statistics. It also renders one scrape of /metrics to a file.
+use std::{
+    collections::HashMap,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroups::CgroupResolver,
+    collectors,
+    config::Config,
+    ebpf::{self, Family, LoadedProbes, Probes},
+    metrics,
+    preflight::CORE_PROBES,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeExercise {
+    pub probe: String,
+    /// `tp_btf`, `tracepoint` or `unavailable`.
+    pub attach: String,
+    /// Program runs during the exercise.
+    pub events: u64,
+    /// Kernel BPF statistics: run time per run; `None` without events or statistics.
+    pub ns_per_event: Option<f64>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Exercise {
+    pub probes: Vec<ProbeExercise>,
+    /// Offsets resolved from this kernel's BTF, by name.
+    pub offsets: Vec<(String, u32)>,
+    /// What each workload did, or why it could not run.
+    pub workloads: Vec<(String, String)>,
+    /// Core probes that failed to attach or saw no events.
+    pub failed_core: Vec<String>,
+}
+
+/// Scheduler work: threads that wake each other through channels, and thread creation.
+fn sched_work() -> String {
+    let round_trips = 5_000;
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let (to_peer, from_main) = mpsc::channel::<u32>();
+        let (to_main, from_peer) = mpsc::channel::<u32>();
+        let peer = std::thread::spawn(move || {
+            while let Ok(v) = from_main.recv() {
+                if to_main.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let driver = std::thread::spawn(move || {
+            for i in 0..round_trips {
+                if to_peer.send(i).is_err() || from_peer.recv().is_err() {
+                    break;
+                }
+            }
+        });
+        handles.push(peer);
+        handles.push(driver);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    format!("{} thread round trips through channels", 2 * round_trips)
+}
+
+/// The first whole disk in sysfs: not a loop, RAM, zram or optical device, with a size.
+fn find_disk(sysfs: &Path) -> Option<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(sysfs.join("block"))
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "sr", "fd", "nbd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .filter(|n| {
+            std::fs::read_to_string(sysfs.join("block").join(n).join("size"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .is_some_and(|s| s > 0)
+        })
+        .collect();
+    names.sort();
+    names.first().map(|n| PathBuf::from("/dev").join(n))
+}
+
+/// Block work: up to 256 O_DIRECT reads of 4 KiB from the start of a disk or file. Reads
+/// only.
+fn block_work(device: &Path) -> Result<String, String> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)
+        .map_err(|e| format!("cannot open {} with O_DIRECT: {e}", device.display()))?;
+    // O_DIRECT needs a buffer aligned to the logical block size: 4096 covers every disk.
+    let mut backing = vec![0u8; 8192];
+    let offset = backing.as_ptr().align_offset(4096);
+    let buf = &mut backing[offset..offset + 4096];
+    let mut reads = 0;
+    for i in 0..256u64 {
+        match file.read_at(buf, i * 4096) {
+            Ok(n) if n > 0 => reads += 1,
+            Ok(_) => break,
+            Err(e) => return Err(format!("read from {}: {e}", device.display())),
+        }
+    }
+    Ok(format!(
+        "{reads} O_DIRECT reads of 4 KiB from {}",
+        device.display()
+    ))
+}
+
+/// Memory work: buffered reads of 48 MiB from the disk inside a cgroup limited to 8 MiB, so
+/// the memcg must reclaim. Needs a cgroup2 memory controller, `sh` and `dd`.
+fn reclaim_work(cgroup2: &Path, device: &Path) -> Result<String, String> {
+    let controllers =
+        std::fs::read_to_string(cgroup2.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err(format!(
+            "no memory controller in {} (cgroup v1 host)",
+            cgroup2.display()
+        ));
+    }
+    let _ = std::fs::write(cgroup2.join("cgroup.subtree_control"), "+memory");
+    let dir = cgroup2.join(format!("nodelens-exercise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let result = (|| {
+        std::fs::write(dir.join("memory.max"), "8388608")
+            .map_err(|e| format!("memory.max: {e}"))?;
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec dd if={} of=/dev/null bs=1048576 count=48",
+            dir.display(),
+            device.display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("sh: {e}"))?;
+        if status.success() {
+            Ok(format!(
+                "48 MiB buffered reads from {} in an 8 MiB memory cgroup",
+                device.display()
+            ))
+        } else {
+            Err(format!("dd in the memory cgroup failed: {status}"))
+        }
+    })();
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = std::fs::remove_dir(&dir);
+    result
+}
+
+fn stats_by_probe(loaded: &LoadedProbes) -> HashMap<&'static str, (u64, f64)> {
+    loaded
+        .program_stats()
+        .into_iter()
+        .map(|(p, runs, secs)| (p, (runs, secs)))
+        .collect()
+}
+
+/// Runs the exercise; writes one scrape to `metrics_out` when given.
+pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -> Exercise {
+    let loaded = ebpf::load(
+        config.probe_attach,
+        &Family::ALL,
+        config.cgroups.max_tracked,
+    );
+    let offsets = loaded.layout.btf_offsets();
+    let probes = Arc::new(Probes::default());
+    // Only this function sets it.
+    let _ = probes.loaded.set(loaded.probes);
+    let l = probes.loaded.get().expect("just set");
+    let before = stats_by_probe(l);
+
+    let mut workloads = vec![("scheduler".to_owned(), sched_work())];
+    let device = device
+        .map(Path::to_owned)
+        .or_else(|| find_disk(&config.sysfs));
+    // A disk the sandbox will not let us open directly can still be read through a file
+    // on it: our own executable, with O_DIRECT.
+    let block = device
+        .as_deref()
+        .map(block_work)
+        .unwrap_or_else(|| Err("no disk found in sysfs".into()))
+        .or_else(|disk_err| {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("{disk_err}; no executable path: {e}"))?;
+            block_work(&exe).map_err(|e| format!("{disk_err}; {e}"))
+        });
+    workloads.push((
+        "block".into(),
+        block.unwrap_or_else(|e| format!("not run: {e}")),
+    ));
+    match &device {
+        Some(dev) => {
+            let cgroup2 = config.cgroups.root.clone().or_else(|| {
+                crate::cgroups::cgroup2_mount(
+                    &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                )
+            });
+            let reclaim = match cgroup2 {
+                Some(root) => reclaim_work(&root, dev),
+                None => Err("no cgroup2 mount".into()),
+            };
+            workloads.push((
+                "memory reclaim".into(),
+                reclaim.unwrap_or_else(|e| format!("not provoked: {e}")),
+            ));
+        }
+        None => workloads.push((
+            "memory reclaim".into(),
+            "not provoked: no disk to read".into(),
+        )),
+    }
+    // Let completions and the last switches land.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = stats_by_probe(l);
+
+    let probes_report: Vec<ProbeExercise> = l
+        .statuses
+        .iter()
+        .map(|s| {
+            let (r0, t0) = before.get(s.name).copied().unwrap_or_default();
+            let (r1, t1) = after.get(s.name).copied().unwrap_or_default();
+            let events = r1.saturating_sub(r0);
+            ProbeExercise {
+                probe: s.name.into(),
+                attach: s.attach.map_or("unavailable", |a| a.as_str()).into(),
+                events,
+                ns_per_event: (events > 0 && l.bpf_stats.is_ok())
+                    .then(|| (t1 - t0) / events as f64 * 1e9),
+                reason: s.note.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    let failed_core: Vec<String> = CORE_PROBES
+        .iter()
+        .filter(|c| {
+            !probes_report
+                .iter()
+                .any(|p| p.probe == **c && p.attach != "unavailable" && p.events > 0)
+        })
+        .map(|c| c.to_string())
+        .collect();
+
+    if let Some(path) = metrics_out {
+        let resolver = Arc::new(Mutex::new(CgroupResolver::new(
+            config
+                .cgroups
+                .root
+                .clone()
+                .unwrap_or_else(|| "/sys/fs/cgroup".into()),
+            &config.cgroups.pod_logs_dir,
+            &config.cgroups.container_logs_dir,
+        )));
+        let node = crate::preflight::node_identity(config);
+        let agent = Arc::new(crate::agent::AgentState::new(probes.clone(), node, None));
+        agent.set_ready();
+        let registry =
+            metrics::registry(collectors::build(config, probes.clone(), resolver), agent);
+        let mut text = String::new();
+        let written = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+            .map_err(|_| "encoding failed".to_owned())
+            .and_then(|()| std::fs::write(path, text).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            workloads.push((
+                "metrics".into(),
+                format!("cannot write {}: {e}", path.display()),
+            ));
+        }
+    }
+    Exercise {
+        probes: probes_report,
+        offsets,
+        workloads,
+        failed_core,
+    }
+}
+
+pub fn render_text(e: &Exercise) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "\nEXERCISE");
+    for (what, did) in &e.workloads {
+        let _ = writeln!(s, "{what:<16} {did}");
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<32} {:<12} {:>10} {:>10}",
+        "PROBE", "ATTACH", "EVENTS", "NS/EVENT"
+    );
+    for p in &e.probes {
+        let ns = p.ns_per_event.map_or("-".into(), |n| format!("{n:.0}"));
+        let _ = writeln!(
+            s,
+            "{:<32} {:<12} {:>10} {:>10}",
+            p.probe, p.attach, p.events, ns
+        );
+    }
+    if !e.offsets.is_empty() {
+        let _ = writeln!(s, "\nOFFSETS FROM BTF");
+        for (name, off) in &e.offsets {
+            let _ = writeln!(s, "{name:<36} {off}");
+        }
+    }
+    if e.failed_core.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nexercise: ok, every core probe attached and saw events"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\nexercise: FAILED, core probes without events: {}",
+            e.failed_core.join(", ")
+        );
+    }
+    s
+}
