@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
 
 #[derive(Parser)]
 #[command(about = "nodelens development tasks")]
@@ -37,6 +38,8 @@ enum Task {
     Test,
     /// cargo fmt --check and cargo clippy -D warnings.
     Lint,
+    /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu, and on the host.
+    Kernels,
     /// Compare nodelens with node_exporter on this machine: probe cost per event, CPU per
     /// scrape, latency, bytes, series and RSS (as root).
     Bench {
@@ -57,6 +60,9 @@ const TEST_PACKAGES: &[&str] = &[
     "fio",
     "util-linux",
     "iproute2",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
 ];
 
 /// PyPI tools for the manifest checks, installed in a venv under target/tools/py.
@@ -78,6 +84,9 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test => test(),
         Task::Lint => lint(),
+        Task::Kernels => setup(true)
+            .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
+            .and_then(|()| kernels::kernels()),
         Task::Bench { short } => setup(true)
             .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
             .and_then(|()| bench::bench(bench::Options { short })),
@@ -405,6 +414,8 @@ fn test() -> Result<()> {
             .env("NODELENS_TOOLS_DIR", tools_dir())
             .current_dir(workspace_root()),
     )?;
+    step("kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu, and the host");
+    kernels::kernels()?;
     step("bench, short mode: checks that it completes and produces every figure");
     bench::bench(bench::Options { short: true })
 }

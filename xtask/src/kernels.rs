@@ -1,0 +1,623 @@
+//! `cargo xtask kernels`: prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under
+//! qemu, besides the host's kernel.
+//!
+//! For each kernel series it downloads Debian's cloud kernel package (a private apt
+//! sources list and state under target/kernels, never the machine's apt configuration),
+//! extracts vmlinuz and the virtio modules, builds an initramfs from busybox-static plus a
+//! statically linked nodelens, boots it with qemu (TCG), and runs
+//! `nodelens preflight --exercise` inside. The report and one scrape come back over the
+//! serial console; the scrape is checked with promtool. It also forces the fallbacks on one
+//! kernel: classic tracepoints instead of tp_btf, and tracefs not mounted.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{run_cmd, step, workspace_root};
+
+/// Debian kernel series to test: (series, package name prefix).
+const KERNELS: &[(&str, &str)] = &[
+    ("5.10", "linux-image-5.10."),
+    ("6.1", "linux-image-6.1."),
+    ("6.12", "linux-image-6.12."),
+];
+
+/// The kernel on which the fallback paths are forced.
+const FALLBACK_KERNEL: &str = "6.1";
+
+/// Modules the guest needs for its virtio disk, in load order.
+const MODULES: &[&str] = &[
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+];
+
+const SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security trixie-security main
+";
+
+/// The guest's /init: mounts, modules, the exercise, then the results between markers on
+/// the serial console. `nodelens.mode=` on the kernel command line picks a fallback run.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /proc /sys /dev /tmp /run
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mode=normal
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in nodelens.mode=*) mode="${arg#nodelens.mode=}";; esac
+done
+[ "$mode" = notracefs ] || mount -t tracefs nodev /sys/kernel/tracing
+for pass in 1 2; do
+  for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
+done
+sleep 1
+attach=auto
+[ "$mode" = tracepoint ] && attach=tracepoint
+echo "NODELENS-MODE $mode"
+/nodelens preflight --exercise --json --probe-attach "$attach" --exercise-device /dev/vda \
+  --metrics-out /tmp/metrics.txt --cgroup-root /sys/fs/cgroup --log-level warn > /tmp/report.json 2>/tmp/stderr.txt
+echo "NODELENS-EXIT $?"
+echo "NODELENS-REPORT-BEGIN"; cat /tmp/report.json; echo "NODELENS-REPORT-END"
+echo "NODELENS-METRICS-BEGIN"; cat /tmp/metrics.txt; echo "NODELENS-METRICS-END"
+echo "NODELENS-STDERR-BEGIN"; cat /tmp/stderr.txt; echo "NODELENS-STDERR-END"
+sync
+poweroff -f
+"#;
+
+fn dir() -> PathBuf {
+    workspace_root().join("target/kernels")
+}
+
+fn apt_args() -> Vec<String> {
+    let d = dir().join("apt");
+    vec![
+        format!(
+            "-o=Dir::Etc::sourcelist={}",
+            d.join("sources.list").display()
+        ),
+        "-o=Dir::Etc::sourceparts=-".into(),
+        format!("-o=Dir::State::Lists={}", d.join("lists").display()),
+        format!("-o=Dir::Cache={}", d.join("cache").display()),
+        "-o=APT::Sandbox::User=root".into(),
+    ]
+}
+
+/// Refreshes the private package lists (at most once a day).
+fn apt_update() -> Result<()> {
+    let d = dir().join("apt");
+    std::fs::create_dir_all(d.join("lists/partial"))?;
+    std::fs::create_dir_all(d.join("cache/archives/partial"))?;
+    std::fs::write(d.join("sources.list"), SOURCES)?;
+    let stamp = d.join("lists/.updated");
+    let fresh = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(86_400));
+    if !fresh {
+        step("updating the private Debian package lists (bullseye, bookworm, trixie)");
+        run_cmd(
+            Command::new("apt-get")
+                .args(apt_args())
+                .args(["-q", "update"])
+                .stdout(Stdio::null()),
+        )?;
+        std::fs::write(&stamp, "")?;
+    }
+    Ok(())
+}
+
+/// The newest `linux-image-<series>...-cloud-amd64` package.
+fn newest_package(prefix: &str) -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(apt_args())
+        .args(["search", "--names-only", "^linux-image-.*-cloud-amd64$"])
+        .output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|n| n.starts_with(prefix) && !n.contains("-dbg") && !n.contains("unsigned"))
+        .map(str::to_owned)
+        .collect();
+    // Version order: compare the numeric runs.
+    names.sort_by_key(|n| {
+        n.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse::<u64>().ok())
+            .collect::<Vec<_>>()
+    });
+    names
+        .pop()
+        .with_context(|| format!("no {prefix}*-cloud-amd64 package in the Debian lists"))
+}
+
+/// Downloads and extracts the package; returns the extracted root.
+fn fetch_kernel(package: &str) -> Result<PathBuf> {
+    let root = dir().join("extracted").join(package);
+    if root.join("boot").is_dir() {
+        return Ok(root);
+    }
+    let debs = dir().join("debs");
+    std::fs::create_dir_all(&debs)?;
+    step(&format!("downloading {package}"));
+    run_cmd(
+        Command::new("apt-get")
+            .args(apt_args())
+            .args(["-q", "download", package])
+            .current_dir(&debs),
+    )?;
+    let deb = std::fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        })
+        .context("downloaded .deb not found")?;
+    std::fs::create_dir_all(&root)?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    Ok(root)
+}
+
+/// vmlinuz and the virtio modules (decompressed) of an extracted kernel package.
+fn kernel_files(root: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let vmlinuz = std::fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
+        .context("no vmlinuz in the package")?;
+    let mut all = Vec::new();
+    let mut stack = vec![root.join("lib/modules"), root.join("usr/lib/modules")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                all.push(p);
+            }
+        }
+    }
+    let mut modules = Vec::new();
+    for name in MODULES {
+        let Some(found) = all.iter().find(|p| {
+            let f = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            f == format!("{name}.ko")
+                || f == format!("{name}.ko.xz")
+                || f == format!("{name}.ko.zst")
+        }) else {
+            // Built in on this kernel, or absent on older ones (virtio_pci_*_dev).
+            continue;
+        };
+        let path = if found.extension().is_some_and(|e| e == "xz") {
+            let out = found.with_extension("");
+            if !out.exists() {
+                run_cmd(Command::new("xz").args(["-dk"]).arg(found))?;
+            }
+            out
+        } else if found.extension().is_some_and(|e| e == "zst") {
+            let out = found.with_extension("");
+            if !out.exists() {
+                run_cmd(Command::new("zstd").args(["-dq"]).arg(found))?;
+            }
+            out
+        } else {
+            found.clone()
+        };
+        modules.push(path);
+    }
+    Ok((vmlinuz, modules))
+}
+
+/// Appends one file to a newc cpio archive.
+fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
+    let header = format!(
+        "070701{ino:08X}{mode:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
+        0, // uid
+        0, // gid
+        1, // nlink
+        0, // mtime
+        data.len(),
+        0, // devmajor
+        0, // devminor
+        0, // rdevmajor
+        0, // rdevminor
+        name.len() + 1,
+        0, // check
+    );
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn build_initramfs(out: &Path, nodelens: &Path, modules: &[PathBuf]) -> Result<()> {
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (package busybox-static)")?;
+    let mut cpio = Vec::new();
+    let mut ino = 1;
+    let mut add = |cpio: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]| {
+        cpio_entry(cpio, ino, name, mode, data);
+        ino += 1;
+    };
+    for d in ["bin", "modules", "proc", "sys", "dev", "tmp", "run"] {
+        add(&mut cpio, d, 0o040755, &[]);
+    }
+    add(&mut cpio, "bin/busybox", 0o100755, &busybox);
+    add(&mut cpio, "init", 0o100755, INIT.as_bytes());
+    add(&mut cpio, "nodelens", 0o100755, &std::fs::read(nodelens)?);
+    for (i, m) in modules.iter().enumerate() {
+        let name = format!(
+            "modules/{i:02}-{}",
+            m.file_name().unwrap_or_default().to_string_lossy()
+        );
+        add(&mut cpio, &name, 0o100644, &std::fs::read(m)?);
+    }
+    cpio_entry(&mut cpio, 0, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, cpio)?;
+    Ok(())
+}
+
+/// One guest run's results.
+struct GuestRun {
+    exit: i32,
+    report: serde_json::Value,
+    metrics: String,
+    stderr: String,
+}
+
+fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
+    let start = text.find(begin)? + begin.len();
+    let stop = text[start..].find(end)? + start;
+    Some(text[start..stop].trim_matches(['\r', '\n']))
+}
+
+fn boot(vmlinuz: &Path, initramfs: &Path, disk: &Path, mode: &str, log: &Path) -> Result<GuestRun> {
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+        ])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 loglevel=3 nodelens.mode={mode}"
+        ))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .stdin(Stdio::null())
+        .output()
+        .context("qemu-system-x86_64 (package qemu-system-x86)")?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    std::fs::write(log, &text)?;
+    let exit = between(&text, "NODELENS-EXIT ", "\n")
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("the guest printed no result (see {})", log.display()))?;
+    let report = between(&text, "NODELENS-REPORT-BEGIN", "NODELENS-REPORT-END").unwrap_or("null");
+    Ok(GuestRun {
+        exit,
+        report: serde_json::from_str(report).unwrap_or(serde_json::Value::Null),
+        // The text format ends with a newline; the markers' trimming took it.
+        metrics: between(&text, "NODELENS-METRICS-BEGIN", "NODELENS-METRICS-END")
+            .map(|m| format!("{m}\n"))
+            .unwrap_or_default(),
+        stderr: between(&text, "NODELENS-STDERR-BEGIN", "NODELENS-STDERR-END")
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+/// promtool's complaints about a scrape, minus the camelCase lint node_exporter's names bring.
+fn promtool_problems(metrics: &str) -> Result<Vec<String>> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(metrics.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .filter(|l| !(l.starts_with("node_memory_") && l.contains("camelCase")))
+    .map(str::to_owned)
+    .collect())
+}
+
+/// A probe's row in the table: (attach, events, ns/event).
+type Cell = (String, u64, Option<f64>);
+
+fn cells(report: &serde_json::Value) -> BTreeMap<String, Cell> {
+    report["exercise"]["probes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["probe"].as_str().unwrap_or("").to_owned(),
+                (
+                    p["attach"].as_str().unwrap_or("").to_owned(),
+                    p["events"].as_u64().unwrap_or(0),
+                    p["ns_per_event"].as_f64(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn offsets(report: &serde_json::Value) -> BTreeMap<String, u64> {
+    report["exercise"]["offsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o[0].as_str()?.to_owned(), o[1].as_u64()?)))
+        .collect()
+}
+
+/// Probes that must attach and see events on every kernel (OOM kills are host-only).
+const REQUIRED: &[&str] = &[
+    "sched_wakeup",
+    "sched_wakeup_new",
+    "sched_switch",
+    "block_rq_issue",
+    "block_rq_complete",
+];
+
+pub fn kernels() -> Result<()> {
+    step("building a static nodelens");
+    let target = "x86_64-unknown-linux-gnu";
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "nodelens",
+                "--target",
+                target,
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(workspace_root()),
+    )?;
+    let nodelens = workspace_root().join(format!("target/{target}/release/nodelens"));
+    apt_update()?;
+    let disk = dir().join("disk.img");
+    std::fs::File::create(&disk)?.set_len(64 << 20)?;
+
+    // (column name, report)
+    let mut runs: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+
+    step("host kernel: nodelens preflight --exercise");
+    let host = Command::new(&nodelens)
+        .args(["preflight", "--exercise", "--json", "--log-level", "warn"])
+        .output()?;
+    let host_report: serde_json::Value =
+        serde_json::from_slice(&host.stdout).unwrap_or(serde_json::Value::Null);
+    let host_kernel = host_report["node"]["kernel"]
+        .as_str()
+        .unwrap_or("host")
+        .to_owned();
+    runs.push((format!("{host_kernel} (host)"), host_report));
+
+    let mut scrapes: Vec<(String, String)> = Vec::new();
+    for (series, prefix) in KERNELS {
+        let package = newest_package(prefix)?;
+        let root = fetch_kernel(&package)?;
+        let (vmlinuz, modules) = kernel_files(&root)?;
+        let initramfs = dir().join(format!("initramfs-{series}.cpio"));
+        build_initramfs(&initramfs, &nodelens, &modules)?;
+        let modes: &[&str] = if *series == FALLBACK_KERNEL {
+            &["normal", "tracepoint", "notracefs"]
+        } else {
+            &["normal"]
+        };
+        for mode in modes {
+            step(&format!("booting {package} under qemu (mode {mode})"));
+            let log = dir().join(format!("console-{series}-{mode}.log"));
+            let run = boot(&vmlinuz, &initramfs, &disk, mode, &log)?;
+            let kernel = run.report["node"]["kernel"]
+                .as_str()
+                .unwrap_or(series)
+                .to_owned();
+            let column = match *mode {
+                "normal" => kernel.clone(),
+                "tracepoint" => format!("{kernel}, classic tracepoints forced"),
+                _ => format!("{kernel}, tracefs not mounted"),
+            };
+            if run.exit != 0 {
+                failures.push(format!(
+                    "{column}: preflight --exercise exited {}: {}",
+                    run.exit,
+                    run.stderr.lines().last().unwrap_or("")
+                ));
+            }
+            if run.metrics.is_empty() {
+                failures.push(format!("{column}: no scrape came back"));
+            } else {
+                let problems = promtool_problems(&run.metrics)?;
+                if !problems.is_empty() {
+                    failures.push(format!("{column}: promtool check metrics: {problems:?}"));
+                }
+                scrapes.push((column.clone(), run.metrics.clone()));
+            }
+            if *mode == "tracepoint" {
+                for (probe, (attach, _, _)) in cells(&run.report) {
+                    if REQUIRED.contains(&probe.as_str()) && attach != "tracepoint" {
+                        failures.push(format!(
+                            "{column}: {probe} attached as {attach}, not tracepoint"
+                        ));
+                    }
+                }
+            }
+            runs.push((column, run.report));
+        }
+    }
+
+    // Every required probe attaches and sees events on every run.
+    for (column, report) in &runs {
+        let c = cells(report);
+        for probe in REQUIRED {
+            match c.get(*probe) {
+                Some((attach, events, _)) if attach != "unavailable" && *events > 0 => {}
+                Some((attach, events, _)) => {
+                    failures.push(format!("{column}: {probe} {attach} with {events} events"))
+                }
+                None => failures.push(format!("{column}: {probe} missing from the report")),
+            }
+        }
+    }
+    // The fallbacks give the same metric families as the normal run.
+    let families = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect()
+    };
+    if let Some((_, normal)) = scrapes
+        .iter()
+        .find(|(c, _)| c.starts_with(FALLBACK_KERNEL) && !c.contains(','))
+    {
+        for (column, text) in scrapes.iter().filter(|(c, _)| c.contains(',')) {
+            let (a, b) = (families(normal), families(text));
+            let missing: Vec<_> = a.difference(&b).collect();
+            if !missing.is_empty() {
+                failures.push(format!(
+                    "{column}: families missing compared with the normal run: {missing:?}"
+                ));
+            }
+        }
+    }
+
+    let report = render(&runs);
+    println!("{report}");
+    std::fs::write(dir().join("report.md"), &report)?;
+    step(&format!(
+        "report written to {}",
+        dir().join("report.md").display()
+    ));
+    if !failures.is_empty() {
+        bail!("kernel matrix failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn render(runs: &[(String, serde_json::Value)]) -> String {
+    let mut s = String::new();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "Kernel matrix, {date}: attach type, events during `preflight --exercise`, ns/event (kernel BPF statistics)."
+    );
+    let _ = writeln!(s);
+    let _ = write!(s, "| probe |");
+    for (c, _) in runs {
+        let _ = write!(s, " {c} |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|{}", "---|".repeat(runs.len()));
+    let all: Vec<BTreeMap<String, Cell>> = runs.iter().map(|(_, r)| cells(r)).collect();
+    let mut probes: Vec<String> = all.iter().flat_map(|c| c.keys().cloned()).collect();
+    probes.sort();
+    probes.dedup();
+    for probe in probes {
+        let _ = write!(s, "| {probe} |");
+        for c in &all {
+            match c.get(&probe) {
+                Some((attach, events, ns)) => {
+                    let ns = ns.map_or("-".into(), |n| format!("{n:.0} ns"));
+                    let _ = write!(s, " {attach}, {events}, {ns} |");
+                }
+                None => {
+                    let _ = write!(s, " - |");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Struct offsets each kernel's BTF gave (bytes; `*` where kernels differ):"
+    );
+    let _ = writeln!(s);
+    let normal: Vec<&(String, serde_json::Value)> =
+        runs.iter().filter(|(c, _)| !c.contains(',')).collect();
+    let offs: Vec<BTreeMap<String, u64>> = normal.iter().map(|(_, r)| offsets(r)).collect();
+    let _ = write!(s, "| field |");
+    for (c, _) in &normal {
+        let _ = write!(s, " {c} |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "|---|{}", "---|".repeat(normal.len()));
+    let mut fields: Vec<String> = offs.iter().flat_map(|o| o.keys().cloned()).collect();
+    fields.sort();
+    fields.dedup();
+    for f in fields {
+        let vals: Vec<Option<u64>> = offs.iter().map(|o| o.get(&f).copied()).collect();
+        let differ = vals
+            .iter()
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1;
+        let _ = write!(s, "| {f}{} |", if differ { " *" } else { "" });
+        for v in vals {
+            let _ = write!(s, " {} |", v.map_or("-".into(), |v| v.to_string()));
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
