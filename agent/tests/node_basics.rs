@@ -162,35 +162,21 @@ fn families_labels_and_stable_values_match_node_exporter() {
     ] {
         assert_eq!(theirs.value(series), ours.value(series), "{series}");
     }
-    for family in ["node_uname_info", "node_disk_info"] {
-        let t: BTreeSet<_> = theirs
-            .family(family)
-            .into_iter()
-            .map(|(s, _)| s.to_owned())
-            .collect();
-        let o: BTreeSet<_> = ours
-            .family(family)
-            .into_iter()
-            .map(|(s, _)| s.to_owned())
-            .collect();
-        assert_eq!(t, o, "{family} series");
-    }
+    // The same series (label sets), where the set of series cannot change between scrapes.
     for family in [
+        "node_uname_info",
+        "node_disk_info",
         "node_cpu_seconds_total",
         "node_cpu_guest_seconds_total",
         "node_disk_reads_completed_total",
     ] {
-        let t: BTreeSet<_> = theirs
-            .family(family)
-            .into_iter()
-            .map(|(s, _)| s.to_owned())
-            .collect();
-        let o: BTreeSet<_> = ours
-            .family(family)
-            .into_iter()
-            .map(|(s, _)| s.to_owned())
-            .collect();
-        assert_eq!(t, o, "{family} series");
+        let series = |m: &Metrics| -> BTreeSet<String> {
+            m.family(family)
+                .into_iter()
+                .map(|(s, _)| s.to_owned())
+                .collect()
+        };
+        assert_eq!(series(&theirs), series(&ours), "{family} series");
     }
     let root = "node_filesystem_size_bytes{device=\"/dev/vda\",fstype=\"ext4\",mountpoint=\"/\"}";
     if let Some(size) = theirs.get(root) {

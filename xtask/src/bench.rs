@@ -471,12 +471,7 @@ fn render(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = crate::today();
     let _ = writeln!(
         s,
         "nodelens bench, {date}, kernel {}, {cpus} CPUs{}",

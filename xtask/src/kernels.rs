@@ -551,12 +551,7 @@ pub fn kernels() -> Result<()> {
 
 fn render(runs: &[(String, serde_json::Value)]) -> String {
     let mut s = String::new();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = crate::today();
     let _ = writeln!(
         s,
         "Kernel matrix, {date}: attach type, events during `preflight --exercise`, ns/event (kernel BPF statistics)."

@@ -137,6 +137,13 @@ fn require_root(why: &str) -> Result<()> {
     Ok(())
 }
 
+/// Today's date (UTC), for report headings.
+pub(crate) fn today() -> String {
+    cmd_output("date", &["-u", "+%Y-%m-%d"])
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn is_root() -> bool {
     cmd_output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
 }
