@@ -98,6 +98,22 @@ fn apt_args() -> Vec<String> {
     ]
 }
 
+/// Runs an apt command, retrying twice: a mirror hiccup should not fail the matrix.
+fn apt_retry(mut make: impl FnMut() -> Command) -> Result<()> {
+    let mut last = None;
+    for attempt in 1..=3 {
+        match run_cmd(&mut make()) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                step(&format!("apt attempt {attempt} failed: {e:#}"));
+                last = Some(e);
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    }
+    Err(last.expect("three attempts"))
+}
+
 /// Refreshes the private package lists (at most once a day).
 fn apt_update() -> Result<()> {
     let d = dir().join("apt");
@@ -112,12 +128,13 @@ fn apt_update() -> Result<()> {
         .is_some_and(|age| age < Duration::from_secs(86_400));
     if !fresh {
         step("updating the private Debian package lists (bullseye, bookworm, trixie)");
-        run_cmd(
-            Command::new("apt-get")
-                .args(apt_args())
+        apt_retry(|| {
+            let mut c = Command::new("apt-get");
+            c.args(apt_args())
                 .args(["-q", "update"])
-                .stdout(Stdio::null()),
-        )?;
+                .stdout(Stdio::null());
+            c
+        })?;
         std::fs::write(&stamp, "")?;
     }
     Ok(())
@@ -155,12 +172,13 @@ fn fetch_kernel(package: &str) -> Result<PathBuf> {
     let debs = dir().join("debs");
     std::fs::create_dir_all(&debs)?;
     step(&format!("downloading {package}"));
-    run_cmd(
-        Command::new("apt-get")
-            .args(apt_args())
+    apt_retry(|| {
+        let mut c = Command::new("apt-get");
+        c.args(apt_args())
             .args(["-q", "download", package])
-            .current_dir(&debs),
-    )?;
+            .current_dir(&debs);
+        c
+    })?;
     let deb = std::fs::read_dir(&debs)?
         .flatten()
         .map(|e| e.path())
