@@ -90,20 +90,6 @@ pub struct SchedCounters {
     pub runqueue_latency: Log2Histogram,
 }
 
-impl SchedCounters {
-    pub const fn zeroed() -> Self {
-        Self {
-            voluntary_switches: 0,
-            involuntary_switches: 0,
-            start_map_full: 0,
-            cgroup_map_full: 0,
-            last_switch_ns: 0,
-            pending_wait_ns: 0,
-            runqueue_latency: Log2Histogram::zeroed(),
-        }
-    }
-}
-
 /// Per-cgroup totals, keyed by cgroup v2 id (the inode of the cgroup's directory), updated
 /// with atomic adds: one shared entry per cgroup instead of one per CPU keeps the map small
 /// on large machines.

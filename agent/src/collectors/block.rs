@@ -10,10 +10,7 @@ use std::{
 use agent_ebpf::{DISK_OP_NAMES, Log2Histogram};
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{
-    CollectError, Collector,
-    sched::{map_error, sum_histograms},
-};
+use super::{CollectError, Collector, map_error, sum_histograms};
 use crate::{
     ebpf::Probes,
     metrics::{Log2Buckets, histogram},

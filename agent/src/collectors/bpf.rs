@@ -14,7 +14,7 @@ use agent_ebpf::{
 };
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector, sched::map_error};
+use super::{CollectError, Collector, map_error};
 use crate::{ebpf::Probes, metrics::family};
 
 /// An in-flight block request older than this lost its completion (for example a device

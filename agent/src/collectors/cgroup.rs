@@ -18,7 +18,7 @@ use std::{
 use agent_ebpf::CgroupStats;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector, sched::map_error};
+use super::{CollectError, Collector, map_error};
 use crate::{
     cgroups::{CgroupLabels, CgroupResolver, kubernetes},
     config::CgroupConfig,

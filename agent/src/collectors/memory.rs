@@ -4,10 +4,7 @@ use std::sync::{Arc, Mutex};
 use agent_ebpf::{Log2Histogram, RECLAIM_DIRECT, RECLAIM_KIND_NAMES, RECLAIM_MEMCG};
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{
-    CollectError, Collector,
-    sched::{map_error, sum_histograms},
-};
+use super::{CollectError, Collector, map_error, sum_histograms};
 use crate::{
     cgroups::{CgroupLabels, CgroupResolver},
     ebpf::Probes,

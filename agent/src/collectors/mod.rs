@@ -6,6 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use agent_ebpf::Log2Histogram;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{cgroups::CgroupResolver, config::Config, ebpf::Probes};
@@ -64,6 +65,26 @@ pub enum CollectError {
     Map { map: &'static str, detail: String },
     #[error("encoding failed")]
     Encode(#[from] fmt::Error),
+}
+
+/// A BPF map read that failed, as a collector error.
+pub fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
+    CollectError::Map {
+        map,
+        detail: crate::ebpf::reason(&e),
+    }
+}
+
+/// Sums a per-CPU histogram across CPUs.
+pub fn sum_histograms<'a>(per_cpu: impl IntoIterator<Item = &'a Log2Histogram>) -> Log2Histogram {
+    let mut total = Log2Histogram::zeroed();
+    for h in per_cpu {
+        for (t, v) in total.slots.iter_mut().zip(h.slots.iter()) {
+            *t += v;
+        }
+        total.sum += h.sum;
+    }
+    total
 }
 
 pub fn read_to_string(path: &Path) -> Result<String, CollectError> {

@@ -2,10 +2,10 @@
 //! Reads two per-CPU maps per scrape, one lookup each, and sums the CPUs.
 use std::sync::Arc;
 
-use agent_ebpf::{HISTOGRAM_SLOTS, Log2Histogram};
+use agent_ebpf::HISTOGRAM_SLOTS;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector};
+use super::{CollectError, Collector, map_error, sum_histograms};
 use crate::{
     ebpf::Probes,
     metrics::{Log2Buckets, NoLabels, family, histogram},
@@ -24,25 +24,6 @@ impl SchedCollector {
     pub fn new(probes: Arc<Probes>) -> Self {
         Self { probes }
     }
-}
-
-pub fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
-    CollectError::Map {
-        map,
-        detail: crate::ebpf::reason(&e),
-    }
-}
-
-/// Sums a per-CPU histogram across CPUs.
-pub fn sum_histograms<'a>(per_cpu: impl IntoIterator<Item = &'a Log2Histogram>) -> Log2Histogram {
-    let mut total = Log2Histogram::zeroed();
-    for h in per_cpu {
-        for (t, v) in total.slots.iter_mut().zip(h.slots.iter()) {
-            *t += v;
-        }
-        total.sum += h.sum;
-    }
-    total
 }
 
 impl Collector for SchedCollector {
