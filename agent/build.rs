@@ -22,8 +22,17 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
-    aya_build::build_ebpf([package], Toolchain::default())
-        .context("building agent-ebpf (run `cargo xtask setup` if the nightly toolchain or bpf-linker is missing)")?;
+    // The nightly the eBPF crate pins in its rust-toolchain.toml.
+    let toolchain_file = root_dir.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={toolchain_file}");
+    let channel = pinned_channel(
+        &std::fs::read_to_string(&toolchain_file)
+            .with_context(|| format!("reading {toolchain_file}"))?,
+    )
+    .ok_or_else(|| anyhow!("{toolchain_file}: no channel = \"...\" line"))?;
+    aya_build::build_ebpf([package], Toolchain::Custom(&channel)).with_context(|| {
+        format!("building agent-ebpf with {channel} (run `cargo xtask setup` if that toolchain or bpf-linker is missing)")
+    })?;
 
     // nodelens_build_info{revision}: the commit this binary was built from, when known.
     println!("cargo:rerun-if-env-changed=NODELENS_REVISION");
@@ -41,4 +50,12 @@ fn main() -> anyhow::Result<()> {
         revision.unwrap_or_else(|| "unknown".into())
     );
     Ok(())
+}
+
+/// The `channel = "..."` of a rust-toolchain.toml.
+fn pinned_channel(toml: &str) -> Option<String> {
+    toml.lines().find_map(|l| {
+        let (key, value) = l.split_once('=')?;
+        (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_owned())
+    })
 }

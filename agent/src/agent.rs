@@ -1,16 +1,20 @@
-//! The agent's view of itself: build, probe status and readiness, shared by `/metrics`,
-//! `/readyz` and the `/` page.
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+//! The agent's view of itself (build, probe status, readiness), shared by `/metrics`,
+//! `/readyz` and the `/` page, and the registry each scrape encodes.
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
 };
 
-use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType, registry::Registry};
 
 use crate::{
-    ebpf::{ProbeStatus, Probes},
-    metrics::family,
-    preflight::NodeIdentity,
+    ebpf::{family::ProbeStatus, loader::Probes},
+    metrics::{CollectError, Collector, family},
+    node::NodeIdentity,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,13 +91,60 @@ impl AgentState {
             MetricType::Gauge,
             probes.iter().map(|p| {
                 (
-                    [
-                        ("attach", p.attach.map_or("none", |a| a.as_str())),
-                        ("probe", p.name),
-                    ],
+                    [("attach", p.attach.as_str()), ("probe", p.name)],
                     f64::from(u8::from(p.is_up())),
                 )
             }),
         )
     }
+}
+
+/// Runs every enabled collector on each scrape, then reports on itself.
+#[derive(Debug)]
+struct Scrape {
+    collectors: Vec<Box<dyn Collector>>,
+    agent: Arc<AgentState>,
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+        let mut results = Vec::with_capacity(self.collectors.len());
+        for collector in &self.collectors {
+            let started = Instant::now();
+            let ok = match collector.collect(&mut out) {
+                Ok(()) => true,
+                Err(CollectError::Encode(e)) => return Err(e),
+                Err(e) => {
+                    // A failed read skips that collector; the scrape itself never fails.
+                    tracing::warn!(collector = collector.name(), "collector failed: {e}");
+                    false
+                }
+            };
+            results.push((collector.name(), started.elapsed().as_secs_f64(), ok));
+        }
+        family(
+            &mut out,
+            "nodelens_collector_duration_seconds",
+            "Time each collector took in this scrape.",
+            MetricType::Gauge,
+            results.iter().map(|(c, d, _)| ([("collector", *c)], *d)),
+        )?;
+        family(
+            &mut out,
+            "nodelens_collector_success",
+            "Whether each collector succeeded in this scrape (1) or failed (0).",
+            MetricType::Gauge,
+            results
+                .iter()
+                .map(|(c, _, ok)| ([("collector", *c)], f64::from(u8::from(*ok)))),
+        )?;
+        self.agent.encode(&mut out)
+    }
+}
+
+/// The registry served at `/metrics`.
+pub fn registry(collectors: Vec<Box<dyn Collector>>, agent: Arc<AgentState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { collectors, agent }));
+    registry
 }

@@ -1,19 +1,25 @@
 //! Configuration: flags, `NODELENS_*` environment variables and an optional YAML or TOML
 //! file, in that order of precedence, then the built-in defaults.
 //!
+//! Every setting is declared once, in [`Settings`]: its clap attributes make it a flag with
+//! an environment variable, and its serde shape is the file's. The flags and the file are
+//! both read into `Settings`, merged key by key (flags over file), and then validated into
+//! [`Config`], the typed configuration the agent runs with.
+//!
 //! Every error names the field that is wrong and how to fix it; `main` prints it on one
 //! line and exits with code 2.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
-
-use crate::collectors::COLLECTOR_NAMES;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9560";
+pub const DEFAULT_MAX_CGROUPS: usize = 4096;
+pub const DEFAULT_MAP_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,7 +31,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub flags: Flags,
+    pub settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,32 +60,22 @@ pub enum Command {
     },
 }
 
-/// Flags that override the config file. All are optional here so that the file and the
-/// defaults can fill what is not given.
-#[derive(Debug, Args, Default)]
-pub struct Flags {
+/// Every setting, as given: flags (with their environment variables) and file keys share
+/// this one declaration. Values stay raw here; [`Config::resolve`] checks them, so that a
+/// bad value from any source gets the same one-line error naming the file key.
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
     /// Config file, YAML (.yaml/.yml) or TOML (.toml). Keys are the flag names with `_`.
     #[arg(long, env = "NODELENS_CONFIG", global = true)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address and port to serve on [default: 0.0.0.0:9560].
     #[arg(long, env = "NODELENS_LISTEN_ADDRESS", global = true)]
     pub listen_address: Option<String>,
-    /// Only run these collectors (comma-separated) [default: all].
-    #[arg(
-        long,
-        env = "NODELENS_COLLECTORS_ENABLED",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub collectors_enabled: Option<Vec<String>>,
-    /// Never run these collectors (comma-separated); applied after --collectors-enabled.
-    #[arg(
-        long,
-        env = "NODELENS_COLLECTORS_DISABLED",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub collectors_disabled: Option<Vec<String>>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub collectors: CollectorSettings,
     /// Root of the host's procfs; /host/proc in a container [default: /proc].
     #[arg(long, env = "NODELENS_PROCFS", global = true)]
     pub procfs: Option<PathBuf>,
@@ -92,24 +88,9 @@ pub struct Flags {
     /// How probes attach: auto (tp_btf, else classic tracepoint), tp_btf or tracepoint [default: auto].
     #[arg(long, env = "NODELENS_PROBE_ATTACH", global = true)]
     pub probe_attach: Option<String>,
-    /// The cgroup2 mount [default: found in /proc/self/mountinfo].
-    #[arg(long, env = "NODELENS_CGROUP_ROOT", global = true)]
-    pub cgroup_root: Option<PathBuf>,
-    /// Most cgroups exported one by one; the rest fold into cgroup="other" [default: 4096].
-    #[arg(long, env = "NODELENS_MAX_CGROUPS", global = true)]
-    pub max_cgroups: Option<usize>,
-    /// Only export cgroups whose path (relative to the cgroup2 root) matches this regex.
-    #[arg(long, env = "NODELENS_CGROUP_INCLUDE", global = true)]
-    pub cgroup_include: Option<String>,
-    /// Never export cgroups whose path matches this regex (applied after the include).
-    #[arg(long, env = "NODELENS_CGROUP_EXCLUDE", global = true)]
-    pub cgroup_exclude: Option<String>,
-    /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
-    #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
-    pub pod_logs_dir: Option<PathBuf>,
-    /// The kubelet's container log links, for container names [default: /var/log/containers].
-    #[arg(long, env = "NODELENS_CONTAINER_LOGS_DIR", global = true)]
-    pub container_logs_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub cgroups: CgroupSettings,
     /// This node's name, for nodelens_node_info (the DaemonSet passes spec.nodeName)
     /// [default: the host name].
     #[arg(long, env = "NODELENS_NODE_NAME", global = true)]
@@ -120,6 +101,10 @@ pub struct Flags {
     /// Where `nodelens preflight --output-dir` wrote the node identity and its report.
     #[arg(long, env = "NODELENS_PREFLIGHT_DIR", global = true)]
     pub preflight_dir: Option<PathBuf>,
+    /// How often the agent keeps its kernel maps, whether or not anyone scrapes: sweeps
+    /// stale entries, deletes those of gone cgroups, refreshes fill levels [default: 5s].
+    #[arg(long, env = "NODELENS_MAP_UPKEEP_INTERVAL", global = true)]
+    pub map_upkeep_interval: Option<String>,
     /// trace, debug, info, warn or error [default: info].
     #[arg(long, env = "NODELENS_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
@@ -128,40 +113,127 @@ pub struct Flags {
     pub log_format: Option<String>,
 }
 
-/// The config file's shape. Unknown keys are errors, so that a typo never goes unnoticed.
-#[derive(Debug, Default, Deserialize)]
+/// `collectors.*` in the file.
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen_address: Option<String>,
-    pub collectors: Option<FileCollectors>,
-    pub procfs: Option<PathBuf>,
-    pub sysfs: Option<PathBuf>,
-    pub rootfs: Option<PathBuf>,
-    pub probe_attach: Option<String>,
-    pub cgroups: Option<FileCgroups>,
-    pub node_name: Option<String>,
-    pub machine_id_file: Option<PathBuf>,
-    pub preflight_dir: Option<PathBuf>,
-    pub log_level: Option<String>,
-    pub log_format: Option<String>,
+pub struct CollectorSettings {
+    /// Only run these collectors (comma-separated) [default: all].
+    #[arg(
+        id = "collectors_enabled",
+        long = "collectors-enabled",
+        env = "NODELENS_COLLECTORS_ENABLED",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub enabled: Option<Vec<String>>,
+    /// Never run these collectors (comma-separated); applied after --collectors-enabled.
+    #[arg(
+        id = "collectors_disabled",
+        long = "collectors-disabled",
+        env = "NODELENS_COLLECTORS_DISABLED",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub disabled: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `cgroups.*` in the file.
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileCgroups {
+pub struct CgroupSettings {
+    /// The cgroup2 mount [default: found in /proc/self/mountinfo].
+    #[arg(
+        id = "cgroup_root",
+        long = "cgroup-root",
+        env = "NODELENS_CGROUP_ROOT",
+        global = true
+    )]
     pub root: Option<PathBuf>,
+    /// Most cgroups exported one by one; the rest fold into cgroup="other" [default: 4096].
+    #[arg(
+        id = "max_cgroups",
+        long = "max-cgroups",
+        env = "NODELENS_MAX_CGROUPS",
+        global = true
+    )]
     pub max: Option<usize>,
+    /// Only export cgroups whose path (relative to the cgroup2 root) matches this regex.
+    #[arg(
+        id = "cgroup_include",
+        long = "cgroup-include",
+        env = "NODELENS_CGROUP_INCLUDE",
+        global = true
+    )]
     pub include: Option<String>,
+    /// Never export cgroups whose path matches this regex (applied after the include).
+    #[arg(
+        id = "cgroup_exclude",
+        long = "cgroup-exclude",
+        env = "NODELENS_CGROUP_EXCLUDE",
+        global = true
+    )]
     pub exclude: Option<String>,
+    /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
+    #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
     pub pod_logs_dir: Option<PathBuf>,
+    /// The kubelet's container log links, for container names [default: /var/log/containers].
+    #[arg(long, env = "NODELENS_CONTAINER_LOGS_DIR", global = true)]
     pub container_logs_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCollectors {
-    pub enabled: Option<Vec<String>>,
-    pub disabled: Option<Vec<String>>,
+/// A collector, by the name `--collectors-enabled` and `--collectors-disabled` take. The
+/// order here is the order they run in a scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectorName {
+    Cpu,
+    Stat,
+    Meminfo,
+    Loadavg,
+    Pressure,
+    Vmstat,
+    Uname,
+    Diskstats,
+    Filesystem,
+    /// eBPF: run-queue latency and context switches.
+    Sched,
+    /// eBPF: block I/O latency and size (`block` is accepted as its former name).
+    #[value(alias = "block")]
+    Disk,
+    /// eBPF: reclaim stalls and OOM kills.
+    Memory,
+    /// eBPF: per-cgroup (per-pod) accounting.
+    Cgroup,
+    /// The probes' own cost and map health.
+    Bpf,
+    Process,
+}
+
+impl CollectorName {
+    /// The name users write; a test checks that clap parses each one back.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Stat => "stat",
+            Self::Meminfo => "meminfo",
+            Self::Loadavg => "loadavg",
+            Self::Pressure => "pressure",
+            Self::Vmstat => "vmstat",
+            Self::Uname => "uname",
+            Self::Diskstats => "diskstats",
+            Self::Filesystem => "filesystem",
+            Self::Sched => "sched",
+            Self::Disk => "disk",
+            Self::Memory => "memory",
+            Self::Cgroup => "cgroup",
+            Self::Bpf => "bpf",
+            Self::Process => "process",
+        }
+    }
+
+    pub fn all() -> &'static [CollectorName] {
+        Self::value_variants()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -171,11 +243,13 @@ pub enum LogFormat {
 }
 
 /// Which attach types the loader may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProbeAttach {
     /// Prefer `tp_btf`, fall back to classic tracepoints.
     Auto,
+    #[value(name = "tp_btf")]
     BtfOnly,
+    #[value(name = "tracepoint")]
     TracepointOnly,
 }
 
@@ -184,7 +258,7 @@ pub enum ProbeAttach {
 pub struct Config {
     pub listen_address: SocketAddr,
     /// Enabled collectors, in the order they run.
-    pub collectors: Vec<&'static str>,
+    pub collectors: Vec<CollectorName>,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     pub rootfs: PathBuf,
@@ -193,6 +267,7 @@ pub struct Config {
     pub node_name: Option<String>,
     pub machine_id_file: PathBuf,
     pub preflight_dir: Option<PathBuf>,
+    pub map_upkeep_interval: Duration,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
@@ -208,8 +283,6 @@ pub struct CgroupConfig {
     pub pod_logs_dir: PathBuf,
     pub container_logs_dir: PathBuf,
 }
-
-pub const DEFAULT_MAX_CGROUPS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -233,16 +306,35 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
     }
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+/// Parses a `ValueEnum` value, or names the field and lists what it takes.
+fn parse_enum<T: ValueEnum>(
+    field: &'static str,
+    value: &str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    T::from_str(value.trim(), true).map_err(|_| {
+        let known: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        invalid(
+            field,
+            format!("{value:?} is not {what} (use {})", known.join(", ")),
+        )
+    })
+}
+
+impl Settings {
+    /// Reads a config file into the same shape the flags have.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse_file(path, &text)
     }
 
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+    pub fn parse_file(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let parse_err = |detail: String| ConfigError::ParseFile {
             path: path.to_owned(),
             // serde_yaml and toml errors span several lines; the user gets one.
@@ -261,20 +353,57 @@ impl FileConfig {
             }),
         }
     }
+
+    /// `self` over `lower`, key by key: a key set here wins, an unset one falls through.
+    pub fn over(self, lower: Settings) -> Settings {
+        let config = self.config.clone();
+        let mut merged = to_value(&lower);
+        merge_values(&mut merged, to_value(&self));
+        // Both sides came from this type, so the merge deserializes back into it.
+        let mut out: Settings = serde_json::from_value(merged).unwrap_or_default();
+        out.config = config;
+        out
+    }
+}
+
+fn to_value(s: &Settings) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    strip_nulls(&mut v);
+    v
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = v {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}
+
+fn merge_values(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge_values(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o,
+    }
 }
 
 impl Config {
-    /// Merges flags (and their environment variables) over the file over the defaults.
-    pub fn resolve(flags: Flags) -> Result<Self, ConfigError> {
+    /// Merges the flags (and their environment variables) over the file, then checks every
+    /// value and fills the defaults.
+    pub fn resolve(flags: Settings) -> Result<Self, ConfigError> {
         let file = match &flags.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
         };
-        let file_collectors = file.collectors.unwrap_or_default();
+        Self::validate(flags.over(file))
+    }
 
-        let listen = flags
+    fn validate(s: Settings) -> Result<Self, ConfigError> {
+        let listen = s
             .listen_address
-            .or(file.listen_address)
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
         let listen_address = listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
@@ -284,51 +413,16 @@ impl Config {
                 ),
             )
         })?;
-
-        let enabled = flags.collectors_enabled.or(file_collectors.enabled);
-        let disabled = flags
-            .collectors_disabled
-            .or(file_collectors.disabled)
-            .unwrap_or_default();
-        let collectors = select_collectors(enabled.as_deref(), &disabled)?;
-
-        let probe_attach = match flags
-            .probe_attach
-            .or(file.probe_attach)
-            .as_deref()
-            .unwrap_or("auto")
-        {
-            "auto" => ProbeAttach::Auto,
-            "tp_btf" => ProbeAttach::BtfOnly,
-            "tracepoint" => ProbeAttach::TracepointOnly,
-            other => {
-                return Err(invalid(
-                    "probe_attach",
-                    format!("{other:?} is not an attach mode (use auto, tp_btf or tracepoint)"),
-                ));
-            }
+        let collectors = select_collectors(
+            s.collectors.enabled.as_deref(),
+            s.collectors.disabled.as_deref().unwrap_or_default(),
+        )?;
+        let probe_attach = match s.probe_attach.as_deref() {
+            Some(v) => parse_enum("probe_attach", v, "an attach mode")?,
+            None => ProbeAttach::Auto,
         };
-
-        let file_cgroups = file.cgroups.unwrap_or_default();
-        let pattern = |field: &'static str,
-                       value: Option<String>|
-         -> Result<Option<regex::Regex>, ConfigError> {
-            value
-                .map(|p| {
-                    regex::Regex::new(&p).map_err(|e| {
-                        let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
-                        invalid(
-                            field,
-                            format!("{p:?} is not a valid regular expression: {first}"),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let max_tracked = flags
-            .max_cgroups
-            .or(file_cgroups.max)
-            .unwrap_or(DEFAULT_MAX_CGROUPS);
+        let c = s.cgroups;
+        let max_tracked = c.max.unwrap_or(DEFAULT_MAX_CGROUPS);
         if max_tracked == 0 {
             return Err(invalid(
                 "cgroups.max",
@@ -336,68 +430,51 @@ impl Config {
             ));
         }
         let cgroups = CgroupConfig {
-            root: flags.cgroup_root.or(file_cgroups.root),
+            root: c.root,
             max_tracked,
-            include: pattern(
-                "cgroups.include",
-                flags.cgroup_include.or(file_cgroups.include),
-            )?,
-            exclude: pattern(
-                "cgroups.exclude",
-                flags.cgroup_exclude.or(file_cgroups.exclude),
-            )?,
-            pod_logs_dir: flags
-                .pod_logs_dir
-                .or(file_cgroups.pod_logs_dir)
-                .unwrap_or_else(|| "/var/log/pods".into()),
-            container_logs_dir: flags
+            include: pattern("cgroups.include", c.include)?,
+            exclude: pattern("cgroups.exclude", c.exclude)?,
+            pod_logs_dir: c.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
+            container_logs_dir: c
                 .container_logs_dir
-                .or(file_cgroups.container_logs_dir)
                 .unwrap_or_else(|| "/var/log/containers".into()),
         };
-
-        let level = flags
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into());
+        let map_upkeep_interval = match s.map_upkeep_interval.as_deref() {
+            Some(v) => duration("map_upkeep_interval", v, Duration::from_millis(100))?,
+            None => DEFAULT_MAP_UPKEEP_INTERVAL,
+        };
+        let level = s.log_level.unwrap_or_else(|| "info".into());
         let log_level = level.parse::<tracing::Level>().map_err(|_| {
             invalid(
                 "log_level",
                 format!("{level:?} is not a level (use trace, debug, info, warn or error)"),
             )
         })?;
-
-        let format = flags
-            .log_format
-            .or(file.log_format)
-            .unwrap_or_else(|| "text".into());
-        let log_format = LogFormat::from_str(&format, true).map_err(|_| {
-            invalid(
-                "log_format",
-                format!("{format:?} is not a format (use text or json)"),
-            )
-        })?;
-
+        let log_format = match s.log_format.as_deref() {
+            Some(v) => parse_enum("log_format", v, "a format")?,
+            None => LogFormat::Text,
+        };
         Ok(Self {
             listen_address,
             collectors,
-            procfs: flags
-                .procfs
-                .or(file.procfs)
-                .unwrap_or_else(|| "/proc".into()),
-            sysfs: flags.sysfs.or(file.sysfs).unwrap_or_else(|| "/sys".into()),
-            rootfs: flags.rootfs.or(file.rootfs).unwrap_or_else(|| "/".into()),
+            procfs: s.procfs.unwrap_or_else(|| "/proc".into()),
+            sysfs: s.sysfs.unwrap_or_else(|| "/sys".into()),
+            rootfs: s.rootfs.unwrap_or_else(|| "/".into()),
             probe_attach,
             cgroups,
-            node_name: flags.node_name.or(file.node_name),
-            machine_id_file: flags
+            node_name: s.node_name,
+            machine_id_file: s
                 .machine_id_file
-                .or(file.machine_id_file)
                 .unwrap_or_else(|| "/etc/machine-id".into()),
-            preflight_dir: flags.preflight_dir.or(file.preflight_dir),
+            preflight_dir: s.preflight_dir,
+            map_upkeep_interval,
             log_level,
             log_format,
         })
+    }
+
+    pub fn enabled(&self, collector: CollectorName) -> bool {
+        self.collectors.contains(&collector)
     }
 
     /// Checks that the host paths are usable, so that a wrong mount fails at startup with a
@@ -427,33 +504,72 @@ impl Config {
     }
 }
 
+/// A duration such as `5s`, `500ms` or `1m`, at least `min`.
+pub fn duration(field: &'static str, value: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            field,
+            format!("{value:?} is not a duration ({e}; write for example 5s, 500ms or 1m)"),
+        )
+    })?;
+    if d < min {
+        return Err(invalid(
+            field,
+            format!(
+                "{value:?} is too short (at least {})",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn pattern(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<regex::Regex>, ConfigError> {
+    value
+        .map(|p| {
+            regex::Regex::new(&p).map_err(|e| {
+                let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                invalid(
+                    field,
+                    format!("{p:?} is not a valid regular expression: {first}"),
+                )
+            })
+        })
+        .transpose()
+}
+
 fn select_collectors(
     enabled: Option<&[String]>,
     disabled: &[String],
-) -> Result<Vec<&'static str>, ConfigError> {
-    let check = |field: &'static str, names: &[String]| -> Result<(), ConfigError> {
-        for name in names {
-            if !COLLECTOR_NAMES.contains(&name.trim()) {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "unknown collector {name:?} (known: {})",
-                        COLLECTOR_NAMES.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
+) -> Result<Vec<CollectorName>, ConfigError> {
+    let parse = |field: &'static str,
+                 names: &[String]|
+     -> Result<Vec<CollectorName>, ConfigError> {
+        names
+            .iter()
+            .map(|name| {
+                CollectorName::from_str(name.trim(), false).map_err(|_| {
+                    let known: Vec<&str> = CollectorName::all().iter().map(|c| c.name()).collect();
+                    invalid(
+                        field,
+                        format!("unknown collector {name:?} (known: {})", known.join(", ")),
+                    )
+                })
+            })
+            .collect()
     };
-    if let Some(enabled) = enabled {
-        check("collectors.enabled", enabled)?;
-    }
-    check("collectors.disabled", disabled)?;
-    Ok(COLLECTOR_NAMES
+    let enabled = enabled
+        .map(|e| parse("collectors.enabled", e))
+        .transpose()?;
+    let disabled = parse("collectors.disabled", disabled)?;
+    Ok(CollectorName::all()
         .iter()
         .copied()
-        .filter(|c| enabled.is_none_or(|e| e.iter().any(|n| n.trim() == *c)))
-        .filter(|c| !disabled.iter().any(|n| n.trim() == *c))
+        .filter(|c| enabled.as_ref().is_none_or(|e| e.contains(c)))
+        .filter(|c| !disabled.contains(c))
         .collect())
 }
 
@@ -461,8 +577,8 @@ fn select_collectors(
 mod tests {
     use super::*;
 
-    fn flags() -> Flags {
-        Flags::default()
+    fn flags() -> Settings {
+        Settings::default()
     }
 
     fn field_of(err: ConfigError) -> String {
@@ -473,15 +589,47 @@ mod tests {
     fn defaults_enable_every_collector() {
         let c = Config::resolve(flags()).unwrap();
         assert_eq!(c.listen_address.to_string(), DEFAULT_LISTEN_ADDRESS);
-        assert_eq!(c.collectors, COLLECTOR_NAMES);
+        assert_eq!(c.collectors, CollectorName::all());
         assert_eq!(c.procfs, PathBuf::from("/proc"));
         assert_eq!(c.probe_attach, ProbeAttach::Auto);
         assert_eq!(c.log_format, LogFormat::Text);
     }
 
     #[test]
+    fn collector_names_are_the_documented_ones() {
+        let names: Vec<&str> = CollectorName::all().iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "cpu",
+                "stat",
+                "meminfo",
+                "loadavg",
+                "pressure",
+                "vmstat",
+                "uname",
+                "diskstats",
+                "filesystem",
+                "sched",
+                "disk",
+                "memory",
+                "cgroup",
+                "bpf",
+                "process"
+            ]
+        );
+        for c in CollectorName::all() {
+            assert_eq!(CollectorName::from_str(c.name(), false), Ok(*c));
+        }
+        assert_eq!(
+            CollectorName::from_str("block", false),
+            Ok(CollectorName::Disk)
+        );
+    }
+
+    #[test]
     fn bad_listen_address_names_the_field() {
-        let f = Flags {
+        let f = Settings {
             listen_address: Some("nonsense".into()),
             ..flags()
         };
@@ -491,10 +639,8 @@ mod tests {
 
     #[test]
     fn unknown_collector_names_the_field_and_lists_known_ones() {
-        let f = Flags {
-            collectors_disabled: Some(vec!["cpuu".into()]),
-            ..flags()
-        };
+        let mut f = flags();
+        f.collectors.disabled = Some(vec!["cpuu".into()]);
         let msg = field_of(Config::resolve(f).unwrap_err());
         assert!(
             msg.starts_with("collectors.disabled: unknown collector \"cpuu\""),
@@ -505,31 +651,67 @@ mod tests {
 
     #[test]
     fn enabled_then_disabled() {
-        let f = Flags {
-            collectors_enabled: Some(vec!["cpu".into(), "meminfo".into(), "sched".into()]),
-            collectors_disabled: Some(vec!["meminfo".into()]),
-            ..flags()
-        };
-        assert_eq!(Config::resolve(f).unwrap().collectors, ["cpu", "sched"]);
+        let mut f = flags();
+        f.collectors.enabled = Some(vec!["cpu".into(), "meminfo".into(), "sched".into()]);
+        f.collectors.disabled = Some(vec!["meminfo".into()]);
+        assert_eq!(
+            Config::resolve(f).unwrap().collectors,
+            [CollectorName::Cpu, CollectorName::Sched]
+        );
     }
 
     #[test]
     fn bad_log_level_and_format_name_their_fields() {
-        let f = Flags {
+        let f = Settings {
             log_level: Some("loud".into()),
             ..flags()
         };
         assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("log_level: "));
-        let f = Flags {
+        let f = Settings {
             log_format: Some("xml".into()),
             ..flags()
         };
-        assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("log_format: "));
-        let f = Flags {
+        let msg = field_of(Config::resolve(f).unwrap_err());
+        assert!(msg.starts_with("log_format: "), "{msg}");
+        assert!(msg.contains("text, json"), "{msg}");
+        let f = Settings {
             probe_attach: Some("kprobe".into()),
             ..flags()
         };
-        assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("probe_attach: "));
+        let msg = field_of(Config::resolve(f).unwrap_err());
+        assert!(msg.starts_with("probe_attach: "), "{msg}");
+        assert!(msg.contains("auto, tp_btf, tracepoint"), "{msg}");
+        let f = Settings {
+            probe_attach: Some("tp_btf".into()),
+            ..flags()
+        };
+        assert_eq!(
+            Config::resolve(f).unwrap().probe_attach,
+            ProbeAttach::BtfOnly
+        );
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        let c = Config::resolve(flags()).unwrap();
+        assert_eq!(c.map_upkeep_interval, DEFAULT_MAP_UPKEEP_INTERVAL);
+        let f = Settings {
+            map_upkeep_interval: Some("1500ms".into()),
+            ..flags()
+        };
+        assert_eq!(
+            Config::resolve(f).unwrap().map_upkeep_interval,
+            Duration::from_millis(1500)
+        );
+        for bad in ["often", "1ns", "-1s"] {
+            let f = Settings {
+                map_upkeep_interval: Some(bad.into()),
+                ..flags()
+            };
+            let msg = field_of(Config::resolve(f).unwrap_err());
+            assert!(msg.starts_with("map_upkeep_interval: "), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
     }
 
     #[test]
@@ -537,62 +719,83 @@ mod tests {
         let c = Config::resolve(flags()).unwrap();
         assert_eq!(c.cgroups.max_tracked, DEFAULT_MAX_CGROUPS);
         assert_eq!(c.cgroups.pod_logs_dir, PathBuf::from("/var/log/pods"));
-        let f = Flags {
-            cgroup_exclude: Some("system\\.slice/(".into()),
-            ..flags()
-        };
+        let mut f = flags();
+        f.cgroups.exclude = Some("system\\.slice/(".into());
         let msg = field_of(Config::resolve(f).unwrap_err());
         assert!(msg.starts_with("cgroups.exclude: "), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
-        let f = Flags {
-            max_cgroups: Some(0),
-            ..flags()
-        };
+        let mut f = flags();
+        f.cgroups.max = Some(0);
         assert!(field_of(Config::resolve(f).unwrap_err()).starts_with("cgroups.max: "));
         let yaml = "cgroups:\n  max: 10\n  include: '^kubepods'\n";
-        let file = FileConfig::parse(Path::new("c.yaml"), yaml).unwrap();
-        assert_eq!(file.cgroups.unwrap().max, Some(10));
+        let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
+        assert_eq!(file.cgroups.max, Some(10));
     }
 
     #[test]
     fn yaml_and_toml_files_and_flag_precedence() {
-        let yaml = "listen_address: 127.0.0.1:9999\ncollectors:\n  disabled: [filesystem]\nlog_format: json\n";
-        let file = FileConfig::parse(Path::new("c.yaml"), yaml).unwrap();
+        let yaml = "listen_address: 127.0.0.1:9999\ncollectors:\n  disabled: [filesystem]\nlog_format: json\ncgroups:\n  max: 7\n";
+        let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
         assert_eq!(file.listen_address.as_deref(), Some("127.0.0.1:9999"));
         let toml = "procfs = \"/host/proc\"\n[collectors]\nenabled = [\"cpu\"]\n";
-        let file = FileConfig::parse(Path::new("c.toml"), toml).unwrap();
+        let file = Settings::parse_file(Path::new("c.toml"), toml).unwrap();
         assert_eq!(file.procfs, Some(PathBuf::from("/host/proc")));
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nodelens.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let f = Flags {
+        let mut f = Settings {
             config: Some(path),
             listen_address: Some("127.0.0.1:1234".into()),
             ..flags()
         };
+        f.cgroups.include = Some("^kubepods".into());
         let c = Config::resolve(f).unwrap();
         assert_eq!(c.listen_address.port(), 1234, "flag beats file");
         assert_eq!(c.log_format, LogFormat::Json, "file beats default");
-        assert!(!c.collectors.contains(&"filesystem"));
+        assert!(!c.enabled(CollectorName::Filesystem));
+        assert_eq!(
+            c.cgroups.max_tracked, 7,
+            "nested file keys survive the merge"
+        );
+        assert!(c.cgroups.include.is_some(), "nested flags too");
+    }
+
+    #[test]
+    fn flags_parse_into_the_same_shape_as_the_file() {
+        let cli = Cli::try_parse_from([
+            "nodelens",
+            "--max-cgroups",
+            "9",
+            "--collectors-disabled",
+            "cpu,block",
+            "preflight",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.cgroups.max, Some(9));
+        let c = Config::resolve(cli.settings).unwrap();
+        assert!(!c.enabled(CollectorName::Cpu) && !c.enabled(CollectorName::Disk));
     }
 
     #[test]
     fn malformed_files_are_one_line_errors_naming_the_file() {
         let err =
-            FileConfig::parse(Path::new("/etc/n.yaml"), "listen_address: [1, 2\n").unwrap_err();
+            Settings::parse_file(Path::new("/etc/n.yaml"), "listen_address: [1, 2\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("config: /etc/n.yaml: "), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
-        let err = FileConfig::parse(Path::new("n.toml"), "listen_adress = \"x\"").unwrap_err();
+        let err = Settings::parse_file(Path::new("n.toml"), "listen_adress = \"x\"").unwrap_err();
         assert!(err.to_string().contains("listen_adress"), "{err}");
-        let err = FileConfig::parse(Path::new("n.json"), "{}").unwrap_err();
+        let err = Settings::parse_file(Path::new("n.yaml"), "cgroups:\n  maxx: 3\n").unwrap_err();
+        assert!(err.to_string().contains("maxx"), "{err}");
+        let err = Settings::parse_file(Path::new("n.json"), "{}").unwrap_err();
         assert!(err.to_string().contains("unknown extension"), "{err}");
     }
 
     #[test]
     fn unreadable_procfs_root_names_the_field() {
-        let f = Flags {
+        let f = Settings {
             procfs: Some("/nonexistent/proc".into()),
             ..flags()
         };

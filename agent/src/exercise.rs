@@ -1,32 +1,29 @@
-//! `nodelens preflight --exercise`: does nodelens work on this kernel? It loads and attaches
-//! every probe, generates a little of each kind of work (scheduler wakeups and switches,
-//! O_DIRECT reads from a disk, memcg reclaim where a cgroup2 memory controller allows it),
-//! and reports per probe the attach type, the events seen and the cost per event from the
-//! kernel's BPF statistics. It also renders one scrape of /metrics to a file.
+//! `nodelens preflight --exercise`: does nodelens work on this kernel? With every probe
+//! loaded by preflight's runtime, it generates a little of each kind of work (scheduler
+//! wakeups and switches, O_DIRECT reads from a disk, memcg reclaim where a cgroup2 memory
+//! controller allows it), and reports per probe the attach type, the events seen and the
+//! cost per event from the kernel's BPF statistics. It also renders one scrape of /metrics
+//! to a file.
 use std::{
     collections::HashMap,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::mpsc,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cgroups::CgroupResolver,
-    collectors,
-    config::Config,
-    ebpf::{self, Family, LoadedProbes, Probes},
-    metrics,
-    preflight::CORE_PROBES,
+    ebpf::{family::AttachKind, loader::Loaded},
+    runtime::{Runtime, cgroup_root},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeExercise {
     pub probe: String,
-    /// `tp_btf`, `tracepoint` or `unavailable`.
-    pub attach: String,
+    /// `tp_btf`, `tracepoint` or `none`.
+    pub attach: AttachKind,
     /// Program runs during the exercise.
     pub events: u64,
     /// Kernel BPF statistics: run time per run; `None` without events or statistics.
@@ -103,7 +100,7 @@ fn block_work(device: &Path) -> Result<String, String> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(device)
         .map_err(|e| format!("cannot open {} with O_DIRECT: {e}", device.display()))?;
     // O_DIRECT needs a buffer aligned to the logical block size: 4096 covers every disk.
@@ -166,7 +163,7 @@ fn reclaim_work(cgroup2: &Path, device: &Path) -> Result<String, String> {
     result
 }
 
-fn stats_by_probe(loaded: &LoadedProbes) -> HashMap<&'static str, (u64, f64)> {
+fn stats_by_probe(loaded: &Loaded) -> HashMap<&'static str, (u64, f64)> {
     loaded
         .program_stats()
         .into_iter()
@@ -175,17 +172,17 @@ fn stats_by_probe(loaded: &LoadedProbes) -> HashMap<&'static str, (u64, f64)> {
 }
 
 /// Runs the exercise; writes one scrape to `metrics_out` when given.
-pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -> Exercise {
-    let loaded = ebpf::load(
-        config.probe_attach,
-        &Family::ALL,
-        config.cgroups.max_tracked,
-    );
-    let offsets = loaded.layout.btf_offsets();
-    let probes = Arc::new(Probes::default());
-    // Only this function sets it.
-    let _ = probes.loaded.set(loaded.probes);
-    let l = probes.loaded.get().expect("just set");
+pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>) -> Exercise {
+    let config = &runtime.config;
+    let Some(l) = runtime.probes.loaded.get() else {
+        return Exercise {
+            probes: Vec::new(),
+            offsets: Vec::new(),
+            workloads: vec![("probes".into(), "not loaded".into())],
+            failed_core: vec!["all".into()],
+        };
+    };
+    let offsets = l.offsets.clone();
     let before = stats_by_probe(l);
 
     let mut workloads = vec![("scheduler".to_owned(), sched_work())];
@@ -209,12 +206,7 @@ pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -
     ));
     match &device {
         Some(dev) => {
-            let cgroup2 = config.cgroups.root.clone().or_else(|| {
-                crate::cgroups::cgroup2_mount(
-                    &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-                )
-            });
-            let reclaim = match cgroup2 {
+            let reclaim = match cgroup_root(config) {
                 Some(root) => reclaim_work(&root, dev),
                 None => Err("no cgroup2 mount".into()),
             };
@@ -228,8 +220,9 @@ pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -
             "not provoked: no disk to read".into(),
         )),
     }
-    // Let completions and the last switches land.
+    // Let completions and the last switches land, and keep the maps as the agent would.
     std::thread::sleep(Duration::from_millis(200));
+    l.upkeep();
     let after = stats_by_probe(l);
 
     let probes_report: Vec<ProbeExercise> = l
@@ -241,7 +234,7 @@ pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -
             let events = r1.saturating_sub(r0);
             ProbeExercise {
                 probe: s.name.into(),
-                attach: s.attach.map_or("unavailable", |a| a.as_str()).into(),
+                attach: s.attach,
                 events,
                 ns_per_event: (events > 0 && l.bpf_stats.is_ok())
                     .then(|| (t1 - t0) / events as f64 * 1e9),
@@ -249,35 +242,24 @@ pub fn run(config: &Config, device: Option<&Path>, metrics_out: Option<&Path>) -
             }
         })
         .collect();
-    let failed_core: Vec<String> = CORE_PROBES
+    let failed_core: Vec<String> = l
+        .statuses
         .iter()
-        .filter(|c| {
+        .filter(|s| s.core)
+        .filter(|s| {
             !probes_report
                 .iter()
-                .any(|p| p.probe == **c && p.attach != "unavailable" && p.events > 0)
+                .any(|p| p.probe == s.name && p.attach != AttachKind::None && p.events > 0)
         })
-        .map(|c| c.to_string())
+        .map(|s| s.name.to_owned())
         .collect();
 
     if let Some(path) = metrics_out {
-        let resolver = Arc::new(Mutex::new(CgroupResolver::new(
-            config
-                .cgroups
-                .root
-                .clone()
-                .unwrap_or_else(|| "/sys/fs/cgroup".into()),
-            &config.cgroups.pod_logs_dir,
-            &config.cgroups.container_logs_dir,
-        )));
-        let node = crate::preflight::node_identity(config);
-        let agent = Arc::new(crate::agent::AgentState::new(probes.clone(), node, None));
-        agent.set_ready();
-        let registry =
-            metrics::registry(collectors::build(config, probes.clone(), resolver), agent);
-        let mut text = String::new();
-        let written = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+        runtime.agent.set_ready();
+        let written = runtime
+            .render()
             .map_err(|_| "encoding failed".to_owned())
-            .and_then(|()| std::fs::write(path, text).map_err(|e| e.to_string()));
+            .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));
         if let Err(e) = written {
             workloads.push((
                 "metrics".into(),
@@ -310,7 +292,10 @@ pub fn render_text(e: &Exercise) -> String {
         let _ = writeln!(
             s,
             "{:<32} {:<12} {:>10} {:>10}",
-            p.probe, p.attach, p.events, ns
+            p.probe,
+            p.attach.as_str(),
+            p.events,
+            ns
         );
     }
     if !e.offsets.is_empty() {

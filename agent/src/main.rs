@@ -11,10 +11,13 @@ mod ebpf;
 mod exercise;
 mod logging;
 mod metrics;
+mod node;
 mod preflight;
+mod runtime;
 mod server;
 
 use config::{Cli, Command, Config};
+use runtime::Runtime;
 
 /// Usage and configuration errors.
 const EXIT_USAGE: u8 = 2;
@@ -41,7 +44,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = match Config::resolve(cli.flags).and_then(|c| c.check_host_paths().map(|()| c)) {
+    let config = match Config::resolve(cli.settings).and_then(|c| c.check_host_paths().map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nodelens: {e}");
@@ -73,18 +77,7 @@ fn run_preflight(
     output_dir: Option<&std::path::Path>,
     exercise: ExerciseArgs,
 ) -> ExitCode {
-    let mut report = preflight::run(config);
-    if let Some((device, metrics_out)) = exercise {
-        let e = exercise::run(config, device, metrics_out);
-        if !e.failed_core.is_empty() {
-            report.ok = false;
-            report.fixes.push(format!(
-                "core probes saw no events: {}",
-                e.failed_core.join(", ")
-            ));
-        }
-        report.exercise = Some(e);
-    }
+    let report = preflight::run(config, exercise);
     if json {
         print!("{}", preflight::to_json(&report));
     } else {
@@ -112,7 +105,7 @@ fn run_preflight(
 fn run(config: Config) -> ExitCode {
     // One thread serves everything: a scrape is a short burst of reads from memory, and
     // probe loading runs once on the blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let executor = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(2)
         .enable_all()
         .build()
@@ -123,7 +116,7 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    executor.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen_address).await {
             Ok(l) => l,
             Err(e) => {
@@ -134,97 +127,53 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let probes = Arc::new(ebpf::Probes::default());
         // The identity preflight found (it reads the host's machine id through a hostPath),
         // else what this container can see.
         let dir = config.preflight_dir.as_deref();
         let identity = dir
             .and_then(preflight::read_identity)
-            .unwrap_or_else(|| preflight::node_identity(&config));
+            .unwrap_or_else(|| node::identity(&config));
         let preflight_text = dir.and_then(preflight::read_report_text);
-        let agent = Arc::new(agent::AgentState::new(probes.clone(), identity, preflight_text));
-        let resolver = Arc::new(std::sync::Mutex::new(cgroup_resolver(&config)));
-        let registry = metrics::registry(
-            collectors::build(&config, probes.clone(), resolver.clone()),
-            agent.clone(),
-        );
+        let runtime = Arc::new(Runtime::build(config, identity, preflight_text));
         let server = Arc::new(server::Server {
-            registry: Arc::new(registry),
-            agent: agent.clone(),
+            registry: runtime.registry.clone(),
+            agent: runtime.agent.clone(),
         });
+        let address = runtime.config.listen_address;
         tracing::info!(
-            address = %config.listen_address,
-            collectors = ?config.collectors,
-            "serving http://{}/metrics",
-            config.listen_address
+            %address,
+            collectors = ?runtime.config.collectors.iter().map(|c| c.name()).collect::<Vec<_>>(),
+            "serving http://{address}/metrics"
         );
 
         // Probes load while the server already answers /healthz; /readyz turns 200 after.
-        let mode = config.probe_attach;
-        let families: Vec<ebpf::Family> = ebpf::Family::ALL
-            .into_iter()
-            .filter(|f| config.collectors.contains(&f.collector()))
-            .collect();
-        let loader_probes = probes.clone();
-        let max_cgroups = config.cgroups.max_tracked;
+        let families = runtime.families();
+        let loader = runtime.clone();
         let loading = tokio::task::spawn_blocking(move || {
-            if families.is_empty() {
-                return (None, None);
+            if !families.is_empty() {
+                loader.load_probes(&families, std::path::Path::new(ebpf::loader::BTF_PATH));
             }
-            let loaded = ebpf::load(mode, &families, max_cgroups);
-            // Only this task sets it, once.
-            let _ = loader_probes.loaded.set(loaded.probes);
-            // Parsing the kernel's BTF (twice: ours for offsets, aya's for loading) leaves
-            // ~18 MB of freed heap that glibc keeps; hand it back to the kernel.
-            // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
-            (loaded.logger, loaded.oom_ring)
         });
         let serving = tokio::spawn(server::serve(listener, server, shutdown_signal()));
-        match loading.await {
-            Ok((logger, oom_ring)) => {
-                if let Some(logger) = logger {
-                    ebpf::events::spawn_log_forwarder(logger);
-                }
-                if let Some(ring) = oom_ring {
-                    ebpf::events::spawn_oom_reader(ring, probes.clone(), resolver.clone(), config.procfs.clone());
-                }
-            }
-            Err(e) => tracing::error!("loading probes failed: {e}"),
+        if let Err(e) = loading.await {
+            tracing::error!("loading probes failed: {e}");
         }
-        agent.set_ready();
+        if let Some(loaded) = runtime.probes.loaded.get() {
+            loaded.spawn_event_readers();
+            // Kernel maps are kept by the agent on its own timer, whether or not anyone
+            // scrapes.
+            ebpf::loader::spawn_upkeep(runtime.probes.clone(), runtime.config.map_upkeep_interval);
+        }
+        runtime.agent.set_ready();
         if let Err(e) = serving.await {
             tracing::error!("server task failed: {e}");
         }
         // Detach every program now rather than at process exit, so that the log line below
         // is true.
-        if let Some(loaded) = probes.loaded.get() {
-            loaded.ebpf.lock().unwrap_or_else(|p| p.into_inner()).take();
-        }
+        runtime.probes.detach();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
-}
-
-/// The resolver over the cgroup2 hierarchy: `--cgroup-root`, or the cgroup2 mount in our
-/// own mountinfo (the host's /sys/fs/cgroup is mounted into the pod at the same place).
-fn cgroup_resolver(config: &Config) -> cgroups::CgroupResolver {
-    let root = config.cgroups.root.clone().or_else(|| {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        cgroups::cgroup2_mount(&mountinfo)
-    });
-    let root = root.unwrap_or_else(|| {
-        tracing::warn!(
-            "no cgroup2 mount in /proc/self/mountinfo: per-cgroup metrics fold into cgroup=\"other\" (mount the host's /sys/fs/cgroup, or set --cgroup-root)"
-        );
-        "/sys/fs/cgroup".into()
-    });
-    tracing::info!(root = %root.display(), "cgroup2 hierarchy");
-    cgroups::CgroupResolver::new(
-        root,
-        &config.cgroups.pod_logs_dir,
-        &config.cgroups.container_logs_dir,
-    )
 }
 
 async fn shutdown_signal() {

@@ -1,16 +1,44 @@
-//! Registry wiring and small helpers that collectors use to emit const metrics.
+//! What a collector is, and the helpers collectors use to emit const metrics.
 //!
-//! Collectors read at scrape time and write straight into the encoder: nothing is cached
-//! between scrapes, and there is no background polling.
-use std::{fmt, sync::Arc, time::Instant};
+//! Collectors read at scrape time and write straight into the encoder. This module imports
+//! nothing else from the agent, so every other module can use it.
+use std::{fmt, path::PathBuf};
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
     metrics::MetricType,
-    registry::Registry,
 };
 
-use crate::{agent::AgentState, collectors::Collector};
+/// Reads one source at scrape time and encodes its families. It parses all of its source
+/// before encoding, so a failed read leaves no half-written family behind.
+pub trait Collector: fmt::Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+    fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("cannot read BPF map {map}: {detail}")]
+    Map { map: &'static str, detail: String },
+    #[error("encoding failed")]
+    Encode(#[from] fmt::Error),
+}
+
+impl CollectError {
+    pub fn map(map: &'static str, detail: impl Into<String>) -> Self {
+        Self::Map {
+            map,
+            detail: detail.into(),
+        }
+    }
+}
 
 /// A metric family with labelled samples. Counter names are written as exported, with
 /// `_total`; the encoder adds that suffix itself, so it is stripped here.
@@ -108,56 +136,6 @@ pub fn histogram<'a, L: EncodeLabelSet>(
             .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
     }
     Ok(())
-}
-
-/// Runs every enabled collector on each scrape, then reports on itself.
-#[derive(Debug)]
-struct Scrape {
-    collectors: Vec<Box<dyn Collector>>,
-    agent: Arc<AgentState>,
-}
-
-impl prometheus_client::collector::Collector for Scrape {
-    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
-        let mut results = Vec::with_capacity(self.collectors.len());
-        for collector in &self.collectors {
-            let started = Instant::now();
-            let ok = match collector.collect(&mut out) {
-                Ok(()) => true,
-                Err(crate::collectors::CollectError::Encode(e)) => return Err(e),
-                Err(e) => {
-                    // A failed read skips that collector; the scrape itself never fails.
-                    tracing::warn!(collector = collector.name(), "collector failed: {e}");
-                    false
-                }
-            };
-            results.push((collector.name(), started.elapsed().as_secs_f64(), ok));
-        }
-        family(
-            &mut out,
-            "nodelens_collector_duration_seconds",
-            "Time each collector took in this scrape.",
-            MetricType::Gauge,
-            results.iter().map(|(c, d, _)| ([("collector", *c)], *d)),
-        )?;
-        family(
-            &mut out,
-            "nodelens_collector_success",
-            "Whether each collector succeeded in this scrape (1) or failed (0).",
-            MetricType::Gauge,
-            results
-                .iter()
-                .map(|(c, _, ok)| ([("collector", *c)], f64::from(u8::from(*ok)))),
-        )?;
-        self.agent.encode(&mut out)
-    }
-}
-
-/// The registry served at `/metrics`.
-pub fn registry(collectors: Vec<Box<dyn Collector>>, agent: Arc<AgentState>) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { collectors, agent }));
-    registry
 }
 
 #[cfg(test)]

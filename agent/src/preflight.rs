@@ -8,29 +8,21 @@
 //! and its `/` page.
 use std::{fmt::Write as _, path::Path};
 
+use caps::{CapSet, Capability};
 use serde::{Deserialize, Serialize};
 
-use crate::{cgroups, collectors::uname, config::Config, ebpf};
-
-/// Probes without which nodelens is not worth running.
-pub const CORE_PROBES: &[&str] = &[
-    "sched_wakeup",
-    "sched_switch",
-    "block_rq_issue",
-    "block_rq_complete",
-];
+use crate::{
+    config::Config,
+    ebpf::{family::AttachKind, loader::BTF_PATH, tracefs},
+    exercise::{self, Exercise},
+    node::{self, HostFacts, NodeIdentity},
+    runtime::{Runtime, cgroup_root},
+};
 
 /// Files preflight writes into its output directory (an emptyDir shared with the agent).
 pub const NODE_FILE: &str = "node.json";
 pub const REPORT_JSON: &str = "preflight.json";
 pub const REPORT_TEXT: &str = "preflight.txt";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeIdentity {
-    pub node: String,
-    pub machine_id: String,
-    pub kernel: String,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
@@ -42,14 +34,19 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub probe: String,
-    /// `tp_btf`, `tracepoint` or `unavailable`.
-    pub attach: String,
+    /// `tp_btf`, `tracepoint` or `none`.
+    pub attach: AttachKind,
+    /// nodelens is not worth running without it.
+    #[serde(default)]
+    pub core: bool,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub node: NodeIdentity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostFacts>,
     pub checks: Vec<Check>,
     pub probes: Vec<ProbeReport>,
     /// Every core probe attaches.
@@ -58,59 +55,38 @@ pub struct Report {
     pub fixes: Vec<String>,
     /// `--exercise`: events and cost per probe under generated work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exercise: Option<crate::exercise::Exercise>,
+    pub exercise: Option<Exercise>,
 }
 
-/// Capability bits from linux/capability.h.
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Effective capabilities, from /proc/self/status.
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// (major, minor) of a kernel release such as `6.18.44-fc-v669`.
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(['.', '-']);
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// The node's identity: the node name from the downward API (or the host name), the host's
-/// machine id, and the kernel release.
-pub fn node_identity(config: &Config) -> NodeIdentity {
-    let u = uname::uname().unwrap_or_default();
-    let machine_id = std::fs::read_to_string(&config.machine_id_file)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    NodeIdentity {
-        node: config.node_name.clone().unwrap_or(u.nodename),
-        machine_id,
-        kernel: u.release,
-    }
-}
-
-pub fn run(config: &Config) -> Report {
-    let node = node_identity(config);
+/// `exercise`: Some((device, metrics file)) to also run `--exercise`.
+pub fn run(config: &Config, exercise: Option<(Option<&Path>, Option<&Path>)>) -> Report {
+    let node = node::identity(config);
+    let host = node::host_facts();
     let mut checks = Vec::new();
     let mut fixes = Vec::new();
-    let version = kernel_version(&node.kernel);
+    let version = node::kernel_version(&node.kernel);
     checks.push(Check {
         name: "kernel".into(),
         ok: version.is_some_and(|v| v >= (5, 4)),
         detail: format!("{} (tp_btf needs 5.5+, CAP_BPF 5.8+)", node.kernel),
     });
 
-    let btf = Path::new(ebpf::BTF_PATH);
+    checks.push(Check {
+        name: "host".into(),
+        ok: true,
+        detail: format!(
+            "{}, {} CPUs, {:.1} GiB of memory",
+            if host.os.is_empty() {
+                "unknown OS"
+            } else {
+                &host.os
+            },
+            host.cpus,
+            host.memory_bytes as f64 / f64::from(1u32 << 30)
+        ),
+    });
+
+    let btf = Path::new(BTF_PATH);
     let btf_ok = std::fs::metadata(btf).is_ok();
     checks.push(Check {
         name: "btf".into(),
@@ -125,31 +101,32 @@ pub fn run(config: &Config) -> Report {
         },
     });
 
-    let tracefs = ebpf::tracefs::find();
+    let tracefs = tracefs::find();
     checks.push(Check {
         name: "tracefs".into(),
         ok: tracefs.is_some(),
         detail: match &tracefs {
             Some(p) => format!("mounted at {}", p.display()),
-            None => ebpf::tracefs::NOT_MOUNTED.into(),
+            None => tracefs::NOT_MOUNTED.into(),
         },
     });
 
-    let caps = effective_caps();
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let has = |cap: Capability| effective.contains(&cap);
     let named = [
-        ("BPF", CAP_BPF),
-        ("PERFMON", CAP_PERFMON),
-        ("SYS_ADMIN", CAP_SYS_ADMIN),
-        ("SYS_RESOURCE", CAP_SYS_RESOURCE),
+        ("BPF", Capability::CAP_BPF),
+        ("PERFMON", Capability::CAP_PERFMON),
+        ("SYS_ADMIN", Capability::CAP_SYS_ADMIN),
+        ("SYS_RESOURCE", Capability::CAP_SYS_RESOURCE),
     ];
     let held: Vec<&str> = named
         .iter()
-        .filter(|(_, b)| has(*b))
+        .filter(|(_, c)| has(*c))
         .map(|(n, _)| *n)
         .collect();
     let pre_5_8 = version.is_some_and(|v| v < (5, 8));
-    let caps_ok = has(CAP_SYS_ADMIN) || (!pre_5_8 && has(CAP_BPF) && has(CAP_PERFMON));
+    let caps_ok = has(Capability::CAP_SYS_ADMIN)
+        || (!pre_5_8 && has(Capability::CAP_BPF) && has(Capability::CAP_PERFMON));
     checks.push(Check {
         name: "capabilities".into(),
         ok: caps_ok,
@@ -166,34 +143,27 @@ pub fn run(config: &Config) -> Report {
         if pre_5_8 {
             fixes.push("kernel before 5.8 has no CAP_BPF: add capability SYS_ADMIN".into());
         } else {
-            for (name, bit) in [("BPF", CAP_BPF), ("PERFMON", CAP_PERFMON)] {
-                if !has(bit) {
+            for (name, cap) in [
+                ("BPF", Capability::CAP_BPF),
+                ("PERFMON", Capability::CAP_PERFMON),
+            ] {
+                if !has(cap) {
                     fixes.push(format!("add capability {name}"));
                 }
             }
         }
     }
 
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointer to an rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-    let memlock_ok = limit.rlim_cur == libc::RLIM_INFINITY
-        || limit.rlim_cur >= 64 << 20
+    let memlock = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    let memlock_ok = memlock.is_none_or(|bytes| bytes >= 64 << 20)
         || version.is_some_and(|v| v >= (5, 11))
-        || has(CAP_SYS_RESOURCE);
+        || has(Capability::CAP_SYS_RESOURCE);
     checks.push(Check {
         name: "memlock".into(),
         ok: memlock_ok,
-        detail: if limit.rlim_cur == libc::RLIM_INFINITY {
-            "unlimited".into()
-        } else {
-            format!(
-                "{} KiB (only limits BPF before kernel 5.11)",
-                limit.rlim_cur / 1024
-            )
+        detail: match memlock {
+            None => "unlimited".into(),
+            Some(bytes) => format!("{} KiB (only limits BPF before kernel 5.11)", bytes / 1024),
         },
     });
     if !memlock_ok {
@@ -202,12 +172,7 @@ pub fn run(config: &Config) -> Report {
         );
     }
 
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let cgroup2 = config
-        .cgroups
-        .root
-        .clone()
-        .or_else(|| cgroups::cgroup2_mount(&mountinfo));
+    let cgroup2 = cgroup_root(config);
     checks.push(Check {
         name: "cgroup2".into(),
         ok: cgroup2.is_some(),
@@ -231,31 +196,26 @@ pub fn run(config: &Config) -> Report {
         },
     });
 
-    // Really load and attach every probe, then let go of them.
-    let loaded = ebpf::load(
-        config.probe_attach,
-        &ebpf::Family::ALL,
-        config.cgroups.max_tracked,
-    );
-    let probes: Vec<ProbeReport> = loaded
-        .probes
-        .statuses
+    // Really load and attach every probe, through the same runtime the agent builds.
+    let runtime = Runtime::build(config.clone(), node.clone(), None);
+    runtime.load_probes(&Runtime::all_families(), Path::new(BTF_PATH));
+    let statuses = runtime.agent.statuses();
+    let probes: Vec<ProbeReport> = statuses
         .iter()
         .map(|s| ProbeReport {
             probe: s.name.into(),
-            attach: s.attach.map_or("unavailable", |a| a.as_str()).into(),
+            attach: s.attach,
+            core: s.core,
             reason: s.note.clone().unwrap_or_default(),
         })
         .collect();
-    drop(loaded);
-    let missing: Vec<&str> = CORE_PROBES
+    let exercise =
+        exercise.map(|(device, metrics_out)| exercise::run(&runtime, device, metrics_out));
+    runtime.probes.detach();
+    let missing: Vec<&str> = probes
         .iter()
-        .copied()
-        .filter(|c| {
-            !probes
-                .iter()
-                .any(|p| p.probe == *c && p.attach != "unavailable")
-        })
+        .filter(|p| p.core && p.attach == AttachKind::None)
+        .map(|p| p.probe.as_str())
         .collect();
     if !missing.is_empty() {
         if !btf_ok && tracefs.is_none() {
@@ -268,13 +228,24 @@ pub fn run(config: &Config) -> Report {
             ));
         }
     }
+    let mut ok = missing.is_empty();
+    if let Some(e) = &exercise
+        && !e.failed_core.is_empty()
+    {
+        ok = false;
+        fixes.push(format!(
+            "core probes saw no events: {}",
+            e.failed_core.join(", ")
+        ));
+    }
     Report {
         node,
+        host: Some(host),
         checks,
         probes,
-        ok: missing.is_empty(),
+        ok,
         fixes,
-        exercise: None,
+        exercise,
     }
 }
 
@@ -305,22 +276,18 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "{:<32} {:<12} REASON", "PROBE", "ATTACH");
     for p in &r.probes {
-        let core = if CORE_PROBES.contains(&p.probe.as_str()) {
-            " (core)"
-        } else {
-            ""
-        };
+        let core = if p.core { " (core)" } else { "" };
         let _ = writeln!(
             s,
             "{:<32} {:<12} {}",
             format!("{}{core}", p.probe),
-            p.attach,
+            p.attach.as_str(),
             p.reason
         );
     }
     let _ = writeln!(s);
     if let Some(e) = &r.exercise {
-        s.push_str(&crate::exercise::render_text(e));
+        s.push_str(&exercise::render_text(e));
         let _ = writeln!(s);
     }
     if r.ok {
@@ -362,14 +329,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_kernel_releases() {
-        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
-        assert_eq!(kernel_version("5.10.0-28-cloud-amd64"), Some((5, 10)));
-        assert_eq!(kernel_version("garbage"), None);
-        assert_eq!(kernel_version(""), None);
-    }
-
-    #[test]
     fn identity_round_trips_through_the_shared_directory() {
         let dir = tempfile::tempdir().unwrap();
         let report = Report {
@@ -378,6 +337,7 @@ mod tests {
                 machine_id: "0123456789abcdef0123456789abcdef".into(),
                 kernel: "6.1.0".into(),
             },
+            host: None,
             checks: vec![Check {
                 name: "btf".into(),
                 ok: false,

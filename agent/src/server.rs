@@ -100,10 +100,8 @@ impl Server {
     fn index_page(&self) -> String {
         let mut rows = String::new();
         for p in self.agent.statuses() {
-            let (state, how) = match p.attach {
-                Some(kind) => ("up", kind.as_str()),
-                None => ("down", "none"),
-            };
+            let state = if p.is_up() { "up" } else { "down" };
+            let how = p.attach.as_str();
             rows.push_str(&format!(
                 "<tr><td>{}</td><td>{state}</td><td>{how}</td><td>{}</td></tr>\n",
                 html_escape(p.name),

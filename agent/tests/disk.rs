@@ -2,7 +2,7 @@
 //! operations checked against the device's own /sys/block/<dev>/stat.
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use common::{Agent, Metrics};
 
@@ -213,7 +213,12 @@ fn probe_costs_come_from_bpf_stats() {
             "status=none",
         ],
     );
-    let m = agent.metrics();
+    // Fill levels come from the agent's map upkeep (every second in tests).
+    let m = agent.metrics_until(Duration::from_secs(5), "DISK_HISTOGRAMS filled", |m| {
+        m.get("nodelens_map_entries{map=\"DISK_HISTOGRAMS\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
     for probe in [
         "sched_switch",
         "sched_wakeup",

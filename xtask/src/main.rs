@@ -11,6 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod btf_fixtures;
+mod import_graph;
 mod kernels;
 
 #[derive(Parser)]
@@ -40,6 +42,9 @@ enum Task {
     Lint,
     /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu, and on the host.
     Kernels,
+    /// Regenerate the BTF test fixtures (agent/tests/fixtures/btf) from the host's kernel
+    /// and the kernels the matrix boots.
+    BtfFixtures,
     /// Compare nodelens with node_exporter on this machine: probe cost per event, CPU per
     /// scrape, latency, bytes, series and RSS (as root).
     Bench {
@@ -63,6 +68,9 @@ const TEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "xz-utils",
+    // Decompressors for Debian's kernel images (BTF fixtures): zstd, and lz4 for 5.10.
+    "zstd",
+    "lz4",
 ];
 
 /// PyPI tools for the manifest checks, installed in a venv under target/tools/py.
@@ -87,6 +95,7 @@ fn main() -> ExitCode {
         Task::Kernels => setup(true)
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
             .and_then(|()| kernels::kernels()),
+        Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
         Task::Bench { short } => setup(true)
             .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
             .and_then(|()| bench::bench(bench::Options { short })),
@@ -194,13 +203,28 @@ fn apt_install(packages: &[String]) -> Result<()> {
     )
 }
 
-/// The LLVM major version of the nightly rustc, which bpf-linker must match.
-fn nightly_llvm_major() -> Result<u32> {
-    let out = cmd_output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV failed")?;
+/// The nightly the eBPF crate pins (`agent-ebpf/rust-toolchain.toml`).
+pub(crate) fn pinned_nightly() -> Result<String> {
+    let path = workspace_root().join("agent-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "channel").then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("{}: no channel = \"...\" line", path.display()))
+}
+
+/// The LLVM major version of the pinned nightly's rustc, which bpf-linker must match.
+fn nightly_llvm_major(toolchain: &str) -> Result<u32> {
+    let plus = format!("+{toolchain}");
+    let out =
+        cmd_output("rustc", &[&plus, "-vV"]).with_context(|| format!("rustc {plus} -vV failed"))?;
     let version = out
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
-        .context("rustc +nightly -vV printed no LLVM version")?;
+        .with_context(|| format!("rustc {plus} -vV printed no LLVM version"))?;
     version
         .split('.')
         .next()
@@ -218,37 +242,94 @@ fn bpf_linker_llvm_major() -> Option<u32> {
         .and_then(|rest| rest.split(['.', ' ']).next()?.parse().ok())
 }
 
-fn setup(test_tools: bool) -> Result<()> {
-    step("checking the nightly toolchain (builds the eBPF programs)");
-    let toolchains = cmd_output("rustup", &["toolchain", "list"])
-        .context("rustup not found: install it from your distribution or rustup.rs")?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        step("installing the nightly toolchain");
-        run_cmd(Command::new("rustup").args([
+/// The channel date of an installed toolchain, from its rustup manifest.
+fn toolchain_date(toolchain: &str) -> Option<String> {
+    let rustc = cmd_output("rustup", &["which", "rustc", "--toolchain", toolchain])?;
+    let lib = Path::new(rustc.trim())
+        .parent()?
+        .parent()?
+        .join("lib/rustlib");
+    let manifest = std::fs::read_to_string(lib.join("multirust-channel-manifest.toml")).ok()?;
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("date = "))
+        .map(|d| d.trim_matches('"').to_owned())
+}
+
+/// Installs the pinned nightly with rust-src and clippy. Offline, an installed `nightly` of
+/// the same channel date is the same toolchain: it is linked under the pinned name.
+fn install_pinned_nightly(pinned: &str) -> Result<()> {
+    let host = "x86_64-unknown-linux-gnu";
+    let installed = cmd_output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with(pinned)) {
+        step(&format!(
+            "{pinned} present (agent-ebpf/rust-toolchain.toml)"
+        ));
+    } else {
+        step(&format!(
+            "installing {pinned} (pinned in agent-ebpf/rust-toolchain.toml)"
+        ));
+        let install = run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            pinned,
             "--profile",
             "minimal",
-        ]))?;
+            "-c",
+            "rust-src",
+            "-c",
+            "clippy",
+        ]));
+        if let Err(e) = install {
+            let date = pinned.strip_prefix("nightly-").unwrap_or(pinned);
+            if toolchain_date("nightly").as_deref() != Some(date) {
+                return Err(e.context(format!(
+                    "cannot install {pinned}, and the installed nightly is not of {date}"
+                )));
+            }
+            step(&format!(
+                "offline: the installed nightly is the {date} channel; linking it as {pinned}"
+            ));
+            let home = std::env::var("RUSTUP_HOME")
+                .map(PathBuf::from)
+                .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".rustup")))
+                .context("neither RUSTUP_HOME nor HOME is set")?;
+            let toolchains = home.join("toolchains");
+            std::os::unix::fs::symlink(
+                toolchains.join(format!("nightly-{host}")),
+                toolchains.join(format!("{pinned}-{host}")),
+            )?;
+        }
     }
     let components = cmd_output(
         "rustup",
-        &["component", "list", "--installed", "--toolchain", "nightly"],
+        &["component", "list", "--installed", "--toolchain", pinned],
     )
     .unwrap_or_default();
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
-        step("adding rust-src to nightly (for -Z build-std=core)");
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    for component in ["rust-src", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(component)) {
+            step(&format!("adding {component} to {pinned}"));
+            run_cmd(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                pinned,
+            ]))?;
+        }
     }
+    Ok(())
+}
 
-    let llvm = nightly_llvm_major()?;
+fn setup(test_tools: bool) -> Result<()> {
+    step("checking the pinned nightly toolchain (builds the eBPF programs)");
+    if cmd_output("rustup", &["--version"]).is_none() {
+        bail!("rustup not found: install it from your distribution or rustup.rs");
+    }
+    let pinned = pinned_nightly()?;
+    install_pinned_nightly(&pinned)?;
+
+    let llvm = nightly_llvm_major(&pinned)?;
     step(&format!(
         "nightly rustc uses LLVM {llvm}; bpf-linker must link against the same"
     ));
@@ -391,7 +472,38 @@ fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     step("cargo clippy -D warnings");
     // Default members only: agent-ebpf's binary builds for the BPF target, through build.rs.
-    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    let pinned = pinned_nightly()?;
+    step(&format!(
+        "cargo +{pinned} clippy -D warnings on the eBPF programs (bpfel-unknown-none)"
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .arg(format!("+{pinned}"))
+            .args([
+                "clippy",
+                "--package",
+                "agent-ebpf",
+                "--bin",
+                "agent-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            // Its own target dir: the host build's flags must not trigger rebuilds here.
+            .env(
+                "CARGO_TARGET_DIR",
+                workspace_root().join("target/ebpf-lint"),
+            )
+            .current_dir(workspace_root()),
+    )?;
+    step("module imports form no circles (agent/src)");
+    import_graph::check(&workspace_root().join("agent/src"))
 }
 
 fn test() -> Result<()> {
@@ -402,8 +514,15 @@ fn test() -> Result<()> {
         );
     }
     lint()?;
-    step("unit tests");
-    cargo(&["test", "--bins"])?;
+    // The kernel's own BTF is hidden from the unit tests (a tmpfs over /sys/kernel/btf in a
+    // private mount namespace): layout tests must pass on fixtures alone, on any host.
+    step("unit tests, with /sys/kernel/btf hidden");
+    run_cmd(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs nodelens-no-btf /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && exec cargo test --bins")
+            .current_dir(workspace_root()),
+    )?;
     cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
     // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
     step("integration tests against the running kernel (as root, serialized)");

@@ -6,197 +6,346 @@
 //! tp_btf programs key requests by their `struct request` address. Classic tracepoints do
 //! not expose it, so those programs key by (dev, sector); both programs of the pair must
 //! use the same attach type, which user space enforces.
-use agent_ebpf::{
-    DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DiskCounters, DiskHistograms, DiskInFlight,
-    DiskKey, DiskLayout, disk_op_from_req_op, disk_op_from_rwbs,
-};
-use aya_ebpf::{
-    Global,
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, TracePointContext},
-};
+use crate::probes::histogram::Log2Histogram;
 
-use super::{histogram, kernel};
+/// Block request operation, decoded from `rwbs` (classic tracepoint) or from the request's
+/// `cmd_flags` (tp_btf). The values index [`DISK_OP_NAMES`].
+pub const DISK_OP_READ: u32 = 0;
+pub const DISK_OP_WRITE: u32 = 1;
+pub const DISK_OP_DISCARD: u32 = 2;
+pub const DISK_OP_FLUSH: u32 = 3;
+pub const DISK_OP_OTHER: u32 = 4;
+pub const DISK_OP_NAMES: [&str; 5] = ["read", "write", "discard", "flush", "other"];
 
-#[unsafe(no_mangle)]
-static DISK_LAYOUT: Global<DiskLayout> = Global::new(DiskLayout {
-    issue_rq_arg: 0,
-    request_data_len: 0,
-    request_cmd_flags: 0,
-    disk_in_request: 0,
-    request_rq_disk: 0,
-    request_q: 0,
-    queue_disk: 0,
-    gendisk_major: 0,
-    gendisk_first_minor: 0,
-    tp_issue_dev: 0,
-    tp_issue_sector: 0,
-    tp_issue_bytes: 0,
-    tp_issue_rwbs: 0,
-    tp_complete_dev: 0,
-    tp_complete_sector: 0,
-});
-
-#[map]
-static DISK_INFLIGHT: HashMap<u64, DiskInFlight> =
-    HashMap::with_max_entries(DISK_INFLIGHT_ENTRIES, 0);
-
-#[map]
-static DISK_HISTOGRAMS: PerCpuHashMap<DiskKey, DiskHistograms> =
-    PerCpuHashMap::with_max_entries(DISK_HISTOGRAM_ENTRIES, 0);
-
-/// Never written: the zeroed value a new histogram entry starts from (1 KiB is more than
-/// the 512-byte BPF stack can hold).
-#[map]
-static DISK_ZERO: PerCpuArray<DiskHistograms> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-static DISK_COUNTERS: PerCpuArray<DiskCounters> = PerCpuArray::with_max_entries(1, 0);
-
-const BPF_NOEXIST: u64 = 1;
-
+/// Decodes the operation from the kernel's `rwbs` string (blk_fill_rwbs): an optional
+/// leading `F` (preflush) followed by the operation letter.
 #[inline(always)]
-fn count(f: impl FnOnce(&mut DiskCounters)) {
-    if let Some(c) = DISK_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot.
-        f(unsafe { &mut *c });
+pub fn disk_op_from_rwbs(first: u8, second: u8) -> u32 {
+    let op = match (first, second) {
+        (b'F', b'R' | b'W' | b'D' | b'F') => second,
+        _ => first,
+    };
+    match op {
+        b'R' => DISK_OP_READ,
+        b'W' => DISK_OP_WRITE,
+        b'D' => DISK_OP_DISCARD,
+        b'F' => DISK_OP_FLUSH,
+        _ => DISK_OP_OTHER,
     }
 }
 
+/// Decodes the operation from `req_opf` (`cmd_flags & REQ_OP_MASK`).
 #[inline(always)]
-fn on_issue(key: u64, dev: u32, op: u32, bytes: u32) {
-    let inflight = DiskInFlight {
-        issued_ns: unsafe { bpf_ktime_get_ns() },
-        bytes,
-        dev,
-        op,
-        _pad: 0,
-    };
-    if DISK_INFLIGHT.insert(key, inflight, 0).is_err() {
-        count(|c| c.inflight_map_full += 1);
+pub fn disk_op_from_req_op(op: u32) -> u32 {
+    match op & 0xff {
+        0 => DISK_OP_READ,
+        1 => DISK_OP_WRITE,
+        2 => DISK_OP_FLUSH,
+        3 | 5 => DISK_OP_DISCARD, // REQ_OP_DISCARD, REQ_OP_SECURE_ERASE (rwbs "DE")
+        _ => DISK_OP_OTHER,
     }
 }
 
-#[inline(always)]
-fn on_complete(key: u64) {
-    // A completion without an issue (attached mid-request) is not recorded at all.
-    // SAFETY: copied out before the entry is removed.
-    let Some(inflight) = (unsafe { DISK_INFLIGHT.get(key) }).copied() else {
-        return;
+/// Histogram key: the whole disk (kernel dev_t, major << 20 | minor) and the operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DiskKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// Latency (ns) and size (bytes) of completed requests, recorded together at completion so
+/// that both histograms always have the same count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DiskHistograms {
+    pub latency: Log2Histogram,
+    pub size: Log2Histogram,
+}
+
+/// A request between issue and completion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskInFlight {
+    pub issued_ns: u64,
+    pub bytes: u32,
+    pub dev: u32,
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// Requests in flight at once, node-wide. Deep NVMe queues reach a few thousand.
+pub const DISK_INFLIGHT_ENTRIES: u32 = 16384;
+/// Distinct (disk, op) pairs.
+pub const DISK_HISTOGRAM_ENTRIES: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskCounters {
+    /// An issue could not be recorded: the in-flight map was full.
+    pub inflight_map_full: u64,
+    /// A (disk, op) histogram could not be created: the histogram map was full.
+    pub histogram_map_full: u64,
+}
+
+/// Offsets for the tp_btf block programs, from BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskLayout {
+    /// Argument index of `struct request *` in block_rq_issue (0 since 5.11, 1 before).
+    pub issue_rq_arg: u32,
+    pub request_data_len: u32,
+    pub request_cmd_flags: u32,
+    /// 1: the disk is `request.rq_disk` (before 5.19); 0: `request.q->disk`.
+    pub disk_in_request: u32,
+    pub request_rq_disk: u32,
+    pub request_q: u32,
+    pub queue_disk: u32,
+    pub gendisk_major: u32,
+    pub gendisk_first_minor: u32,
+    /// Classic tracepoint fields.
+    pub tp_issue_dev: u32,
+    pub tp_issue_sector: u32,
+    pub tp_issue_bytes: u32,
+    pub tp_issue_rwbs: u32,
+    pub tp_complete_dev: u32,
+    pub tp_complete_sector: u32,
+}
+
+/// Name of the global holding [`DiskLayout`] in the eBPF object.
+pub const DISK_LAYOUT_GLOBAL: &str = "DISK_LAYOUT";
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] structs of u64/u32 fields with explicit padding.
+    unsafe impl aya::Pod for super::DiskKey {}
+    unsafe impl aya::Pod for super::DiskHistograms {}
+    unsafe impl aya::Pod for super::DiskCounters {}
+    unsafe impl aya::Pod for super::DiskInFlight {}
+    unsafe impl aya::Pod for super::DiskLayout {}
+}
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        Global,
+        bindings::BPF_NOEXIST,
+        helpers::bpf_ktime_get_ns,
+        macros::{btf_tracepoint, map, tracepoint},
+        maps::{HashMap, PerCpuArray, PerCpuHashMap},
+        programs::{BtfTracePointContext, TracePointContext},
     };
-    let _ = DISK_INFLIGHT.remove(key);
-    let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(inflight.issued_ns);
-    let hkey = DiskKey {
-        dev: inflight.dev,
-        op: inflight.op,
+
+    use super::{
+        DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DiskCounters, DiskHistograms, DiskInFlight,
+        DiskKey, DiskLayout, disk_op_from_req_op, disk_op_from_rwbs,
     };
-    let hist = match DISK_HISTOGRAMS.get_ptr_mut(hkey) {
-        Some(h) => h,
-        None => {
-            let Some(zero) = DISK_ZERO.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: the zero entry is never written.
-            let _ = DISK_HISTOGRAMS.insert(hkey, unsafe { &*zero }, BPF_NOEXIST);
-            match DISK_HISTOGRAMS.get_ptr_mut(hkey) {
-                Some(h) => h,
-                None => {
-                    count(|c| c.histogram_map_full += 1);
+    use crate::probes::kernel;
+
+    #[unsafe(no_mangle)]
+    static DISK_LAYOUT: Global<DiskLayout> = Global::new(DiskLayout {
+        issue_rq_arg: 0,
+        request_data_len: 0,
+        request_cmd_flags: 0,
+        disk_in_request: 0,
+        request_rq_disk: 0,
+        request_q: 0,
+        queue_disk: 0,
+        gendisk_major: 0,
+        gendisk_first_minor: 0,
+        tp_issue_dev: 0,
+        tp_issue_sector: 0,
+        tp_issue_bytes: 0,
+        tp_issue_rwbs: 0,
+        tp_complete_dev: 0,
+        tp_complete_sector: 0,
+    });
+
+    #[map]
+    static DISK_INFLIGHT: HashMap<u64, DiskInFlight> =
+        HashMap::with_max_entries(DISK_INFLIGHT_ENTRIES, 0);
+
+    #[map]
+    static DISK_HISTOGRAMS: PerCpuHashMap<DiskKey, DiskHistograms> =
+        PerCpuHashMap::with_max_entries(DISK_HISTOGRAM_ENTRIES, 0);
+
+    /// Never written: the zeroed value a new histogram entry starts from (1 KiB is more than
+    /// the 512-byte BPF stack can hold).
+    #[map]
+    static DISK_ZERO: PerCpuArray<DiskHistograms> = PerCpuArray::with_max_entries(1, 0);
+
+    #[map]
+    static DISK_COUNTERS: PerCpuArray<DiskCounters> = PerCpuArray::with_max_entries(1, 0);
+
+    #[inline(always)]
+    fn count(f: impl FnOnce(&mut DiskCounters)) {
+        if let Some(c) = DISK_COUNTERS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot.
+            f(unsafe { &mut *c });
+        }
+    }
+
+    #[inline(always)]
+    fn on_issue(key: u64, dev: u32, op: u32, bytes: u32) {
+        let inflight = DiskInFlight {
+            issued_ns: unsafe { bpf_ktime_get_ns() },
+            bytes,
+            dev,
+            op,
+            _pad: 0,
+        };
+        if DISK_INFLIGHT.insert(key, inflight, 0).is_err() {
+            count(|c| c.inflight_map_full += 1);
+        }
+    }
+
+    #[inline(always)]
+    fn on_complete(key: u64) {
+        // A completion without an issue (attached mid-request) is not recorded at all.
+        // SAFETY: copied out before the entry is removed.
+        let Some(inflight) = (unsafe { DISK_INFLIGHT.get(key) }).copied() else {
+            return;
+        };
+        let _ = DISK_INFLIGHT.remove(key);
+        let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(inflight.issued_ns);
+        let hkey = DiskKey {
+            dev: inflight.dev,
+            op: inflight.op,
+        };
+        let hist = match DISK_HISTOGRAMS.get_ptr_mut(hkey) {
+            Some(h) => h,
+            None => {
+                let Some(zero) = DISK_ZERO.get_ptr(0) else {
                     return;
+                };
+                // By reference: a copy of the 1 KiB value would not fit the 512-byte stack.
+                // SAFETY: the zero entry is never written.
+                #[allow(clippy::needless_borrows_for_generic_args)]
+                let _ = DISK_HISTOGRAMS.insert(hkey, unsafe { &*zero }, u64::from(BPF_NOEXIST));
+                match DISK_HISTOGRAMS.get_ptr_mut(hkey) {
+                    Some(h) => h,
+                    None => {
+                        count(|c| c.histogram_map_full += 1);
+                        return;
+                    }
                 }
             }
-        }
-    };
-    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-    let hist = unsafe { &mut *hist };
-    histogram::add(&mut hist.latency, latency);
-    histogram::add(&mut hist.size, u64::from(inflight.bytes));
-}
+        };
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        let hist = unsafe { &mut *hist };
+        hist.latency.add(latency);
+        hist.size.add(u64::from(inflight.bytes));
+    }
 
-/// Kernel dev_t (major << 20 | minor) of the request's whole disk.
-#[inline(always)]
-unsafe fn request_dev(rq: *const u8, layout: &DiskLayout) -> Result<u32, i32> {
-    let disk = if layout.disk_in_request != 0 {
-        unsafe { kernel::read_ptr(rq, layout.request_rq_disk)? }
-    } else {
-        let q = unsafe { kernel::read_ptr(rq, layout.request_q)? };
-        if q.is_null() {
+    /// Kernel dev_t (major << 20 | minor) of the request's whole disk.
+    #[inline(always)]
+    unsafe fn request_dev(rq: *const u8, layout: &DiskLayout) -> Result<u32, i32> {
+        let disk = if layout.disk_in_request != 0 {
+            unsafe { kernel::read_ptr(rq, layout.request_rq_disk)? }
+        } else {
+            let q = unsafe { kernel::read_ptr(rq, layout.request_q)? };
+            if q.is_null() {
+                return Ok(0);
+            }
+            unsafe { kernel::read_ptr(q, layout.queue_disk)? }
+        };
+        if disk.is_null() {
             return Ok(0);
         }
-        unsafe { kernel::read_ptr(q, layout.queue_disk)? }
-    };
-    if disk.is_null() {
-        return Ok(0);
+        let major = unsafe { kernel::read_u32(disk, layout.gendisk_major)? };
+        let minor = unsafe { kernel::read_u32(disk, layout.gendisk_first_minor)? };
+        Ok((major << 20) | (minor & 0xfffff))
     }
-    let major = unsafe { kernel::read_u32(disk, layout.gendisk_major)? };
-    let minor = unsafe { kernel::read_u32(disk, layout.gendisk_first_minor)? };
-    Ok((major << 20) | (minor & 0xfffff))
-}
 
-#[btf_tracepoint(function = "block_rq_issue")]
-pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> u32 {
-    let layout = DISK_LAYOUT.load();
-    // The verifier needs a constant context offset, hence the branch.
-    let rq: *const u8 = if layout.issue_rq_arg == 1 {
-        ctx.arg(1)
-    } else {
-        ctx.arg(0)
-    };
-    let _ = unsafe { try_issue_btf(rq, &layout) };
-    0
-}
-
-unsafe fn try_issue_btf(rq: *const u8, layout: &DiskLayout) -> Result<(), i32> {
-    let bytes = unsafe { kernel::read_u32(rq, layout.request_data_len)? };
-    let flags = unsafe { kernel::read_u32(rq, layout.request_cmd_flags)? };
-    let dev = unsafe { request_dev(rq, layout)? };
-    on_issue(rq as u64, dev, disk_op_from_req_op(flags), bytes);
-    Ok(())
-}
-
-#[btf_tracepoint(function = "block_rq_complete")]
-pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
-    let rq: *const u8 = ctx.arg(0);
-    on_complete(rq as u64);
-    0
-}
-
-/// (dev, sector) folded into one key for the classic tracepoints.
-#[inline(always)]
-fn dev_sector_key(dev: u32, sector: u64) -> u64 {
-    sector.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(dev)
-}
-
-#[tracepoint]
-pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
-    let _ = unsafe { try_issue_tp(&ctx) };
-    0
-}
-
-unsafe fn try_issue_tp(ctx: &TracePointContext) -> Result<(), i32> {
-    let l = DISK_LAYOUT.load();
-    let dev = unsafe { ctx.read_at::<u32>(l.tp_issue_dev as usize)? };
-    let sector = unsafe { ctx.read_at::<u64>(l.tp_issue_sector as usize)? };
-    let bytes = unsafe { ctx.read_at::<u32>(l.tp_issue_bytes as usize)? };
-    let rwbs = unsafe { ctx.read_at::<[u8; 2]>(l.tp_issue_rwbs as usize)? };
-    on_issue(
-        dev_sector_key(dev, sector),
-        dev,
-        disk_op_from_rwbs(rwbs[0], rwbs[1]),
-        bytes,
-    );
-    Ok(())
-}
-
-#[tracepoint]
-pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
-    let l = DISK_LAYOUT.load();
-    let dev = unsafe { ctx.read_at::<u32>(l.tp_complete_dev as usize) };
-    let sector = unsafe { ctx.read_at::<u64>(l.tp_complete_sector as usize) };
-    if let (Ok(dev), Ok(sector)) = (dev, sector) {
-        on_complete(dev_sector_key(dev, sector));
+    #[btf_tracepoint(function = "block_rq_issue")]
+    pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> u32 {
+        let layout = DISK_LAYOUT.load();
+        // The verifier needs a constant context offset, hence the branch.
+        let rq: *const u8 = if layout.issue_rq_arg == 1 {
+            ctx.arg(1)
+        } else {
+            ctx.arg(0)
+        };
+        let _ = unsafe { try_issue_btf(rq, &layout) };
+        0
     }
-    0
+
+    unsafe fn try_issue_btf(rq: *const u8, layout: &DiskLayout) -> Result<(), i32> {
+        let bytes = unsafe { kernel::read_u32(rq, layout.request_data_len)? };
+        let flags = unsafe { kernel::read_u32(rq, layout.request_cmd_flags)? };
+        let dev = unsafe { request_dev(rq, layout)? };
+        on_issue(rq as u64, dev, disk_op_from_req_op(flags), bytes);
+        Ok(())
+    }
+
+    #[btf_tracepoint(function = "block_rq_complete")]
+    pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
+        let rq: *const u8 = ctx.arg(0);
+        on_complete(rq as u64);
+        0
+    }
+
+    /// (dev, sector) folded into one key for the classic tracepoints.
+    #[inline(always)]
+    fn dev_sector_key(dev: u32, sector: u64) -> u64 {
+        sector.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(dev)
+    }
+
+    #[tracepoint]
+    pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
+        let _ = unsafe { try_issue_tp(&ctx) };
+        0
+    }
+
+    unsafe fn try_issue_tp(ctx: &TracePointContext) -> Result<(), i32> {
+        let l = DISK_LAYOUT.load();
+        let dev = unsafe { ctx.read_at::<u32>(l.tp_issue_dev as usize)? };
+        let sector = unsafe { ctx.read_at::<u64>(l.tp_issue_sector as usize)? };
+        let bytes = unsafe { ctx.read_at::<u32>(l.tp_issue_bytes as usize)? };
+        let rwbs = unsafe { ctx.read_at::<[u8; 2]>(l.tp_issue_rwbs as usize)? };
+        on_issue(
+            dev_sector_key(dev, sector),
+            dev,
+            disk_op_from_rwbs(rwbs[0], rwbs[1]),
+            bytes,
+        );
+        Ok(())
+    }
+
+    #[tracepoint]
+    pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
+        let l = DISK_LAYOUT.load();
+        let dev = unsafe { ctx.read_at::<u32>(l.tp_complete_dev as usize) };
+        let sector = unsafe { ctx.read_at::<u64>(l.tp_complete_sector as usize) };
+        if let (Ok(dev), Ok(sector)) = (dev, sector) {
+            on_complete(dev_sector_key(dev, sector));
+        }
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rwbs_decoding_follows_blk_fill_rwbs() {
+        let op = |s: &[u8]| disk_op_from_rwbs(s[0], *s.get(1).unwrap_or(&0));
+        assert_eq!(op(b"R"), DISK_OP_READ);
+        assert_eq!(op(b"RA"), DISK_OP_READ);
+        assert_eq!(op(b"WS"), DISK_OP_WRITE);
+        assert_eq!(op(b"FWS"), DISK_OP_WRITE, "preflush then write");
+        assert_eq!(op(b"WFS"), DISK_OP_WRITE, "write with FUA");
+        assert_eq!(op(b"F"), DISK_OP_FLUSH);
+        assert_eq!(op(b"FF"), DISK_OP_FLUSH);
+        assert_eq!(op(b"FS"), DISK_OP_FLUSH);
+        assert_eq!(op(b"D"), DISK_OP_DISCARD);
+        assert_eq!(op(b"DE"), DISK_OP_DISCARD);
+        assert_eq!(op(b"N"), DISK_OP_OTHER);
+        assert_eq!(disk_op_from_req_op(0), DISK_OP_READ);
+        assert_eq!(disk_op_from_req_op(1 | 1 << 11), DISK_OP_WRITE);
+        assert_eq!(disk_op_from_req_op(2), DISK_OP_FLUSH);
+        assert_eq!(disk_op_from_req_op(3), DISK_OP_DISCARD);
+        assert_eq!(disk_op_from_req_op(9), DISK_OP_OTHER);
+    }
 }

@@ -1,4 +1,5 @@
-//! Reading kernel memory at offsets resolved by user space.
+//! Reading kernel memory at offsets resolved by user space, and the one atomic add the
+//! programs need. BPF target only.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 #[inline(always)]
@@ -24,4 +25,20 @@ pub unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
 #[inline(always)]
 pub unsafe fn btf_load<T: Copy>(base: *const u8, offset: u32) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset as usize) as *const T) }
+}
+
+/// Atomically adds `value` to a u64 in a map value shared by every CPU.
+///
+/// The BPF target has no compare-and-swap, so core offers no `AtomicU64::fetch_add` there
+/// (`target_has_atomic = "64"` is unset). LLVM does lower an atomic add whose result is
+/// unused to the BPF atomic add instruction, which every kernel with BPF has; the only way
+/// to ask for it is the `atomic_xadd` intrinsic. Its signature has changed between
+/// nightlies, which is why the nightly is pinned (`rust-toolchain.toml` in this crate) and
+/// why this is the only place that names it: `cargo xtask lint` builds and lints this crate
+/// for the BPF target, so a nightly that changes it fails there, loudly, first.
+#[inline(always)]
+pub fn atomic_add(field: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: `field` points into a map value, which outlives the program run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, value) };
 }

@@ -1,5 +1,5 @@
-//! Scheduler probes: run-queue latency (runqlat semantics), context switches, and each
-//! cgroup's CPU time, run-queue wait and switches.
+//! Scheduler: run-queue latency (runqlat semantics), context switches, and each cgroup's
+//! CPU time, run-queue wait and switches.
 //!
 //! A task's run-queue wait starts when it is woken (`sched_wakeup`, `sched_wakeup_new`) or
 //! when it is switched out while still runnable (preempted), and ends when `sched_switch`
@@ -11,202 +11,271 @@
 //!
 //! Each event exists twice: as a BTF tracepoint (`tp_btf`, preferred: no tracefs, cheaper
 //! per event) and as a classic tracepoint. User space loads one of the two per probe.
-use agent_ebpf::{RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout};
-use aya_ebpf::{
-    EbpfContext, Global,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
-};
-use aya_log_ebpf::warn;
+use crate::probes::histogram::Log2Histogram;
 
-use super::{cgroup, histogram, kernel};
+/// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
+pub const RUNQUEUE_START_ENTRIES: u32 = 10240;
 
-#[unsafe(no_mangle)]
-static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
-    task_pid: 0,
-    task_state: 0,
-    task_state_size: 0,
-    tp_wakeup_pid: 0,
-    tp_switch_prev_pid: 0,
-    tp_switch_prev_state: 0,
-    tp_switch_prev_state_size: 0,
-    tp_switch_next_pid: 0,
-});
+/// Scheduler counters, run-queue histogram and per-CPU state: one entry per CPU, so each
+/// sched_switch needs a single lookup for all of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SchedCounters {
+    /// `prev` gave up the CPU by blocking (it was not runnable and not preempted).
+    pub voluntary_switches: u64,
+    /// `prev` was preempted or yielded while still runnable.
+    pub involuntary_switches: u64,
+    /// A wakeup timestamp could not be stored because the start map was full.
+    pub start_map_full: u64,
+    /// A cgroup's statistics could not be stored because the cgroup map was full.
+    pub cgroup_map_full: u64,
+    /// When this CPU last switched tasks: the task leaving at the next switch has run
+    /// since then. Per-CPU state rather than a counter; 0 until the first switch is seen.
+    pub last_switch_ns: u64,
+    /// How long the task now on this CPU waited for it. Charged to that task's cgroup when
+    /// it leaves the CPU, together with its run time, in the same map update.
+    pub pending_wait_ns: u64,
+    /// Run-queue latency of every task this CPU switched in.
+    pub runqueue_latency: Log2Histogram,
+}
 
-/// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU.
-#[map]
-static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
+/// Kernel layout passed to the programs at load time (`EbpfLoader::override_global`).
+///
+/// The eBPF side has no CO-RE relocations, so every struct offset comes from the running
+/// kernel's BTF or from the tracepoint's `format` file, never from a constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedLayout {
+    /// `task_struct.pid` offset in bytes (BTF).
+    pub task_pid: u32,
+    /// `task_struct.__state` (5.14+) or `task_struct.state` offset in bytes (BTF).
+    pub task_state: u32,
+    /// Size of that state field: 4 for `unsigned int __state`, 8 for `long state`.
+    pub task_state_size: u32,
+    /// `sched_wakeup` / `sched_wakeup_new` format: offset of `pid`.
+    pub tp_wakeup_pid: u32,
+    /// `sched_switch` format: offsets of `prev_pid`, `prev_state`, `next_pid`.
+    pub tp_switch_prev_pid: u32,
+    pub tp_switch_prev_state: u32,
+    /// Size of `prev_state` in the format file (`long`: 8 on 64-bit kernels).
+    pub tp_switch_prev_state_size: u32,
+    pub tp_switch_next_pid: u32,
+}
 
-/// Counters, the run-queue histogram and per-CPU state, in one entry per CPU.
-#[map]
-static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entries(1, 0);
+/// Name of the global holding [`SchedLayout`] in the eBPF object.
+pub const SCHED_LAYOUT_GLOBAL: &str = "SCHED_LAYOUT";
 
-/// Task states in the low byte of `prev_state`; the classic tracepoint sets bit 8
-/// (TASK_REPORT_MAX) instead when the task was preempted.
-const TASK_STATE_MASK: u64 = 0xff;
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] structs of u64/u32 fields without implicit padding.
+    unsafe impl aya::Pod for super::SchedCounters {}
+    unsafe impl aya::Pod for super::SchedLayout {}
+}
 
-#[inline(always)]
-fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64) {
-    if pid == 0 {
-        return;
-    }
-    if RUNQUEUE_START.insert(pid, now, 0).is_err()
-        && let Some(c) = SCHED_COUNTERS.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            // Log the first loss on each CPU only: the counter carries the rest.
-            if (*c).start_map_full == 0 {
-                warn!(
-                    ctx,
-                    "runqueue start map full: run-queue latency samples are being lost"
-                );
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use super::{RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout};
+    use aya_ebpf::{
+        EbpfContext, Global,
+        helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+        macros::{btf_tracepoint, map, tracepoint},
+        maps::{HashMap, PerCpuArray},
+        programs::{BtfTracePointContext, TracePointContext},
+    };
+    use aya_log_ebpf::warn;
+
+    use crate::probes::{cgroup::programs as cgroup, kernel};
+
+    #[unsafe(no_mangle)]
+    static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
+        task_pid: 0,
+        task_state: 0,
+        task_state_size: 0,
+        tp_wakeup_pid: 0,
+        tp_switch_prev_pid: 0,
+        tp_switch_prev_state: 0,
+        tp_switch_prev_state_size: 0,
+        tp_switch_next_pid: 0,
+    });
+
+    /// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU.
+    #[map]
+    static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
+
+    /// Counters, the run-queue histogram and per-CPU state, in one entry per CPU.
+    #[map]
+    static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Task states in the low byte of `prev_state`; the classic tracepoint sets bit 8
+    /// (TASK_REPORT_MAX) instead when the task was preempted.
+    const TASK_STATE_MASK: u64 = 0xff;
+
+    #[inline(always)]
+    fn enqueue<C: EbpfContext>(ctx: &C, pid: u32, now: u64) {
+        if pid == 0 {
+            return;
+        }
+        if RUNQUEUE_START.insert(pid, now, 0).is_err()
+            && let Some(c) = SCHED_COUNTERS.get_ptr_mut(0)
+        {
+            // SAFETY: per-CPU slot.
+            unsafe {
+                // Log the first loss on each CPU only: the counter carries the rest.
+                if (*c).start_map_full == 0 {
+                    warn!(
+                        ctx,
+                        "runqueue start map full: run-queue latency samples are being lost"
+                    );
+                }
+                (*c).start_map_full += 1;
             }
-            (*c).start_map_full += 1;
         }
     }
-}
 
-#[inline(always)]
-fn on_wakeup<C: EbpfContext>(ctx: &C, pid: u32) {
-    enqueue(ctx, pid, unsafe { bpf_ktime_get_ns() });
-}
-
-/// Lookups per switch: this CPU's entry, the leaving task's cgroup, and the arriving task's
-/// wait start (plus an insert when the leaving task was preempted).
-#[inline(always)]
-fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(cpu) = SCHED_COUNTERS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, only this CPU touches it.
-    let cpu = unsafe { &mut *cpu };
-    if prev_runnable {
-        cpu.involuntary_switches += 1;
-    } else {
-        cpu.voluntary_switches += 1;
+    #[inline(always)]
+    fn on_wakeup<C: EbpfContext>(ctx: &C, pid: u32) {
+        enqueue(ctx, pid, unsafe { bpf_ktime_get_ns() });
     }
-    let ran_since = cpu.last_switch_ns;
-    let waited = cpu.pending_wait_ns;
-    cpu.last_switch_ns = now;
-    cpu.pending_wait_ns = 0;
 
-    // The idle task's time is idle, not any cgroup's CPU time.
-    if prev_pid != 0 {
-        // `current` is still prev here.
-        match cgroup::stats(unsafe { bpf_get_current_cgroup_id() }) {
-            // SAFETY: the entry lives in the map; fields are updated atomically.
-            Some(stats) => unsafe {
-                if ran_since != 0 {
-                    cgroup::add(&raw mut (*stats).cpu_ns, now.saturating_sub(ran_since));
-                }
-                if waited != 0 {
-                    cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
-                }
-                if prev_runnable {
-                    cgroup::add(&raw mut (*stats).involuntary_switches, 1);
-                } else {
-                    cgroup::add(&raw mut (*stats).voluntary_switches, 1);
-                }
-            },
-            None => cpu.cgroup_map_full += 1,
-        }
+    /// Lookups per switch: this CPU's entry, the leaving task's cgroup, and the arriving task's
+    /// wait start (plus an insert when the leaving task was preempted).
+    #[inline(always)]
+    fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let Some(cpu) = SCHED_COUNTERS.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: per-CPU slot, only this CPU touches it.
+        let cpu = unsafe { &mut *cpu };
         if prev_runnable {
-            enqueue(ctx, prev_pid, now);
+            cpu.involuntary_switches += 1;
+        } else {
+            cpu.voluntary_switches += 1;
+        }
+        let ran_since = cpu.last_switch_ns;
+        let waited = cpu.pending_wait_ns;
+        cpu.last_switch_ns = now;
+        cpu.pending_wait_ns = 0;
+
+        // The idle task's time is idle, not any cgroup's CPU time.
+        if prev_pid != 0 {
+            // `current` is still prev here.
+            let stats = if cgroup::enabled() {
+                cgroup::stats(unsafe { bpf_get_current_cgroup_id() }).ok_or(true)
+            } else {
+                Err(false)
+            };
+            match stats {
+                // SAFETY: the entry lives in the map; fields are updated atomically.
+                Ok(stats) => unsafe {
+                    if ran_since != 0 {
+                        cgroup::add(&raw mut (*stats).cpu_ns, now.saturating_sub(ran_since));
+                    }
+                    if waited != 0 {
+                        cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
+                    }
+                    if prev_runnable {
+                        cgroup::add(&raw mut (*stats).involuntary_switches, 1);
+                    } else {
+                        cgroup::add(&raw mut (*stats).voluntary_switches, 1);
+                    }
+                },
+                Err(map_full) => cpu.cgroup_map_full += u64::from(map_full),
+            }
+            if prev_runnable {
+                enqueue(ctx, prev_pid, now);
+            }
+        }
+        if next_pid == 0 {
+            return;
+        }
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(start) = (unsafe { RUNQUEUE_START.get(next_pid) }).copied() else {
+            return;
+        };
+        let _ = RUNQUEUE_START.remove(next_pid);
+        let waited = now.saturating_sub(start);
+        cpu.runqueue_latency.add(waited);
+        cpu.pending_wait_ns = waited;
+    }
+
+    // ---- BTF tracepoints -------------------------------------------------------------------
+
+    #[btf_tracepoint(function = "sched_wakeup")]
+    pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
+        let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
+        on_wakeup(&ctx, pid);
+        0
+    }
+
+    #[btf_tracepoint(function = "sched_wakeup_new")]
+    pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
+        let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
+        on_wakeup(&ctx, pid);
+        0
+    }
+
+    #[btf_tracepoint(function = "sched_switch")]
+    pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
+        // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...):
+        // the first three arguments are the same on every kernel since tp_btf exists.
+        let preempt: u64 = ctx.arg(0);
+        let prev: *const u8 = ctx.arg(1);
+        let next: *const u8 = ctx.arg(2);
+        let layout = SCHED_LAYOUT.load();
+        // Direct loads through the BTF-typed arguments (see kernel::btf_load): no helper calls
+        // on the hottest path.
+        let state: u64 = if layout.task_state_size == 8 {
+            unsafe { kernel::btf_load::<u64>(prev, layout.task_state) }
+        } else {
+            u64::from(unsafe { kernel::btf_load::<u32>(prev, layout.task_state) })
+        };
+        // Matches the kernel's own nvcsw/nivcsw split in __schedule().
+        let prev_runnable = (preempt & 1) != 0 || (state & TASK_STATE_MASK) == 0;
+        // prev is still `current` here.
+        let prev_pid = bpf_get_current_pid_tgid() as u32;
+        let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
+        on_switch(&ctx, prev_pid, prev_runnable, next_pid);
+        0
+    }
+
+    // ---- classic tracepoints (fallback: need tracefs) ---------------------------------------
+
+    #[tracepoint]
+    pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
+        let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
+        if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
+            on_wakeup(&ctx, pid);
+        }
+        0
+    }
+
+    #[tracepoint]
+    pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
+        let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
+        if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
+            on_wakeup(&ctx, pid);
+        }
+        0
+    }
+
+    #[tracepoint]
+    pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
+        match unsafe { try_sched_switch_tp(&ctx) } {
+            Ok(()) | Err(_) => 0,
         }
     }
-    if next_pid == 0 {
-        return;
+
+    unsafe fn try_sched_switch_tp(ctx: &TracePointContext) -> Result<(), i32> {
+        let layout = SCHED_LAYOUT.load();
+        let state: u64 = if layout.tp_switch_prev_state_size == 8 {
+            unsafe { ctx.read_at::<u64>(layout.tp_switch_prev_state as usize)? }
+        } else {
+            u64::from(unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_state as usize)? })
+        };
+        let prev_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_pid as usize)? };
+        let next_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_next_pid as usize)? };
+        on_switch(ctx, prev_pid, (state & TASK_STATE_MASK) == 0, next_pid);
+        Ok(())
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { RUNQUEUE_START.get(next_pid) }).copied() else {
-        return;
-    };
-    let _ = RUNQUEUE_START.remove(next_pid);
-    let waited = now.saturating_sub(start);
-    histogram::add(&mut cpu.runqueue_latency, waited);
-    cpu.pending_wait_ns = waited;
-}
-
-// ---- BTF tracepoints -------------------------------------------------------------------
-
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> u32 {
-    let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
-    on_wakeup(&ctx, pid);
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> u32 {
-    let pid = unsafe { kernel::btf_load::<u32>(ctx.arg(0), SCHED_LAYOUT.load().task_pid) };
-    on_wakeup(&ctx, pid);
-    0
-}
-
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
-    // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...):
-    // the first three arguments are the same on every kernel since tp_btf exists.
-    let preempt: u64 = ctx.arg(0);
-    let prev: *const u8 = ctx.arg(1);
-    let next: *const u8 = ctx.arg(2);
-    let layout = SCHED_LAYOUT.load();
-    // Direct loads through the BTF-typed arguments (see kernel::btf_load): no helper calls
-    // on the hottest path.
-    let state: u64 = if layout.task_state_size == 8 {
-        unsafe { kernel::btf_load::<u64>(prev, layout.task_state) }
-    } else {
-        u64::from(unsafe { kernel::btf_load::<u32>(prev, layout.task_state) })
-    };
-    // Matches the kernel's own nvcsw/nivcsw split in __schedule().
-    let prev_runnable = (preempt & 1) != 0 || (state & TASK_STATE_MASK) == 0;
-    // prev is still `current` here.
-    let prev_pid = bpf_get_current_pid_tgid() as u32;
-    let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
-    on_switch(&ctx, prev_pid, prev_runnable, next_pid);
-    0
-}
-
-// ---- classic tracepoints (fallback: need tracefs) ---------------------------------------
-
-#[tracepoint]
-pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
-    let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
-    if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        on_wakeup(&ctx, pid);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
-    let offset = SCHED_LAYOUT.load().tp_wakeup_pid as usize;
-    if let Ok(pid) = unsafe { ctx.read_at::<u32>(offset) } {
-        on_wakeup(&ctx, pid);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
-    match unsafe { try_sched_switch_tp(&ctx) } {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
-unsafe fn try_sched_switch_tp(ctx: &TracePointContext) -> Result<(), i32> {
-    let layout = SCHED_LAYOUT.load();
-    let state: u64 = if layout.tp_switch_prev_state_size == 8 {
-        unsafe { ctx.read_at::<u64>(layout.tp_switch_prev_state as usize)? }
-    } else {
-        u64::from(unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_state as usize)? })
-    };
-    let prev_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_pid as usize)? };
-    let next_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_next_pid as usize)? };
-    on_switch(ctx, prev_pid, (state & TASK_STATE_MASK) == 0, next_pid);
-    Ok(())
 }

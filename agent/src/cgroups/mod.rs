@@ -8,6 +8,7 @@ use std::{
 };
 
 pub mod kubernetes;
+pub mod tracker;
 
 use kubernetes::PodNames;
 
@@ -122,6 +123,16 @@ impl CgroupResolver {
             return self.paths.get(&id).cloned();
         }
         None
+    }
+
+    /// The labels of `id`, walking the tree first unless a walk started after `since`
+    /// already looked for it.
+    pub fn labels_walked_since(&mut self, id: u64, since: Instant) -> Option<CgroupLabels> {
+        if !self.paths.contains_key(&id) && self.walked.is_none_or(|at| at < since) {
+            self.walk();
+        }
+        let path = self.paths.get(&id)?.clone();
+        Some(self.labels_for_path(path))
     }
 
     /// Whether the cgroup still exists (its directory is there with the same inode).

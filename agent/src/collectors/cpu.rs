@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use super::{
-    CollectError, Collector, HostPaths,
+    source::HostPaths,
     stat::{self, USER_HZ},
 };
-use crate::metrics::family;
+use crate::metrics::{CollectError, Collector, family};
 
 #[derive(Debug)]
 pub struct CpuCollector {

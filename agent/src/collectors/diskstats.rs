@@ -6,8 +6,8 @@ use procfs::DiskStat;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use regex::Regex;
 
-use super::{CollectError, Collector, HostPaths, parse_error, read_to_string};
-use crate::metrics::family;
+use super::source::{HostPaths, parse_error, read_to_string};
+use crate::metrics::{CollectError, Collector, family};
 
 /// node_exporter 1.5's `--collector.diskstats.device-exclude` default.
 pub const DEFAULT_DEVICE_EXCLUDE: &str =

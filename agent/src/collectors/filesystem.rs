@@ -5,16 +5,14 @@
 //! `/host/root`); mount points are reported as the host sees them.
 use std::{
     collections::HashSet,
-    ffi::CString,
-    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use regex::Regex;
 
-use super::{CollectError, Collector, HostPaths, read_to_string};
-use crate::metrics::family;
+use super::source::{HostPaths, read_to_string};
+use crate::metrics::{CollectError, Collector, family};
 
 /// node_exporter 1.5's `--collector.filesystem.mount-points-exclude` default.
 pub const DEFAULT_MOUNT_POINTS_EXCLUDE: &str =
@@ -104,13 +102,7 @@ struct FsStats {
 }
 
 fn statfs(path: &Path) -> std::io::Result<FsStats> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: statfs fills the zeroed struct or fails; the path is NUL-terminated.
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let s = rustix::fs::statfs(path)?;
     let bsize = s.f_bsize as f64;
     Ok(FsStats {
         size: s.f_blocks as f64 * bsize,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{CollectError, Collector, HostPaths, parse_error, read_to_string};
-use crate::metrics::gauge;
+use super::source::{HostPaths, parse_error, read_to_string};
+use crate::metrics::{CollectError, Collector, gauge};
 
 #[derive(Debug)]
 pub struct LoadavgCollector {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{CollectError, Collector, HostPaths, parse_error};
-use crate::metrics::counter;
+use super::source::{HostPaths, parse_error};
+use crate::metrics::{CollectError, Collector, counter};
 
 #[derive(Debug)]
 pub struct PressureCollector {

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{CollectError, Collector, parse_error, read_to_string, stat::USER_HZ};
-use crate::metrics::{counter, gauge};
+use super::source::{parse_error, read_to_string};
+use super::stat::USER_HZ;
+use crate::metrics::{CollectError, Collector, counter, gauge};
 
 #[derive(Debug)]
 pub struct ProcessCollector {
@@ -21,8 +22,7 @@ impl ProcessCollector {
     /// `procfs` is only used for the boot time (`btime`), which is the same in every pid
     /// namespace.
     pub fn new(procfs: &Path) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as f64;
+        let page_size = rustix::param::page_size() as f64;
         let boot_time = super::stat::read(&procfs.join("stat"))
             .map(|s| s.btime as f64)
             .unwrap_or(0.0);
@@ -52,13 +52,9 @@ impl Collector for ProcessCollector {
         let (cpu_ticks, start_ticks, vsize, rss_pages) =
             parse_stat(&text).ok_or_else(|| parse_error(path, "too few fields"))?;
         let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: valid pointer to an rlimit.
-        let max_fds = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0)
-            .then_some(limit.rlim_cur as f64);
+        let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map(|n| n as f64);
 
         counter(
             out,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector, HostPaths, parse_error, read_to_string};
-use crate::metrics::{counter, gauge};
+use super::source::{HostPaths, parse_error, read_to_string};
+use crate::metrics::{CollectError, Collector, counter, gauge};
 
 /// Clock ticks per second in /proc/stat. USER_HZ is 100 on every Linux architecture's ABI,
 /// and node_exporter assumes the same.

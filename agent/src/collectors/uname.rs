@@ -3,8 +3,7 @@
 //! namespace (hostNetwork), and the pod's name otherwise.
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector};
-use crate::metrics::family;
+use crate::metrics::{CollectError, Collector, family};
 
 #[derive(Debug)]
 pub struct UnameCollector;
@@ -19,28 +18,17 @@ pub struct Uname {
     pub domainname: String,
 }
 
-pub fn uname() -> Result<Uname, std::io::Error> {
-    // SAFETY: utsname is plain old data, and uname fills it in or fails.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return Err(std::io::Error::last_os_error());
+pub fn uname() -> Uname {
+    let u = rustix::system::uname();
+    let text = |c: &std::ffi::CStr| c.to_string_lossy().into_owned();
+    Uname {
+        sysname: text(u.sysname()),
+        nodename: text(u.nodename()),
+        release: text(u.release()),
+        version: text(u.version()),
+        machine: text(u.machine()),
+        domainname: text(u.domainname()),
     }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    Ok(Uname {
-        sysname: field(&u.sysname),
-        nodename: field(&u.nodename),
-        release: field(&u.release),
-        version: field(&u.version),
-        machine: field(&u.machine),
-        domainname: field(&u.domainname),
-    })
 }
 
 impl Collector for UnameCollector {
@@ -49,10 +37,7 @@ impl Collector for UnameCollector {
     }
 
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        let u = uname().map_err(|source| CollectError::Read {
-            path: "uname(2)".into(),
-            source,
-        })?;
+        let u = uname();
         family(
             out,
             "node_uname_info",
@@ -80,7 +65,7 @@ mod tests {
 
     #[test]
     fn release_matches_proc() {
-        let u = uname().unwrap();
+        let u = uname();
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         assert_eq!(u.release, release.trim());
         assert_eq!(u.sysname, "Linux");

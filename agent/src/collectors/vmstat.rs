@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
-use super::{CollectError, Collector, HostPaths, parse_error, read_to_string};
-use crate::metrics::single;
+use super::source::{HostPaths, parse_error, read_to_string};
+use crate::metrics::{CollectError, Collector, single};
 
 #[derive(Debug)]
 pub struct VmstatCollector {

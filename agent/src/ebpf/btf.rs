@@ -1,9 +1,11 @@
-//! Just enough of a BTF reader to find struct member offsets in the running kernel's
-//! `/sys/kernel/btf/vmlinux`. aya parses BTF too, but keeps member lookup private, and Rust
-//! eBPF has no CO-RE relocations: user space resolves offsets and passes them as globals.
+//! Just enough of a BTF reader to find struct member offsets in a kernel's BTF. aya parses
+//! BTF too, but keeps member lookup private, and Rust eBPF has no CO-RE relocations: user
+//! space resolves offsets and passes them as globals.
+//!
+//! The reader borrows the bytes (the same bytes aya is given, so the file is read once) and
+//! keeps only the offset of each type record, 4 bytes per type, decoding on demand.
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
-use std::path::Path;
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
@@ -27,11 +29,6 @@ const KIND_ENUM64: u32 = 19;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF, 5.4+)")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
     #[error("BTF has no struct {0}")]
@@ -51,10 +48,11 @@ struct Type {
     extra: usize,
 }
 
-/// A parsed BTF blob: the type table and string section.
-pub struct Btf {
-    data: Vec<u8>,
-    types: Vec<Type>, // index = type id; id 0 is void
+/// An index over a BTF blob: where each type record starts, and the string section.
+pub struct Btf<'a> {
+    data: &'a [u8],
+    /// Offset of each type's record in `data`; index = type id - 1 (id 0 is void).
+    types: Vec<u32>,
     strings: (usize, usize),
 }
 
@@ -73,16 +71,34 @@ fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Malformed("truncated"))
 }
 
-impl Btf {
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(data)
-    }
+fn type_at(data: &[u8], at: usize) -> Result<(Type, usize), BtfError> {
+    let name_off = u32_at(data, at)?;
+    let info = u32_at(data, at + 4)?;
+    let size_or_type = u32_at(data, at + 8)?;
+    let kind = (info >> 24) & 0x1f;
+    let vlen = info & 0xffff;
+    let extra = at + 12;
+    let extra_len = match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
+        0..=19 => 0,
+        _ => return Err(BtfError::Malformed("unknown type kind")),
+    };
+    let t = Type {
+        name_off,
+        kind,
+        vlen,
+        kind_flag: info >> 31 == 1,
+        size_or_type,
+        extra,
+    };
+    Ok((t, extra + extra_len))
+}
 
-    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+impl<'a> Btf<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
         let magic = data
             .get(0..2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -91,56 +107,40 @@ impl Btf {
             // Big-endian BTF would need byte swapping; nodelens only builds bpfel programs.
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
-        let hdr_len = u32_at(&data, 4)? as usize;
-        let type_off = u32_at(&data, 8)? as usize;
-        let type_len = u32_at(&data, 12)? as usize;
-        let str_off = u32_at(&data, 16)? as usize;
-        let str_len = u32_at(&data, 20)? as usize;
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
         let types_start = hdr_len + type_off;
         let types_end = types_start + type_len;
         let strings = (hdr_len + str_off, hdr_len + str_off + str_len);
         if types_end > data.len() || strings.1 > data.len() {
             return Err(BtfError::Malformed("sections past end of data"));
         }
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            vlen: 0,
-            kind_flag: false,
-            size_or_type: 0,
-            extra: 0,
-        }];
+        let mut types = Vec::with_capacity(type_len / 32);
         let mut at = types_start;
         while at < types_end {
-            let name_off = u32_at(&data, at)?;
-            let info = u32_at(&data, at + 4)?;
-            let size_or_type = u32_at(&data, at + 8)?;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = info & 0xffff;
-            let extra = at + 12;
-            let extra_len = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
-                0..=19 => 0,
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            types.push(Type {
-                name_off,
-                kind,
-                vlen,
-                kind_flag: info >> 31 == 1,
-                size_or_type,
-                extra,
-            });
-            at = extra + extra_len;
+            let (_, next) = type_at(data, at)?;
+            types.push(u32::try_from(at).map_err(|_| BtfError::Malformed("too large"))?);
+            at = next;
         }
         Ok(Self {
             data,
             types,
             strings,
         })
+    }
+
+    /// The type with this id; `None` for void and ids past the table.
+    fn get(&self, id: u32) -> Option<Type> {
+        let at = *self.types.get((id as usize).checked_sub(1)?)?;
+        type_at(self.data, at as usize).ok().map(|(t, _)| t)
+    }
+
+    /// Every type with its id.
+    fn all(&self) -> impl Iterator<Item = (u32, Type)> + '_ {
+        (1..=self.types.len() as u32).filter_map(|id| Some((id, self.get(id)?)))
     }
 
     fn name(&self, off: u32) -> &str {
@@ -155,15 +155,15 @@ impl Btf {
     /// Size in bytes of a type, following typedefs and qualifiers.
     fn size_of(&self, mut id: u32) -> Option<u32> {
         for _ in 0..32 {
-            let t = self.types.get(id as usize)?;
+            let t = self.get(id)?;
             match t.kind {
                 KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
                     return Some(t.size_or_type);
                 }
                 KIND_PTR => return Some(8),
                 KIND_ARRAY => {
-                    let elem = u32_at(&self.data, t.extra).ok()?;
-                    let n = u32_at(&self.data, t.extra + 8).ok()?;
+                    let elem = u32_at(self.data, t.extra).ok()?;
+                    let n = u32_at(self.data, t.extra + 8).ok()?;
                     return Some(self.size_of(elem)? * n);
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
@@ -178,13 +178,12 @@ impl Btf {
     /// Finds the first of `candidates` (older names last) among `strukt`'s members, looking
     /// into anonymous structs and unions too.
     pub fn member(&self, strukt: &str, candidates: &[&str]) -> Result<Member, BtfError> {
-        let id = self
-            .types
-            .iter()
-            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt)
+        let (id, _) = self
+            .all()
+            .find(|(_, t)| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         for (index, field) in candidates.iter().enumerate() {
-            if let Some((offset, size)) = self.find(id as u32, field, 0, 0) {
+            if let Some((offset, size)) = self.find(id, field, 0, 0) {
                 return Ok(Member {
                     name_index: index,
                     offset,
@@ -199,15 +198,15 @@ impl Btf {
     }
 
     fn find(&self, id: u32, field: &str, base_bits: u32, depth: u32) -> Option<(u32, u32)> {
-        let t = self.types.get(id as usize)?;
+        let t = self.get(id)?;
         if depth > 8 || !(t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
             return None;
         }
         for i in 0..t.vlen as usize {
             let at = t.extra + i * 12;
-            let name_off = u32_at(&self.data, at).ok()?;
-            let member_type = u32_at(&self.data, at + 4).ok()?;
-            let raw = u32_at(&self.data, at + 8).ok()?;
+            let name_off = u32_at(self.data, at).ok()?;
+            let member_type = u32_at(self.data, at + 4).ok()?;
+            let raw = u32_at(self.data, at + 8).ok()?;
             // With kind_flag the low 24 bits are the bit offset and the top 8 a bitfield size.
             let bits = base_bits + if t.kind_flag { raw & 0xff_ffff } else { raw };
             let name = self.name(name_off);
@@ -233,31 +232,30 @@ impl Btf {
     /// structs read `struct NAME *`; other types read as their (typedef-resolved) name.
     pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
         let want = format!("btf_trace_{event}");
-        let typedef = self
-            .types
-            .iter()
-            .find(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)?;
-        let ptr = self.types.get(typedef.size_or_type as usize)?;
-        let proto = self.types.get(ptr.size_or_type as usize)?;
+        let (_, typedef) = self
+            .all()
+            .find(|(_, t)| t.kind == KIND_TYPEDEF && self.name(t.name_off) == want)?;
+        let ptr = self.get(typedef.size_or_type)?;
+        let proto = self.get(ptr.size_or_type)?;
         if ptr.kind != KIND_PTR || proto.kind != KIND_FUNC_PROTO {
             return None;
         }
         let mut args = Vec::new();
         for i in 1..proto.vlen as usize {
-            let ty = u32_at(&self.data, proto.extra + i * 8 + 4).ok()?;
+            let ty = u32_at(self.data, proto.extra + i * 8 + 4).ok()?;
             args.push(self.describe(ty));
         }
         Some(args)
     }
 
     fn describe(&self, id: u32) -> String {
-        let Some(t) = self.types.get(id as usize) else {
+        let Some(t) = self.get(id) else {
             return String::new();
         };
         match t.kind {
             KIND_PTR => {
                 let target = self.resolve(t.size_or_type);
-                match self.types.get(target as usize) {
+                match self.get(target) {
                     Some(s) if s.kind == KIND_STRUCT => {
                         format!("struct {} *", self.name(s.name_off))
                     }
@@ -273,7 +271,7 @@ impl Btf {
 
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize) {
+            match self.get(id) {
                 Some(t)
                     if matches!(
                         t.kind,
@@ -289,60 +287,385 @@ impl Btf {
     }
 }
 
+/// Kernel BTF pruned to what nodelens reads, kept as test fixtures so that layout tests run
+/// on any host: `agent/tests/fixtures/btf/<kernel release>.btf`. `cargo xtask
+/// btf-fixtures` regenerates them from each kernel's full BTF.
+#[cfg(test)]
+pub mod fixtures {
+    use std::{collections::HashMap, path::PathBuf};
+
+    use super::*;
+
+    /// Structs whose members nodelens resolves, on any kernel.
+    pub const STRUCTS: &[&str] = &[
+        "task_struct",
+        "sched_info",
+        "sched_entity",
+        "request",
+        "request_queue",
+        "gendisk",
+        "bio",
+        "blkcg_gq",
+        "blkcg",
+        "cgroup_subsys_state",
+        "css_set",
+        "cgroup",
+        "kernfs_node",
+    ];
+
+    /// Tracepoints whose BTF prototypes nodelens reads.
+    pub const TRACEPOINTS: &[&str] = &[
+        "sched_switch",
+        "sched_wakeup",
+        "sched_wakeup_new",
+        "block_rq_issue",
+        "block_rq_complete",
+        "mark_victim",
+    ];
+
+    pub fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btf")
+    }
+
+    /// Every fixture: (kernel release, bytes).
+    pub fn all() -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir())
+            .expect("tests/fixtures/btf")
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let release = name.strip_suffix(".btf")?.to_owned();
+                Some((release, std::fs::read(e.path()).ok()?))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn load(release: &str) -> Vec<u8> {
+        std::fs::read(dir().join(format!("{release}.btf")))
+            .unwrap_or_else(|e| panic!("fixture {release}.btf: {e}"))
+    }
+
+    /// Writes a BTF blob holding `STRUCTS` (every member, named member types reduced to byte
+    /// arrays of their size, anonymous structs and unions kept) and the `btf_trace_*`
+    /// prototypes of `TRACEPOINTS` (struct pointer arguments point at those structs, or at
+    /// empty ones of the same name).
+    pub fn prune(full: &Btf) -> Vec<u8> {
+        let mut w = Writer::default();
+        let u8_id = w.int("unsigned char", 1);
+        let index_id = w.int("unsigned int", 4);
+        let mut structs: HashMap<String, u32> = HashMap::new();
+        for name in STRUCTS {
+            if let Some((id, _)) = full
+                .all()
+                .find(|(_, t)| t.kind == KIND_STRUCT && full.name(t.name_off) == *name)
+            {
+                let new = w.copy_struct(full, id, u8_id, index_id);
+                structs.insert((*name).to_owned(), new);
+            }
+        }
+        for event in TRACEPOINTS {
+            let want = format!("btf_trace_{event}");
+            let Some((_, typedef)) = full
+                .all()
+                .find(|(_, t)| t.kind == KIND_TYPEDEF && full.name(t.name_off) == want)
+            else {
+                continue;
+            };
+            let Some(ptr) = full.get(typedef.size_or_type) else {
+                continue;
+            };
+            let Some(proto) = full.get(ptr.size_or_type) else {
+                continue;
+            };
+            let mut params = Vec::new();
+            for i in 0..proto.vlen as usize {
+                let Ok(ty) = u32_at(full.data, proto.extra + i * 8 + 4) else {
+                    continue;
+                };
+                params.push(w.describe_param(full, ty, &mut structs));
+            }
+            let proto_id = w.push(0, KIND_FUNC_PROTO, params.len() as u32, false, 0, &{
+                let mut extra = Vec::new();
+                for p in &params {
+                    extra.extend_from_slice(&0u32.to_le_bytes());
+                    extra.extend_from_slice(&p.to_le_bytes());
+                }
+                extra
+            });
+            let ptr_id = w.push(0, KIND_PTR, 0, false, proto_id, &[]);
+            let name = w.string(&want);
+            w.push(name, KIND_TYPEDEF, 0, false, ptr_id, &[]);
+        }
+        w.finish()
+    }
+
+    #[derive(Default)]
+    struct Writer {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        count: u32,
+        arrays: HashMap<u32, u32>,
+        names: HashMap<String, u32>,
+    }
+
+    impl Writer {
+        fn string(&mut self, s: &str) -> u32 {
+            if self.strings.is_empty() {
+                self.strings.push(0);
+            }
+            if s.is_empty() {
+                return 0;
+            }
+            if let Some(off) = self.names.get(s) {
+                return *off;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            self.names.insert(s.to_owned(), off);
+            off
+        }
+
+        fn push(
+            &mut self,
+            name: u32,
+            kind: u32,
+            vlen: u32,
+            flag: bool,
+            size_or_type: u32,
+            extra: &[u8],
+        ) -> u32 {
+            let info = (u32::from(flag) << 31) | (kind << 24) | (vlen & 0xffff);
+            self.types.extend_from_slice(&name.to_le_bytes());
+            self.types.extend_from_slice(&info.to_le_bytes());
+            self.types.extend_from_slice(&size_or_type.to_le_bytes());
+            self.types.extend_from_slice(extra);
+            self.count += 1;
+            self.count
+        }
+
+        fn int(&mut self, name: &str, size: u32) -> u32 {
+            let n = self.string(name);
+            let bits = (size * 8).min(128);
+            self.push(n, KIND_INT, 0, false, size, &bits.to_le_bytes())
+        }
+
+        /// A `u8[size]` standing in for a named member type.
+        fn bytes(&mut self, size: u32, u8_id: u32, index_id: u32) -> u32 {
+            if let Some(id) = self.arrays.get(&size) {
+                return *id;
+            }
+            let mut extra = Vec::new();
+            for v in [u8_id, index_id, size] {
+                extra.extend_from_slice(&v.to_le_bytes());
+            }
+            let id = self.push(0, KIND_ARRAY, 0, false, 0, &extra);
+            self.arrays.insert(size, id);
+            id
+        }
+
+        fn copy_struct(&mut self, full: &Btf, id: u32, u8_id: u32, index_id: u32) -> u32 {
+            let Some(t) = full.get(id) else { return 0 };
+            let mut members = Vec::new();
+            for i in 0..t.vlen as usize {
+                let at = t.extra + i * 12;
+                let (Ok(name_off), Ok(member_type), Ok(offset)) = (
+                    u32_at(full.data, at),
+                    u32_at(full.data, at + 4),
+                    u32_at(full.data, at + 8),
+                ) else {
+                    continue;
+                };
+                let name = full.name(name_off).to_owned();
+                let resolved = full.resolve(member_type);
+                let is_anon_aggregate = name.is_empty()
+                    && full
+                        .get(resolved)
+                        .is_some_and(|m| m.kind == KIND_STRUCT || m.kind == KIND_UNION);
+                let new_type = if is_anon_aggregate {
+                    self.copy_struct(full, resolved, u8_id, index_id)
+                } else {
+                    let size = full.size_of(member_type).unwrap_or(0);
+                    self.bytes(size, u8_id, index_id)
+                };
+                members.push((self.string(&name), new_type, offset));
+            }
+            let mut extra = Vec::new();
+            for (name, ty, offset) in &members {
+                for v in [*name, *ty, *offset] {
+                    extra.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            let name = self.string(full.name(t.name_off));
+            self.push(
+                name,
+                t.kind,
+                members.len() as u32,
+                t.kind_flag,
+                t.size_or_type,
+                &extra,
+            )
+        }
+
+        /// A prototype parameter: `struct X *` keeps its struct's name, anything else becomes
+        /// an int named like the resolved type.
+        fn describe_param(
+            &mut self,
+            full: &Btf,
+            ty: u32,
+            structs: &mut HashMap<String, u32>,
+        ) -> u32 {
+            if ty == 0 {
+                return 0;
+            }
+            let resolved = full.resolve(ty);
+            let Some(t) = full.get(resolved) else {
+                return 0;
+            };
+            if t.kind == KIND_PTR {
+                let target = full.resolve(t.size_or_type);
+                let pointee = match full.get(target) {
+                    Some(s) if s.kind == KIND_STRUCT => {
+                        let name = full.name(s.name_off).to_owned();
+                        match structs.get(&name) {
+                            Some(id) => *id,
+                            None => {
+                                let n = self.string(&name);
+                                let id = self.push(n, KIND_STRUCT, 0, false, 0, &[]);
+                                structs.insert(name, id);
+                                id
+                            }
+                        }
+                    }
+                    _ => 0,
+                };
+                return self.push(0, KIND_PTR, 0, false, pointee, &[]);
+            }
+            let size = full.size_of(resolved).unwrap_or(8);
+            let name = full.name(t.name_off).to_owned();
+            self.int(&name, size)
+        }
+
+        fn finish(mut self) -> Vec<u8> {
+            self.string("");
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for v in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// Regenerates the fixtures from full BTF blobs in `NODELENS_BTF_SOURCES`
+    /// (`<release>.btf`). Run by `cargo xtask btf-fixtures`.
+    #[test]
+    #[ignore = "regenerates fixtures; cargo xtask btf-fixtures runs it"]
+    fn regenerate() {
+        let sources =
+            PathBuf::from(std::env::var("NODELENS_BTF_SOURCES").expect("NODELENS_BTF_SOURCES"));
+        std::fs::create_dir_all(dir()).unwrap();
+        for entry in std::fs::read_dir(&sources).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".btf") {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let full = Btf::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let pruned = prune(&full);
+            let check = Btf::parse(&pruned).unwrap();
+            for s in STRUCTS {
+                if let (Ok(a), Ok(b)) = (
+                    full.member(s, &["pid", "__data_len", "id", "kn"]),
+                    check.member(s, &["pid", "__data_len", "id", "kn"]),
+                ) {
+                    assert_eq!(a, b, "{name}: {s}");
+                }
+            }
+            std::fs::write(dir().join(&name), pruned).unwrap();
+            eprintln!(
+                "{name}: {} -> {} bytes",
+                bytes.len(),
+                std::fs::metadata(dir().join(&name)).unwrap().len()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn finds_task_struct_fields_in_running_kernel() {
-        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
-        let pid = btf.member("task_struct", &["pid"]).unwrap();
-        assert_eq!(pid.size, 4);
-        let state = btf.member("task_struct", &["__state", "state"]).unwrap();
-        assert!(state.size == 4 || state.size == 8);
-        assert!(
-            pid.offset > state.offset,
-            "pid comes after the state in task_struct"
-        );
-        // A field inside an anonymous union/struct is found too (list_head in rq? use a
-        // known one: task_struct.rcu lives in an anonymous union on 6.x).
+    fn finds_task_struct_fields_in_every_fixture_kernel() {
+        let all = fixtures::all();
+        assert!(all.len() >= 4, "fixtures for the host and 5.10, 6.1, 6.12");
+        for (release, bytes) in all {
+            let btf = Btf::parse(&bytes).unwrap();
+            let pid = btf.member("task_struct", &["pid"]).unwrap();
+            assert_eq!(pid.size, 4, "{release}");
+            let state = btf.member("task_struct", &["__state", "state"]).unwrap();
+            assert!(state.size == 4 || state.size == 8, "{release}");
+            assert!(
+                pid.offset > state.offset,
+                "{release}: pid comes after the state"
+            );
+            assert!(matches!(
+                btf.member("task_struct", &["no_such_field"]),
+                Err(BtfError::NoField { .. })
+            ));
+            assert!(matches!(
+                btf.member("no_such_struct", &["x"]),
+                Err(BtfError::NoStruct(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn finds_fields_inside_anonymous_members() {
+        // 6.x kernels keep task_struct.rcu in an anonymous union.
+        let btf_bytes = fixtures::load("6.12.118+deb13-cloud-amd64");
+        let btf = Btf::parse(&btf_bytes).unwrap();
         assert!(btf.member("task_struct", &["rcu"]).is_ok());
-        assert!(matches!(
-            btf.member("task_struct", &["no_such_field"]),
-            Err(BtfError::NoField { .. })
-        ));
-        assert!(matches!(
-            btf.member("no_such_struct", &["x"]),
-            Err(BtfError::NoStruct(_))
-        ));
     }
 
     #[test]
     fn reads_tracepoint_signatures() {
-        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
-        let issue = btf.tracepoint_args("block_rq_issue").unwrap();
-        assert!(issue.contains(&"struct request *".to_owned()), "{issue:?}");
-        let switch = btf.tracepoint_args("sched_switch").unwrap();
-        assert_eq!(
-            switch.get(1).map(String::as_str),
-            Some("struct task_struct *"),
-            "{switch:?}"
-        );
-        assert!(btf.tracepoint_args("no_such_event").is_none());
+        for (release, bytes) in fixtures::all() {
+            let btf = Btf::parse(&bytes).unwrap();
+            let issue = btf.tracepoint_args("block_rq_issue").unwrap();
+            assert!(
+                issue.contains(&"struct request *".to_owned()),
+                "{release}: {issue:?}"
+            );
+            let switch = btf.tracepoint_args("sched_switch").unwrap();
+            assert_eq!(
+                switch.get(1).map(String::as_str),
+                Some("struct task_struct *"),
+                "{release}: {switch:?}"
+            );
+            assert!(btf.tracepoint_args("no_such_event").is_none());
+        }
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(Btf::parse(vec![]).is_err());
-        assert!(
-            Btf::parse(vec![
-                0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0
-            ])
-            .is_err()
-        );
+        assert!(Btf::parse(&[]).is_err());
+        assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0]).is_err());
         let mut junk = vec![0x9f, 0xeb, 1, 0, 24, 0, 0, 0];
         junk.extend_from_slice(&[0, 0, 0, 0, 16, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0]);
         junk.extend_from_slice(&[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(Btf::parse(junk).is_err());
+        assert!(Btf::parse(&junk).is_err());
     }
 }

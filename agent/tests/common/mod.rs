@@ -45,8 +45,10 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
         require_root();
         let addr = format!("127.0.0.1:{}", free_port());
+        // Map upkeep every second, so tests see fill levels and evictions quickly.
         let child = Command::new(BIN)
             .args(["--listen-address", &addr, "--log-level", "debug"])
+            .args(["--map-upkeep-interval", "1s"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,6 +78,24 @@ impl Agent {
 
     pub fn metrics(&self) -> Metrics {
         Metrics::parse(&self.scrape())
+    }
+
+    /// Scrapes until `ok` holds for a scrape, or panics after `limit` with `what`.
+    pub fn metrics_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        ok: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.metrics();
+            if ok(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// SIGTERM, then wait up to `limit` for the exit status; returns (exit code, stderr).

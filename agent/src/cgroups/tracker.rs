@@ -1,0 +1,622 @@
+//! Per-cgroup accounting in user space, shared by every family that keeps counters per
+//! cgroup in a kernel map.
+//!
+//! [`CgroupTracker`] decides, once per cgroup id, how the id is exported, and notices when
+//! the cgroup is gone. Each family keeps a [`CounterTable`] beside its kernel map: the
+//! loader's upkeep task feeds it the map's entries and deletes what it says, and the scrape
+//! asks it for the rows to export.
+//!
+//! Rules, so that sums stay whole and counters stay monotonic:
+//! - The first `max_tracked` cgroups seen are exported one by one (tracked). Later ones
+//!   fold into `cgroup="other"`, and stay there until they are gone (assignment is sticky,
+//!   so "other" never shrinks while its members live).
+//! - Ids that cannot be resolved to a path (gone before the first walk saw them) fold into
+//!   "other" at once and are counted in `nodelens_cgroups_unknown_total`.
+//! - Only upkeep deletes kernel entries, and only of cgroups that are gone. A gone tracked
+//!   cgroup's final values stay in its table, and it keeps its tracked place, until a
+//!   scrape has exported them once; then the row goes and the place is free again
+//!   (`nodelens_cgroup_evictions_total`). So exported series never exceed the cap (+1 for
+//!   "other"). A gone folded cgroup's final values move into "other" for good.
+//! - If no scrape takes a final row within `FINAL_EXPORT_WAIT` (Prometheus is down), its
+//!   values move into "other" too: nothing is lost, and an outage cannot pin the tracked
+//!   places, or memory, forever.
+//! - The scrape only reads kernel maps.
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    ops::AddAssign,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use super::{CgroupLabels, CgroupResolver, kubernetes};
+use crate::config::CgroupConfig;
+
+/// How long a gone tracked cgroup's final row waits for a scrape before its values move
+/// into "other".
+pub const FINAL_EXPORT_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Exported under its own labels.
+    Tracked,
+    /// Counted in `cgroup="other"`.
+    Folded,
+    /// Left out by `--cgroup-include` / `--cgroup-exclude`.
+    Excluded,
+}
+
+#[derive(Debug)]
+struct Slot {
+    assignment: Assignment,
+    labels: Arc<CgroupLabels>,
+    gone: bool,
+    /// Upkeep round in which existence was last checked.
+    checked_round: u64,
+    /// Final rows that tables still hold for this gone cgroup.
+    holds: u32,
+}
+
+#[derive(Debug)]
+pub struct TrackerState {
+    resolver: CgroupResolver,
+    config: CgroupConfig,
+    slots: HashMap<u64, Slot>,
+    tracked: usize,
+    evictions: u64,
+    unknown: u64,
+    other_used: bool,
+    round: u64,
+    round_started: Instant,
+    /// How long final rows wait for a scrape (`FINAL_EXPORT_WAIT`; tests shorten it).
+    final_wait: Duration,
+}
+
+/// Ids to labels and assignments, shared by the families' tables, the upkeep task and the
+/// scrape.
+#[derive(Debug)]
+pub struct CgroupTracker {
+    state: Mutex<TrackerState>,
+}
+
+/// What the tracker says about an id.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub assignment: Assignment,
+    pub labels: Arc<CgroupLabels>,
+}
+
+impl CgroupTracker {
+    pub fn new(resolver: CgroupResolver, config: CgroupConfig) -> Self {
+        Self {
+            state: Mutex::new(TrackerState {
+                resolver,
+                config,
+                slots: HashMap::new(),
+                tracked: 0,
+                evictions: 0,
+                unknown: 0,
+                other_used: false,
+                round: 0,
+                round_started: Instant::now(),
+                final_wait: FINAL_EXPORT_WAIT,
+            }),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, TrackerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl TrackerState {
+    pub fn resolver(&mut self) -> &mut CgroupResolver {
+        &mut self.resolver
+    }
+
+    fn included(&self, path: &str) -> bool {
+        self.config
+            .include
+            .as_ref()
+            .is_none_or(|re| re.is_match(path))
+            && !self
+                .config
+                .exclude
+                .as_ref()
+                .is_some_and(|re| re.is_match(path))
+    }
+
+    /// The verdict for `id`, assigning it on first sight. An id the resolver does not know
+    /// yet is folded into "other" for this scrape only; upkeep settles it (see
+    /// [`Self::settle`]).
+    pub fn verdict(&mut self, id: u64) -> Verdict {
+        if !self.slots.contains_key(&id) {
+            match self.resolver.labels(id) {
+                Some(labels) => self.assign(id, labels),
+                None => {
+                    self.other_used = true;
+                    return Verdict {
+                        assignment: Assignment::Folded,
+                        labels: Arc::new(CgroupLabels::other()),
+                    };
+                }
+            }
+        }
+        self.existing(id)
+    }
+
+    /// The verdict for `id` during upkeep: an unknown id gets one fresh walk per round, and
+    /// if that does not find it, it is gone for good (its counts go to "other").
+    fn settle(&mut self, id: u64) -> Verdict {
+        if !self.slots.contains_key(&id) {
+            match self.resolver.labels_walked_since(id, self.round_started) {
+                Some(labels) => self.assign(id, labels),
+                None => {
+                    self.unknown += 1;
+                    self.other_used = true;
+                    self.slots.insert(
+                        id,
+                        Slot {
+                            assignment: Assignment::Folded,
+                            labels: Arc::new(CgroupLabels::other()),
+                            gone: true,
+                            checked_round: self.round,
+                            holds: 0,
+                        },
+                    );
+                }
+            }
+        }
+        self.existing(id)
+    }
+
+    fn assign(&mut self, id: u64, labels: CgroupLabels) {
+        let assignment = if !self.included(&labels.cgroup) {
+            Assignment::Excluded
+        } else if self.tracked < self.config.max_tracked {
+            self.tracked += 1;
+            Assignment::Tracked
+        } else {
+            self.other_used = true;
+            Assignment::Folded
+        };
+        self.slots.insert(
+            id,
+            Slot {
+                assignment,
+                labels: Arc::new(labels),
+                gone: false,
+                checked_round: self.round,
+                holds: 0,
+            },
+        );
+    }
+
+    fn existing(&mut self, id: u64) -> Verdict {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Verdict {
+                assignment: Assignment::Folded,
+                labels: Arc::new(CgroupLabels::other()),
+            };
+        };
+        // Names can appear after the cgroup (the kubelet writes logs a moment later).
+        if slot.assignment == Assignment::Tracked
+            && !slot.gone
+            && slot.labels.pod.is_empty()
+            && kubernetes::parse(&slot.labels.cgroup).is_some()
+        {
+            let fresh = self.resolver.labels_for_path(slot.labels.cgroup.clone());
+            if fresh.pod != slot.labels.pod {
+                slot.labels = Arc::new(fresh);
+            }
+        }
+        Verdict {
+            assignment: slot.assignment,
+            labels: slot.labels.clone(),
+        }
+    }
+
+    /// Whether `id` is gone, checked at most once per upkeep round and only for cgroups
+    /// whose counters stopped moving (`moved` false): a cgroup with moving counters has
+    /// tasks.
+    pub fn check_gone(&mut self, id: u64, moved: bool) -> bool {
+        let round = self.round;
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        if slot.gone || moved || slot.checked_round == round {
+            return slot.gone;
+        }
+        slot.checked_round = round;
+        if !self.resolver.exists(id) {
+            slot.gone = true;
+        }
+        slot.gone
+    }
+
+    /// A table keeps a final row for a gone cgroup.
+    pub fn hold(&mut self, id: u64) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.holds += 1;
+        }
+    }
+
+    /// A table dropped a final row.
+    pub fn release(&mut self, id: u64) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.holds = slot.holds.saturating_sub(1);
+        }
+    }
+
+    /// "other" is used from now on (a table moved final values into it).
+    pub fn use_other(&mut self) {
+        self.other_used = true;
+    }
+
+    pub fn other_used(&self) -> bool {
+        self.other_used
+    }
+
+    /// Starts an upkeep round.
+    pub fn begin_round(&mut self) {
+        self.round += 1;
+        self.round_started = Instant::now();
+    }
+
+    /// Ends an upkeep round: forgets gone cgroups whose final rows are all gone, which frees
+    /// their tracked places.
+    pub fn end_round(&mut self) {
+        let done: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.gone && s.holds == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(slot) = self.slots.remove(&id)
+                && slot.assignment == Assignment::Tracked
+            {
+                self.tracked -= 1;
+                self.evictions += 1;
+            }
+            self.resolver.forget(id);
+        }
+    }
+
+    /// (tracked, evictions, unknown).
+    pub fn counts(&self) -> (usize, u64, u64) {
+        (self.tracked, self.evictions, self.unknown)
+    }
+}
+
+/// A kernel map key that names a cgroup, plus other dimensions (device, operation).
+pub trait CgroupKey: Copy + Eq + Hash + std::fmt::Debug {
+    /// The dimensions besides the cgroup: the key of a row of "other".
+    type Dims: Copy + Eq + Hash + Ord + std::fmt::Debug;
+    fn cgroup(&self) -> u64;
+    fn dims(&self) -> Self::Dims;
+}
+
+impl CgroupKey for u64 {
+    type Dims = ();
+    fn cgroup(&self) -> u64 {
+        *self
+    }
+    fn dims(&self) {}
+}
+
+/// One row to export.
+#[derive(Debug, Clone)]
+pub struct Row<D, V> {
+    pub labels: Arc<CgroupLabels>,
+    pub dims: D,
+    pub values: V,
+}
+
+/// The user-space side of one per-cgroup kernel map.
+#[derive(Debug)]
+pub struct CounterTable<K: CgroupKey, V> {
+    state: Mutex<TableState<K, V>>,
+}
+
+#[derive(Debug)]
+struct TableState<K: CgroupKey, V> {
+    /// Values seen at the last upkeep, to tell which cgroups still move.
+    last: HashMap<K, V>,
+    /// Final values of gone tracked cgroups, waiting for one scrape: (values, since when,
+    /// exported by a scrape).
+    finals: HashMap<K, (V, Instant, bool)>,
+    /// Totals of gone folded cgroups, and of final rows that waited too long: part of
+    /// "other" forever.
+    retired: HashMap<K::Dims, V>,
+}
+
+impl<K, V> Default for CounterTable<K, V>
+where
+    K: CgroupKey,
+{
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(TableState {
+                last: HashMap::new(),
+                finals: HashMap::new(),
+                retired: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<K, V> CounterTable<K, V>
+where
+    K: CgroupKey,
+    V: Copy + Default + PartialEq + AddAssign,
+{
+    fn lock(&self) -> MutexGuard<'_, TableState<K, V>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One upkeep pass over every entry of the kernel map. Returns the keys to delete from
+    /// it: entries of gone cgroups, whose values this table now keeps.
+    pub fn upkeep(&self, tracker: &mut TrackerState, entries: Vec<(K, V)>) -> Vec<K> {
+        let mut t = self.lock();
+        let mut delete = Vec::new();
+        let mut last = HashMap::with_capacity(entries.len());
+        // Final rows exported by a scrape since the last round are done.
+        let exported: Vec<K> = t
+            .finals
+            .iter()
+            .filter(|(_, (_, _, exported))| *exported)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in exported {
+            t.finals.remove(&k);
+            tracker.release(k.cgroup());
+        }
+        for (key, value) in entries {
+            let id = key.cgroup();
+            let verdict = tracker.settle(id);
+            let moved = t.last.get(&key) != Some(&value);
+            if !tracker.check_gone(id, moved) {
+                last.insert(key, value);
+                continue;
+            }
+            delete.push(key);
+            match verdict.assignment {
+                Assignment::Tracked => {
+                    // Add, not set: an exiting task can recreate the entry once more.
+                    match t.finals.get_mut(&key) {
+                        Some((v, _, exported)) => {
+                            *v += value;
+                            *exported = false;
+                        }
+                        None => {
+                            t.finals.insert(key, (value, Instant::now(), false));
+                            tracker.hold(id);
+                        }
+                    }
+                }
+                Assignment::Folded => *t.retired.entry(key.dims()).or_default() += value,
+                Assignment::Excluded => {}
+            }
+        }
+        t.last = last;
+        // Nobody scrapes: move final rows that waited too long into "other", so that their
+        // values stay exported and their tracked places come free.
+        let expired: Vec<K> = t
+            .finals
+            .iter()
+            .filter(|(_, (_, since, exported))| !exported && since.elapsed() >= tracker.final_wait)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some((v, _, _)) = t.finals.remove(&k) {
+                *t.retired.entry(k.dims()).or_default() += v;
+                tracker.release(k.cgroup());
+                tracker.use_other();
+            }
+        }
+        delete
+    }
+
+    /// The rows a scrape exports, from the kernel map's current entries: tracked cgroups
+    /// one by one (final rows of gone ones included, once), and "other" per dimension.
+    pub fn rows(&self, tracker: &mut TrackerState, entries: Vec<(K, V)>) -> Vec<Row<K::Dims, V>> {
+        let mut t = self.lock();
+        let mut rows = Vec::with_capacity(entries.len() + t.finals.len() + 1);
+        let mut other: HashMap<K::Dims, V> = HashMap::new();
+        for (key, mut value) in entries {
+            let verdict = tracker.verdict(key.cgroup());
+            match verdict.assignment {
+                Assignment::Tracked => {
+                    // A gone cgroup's entry recreated after upkeep moved its value into
+                    // finals: export the sum, never less than before.
+                    if let Some((v, _, exported)) = t.finals.get_mut(&key) {
+                        value += *v;
+                        *exported = true;
+                    }
+                    rows.push(Row {
+                        labels: verdict.labels,
+                        dims: key.dims(),
+                        values: value,
+                    });
+                }
+                Assignment::Folded => *other.entry(key.dims()).or_default() += value,
+                Assignment::Excluded => {}
+            }
+        }
+        let pending: Vec<K> = t
+            .finals
+            .iter()
+            .filter(|(_, (_, _, exported))| !exported)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in pending {
+            let verdict = tracker.verdict(key.cgroup());
+            if let Some((v, _, exported)) = t.finals.get_mut(&key) {
+                *exported = true;
+                rows.push(Row {
+                    labels: verdict.labels,
+                    dims: key.dims(),
+                    values: *v,
+                });
+            }
+        }
+        if tracker.other_used() {
+            for (dims, v) in &t.retired {
+                *other.entry(*dims).or_default() += *v;
+            }
+            let other_labels = Arc::new(CgroupLabels::other());
+            rows.extend(other.into_iter().map(|(dims, values)| Row {
+                labels: other_labels.clone(),
+                dims,
+                values,
+            }));
+        }
+        rows.sort_by(|a, b| (&a.labels.cgroup, a.dims).cmp(&(&b.labels.cgroup, b.dims)));
+        rows
+    }
+
+    /// Rows waiting for their final export.
+    #[cfg(test)]
+    pub fn finals_waiting(&self) -> usize {
+        self.lock().finals.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::MetadataExt, path::Path};
+
+    use super::*;
+
+    fn tracker(root: &Path, max: usize) -> CgroupTracker {
+        let resolver = CgroupResolver::new(
+            root.to_owned(),
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        );
+        CgroupTracker::new(
+            resolver,
+            CgroupConfig {
+                root: Some(root.to_owned()),
+                max_tracked: max,
+                include: None,
+                exclude: None,
+                pod_logs_dir: "/nonexistent".into(),
+                container_logs_dir: "/nonexistent".into(),
+            },
+        )
+    }
+
+    /// Plain directories stand in for cgroups: the resolver only walks and stats.
+    fn dir(root: &Path, name: &str) -> u64 {
+        let p = root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::metadata(&p).unwrap().ino()
+    }
+
+    fn value_of(rows: &[Row<(), u64>], cgroup: &str) -> Option<u64> {
+        rows.iter()
+            .find(|r| r.labels.cgroup == cgroup)
+            .map(|r| r.values)
+    }
+
+    #[test]
+    fn gone_cgroups_export_once_then_go_and_other_never_shrinks() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 1);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "a");
+        let b = dir(root.path(), "b");
+
+        let mut t = tr.lock();
+        let rows = table.rows(&mut t, vec![(a, 10), (b, 5)]);
+        assert_eq!(value_of(&rows, "a"), Some(10));
+        assert_eq!(value_of(&rows, "other"), Some(5), "b is past the cap");
+
+        // Both go away; upkeep sees unmoved counters twice and deletes both entries.
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        std::fs::remove_dir(root.path().join("b")).unwrap();
+        t.begin_round();
+        assert!(
+            table.upkeep(&mut t, vec![(a, 12), (b, 7)]).is_empty(),
+            "they moved"
+        );
+        t.end_round();
+        t.begin_round();
+        let mut deleted = table.upkeep(&mut t, vec![(a, 12), (b, 7)]);
+        deleted.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(deleted, want);
+        t.end_round();
+        assert_eq!(
+            t.counts().0,
+            1,
+            "a keeps its tracked place until its final export"
+        );
+
+        // The next scrape exports a's final value once, and b's in "other".
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, "a"), Some(12));
+        assert_eq!(value_of(&rows, "other"), Some(7));
+        t.begin_round();
+        table.upkeep(&mut t, vec![]);
+        t.end_round();
+        assert_eq!(t.counts().0, 0, "then its place is free");
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, "a"), None, "exported once, then gone");
+        assert_eq!(value_of(&rows, "other"), Some(7), "other keeps b for good");
+        assert_eq!(t.counts().1, 1, "one eviction");
+    }
+
+    #[test]
+    fn without_scrapes_final_rows_move_into_other_and_free_their_places() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 100);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let mut t = tr.lock();
+        t.final_wait = Duration::from_millis(20);
+        let mut total = 0;
+        // Created up front: a directory's inode is reused once it is removed, which real
+        // cgroup ids never are.
+        let ids: Vec<u64> = (0..50)
+            .map(|i| dir(root.path(), &format!("c{i}")))
+            .collect();
+        for (i, &id) in ids.iter().enumerate() {
+            let i = i as u64;
+            t.begin_round();
+            table.upkeep(&mut t, vec![(id, i + 1)]);
+            t.end_round();
+            std::fs::remove_dir(root.path().join(format!("c{i}"))).unwrap();
+            t.begin_round();
+            assert_eq!(table.upkeep(&mut t, vec![(id, i + 1)]), vec![id]);
+            t.end_round();
+            total += i + 1;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        t.begin_round();
+        table.upkeep(&mut t, vec![]);
+        t.end_round();
+        assert_eq!(table.finals_waiting(), 0);
+        assert_eq!(t.counts().0, 0, "every tracked place is free again");
+        let rows = table.rows(&mut t, vec![]);
+        let sum: u64 = rows.iter().map(|r| r.values).sum();
+        assert_eq!(sum, total, "every count is still exported somewhere");
+        assert!(value_of(&rows, "other").is_some());
+    }
+
+    #[test]
+    fn unresolvable_ids_fold_into_other_and_are_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 10);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let mut t = tr.lock();
+        t.begin_round();
+        assert_eq!(table.upkeep(&mut t, vec![(u64::MAX, 3)]), vec![u64::MAX]);
+        t.end_round();
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, "other"), Some(3));
+        assert_eq!(t.counts().2, 1);
+    }
+}

@@ -1,0 +1,204 @@
+//! Cgroup family: per-cgroup CPU time, run-queue wait, context switches and reclaim stalls,
+//! labelled with namespace, pod and container, with bounded cardinality.
+//!
+//! It has no probes of its own. The scheduler and memory programs charge each cgroup in
+//! `CGROUP_STATS`, but only while this family is loaded: it sets `CGROUP_ACCOUNTING`, so a
+//! node that turns the `cgroup` collector off pays nothing for it. This family keeps the
+//! map (upkeep deletes the entries of gone cgroups after keeping their final values, see
+//! `cgroups::tracker`) and exports it.
+use std::sync::{Arc, Mutex};
+
+use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use crate::{
+    cgroups::{
+        CgroupLabels,
+        tracker::{CgroupTracker, CounterTable, Row},
+    },
+    config::CollectorName,
+    ebpf::family::{
+        Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+        LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+    },
+    metrics::{CollectError, counter, family, gauge},
+};
+
+pub struct Cgroup;
+
+/// Size of the per-cgroup map for a cap on exported cgroups: room for the cap, the cgroups
+/// folded into "other", and gone ones waiting for upkeep.
+pub fn stats_capacity(max_tracked: usize) -> u32 {
+    (max_tracked.saturating_mul(4) as u32).max(CGROUP_STATS_ENTRIES)
+}
+
+impl Family for Cgroup {
+    fn name(&self) -> CollectorName {
+        CollectorName::Cgroup
+    }
+
+    fn probes(&self) -> &'static [ProbeSpec] {
+        &[]
+    }
+
+    fn layout(&self, _kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout {
+        FamilyLayout {
+            globals: vec![(
+                CGROUP_ACCOUNTING_GLOBAL,
+                global_bytes(&u32::from(ctx.per_cgroup)),
+            )],
+            btf: Ok(()),
+            tracepoint: Ok(()),
+            offsets: Vec::new(),
+        }
+    }
+
+    fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
+        vec![("CGROUP_STATS", stats_capacity(ctx.max_cgroups))]
+    }
+
+    fn take(
+        &self,
+        ebpf: &mut Ebpf,
+        _attached: &Attached,
+        ctx: &LoadContext,
+    ) -> Result<Box<dyn LoadedFamily>, String> {
+        Ok(Box::new(CgroupMaps {
+            stats: Mutex::new(take_map(ebpf, "CGROUP_STATS")?),
+            capacity: stats_capacity(ctx.max_cgroups),
+            table: CounterTable::default(),
+            tracker: ctx.cgroups.clone(),
+            fill: FillGauge::default(),
+        }))
+    }
+}
+
+struct CgroupMaps {
+    /// Behind a lock: upkeep deletes the entries of gone cgroups.
+    stats: Mutex<HashMap<MapData, u64, CgroupStats>>,
+    capacity: u32,
+    table: CounterTable<u64, CgroupStats>,
+    tracker: Arc<CgroupTracker>,
+    fill: FillGauge,
+}
+
+impl CgroupMaps {
+    fn entries(&self) -> Result<Vec<(u64, CgroupStats)>, CollectError> {
+        let map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|item| item.map_err(|e| map_error("CGROUP_STATS", e)))
+            .collect()
+    }
+}
+
+impl LoadedFamily for CgroupMaps {
+    fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
+        let entries = self.entries()?;
+        let mut tracker = self.tracker.lock();
+        let rows = self.table.rows(&mut tracker, entries);
+        let (tracked, evictions, unknown) = tracker.counts();
+        drop(tracker);
+        encode(out, &rows)?;
+        gauge(
+            out,
+            "nodelens_cgroups_tracked",
+            "Cgroups exported one by one (the rest fold into cgroup=\"other\").",
+            tracked as f64,
+        )?;
+        counter(
+            out,
+            "nodelens_cgroup_evictions_total",
+            "Tracked cgroups dropped after they were gone and scraped one last time.",
+            evictions as f64,
+        )?;
+        counter(
+            out,
+            "nodelens_cgroups_unknown_total",
+            "Cgroup ids that could not be resolved to a path; their totals went to cgroup=\"other\".",
+            unknown as f64,
+        )?;
+        Ok(())
+    }
+
+    fn upkeep(&self) {
+        let entries = match self.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("cgroup upkeep: {e}");
+                return;
+            }
+        };
+        let live = entries.len() as u64;
+        let delete = {
+            let mut tracker = self.tracker.lock();
+            self.table.upkeep(&mut tracker, entries)
+        };
+        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        // An entry already gone is fine: it cannot be deleted twice.
+        let deleted = delete.iter().filter(|id| map.remove(id).is_ok()).count() as u64;
+        self.fill.set(live.saturating_sub(deleted));
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            maps: vec![self.fill.fill("CGROUP_STATS", self.capacity)],
+            lost: Vec::new(),
+        }
+    }
+}
+
+fn encode(out: &mut DescriptorEncoder, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    family(
+        out,
+        "nodelens_cgroup_cpu_seconds_total",
+        "Time the cgroup's tasks spent on a CPU, measured at sched_switch.",
+        MetricType::Counter,
+        rows.iter()
+            .map(|r| (r.labels.as_array(), secs(r.values.cpu_ns))),
+    )?;
+    family(
+        out,
+        "nodelens_cgroup_runqueue_wait_seconds_total",
+        "Time the cgroup's tasks spent runnable but waiting for a CPU.",
+        MetricType::Counter,
+        rows.iter()
+            .map(|r| (r.labels.as_array(), secs(r.values.runqueue_wait_ns))),
+    )?;
+    family(
+        out,
+        "nodelens_cgroup_context_switches_total",
+        "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
+        MetricType::Counter,
+        rows.iter().flat_map(|r| {
+            [
+                ("voluntary", r.values.voluntary_switches),
+                ("involuntary", r.values.involuntary_switches),
+            ]
+            .map(|(kind, n)| (with_kind(&r.labels, kind), n as f64))
+        }),
+    )?;
+    family(
+        out,
+        "nodelens_cgroup_reclaim_stall_seconds_total",
+        "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
+        MetricType::Counter,
+        rows.iter().flat_map(|r| {
+            [
+                ("direct", r.values.reclaim_direct_ns),
+                ("memcg", r.values.reclaim_memcg_ns),
+            ]
+            .map(|(kind, ns)| (with_kind(&r.labels, kind), secs(ns)))
+        }),
+    )?;
+    Ok(())
+}
+
+fn with_kind<'a>(labels: &'a CgroupLabels, kind: &'static str) -> [(&'static str, &'a str); 5] {
+    let [a, b, c, d] = labels.as_array();
+    [a, b, ("kind", kind), c, d]
+}

@@ -1,0 +1,260 @@
+//! Scheduler family: run-queue latency (runqlat semantics) and context switches, from
+//! `sched_wakeup`, `sched_wakeup_new` and `sched_switch`. The programs also charge each
+//! cgroup's CPU time, wait and switches (see the `cgroup` family, which exports them).
+use agent_ebpf::{
+    histogram::{HISTOGRAM_SLOTS, Log2Histogram},
+    sched::{RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL, SchedCounters, SchedLayout},
+};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+};
+use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
+use crate::{
+    config::CollectorName,
+    ebpf::family::{
+        Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+        LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+    },
+    metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
+};
+
+/// Run-queue latency buckets: 2^10 ns (about 1 µs) up to 2^36 ns (about 69 s).
+pub const RUNQUEUE_FIRST_SLOT: usize = 10;
+pub const RUNQUEUE_LAST_SLOT: usize = 36;
+
+pub struct Sched;
+
+const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        name: "sched_wakeup",
+        category: "sched",
+        group: "sched_wakeup",
+        btf_program: "sched_wakeup_btf",
+        tracepoint_program: "sched_wakeup_tp",
+        core: true,
+    },
+    ProbeSpec {
+        name: "sched_wakeup_new",
+        category: "sched",
+        group: "sched_wakeup_new",
+        btf_program: "sched_wakeup_new_btf",
+        tracepoint_program: "sched_wakeup_new_tp",
+        core: false,
+    },
+    ProbeSpec {
+        name: "sched_switch",
+        category: "sched",
+        group: "sched_switch",
+        btf_program: "sched_switch_btf",
+        tracepoint_program: "sched_switch_tp",
+        core: true,
+    },
+];
+
+/// Offsets for the tp_btf programs, from BTF. `state` became `__state` (and unsigned int)
+/// in 5.14; the field's name goes into the offsets report.
+fn btf_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<Vec<(String, u32)>, String> {
+    let btf = kernel.btf.clone()?;
+    let pid = btf
+        .member("task_struct", &["pid"])
+        .map_err(|e| e.to_string())?;
+    let state = btf
+        .member("task_struct", &["__state", "state"])
+        .map_err(|e| e.to_string())?;
+    l.task_pid = pid.offset;
+    l.task_state = state.offset;
+    l.task_state_size = state.size;
+    let field = if state.name_index == 0 {
+        "__state"
+    } else {
+        "state"
+    };
+    Ok(vec![
+        ("task_struct.pid".into(), pid.offset),
+        (format!("task_struct.{field}"), state.offset),
+        (format!("task_struct.{field} size"), state.size),
+    ])
+}
+
+fn tracepoint_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<(), String> {
+    let f = |event: &str, field: &str| kernel.tp_field("sched", event, field);
+    l.tp_wakeup_pid = f("sched_wakeup", "pid")?.offset;
+    l.tp_switch_prev_pid = f("sched_switch", "prev_pid")?.offset;
+    let prev_state = f("sched_switch", "prev_state")?;
+    l.tp_switch_prev_state = prev_state.offset;
+    l.tp_switch_prev_state_size = prev_state.size;
+    l.tp_switch_next_pid = f("sched_switch", "next_pid")?.offset;
+    Ok(())
+}
+
+pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
+    let mut l = SchedLayout::default();
+    let btf = btf_layout(kernel, &mut l);
+    let tracepoint = tracepoint_layout(kernel, &mut l);
+    let offsets = btf.clone().unwrap_or_default();
+    let family = FamilyLayout {
+        globals: vec![(SCHED_LAYOUT_GLOBAL, global_bytes(&l))],
+        btf: btf.map(drop),
+        tracepoint,
+        offsets,
+    };
+    (l, family)
+}
+
+impl Family for Sched {
+    fn name(&self) -> CollectorName {
+        CollectorName::Sched
+    }
+
+    fn probes(&self) -> &'static [ProbeSpec] {
+        PROBES
+    }
+
+    fn layout(&self, kernel: &KernelSources, _ctx: &LoadContext) -> FamilyLayout {
+        layout(kernel).1
+    }
+
+    fn take(
+        &self,
+        ebpf: &mut Ebpf,
+        attached: &Attached,
+        _ctx: &LoadContext,
+    ) -> Result<Box<dyn LoadedFamily>, String> {
+        Ok(Box::new(SchedMaps {
+            counters: take_map(ebpf, "SCHED_COUNTERS")?,
+            start: take_map(ebpf, "RUNQUEUE_START")?,
+            runqueue_complete: attached.all_up(&["sched_wakeup", "sched_wakeup_new", "sched_switch"]),
+            switch_up: attached.up("sched_switch"),
+            start_fill: FillGauge::default(),
+        }))
+    }
+}
+
+struct SchedMaps {
+    counters: PerCpuArray<MapData, SchedCounters>,
+    start: HashMap<MapData, u32, u64>,
+    /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
+    runqueue_complete: bool,
+    switch_up: bool,
+    start_fill: FillGauge,
+}
+
+impl LoadedFamily for SchedMaps {
+    fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
+        let counters = self
+            .counters
+            .get(&0, 0)
+            .map_err(|e| map_error("SCHED_COUNTERS", e))?;
+        let (mut voluntary, mut involuntary) = (0u64, 0u64);
+        let mut latency = Log2Histogram::zeroed();
+        for c in counters.iter() {
+            voluntary += c.voluntary_switches;
+            involuntary += c.involuntary_switches;
+            latency.merge(&c.runqueue_latency);
+        }
+        if self.switch_up {
+            family(
+                out,
+                "nodelens_cpu_context_switches_total",
+                "Context switches seen by sched_switch: voluntary (the task blocked) or involuntary (preempted while runnable).",
+                MetricType::Counter,
+                [
+                    ([("kind", "voluntary")], voluntary as f64),
+                    ([("kind", "involuntary")], involuntary as f64),
+                ],
+            )?;
+        }
+        if self.runqueue_complete {
+            histogram(
+                out,
+                "nodelens_runqueue_latency_seconds",
+                "Time tasks spent runnable on a run queue before getting a CPU (wakeup or preemption to sched_switch).",
+                [(
+                    NoLabels,
+                    Log2Buckets {
+                        slots: &latency.slots[..HISTOGRAM_SLOTS],
+                        sum: latency.sum,
+                        first_slot: RUNQUEUE_FIRST_SLOT,
+                        last_slot: RUNQUEUE_LAST_SLOT,
+                        scale: 1e-9,
+                    },
+                )],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn upkeep(&self) {
+        // Entries are consumed when their task gets a CPU; only the fill level is kept.
+        self.start_fill.set(self.start.keys().count() as u64);
+    }
+
+    fn health(&self) -> Health {
+        let (mut start_full, mut cgroup_full) = (0, 0);
+        if let Ok(per_cpu) = self.counters.get(&0, 0) {
+            for c in per_cpu.iter() {
+                start_full += c.start_map_full;
+                cgroup_full += c.cgroup_map_full;
+            }
+        }
+        Health {
+            maps: vec![self.start_fill.fill("RUNQUEUE_START", RUNQUEUE_START_ENTRIES)],
+            lost: vec![
+                ("runqueue_start_map_full", start_full),
+                ("cgroup_map_full_sched", cgroup_full),
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf::btf::{Btf, fixtures};
+
+    fn resolve(release: &str) -> (SchedLayout, FamilyLayout) {
+        let bytes = fixtures::load(release);
+        let btf = Btf::parse(&bytes).unwrap();
+        layout(&KernelSources {
+            btf: Ok(&btf),
+            tracefs: None,
+        })
+    }
+
+    #[test]
+    fn resolves_task_struct_on_each_kernel() {
+        // (kernel, pid offset, state offset, state size), as each kernel's BTF has them.
+        for (release, pid, state, size) in [
+            ("5.10.0-46-cloud-amd64", 2232, 16, 8),
+            ("6.1.0-56-cloud-amd64", 2416, 24, 4),
+            ("6.12.118+deb13-cloud-amd64", 2432, 24, 4),
+        ] {
+            let (l, family) = resolve(release);
+            assert_eq!(family.btf, Ok(()), "{release}");
+            assert_eq!(
+                (l.task_pid, l.task_state, l.task_state_size),
+                (pid, state, size),
+                "{release}"
+            );
+            let field = if size == 8 { "state" } else { "__state" };
+            assert!(
+                family
+                    .offsets
+                    .contains(&(format!("task_struct.{field}"), state)),
+                "{release}: 5.14 renamed state to __state"
+            );
+        }
+    }
+
+    #[test]
+    fn without_btf_or_tracefs_each_attach_type_says_why() {
+        let (_, family) = layout(&KernelSources {
+            btf: Err("no BTF here".into()),
+            tracefs: None,
+        });
+        assert_eq!(family.btf, Err("no BTF here".into()));
+        assert!(family.tracepoint.unwrap_err().contains("tracefs not mounted"));
+    }
+}

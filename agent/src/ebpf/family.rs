@@ -1,0 +1,255 @@
+//! What a probe family is, to the loader: its probes, its kernel layout, its maps, and
+//! what it does with them (upkeep, collection, health).
+//!
+//! A family is one module on each side: `agent-ebpf/src/probes/<family>.rs` (programs, maps
+//! and the types they share with user space) and `agent/src/ebpf/families/<family>.rs`,
+//! which implements [`Family`] and [`LoadedFamily`] here. The loader, the upkeep task, the
+//! scrape and preflight only ever see these two traits.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::Ebpf;
+use prometheus_client::encoding::DescriptorEncoder;
+use serde::{Deserialize, Serialize};
+
+use super::{btf::Btf, tracefs};
+use crate::{cgroups::tracker::CgroupTracker, config::CollectorName, metrics::CollectError};
+
+/// How a probe ended up attached, or `None`: one word for "not attached" everywhere
+/// (metrics, preflight, the `/` page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachKind {
+    TpBtf,
+    Tracepoint,
+    None,
+}
+
+impl AttachKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+            Self::None => "none",
+        }
+    }
+}
+
+/// One kernel event and the two programs that can serve it (kunai's compat-table idea).
+#[derive(Debug)]
+pub struct ProbeSpec {
+    /// The probe's name in metrics: the tracepoint's name.
+    pub name: &'static str,
+    /// The tracepoint's category in tracefs (`events/<category>/<name>`).
+    pub category: &'static str,
+    /// Probes of one group attach with the same attach type, because their programs must
+    /// agree on how they key shared state (block requests: address vs. dev and sector).
+    pub group: &'static str,
+    pub btf_program: &'static str,
+    pub tracepoint_program: &'static str,
+    /// nodelens is not worth running without it: preflight fails when it cannot attach.
+    pub core: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    pub core: bool,
+    pub attach: AttachKind,
+    /// Program name in the object, for BPF stats.
+    pub program: Option<&'static str>,
+    /// Why it is not attached, or why the preferred attach type was not used.
+    pub note: Option<String>,
+}
+
+impl ProbeStatus {
+    pub fn is_up(&self) -> bool {
+        self.attach != AttachKind::None
+    }
+}
+
+/// The attach outcome of every probe of one family, for its `take`.
+pub struct Attached<'a>(pub &'a [ProbeStatus]);
+
+impl Attached<'_> {
+    pub fn up(&self, probe: &str) -> bool {
+        self.0.iter().any(|s| s.name == probe && s.is_up())
+    }
+
+    pub fn all_up(&self, probes: &[&str]) -> bool {
+        probes.iter().all(|p| self.up(p))
+    }
+}
+
+/// Where offsets come from on this kernel: its BTF (read once, see `kernel.rs`) and the
+/// tracepoint format files.
+pub struct KernelSources<'a> {
+    pub btf: Result<&'a Btf<'a>, String>,
+    pub tracefs: Option<&'a std::path::Path>,
+}
+
+impl KernelSources<'_> {
+    /// A `format` file field's offset, or why not.
+    pub fn tp_field(
+        &self,
+        category: &str,
+        event: &str,
+        field: &str,
+    ) -> Result<tracefs::Field, String> {
+        let dir = self.tracefs.ok_or(tracefs::NOT_MOUNTED)?;
+        tracefs::field(dir, category, event, field)
+    }
+}
+
+/// What a family resolved for this kernel.
+#[derive(Debug)]
+pub struct FamilyLayout {
+    /// Globals to set before loading: (name in the object, the value's bytes).
+    pub globals: Vec<(&'static str, Vec<u8>)>,
+    /// Offsets for the tp_btf programs came from BTF, or why not.
+    pub btf: Result<(), String>,
+    /// Offsets for the classic tracepoint programs came from format files, or why not.
+    pub tracepoint: Result<(), String>,
+    /// BTF-derived offsets by name, for reports that compare kernels.
+    pub offsets: Vec<(String, u32)>,
+}
+
+/// The bytes of a `#[repr(C)]` layout struct, for `EbpfLoader::override_global`.
+pub fn global_bytes<T: aya::Pod>(value: &T) -> Vec<u8> {
+    // SAFETY: Pod types are plain data without padding-dependent invariants.
+    unsafe {
+        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    }
+    .to_vec()
+}
+
+/// What every family may use while it loads and runs.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    /// Ids to paths and labels, and which cgroups are exported one by one.
+    pub cgroups: Arc<CgroupTracker>,
+    /// Per-cgroup accounting is on (the `cgroup` collector is enabled). When it is off, the
+    /// programs skip their per-cgroup updates altogether.
+    pub per_cgroup: bool,
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub max_cgroups: usize,
+}
+
+/// A probe family, before loading.
+pub trait Family: Sync {
+    /// One name everywhere: the collector that enables it, its modules, its README row.
+    fn name(&self) -> CollectorName;
+    fn probes(&self) -> &'static [ProbeSpec];
+    /// Offsets and flags its programs need, from this kernel.
+    fn layout(&self, kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout;
+    /// Map sizes to set before loading, where the default does not fit.
+    fn map_sizes(&self, _ctx: &LoadContext) -> Vec<(&'static str, u32)> {
+        Vec::new()
+    }
+    /// Takes its maps out of the loaded object once every probe has been tried.
+    fn take(
+        &self,
+        ebpf: &mut Ebpf,
+        attached: &Attached,
+        ctx: &LoadContext,
+    ) -> Result<Box<dyn LoadedFamily>, String>;
+}
+
+/// A family's maps after loading, and what is done with them.
+pub trait LoadedFamily: Send + Sync {
+    /// Encodes its metrics. Reads the maps; never changes them.
+    fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError>;
+    /// Keeps the maps healthy: sweeps stale entries, deletes those of cgroups that are
+    /// gone, counts what it removed, refreshes fill levels. The loader's upkeep task calls
+    /// it on a timer, whether or not anyone scrapes.
+    fn upkeep(&self) {}
+    /// Fill levels and losses, for the `bpf` collector.
+    fn health(&self) -> Health {
+        Health::default()
+    }
+    /// Starts tasks that wait for kernel events (ring buffers). Called once, inside the
+    /// agent's async runtime; `preflight` never calls it.
+    fn spawn_event_readers(&self) {}
+}
+
+/// One bounded map's fill level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Health {
+    pub maps: Vec<MapFill>,
+    /// Events the kernel could not record, or entries upkeep removed, by reason.
+    pub lost: Vec<(&'static str, u64)>,
+}
+
+/// A map's entry count, refreshed by upkeep (counting walks every bucket, so scrapes only
+/// read the last count).
+#[derive(Debug, Default)]
+pub struct FillGauge(AtomicU64);
+
+impl FillGauge {
+    pub fn set(&self, entries: u64) {
+        self.0.store(entries, Ordering::Relaxed);
+    }
+
+    pub fn fill(&self, map: &'static str, capacity: u32) -> MapFill {
+        MapFill {
+            map,
+            entries: self.0.load(Ordering::Relaxed),
+            capacity,
+        }
+    }
+}
+
+/// One line out of an error chain; verifier logs are cut to their last line, which is the
+/// one that says why.
+pub fn reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        let text = match text.split_once("Verifier output:") {
+            Some((head, log)) => {
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                format!("{}(verifier: {})", head, last.trim())
+            }
+            None => text,
+        };
+        if !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text.lines().next().unwrap_or("").to_owned());
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// A map read that failed, as a collector error.
+pub fn map_error(map: &'static str, e: aya::maps::MapError) -> CollectError {
+    CollectError::map(map, reason(&e))
+}
+
+/// Takes a map out of the object as the given aya map type, or says which one is missing.
+pub fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, String>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("map {name} missing from the eBPF object (a build bug)"))?;
+    M::try_from(map).map_err(|e| format!("map {name}: {}", reason(&e)))
+}

@@ -1,0 +1,120 @@
+//! Everything the agent runs with, built in one place from a validated [`Config`]: host
+//! paths, the cgroup2 root and resolver, the per-cgroup tracker, the probes and the
+//! registry. `nodelens` (serving) and `nodelens preflight --exercise` both start here, so
+//! they cannot disagree about how the node is seen.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use prometheus_client::registry::Registry;
+
+use crate::{
+    agent::{self, AgentState},
+    cgroups::{self, CgroupResolver, tracker::CgroupTracker},
+    collectors::{self, HostPaths},
+    config::{CollectorName, Config},
+    ebpf::{
+        families,
+        family::{Family, LoadContext},
+        loader::{self, FamilyCollector, Probes},
+    },
+    metrics::Collector,
+    node::NodeIdentity,
+};
+
+pub struct Runtime {
+    pub config: Config,
+    pub probes: Arc<Probes>,
+    pub agent: Arc<AgentState>,
+    pub registry: Arc<Registry>,
+    context: LoadContext,
+}
+
+/// The cgroup2 hierarchy: `--cgroup-root`, or the cgroup2 mount in our own mountinfo (the
+/// host's /sys/fs/cgroup is mounted into the pod at the same place).
+pub fn cgroup_root(config: &Config) -> Option<PathBuf> {
+    config.cgroups.root.clone().or_else(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        cgroups::cgroup2_mount(&mountinfo)
+    })
+}
+
+impl Runtime {
+    pub fn build(config: Config, identity: NodeIdentity, preflight: Option<String>) -> Self {
+        let root = cgroup_root(&config).unwrap_or_else(|| {
+            tracing::warn!(
+                "no cgroup2 mount in /proc/self/mountinfo: per-cgroup metrics fold into cgroup=\"other\" (mount the host's /sys/fs/cgroup, or set --cgroup-root)"
+            );
+            "/sys/fs/cgroup".into()
+        });
+        tracing::info!(root = %root.display(), "cgroup2 hierarchy");
+        let resolver = CgroupResolver::new(
+            root,
+            &config.cgroups.pod_logs_dir,
+            &config.cgroups.container_logs_dir,
+        );
+        let context = LoadContext {
+            cgroups: Arc::new(CgroupTracker::new(resolver, config.cgroups.clone())),
+            per_cgroup: config.enabled(CollectorName::Cgroup),
+            procfs: config.procfs.clone(),
+            sysfs: config.sysfs.clone(),
+            max_cgroups: config.cgroups.max_tracked,
+        };
+        let probes = Arc::new(Probes::default());
+        let agent = Arc::new(AgentState::new(probes.clone(), identity, preflight));
+        let paths = HostPaths {
+            procfs: config.procfs.clone(),
+            rootfs: config.rootfs.clone(),
+        };
+        let collectors: Vec<Box<dyn Collector>> = config
+            .collectors
+            .iter()
+            .map(|&name| {
+                collectors::build(name, &paths, &probes).unwrap_or_else(|| {
+                    Box::new(FamilyCollector {
+                        name,
+                        probes: probes.clone(),
+                    })
+                })
+            })
+            .collect();
+        let registry = Arc::new(agent::registry(collectors, agent.clone()));
+        Self {
+            config,
+            probes,
+            agent,
+            registry,
+            context,
+        }
+    }
+
+    /// The probe families of the enabled collectors.
+    pub fn families(&self) -> Vec<&'static dyn Family> {
+        loader::families_for(&self.config.collectors)
+    }
+
+    /// Loads and attaches the enabled families (blocking: run it off the event loop).
+    pub fn load_probes(&self, families: &[&'static dyn Family], btf: &Path) {
+        let loaded = loader::load(
+            families,
+            self.config.probe_attach,
+            btf,
+            self.context.clone(),
+        );
+        // Loading runs once per process, so this is the only set.
+        let _ = self.probes.loaded.set(loaded);
+    }
+
+    /// Every family, whatever the collectors say (preflight checks them all).
+    pub fn all_families() -> Vec<&'static dyn Family> {
+        families::ALL.to_vec()
+    }
+
+    /// Encodes one scrape in the Prometheus text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
