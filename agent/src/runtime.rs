@@ -104,6 +104,7 @@ impl Runtime {
         );
         // Loading runs once per process, so this is the only set.
         let _ = self.probes.loaded.set(loaded);
+        return_freed_heap();
     }
 
     /// Every family, whatever the collectors say (preflight checks them all).
@@ -116,5 +117,16 @@ impl Runtime {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// aya parses the kernel's BTF (5 MB, some 150,000 types) into many small allocations to
+/// load the tp_btf programs, and drops them right after. glibc keeps that freed heap (15
+/// MB here) unless asked; ask once, after loading.
+fn return_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

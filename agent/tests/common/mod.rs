@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -133,93 +133,94 @@ impl Drop for Agent {
 /// Status, headers (names lower-cased) and body.
 pub type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// A minimal HTTP/1.1 client.
+/// One HTTP/1.1 request with ureq, the body as sent (no transparent decompression), any
+/// status accepted.
 pub fn http(
     addr: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
+    let request = request.body(()).map_err(std::io::Error::other)?;
+    let mut response = agent.run(request).map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
-    {
-        body = dechunk(&body);
-    }
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(256 << 20)
+        .read_to_vec()
+        .map_err(std::io::Error::other)?;
     Ok((status, headers, body))
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
-        let Some(chunk) = data.get(eol + 2..eol + 2 + size) else {
-            break;
-        };
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(chunk);
-        data = data.get(eol + 2 + size + 2..).unwrap_or(&[]);
-    }
-    out
-}
-
-/// Samples by full series text (`name{labels}`), plus the TYPE of each family.
+/// Samples by full series text (`name{labels}`, labels in exposition order), plus the TYPE
+/// of each family, from a scrape parsed by nom-openmetrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub samples: BTreeMap<String, f64>,
     pub types: BTreeMap<String, String>,
+    /// Label names by sample name.
+    pub labels: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
+    /// Parses the Prometheus text format; panics with the parser's complaint if it is not.
     pub fn parse(text: &str) -> Metrics {
+        let (_, families) = nom_openmetrics::parser::prometheus(text)
+            .unwrap_or_else(|e| panic!("not the Prometheus text format: {e}"));
         let mut m = Metrics::default();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut p = rest.split(' ');
-                if let (Some(n), Some(t)) = (p.next(), p.next()) {
-                    m.types.insert(n.to_owned(), t.to_owned());
+        for family in families {
+            for d in &family.descriptors {
+                if let nom_openmetrics::MetricDescriptor::Type { metric, r#type } = d {
+                    m.types
+                        .insert((*metric).to_owned(), r#type.to_string().to_lowercase());
                 }
-                continue;
             }
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            if let Some((series, value)) = line.rsplit_once(' ') {
-                let v = match value {
-                    "+Inf" => f64::INFINITY,
-                    "-Inf" => f64::NEG_INFINITY,
-                    v => v.parse().unwrap_or(f64::NAN),
+            for sample in &family.samples {
+                m.labels
+                    .entry(sample.name().to_owned())
+                    .or_default()
+                    .extend(sample.labels().iter().map(|l| l.name.to_owned()));
+                let labels: Vec<String> = sample
+                    .labels()
+                    .iter()
+                    .map(|l| format!("{}=\"{}\"", l.name, escape(&l.value)))
+                    .collect();
+                let series = if labels.is_empty() {
+                    sample.name().to_owned()
+                } else {
+                    format!("{}{{{}}}", sample.name(), labels.join(","))
                 };
-                m.samples.insert(series.to_owned(), v);
+                m.samples.insert(series, sample.number());
             }
         }
         m
@@ -253,42 +254,8 @@ impl Metrics {
 
     /// Label names used by a family's series.
     pub fn label_names(&self, name: &str) -> std::collections::BTreeSet<String> {
-        let mut out = std::collections::BTreeSet::new();
-        for (series, _) in self.family(name) {
-            if let Some(labels) = series.split_once('{').map(|(_, l)| l.trim_end_matches('}')) {
-                for pair in split_labels(labels) {
-                    if let Some((k, _)) = pair.split_once('=') {
-                        out.insert(k.to_owned());
-                    }
-                }
-            }
-        }
-        out
+        self.labels.get(name).cloned().unwrap_or_default()
     }
-}
-
-/// Splits `a="x",b="y,z"` on the commas between labels, not inside values.
-pub fn split_labels(labels: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for c in labels.chars() {
-        match c {
-            '\\' if in_quotes && !escaped => escaped = true,
-            '"' if !escaped => in_quotes = !in_quotes,
-            ',' if !in_quotes => {
-                out.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => escaped = false,
-        }
-        cur.push(c);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 /// Reads a whole /proc file.
