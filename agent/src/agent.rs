@@ -56,9 +56,13 @@ impl AgentState {
             .unwrap_or_default()
     }
 
-    /// Whether kernel BPF statistics are on, or why not; `None` before loading.
-    pub fn bpf_stats(&self) -> Option<Result<(), String>> {
-        self.probes.loaded.get().map(|l| l.bpf_stats.clone())
+    /// The kernel's BPF statistics: `None` before loading or when not asked for, else on
+    /// or why not.
+    pub fn kernel_stats(&self) -> Option<Result<(), String>> {
+        self.probes
+            .loaded
+            .get()
+            .and_then(|l| l.kernel_stats.clone())
     }
 
     pub fn encode(&self, out: &mut DescriptorEncoder) -> std::fmt::Result {

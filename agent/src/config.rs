@@ -101,6 +101,12 @@ pub struct Settings {
     /// Where `nodelens preflight --output-dir` wrote the node identity and its report.
     #[arg(long, env = "NODELENS_PREFLIGHT_DIR", global = true)]
     pub preflight_dir: Option<PathBuf>,
+    /// Also turn on the kernel's own BPF run-time statistics (BPF_ENABLE_STATS, needs
+    /// CAP_SYS_ADMIN) and export them beside the probes' self-measured cost. They are one
+    /// switch for the whole node: every BPF program pays two clock reads per run while they
+    /// are on [default: false].
+    #[arg(long, env = "NODELENS_KERNEL_BPF_STATS", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub kernel_bpf_stats: Option<bool>,
     /// How often the agent keeps its kernel maps, whether or not anyone scrapes: sweeps
     /// stale entries, deletes those of gone cgroups, refreshes fill levels [default: 5s].
     #[arg(long, env = "NODELENS_MAP_UPKEEP_INTERVAL", global = true)]
@@ -268,6 +274,7 @@ pub struct Config {
     pub machine_id_file: PathBuf,
     pub preflight_dir: Option<PathBuf>,
     pub map_upkeep_interval: Duration,
+    pub kernel_bpf_stats: bool,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
@@ -468,6 +475,7 @@ impl Config {
                 .unwrap_or_else(|| "/etc/machine-id".into()),
             preflight_dir: s.preflight_dir,
             map_upkeep_interval,
+            kernel_bpf_stats: s.kernel_bpf_stats.unwrap_or(false),
             log_level,
             log_format,
         })
@@ -759,6 +767,17 @@ mod tests {
             "nested file keys survive the merge"
         );
         assert!(c.cgroups.include.is_some(), "nested flags too");
+    }
+
+    #[test]
+    fn kernel_bpf_stats_is_off_unless_asked() {
+        assert!(!Config::resolve(flags()).unwrap().kernel_bpf_stats);
+        let cli = Cli::try_parse_from(["nodelens", "--kernel-bpf-stats"]).unwrap();
+        assert!(Config::resolve(cli.settings).unwrap().kernel_bpf_stats);
+        let cli = Cli::try_parse_from(["nodelens", "--kernel-bpf-stats=false"]).unwrap();
+        assert!(!Config::resolve(cli.settings).unwrap().kernel_bpf_stats);
+        let file = Settings::parse_file(Path::new("c.yaml"), "kernel_bpf_stats: true\n").unwrap();
+        assert_eq!(file.kernel_bpf_stats, Some(true));
     }
 
     #[test]

@@ -200,6 +200,16 @@ pub fn run(config: &Config, exercise: Option<(Option<&Path>, Option<&Path>)>) ->
     let runtime = Runtime::build(config.clone(), node.clone(), None);
     runtime.load_probes(&Runtime::all_families(), Path::new(BTF_PATH));
     let statuses = runtime.agent.statuses();
+    if let Some(loaded) = runtime.probes.loaded.get() {
+        for note in &loaded.notes {
+            let (family, how) = note.split_once(": ").unwrap_or(("probes", note));
+            checks.push(Check {
+                name: format!("{family} mode"),
+                ok: true,
+                detail: how.to_owned(),
+            });
+        }
+    }
     let probes: Vec<ProbeReport> = statuses
         .iter()
         .map(|s| ProbeReport {

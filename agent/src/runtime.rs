@@ -60,6 +60,7 @@ impl Runtime {
             procfs: config.procfs.clone(),
             sysfs: config.sysfs.clone(),
             max_cgroups: config.cgroups.max_tracked,
+            kernel_bpf_stats: config.kernel_bpf_stats,
         };
         let probes = Arc::new(Probes::default());
         let agent = Arc::new(AgentState::new(probes.clone(), identity, preflight));

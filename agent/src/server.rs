@@ -116,10 +116,13 @@ impl Server {
             };
             rows.push_str(&format!("<tr><td colspan=4>{why}</td></tr>\n"));
         }
-        let stats = match self.agent.bpf_stats() {
-            Some(Ok(())) => "BPF run-time statistics: on".to_owned(),
-            Some(Err(why)) => html_escape(&why),
-            None => "BPF run-time statistics: not loaded yet".to_owned(),
+        let stats = match self.agent.kernel_stats() {
+            Some(Ok(())) => "Probe cost: measured by the probes themselves (1 run in 64 timed), and the kernel's BPF statistics are on (--kernel-bpf-stats)".to_owned(),
+            Some(Err(why)) => format!(
+                "Probe cost: measured by the probes themselves (1 run in 64 timed). {}",
+                html_escape(&why)
+            ),
+            None => "Probe cost: measured by the probes themselves (1 run in 64 timed); the kernel's global BPF statistics stay off".to_owned(),
         };
         format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>nodelens</title></head><body>\n\

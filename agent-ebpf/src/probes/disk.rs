@@ -74,6 +74,11 @@ pub struct DiskInFlight {
     pub _pad: u32,
 }
 
+/// Slots of `DISK_COST`, one per program.
+pub const COST_ISSUE: u32 = 0;
+pub const COST_COMPLETE: u32 = 1;
+pub const COST_SLOTS: u32 = 2;
+
 /// Requests in flight at once, node-wide. Deep NVMe queues reach a few thousand.
 pub const DISK_INFLIGHT_ENTRIES: u32 = 16384;
 /// Distinct (disk, op) pairs.
@@ -137,10 +142,14 @@ mod programs {
     };
 
     use super::{
-        DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DiskCounters, DiskHistograms, DiskInFlight,
-        DiskKey, DiskLayout, disk_op_from_req_op, disk_op_from_rwbs,
+        COST_COMPLETE, COST_ISSUE, COST_SLOTS, DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES,
+        DiskCounters, DiskHistograms, DiskInFlight, DiskKey, DiskLayout, disk_op_from_req_op,
+        disk_op_from_rwbs,
     };
-    use crate::probes::kernel;
+    use crate::probes::{
+        cost::{ProbeCost, programs as cost},
+        kernel,
+    };
 
     #[unsafe(no_mangle)]
     static DISK_LAYOUT: Global<DiskLayout> = Global::new(DiskLayout {
@@ -176,6 +185,9 @@ mod programs {
 
     #[map]
     static DISK_COUNTERS: PerCpuArray<DiskCounters> = PerCpuArray::with_max_entries(1, 0);
+
+    #[map]
+    static DISK_COST: PerCpuArray<ProbeCost> = PerCpuArray::with_max_entries(COST_SLOTS, 0);
 
     #[inline(always)]
     fn count(f: impl FnOnce(&mut DiskCounters)) {
@@ -259,6 +271,7 @@ mod programs {
 
     #[btf_tracepoint(function = "block_rq_issue")]
     pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> u32 {
+        let t = cost::start(&DISK_COST, COST_ISSUE);
         let layout = DISK_LAYOUT.load();
         // The verifier needs a constant context offset, hence the branch.
         let rq: *const u8 = if layout.issue_rq_arg == 1 {
@@ -267,6 +280,7 @@ mod programs {
             ctx.arg(0)
         };
         let _ = unsafe { try_issue_btf(rq, &layout) };
+        t.stop();
         0
     }
 
@@ -280,8 +294,10 @@ mod programs {
 
     #[btf_tracepoint(function = "block_rq_complete")]
     pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
+        let t = cost::start(&DISK_COST, COST_COMPLETE);
         let rq: *const u8 = ctx.arg(0);
         on_complete(rq as u64);
+        t.stop();
         0
     }
 
@@ -293,7 +309,9 @@ mod programs {
 
     #[tracepoint]
     pub fn block_rq_issue_tp(ctx: TracePointContext) -> u32 {
+        let t = cost::start(&DISK_COST, COST_ISSUE);
         let _ = unsafe { try_issue_tp(&ctx) };
+        t.stop();
         0
     }
 
@@ -314,12 +332,14 @@ mod programs {
 
     #[tracepoint]
     pub fn block_rq_complete_tp(ctx: TracePointContext) -> u32 {
+        let t = cost::start(&DISK_COST, COST_COMPLETE);
         let l = DISK_LAYOUT.load();
         let dev = unsafe { ctx.read_at::<u32>(l.tp_complete_dev as usize) };
         let sector = unsafe { ctx.read_at::<u64>(l.tp_complete_sector as usize) };
         if let (Ok(dev), Ok(sector)) = (dev, sector) {
             on_complete(dev_sector_key(dev, sector));
         }
+        t.stop();
         0
     }
 }

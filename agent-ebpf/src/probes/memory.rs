@@ -6,6 +6,14 @@
 pub const RECLAIM_DIRECT: u32 = 0;
 pub const RECLAIM_MEMCG: u32 = 1;
 pub const RECLAIM_KIND_NAMES: [&str; 2] = ["direct", "memcg"];
+/// Slots of `MEMORY_COST`, one per program.
+pub const COST_DIRECT_BEGIN: u32 = 0;
+pub const COST_DIRECT_END: u32 = 1;
+pub const COST_MEMCG_BEGIN: u32 = 2;
+pub const COST_MEMCG_END: u32 = 3;
+pub const COST_MARK_VICTIM: u32 = 4;
+pub const COST_SLOTS: u32 = 5;
+
 /// Threads inside reclaim at once.
 pub const RECLAIM_START_ENTRIES: u32 = 8192;
 
@@ -67,10 +75,16 @@ mod programs {
     };
 
     use super::{
-        MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT, RECLAIM_MEMCG,
+        COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
+        COST_SLOTS, MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT, RECLAIM_MEMCG,
         RECLAIM_START_ENTRIES,
     };
-    use crate::probes::{cgroup::programs as cgroup, histogram::Log2Histogram, kernel};
+    use crate::probes::{
+        cgroup::programs as cgroup,
+        cost::{ProbeCost, programs as cost},
+        histogram::Log2Histogram,
+        kernel,
+    };
 
     #[unsafe(no_mangle)]
     static MEMORY_LAYOUT: Global<MemoryLayout> = Global::new(MemoryLayout {
@@ -94,6 +108,18 @@ mod programs {
 
     #[map]
     static MEMORY_COUNTERS: PerCpuArray<MemoryCounters> = PerCpuArray::with_max_entries(1, 0);
+
+    #[map]
+    static MEMORY_COST: PerCpuArray<ProbeCost> = PerCpuArray::with_max_entries(COST_SLOTS, 0);
+
+    /// Runs `body` as one measured run of the program in `slot`.
+    #[inline(always)]
+    fn measured(slot: u32, body: impl FnOnce() -> u32) -> u32 {
+        let t = cost::start(&MEMORY_COST, slot);
+        let r = body();
+        t.stop();
+        r
+    }
 
     /// OOM kills are rare: 256 events of 16 bytes fit in one page with room to spare.
     #[map]
@@ -156,42 +182,42 @@ mod programs {
 
     #[btf_tracepoint(function = "mm_vmscan_direct_reclaim_begin")]
     pub fn direct_reclaim_begin_btf(_ctx: BtfTracePointContext) -> u32 {
-        reclaim_begin(RECLAIM_DIRECT)
+        measured(COST_DIRECT_BEGIN, || reclaim_begin(RECLAIM_DIRECT))
     }
 
     #[btf_tracepoint(function = "mm_vmscan_direct_reclaim_end")]
     pub fn direct_reclaim_end_btf(_ctx: BtfTracePointContext) -> u32 {
-        reclaim_end(RECLAIM_DIRECT)
+        measured(COST_DIRECT_END, || reclaim_end(RECLAIM_DIRECT))
     }
 
     #[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
     pub fn memcg_reclaim_begin_btf(_ctx: BtfTracePointContext) -> u32 {
-        reclaim_begin(RECLAIM_MEMCG)
+        measured(COST_MEMCG_BEGIN, || reclaim_begin(RECLAIM_MEMCG))
     }
 
     #[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_end")]
     pub fn memcg_reclaim_end_btf(_ctx: BtfTracePointContext) -> u32 {
-        reclaim_end(RECLAIM_MEMCG)
+        measured(COST_MEMCG_END, || reclaim_end(RECLAIM_MEMCG))
     }
 
     #[tracepoint]
     pub fn direct_reclaim_begin_tp(_ctx: TracePointContext) -> u32 {
-        reclaim_begin(RECLAIM_DIRECT)
+        measured(COST_DIRECT_BEGIN, || reclaim_begin(RECLAIM_DIRECT))
     }
 
     #[tracepoint]
     pub fn direct_reclaim_end_tp(_ctx: TracePointContext) -> u32 {
-        reclaim_end(RECLAIM_DIRECT)
+        measured(COST_DIRECT_END, || reclaim_end(RECLAIM_DIRECT))
     }
 
     #[tracepoint]
     pub fn memcg_reclaim_begin_tp(_ctx: TracePointContext) -> u32 {
-        reclaim_begin(RECLAIM_MEMCG)
+        measured(COST_MEMCG_BEGIN, || reclaim_begin(RECLAIM_MEMCG))
     }
 
     #[tracepoint]
     pub fn memcg_reclaim_end_tp(_ctx: TracePointContext) -> u32 {
-        reclaim_end(RECLAIM_MEMCG)
+        measured(COST_MEMCG_END, || reclaim_end(RECLAIM_MEMCG))
     }
 
     #[inline(always)]
@@ -219,6 +245,11 @@ mod programs {
 
     #[btf_tracepoint(function = "mark_victim")]
     pub fn mark_victim_btf(ctx: BtfTracePointContext) -> u32 {
+        measured(COST_MARK_VICTIM, || mark_victim_btf_body(&ctx))
+    }
+
+    #[inline(always)]
+    fn mark_victim_btf_body(ctx: &BtfTracePointContext) -> u32 {
         let l = MEMORY_LAYOUT.load();
         if l.oom_arg_is_task != 0 {
             let task: *const u8 = ctx.arg(0);
@@ -234,6 +265,11 @@ mod programs {
 
     #[tracepoint]
     pub fn mark_victim_tp(ctx: TracePointContext) -> u32 {
+        measured(COST_MARK_VICTIM, || mark_victim_tp_body(&ctx))
+    }
+
+    #[inline(always)]
+    fn mark_victim_tp_body(ctx: &TracePointContext) -> u32 {
         let l = MEMORY_LAYOUT.load();
         let pid = unsafe { ctx.read_at::<u32>(l.tp_victim_pid as usize) }.unwrap_or(0);
         oom_kill(pid, 0);

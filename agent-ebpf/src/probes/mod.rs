@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod kernel;
 
 pub mod cgroup;
+pub mod cost;
 pub mod disk;
 pub mod memory;
 pub mod sched;

@@ -1,6 +1,8 @@
-//! The cost and health of the eBPF side: per-probe run counts and run time from the
-//! kernel's BPF statistics (their ratio is the cost per event), how full each family's
-//! bounded maps are, and events lost because a map was full or an entry went stale.
+//! The cost and health of the eBPF side: per-probe run counts and run time (their ratio is
+//! the cost per event) as the programs measure themselves (`source="sampled"`) and, with
+//! `--kernel-bpf-stats`, as the kernel's BPF statistics say (`source="kernel"`); how full
+//! each family's bounded maps are; and events lost because a map was full or an entry
+//! went stale.
 //!
 //! Fill levels come from the families' upkeep, which walks the maps on its own timer; this
 //! collector only reads.
@@ -34,25 +36,35 @@ impl Collector for BpfCollector {
         let Some(loaded) = self.probes.loaded.get() else {
             return Ok(());
         };
-        let stats = loaded.program_stats();
+        let stats: Vec<(&str, &str, u64, f64)> = loaded
+            .sampled_program_stats()
+            .into_iter()
+            .map(|(p, runs, secs)| (p, "sampled", runs, secs))
+            .chain(
+                loaded
+                    .kernel_program_stats()
+                    .into_iter()
+                    .map(|(p, runs, secs)| (p, "kernel", runs, secs)),
+            )
+            .collect();
         let health: Vec<_> = loaded.families.iter().map(|e| e.family.health()).collect();
         family(
             out,
             "nodelens_probe_runs_total",
-            "Times each probe's program ran (kernel BPF statistics; 0 while they are off).",
+            "Times each probe's program ran: counted by the program (source=\"sampled\"), or by the kernel's BPF statistics with --kernel-bpf-stats (source=\"kernel\").",
             MetricType::Counter,
-            stats
-                .iter()
-                .map(|(probe, runs, _)| ([("probe", *probe)], *runs as f64)),
+            stats.iter().map(|(probe, source, runs, _)| {
+                ([("probe", *probe), ("source", *source)], *runs as f64)
+            }),
         )?;
         family(
             out,
             "nodelens_probe_run_seconds_total",
-            "CPU time spent in each probe's program (kernel BPF statistics). Divided by nodelens_probe_runs_total: the cost per event.",
+            "CPU time spent in each probe's program: estimated from 1 in 64 runs the program times itself (source=\"sampled\"), or the kernel's BPF statistics (source=\"kernel\"). Divided by nodelens_probe_runs_total: the cost per event.",
             MetricType::Counter,
             stats
                 .iter()
-                .map(|(probe, _, secs)| ([("probe", *probe)], *secs)),
+                .map(|(probe, source, _, secs)| ([("probe", *probe), ("source", *source)], *secs)),
         )?;
         let maps = || health.iter().flat_map(|h| h.maps.iter());
         family(

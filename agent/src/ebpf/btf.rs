@@ -301,6 +301,8 @@ pub mod fixtures {
         "task_struct",
         "sched_info",
         "sched_entity",
+        "cfs_rq",
+        "rq",
         "request",
         "request_queue",
         "gendisk",

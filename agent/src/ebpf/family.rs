@@ -13,7 +13,11 @@ use std::{
     },
 };
 
-use aya::Ebpf;
+use agent_ebpf::cost::ProbeCost;
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
 use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +88,16 @@ impl Attached<'_> {
     pub fn all_up(&self, probes: &[&str]) -> bool {
         probes.iter().all(|p| self.up(p))
     }
+
+    /// How `probe` attached, if it was tried at all.
+    pub fn attach(&self, probe: &str) -> Option<AttachKind> {
+        self.0.iter().find(|s| s.name == probe).map(|s| s.attach)
+    }
+
+    /// Whether `probe` was tried (fallback probes that were not needed are not).
+    pub fn listed(&self, probe: &str) -> bool {
+        self.0.iter().any(|s| s.name == probe)
+    }
 }
 
 /// Where offsets come from on this kernel: its BTF (read once, see `kernel.rs`) and the
@@ -117,6 +131,31 @@ pub struct FamilyLayout {
     pub tracepoint: Result<(), String>,
     /// BTF-derived offsets by name, for reports that compare kernels.
     pub offsets: Vec<(String, u32)>,
+    /// Probes that only serve as a fallback: they are attached only when the family's first
+    /// probe did not attach as tp_btf (its tp_btf program does their work itself).
+    pub fallback_probes: Vec<&'static str>,
+    /// How the family works on this kernel, for logs and preflight (for example where the
+    /// run-queue wait comes from).
+    pub mode: Option<String>,
+}
+
+impl FamilyLayout {
+    /// A layout with the given globals and outcomes, no fallbacks and no mode note.
+    pub fn new(
+        globals: Vec<(&'static str, Vec<u8>)>,
+        btf: Result<(), String>,
+        tracepoint: Result<(), String>,
+        offsets: Vec<(String, u32)>,
+    ) -> Self {
+        Self {
+            globals,
+            btf,
+            tracepoint,
+            offsets,
+            fallback_probes: Vec::new(),
+            mode: None,
+        }
+    }
 }
 
 /// The bytes of a `#[repr(C)]` layout struct, for `EbpfLoader::override_global`.
@@ -139,6 +178,8 @@ pub struct LoadContext {
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     pub max_cgroups: usize,
+    /// Turn the kernel's global BPF statistics on too (`--kernel-bpf-stats`).
+    pub kernel_bpf_stats: bool,
 }
 
 /// A probe family, before loading.
@@ -191,6 +232,36 @@ pub struct Health {
     pub maps: Vec<MapFill>,
     /// Events the kernel could not record, or entries upkeep removed, by reason.
     pub lost: Vec<(&'static str, u64)>,
+    /// What each probe's programs cost, as they measured it themselves.
+    pub costs: Vec<(&'static str, ProbeCost)>,
+}
+
+/// A family's cost map (`agent-ebpf`'s `probes/cost.rs`): one slot per probe, per CPU.
+pub struct ProbeCosts {
+    map: PerCpuArray<MapData, ProbeCost>,
+    slots: &'static [(&'static str, u32)],
+}
+
+impl ProbeCosts {
+    pub fn new(
+        map: PerCpuArray<MapData, ProbeCost>,
+        slots: &'static [(&'static str, u32)],
+    ) -> Self {
+        Self { map, slots }
+    }
+
+    /// (probe, the sum over CPUs) for every slot that could be read.
+    pub fn read(&self) -> Vec<(&'static str, ProbeCost)> {
+        self.slots
+            .iter()
+            .filter_map(|(probe, slot)| {
+                let per_cpu = self.map.get(slot, 0).ok()?;
+                let mut total = ProbeCost::default();
+                per_cpu.iter().for_each(|c| total.merge(c));
+                Some((*probe, total))
+            })
+            .collect()
+    }
 }
 
 /// A map's entry count, refreshed by upkeep (counting walks every bucket, so scrapes only

@@ -48,11 +48,14 @@ pub struct Loaded {
     pub families: Vec<LoadedEntry>,
     /// The object, for BPF statistics on its programs; `None` when it could not load.
     ebpf: Mutex<Option<Ebpf>>,
-    /// Kernel BPF run-time statistics are on, or why not.
-    pub bpf_stats: Result<(), String>,
+    /// The kernel's BPF run-time statistics: `None` unless `--kernel-bpf-stats` asked for
+    /// them, then on, or why not.
+    pub kernel_stats: Option<Result<(), String>>,
     _bpf_stats_fd: Option<OwnedFd>,
     /// BTF-derived offsets by name, for reports that compare kernels.
     pub offsets: Vec<(String, u32)>,
+    /// How each family works on this kernel (its layout's mode), for preflight.
+    pub notes: Vec<String>,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     /// The per-cgroup tracker, whose upkeep rounds span every family's tables.
     context: LoadContext,
@@ -96,17 +99,21 @@ impl Loaded {
             statuses,
             families: Vec::new(),
             ebpf: Mutex::new(None),
-            bpf_stats: Err(why),
+            kernel_stats: Some(Err(why)),
             _bpf_stats_fd: None,
             offsets: Vec::new(),
+            notes: Vec::new(),
             logger: Mutex::new(None),
             context,
         }
     }
 
     /// (probe, run count, run time in seconds) for every attached probe, from the kernel's
-    /// BPF statistics. Zero while statistics are off.
-    pub fn program_stats(&self) -> Vec<(&'static str, u64, f64)> {
+    /// BPF statistics; empty unless `--kernel-bpf-stats` turned them on.
+    pub fn kernel_program_stats(&self) -> Vec<(&'static str, u64, f64)> {
+        if !matches!(self.kernel_stats, Some(Ok(()))) {
+            return Vec::new();
+        }
         let guard = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ebpf) = guard.as_ref() else {
             return Vec::new();
@@ -203,6 +210,25 @@ fn raise_memlock() {
     }
 }
 
+/// (probe, runs, estimated run time in seconds) for every attached probe, as its programs
+/// measured themselves (agent-ebpf's `probes/cost.rs`).
+impl Loaded {
+    pub fn sampled_program_stats(&self) -> Vec<(&'static str, u64, f64)> {
+        let attached: Vec<&str> = self
+            .statuses
+            .iter()
+            .filter(|s| s.is_up())
+            .map(|s| s.name)
+            .collect();
+        self.families
+            .iter()
+            .flat_map(|e| e.family.health().costs)
+            .filter(|(probe, _)| attached.contains(probe))
+            .map(|(probe, c)| (probe, c.runs, c.estimated_ns().unwrap_or(0.0) / 1e9))
+            .collect()
+    }
+}
+
 /// Turns on the kernel's per-program run time and count (BPF_ENABLE_STATS, which needs
 /// CAP_SYS_ADMIN), or finds them already on through `kernel.bpf_stats_enabled`.
 fn enable_bpf_stats() -> (Result<(), String>, Option<OwnedFd>) {
@@ -215,7 +241,7 @@ fn enable_bpf_stats() -> (Result<(), String>, Option<OwnedFd>) {
                 (Ok(()), None)
             } else {
                 let why = format!(
-                    "BPF run-time statistics are off: {} (needs CAP_SYS_ADMIN, or set sysctl kernel.bpf_stats_enabled=1 on the host); nodelens_probe_run* stay 0",
+                    "--kernel-bpf-stats: cannot turn the kernel's BPF statistics on: {} (needs CAP_SYS_ADMIN, or set sysctl kernel.bpf_stats_enabled=1 on the host); the probes' own measurements (source=\"sampled\") still work",
                     reason(&e)
                 );
                 tracing::warn!("{why}");
@@ -323,12 +349,23 @@ pub fn load(
             None
         }
     };
-    let (bpf_stats, stats_fd) = enable_bpf_stats();
+    // The kernel's statistics tax every BPF program on the node while on: only on request.
+    let (kernel_stats, stats_fd) = if context.kernel_bpf_stats {
+        let (on, fd) = enable_bpf_stats();
+        (Some(on), fd)
+    } else {
+        (None, None)
+    };
 
     let mut statuses: Vec<ProbeStatus> = Vec::new();
     let mut families = Vec::with_capacity(wanted.len());
+    let mut notes = Vec::new();
     for (family, layout) in wanted.iter().zip(&layouts) {
         let first = statuses.len();
+        if let Some(mode) = &layout.mode {
+            tracing::info!(family = family.name().name(), "{mode}");
+            notes.push(format!("{}: {mode}", family.name().name()));
+        }
         let mut groups: Vec<&str> = family.probes().iter().map(|p| p.group).collect();
         groups.dedup();
         for group in groups {
@@ -337,6 +374,23 @@ pub fn load(
                 .iter()
                 .filter(|p| p.group == group)
                 .collect();
+            // Fallback probes are left out when the family's first probe attached as tp_btf:
+            // its program does their work.
+            let first_is_btf = statuses
+                .get(first)
+                .is_some_and(|s: &ProbeStatus| s.attach == AttachKind::TpBtf);
+            if first_is_btf
+                && members
+                    .iter()
+                    .all(|m| layout.fallback_probes.contains(&m.name))
+            {
+                tracing::debug!(
+                    group,
+                    "not needed: {} attached as tp_btf",
+                    statuses[first].name
+                );
+                continue;
+            }
             for status in attach_group(&mut ebpf, &members, mode, aya_btf.as_ref(), layout) {
                 log_status(&status);
                 statuses.push(status);
@@ -354,9 +408,10 @@ pub fn load(
         statuses,
         families,
         ebpf: Mutex::new(Some(ebpf)),
-        bpf_stats,
+        kernel_stats,
         _bpf_stats_fd: stats_fd,
         offsets,
+        notes,
         logger: Mutex::new(logger),
         context,
     }

@@ -46,15 +46,15 @@ impl Family for Cgroup {
     }
 
     fn layout(&self, _kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout {
-        FamilyLayout {
-            globals: vec![(
+        FamilyLayout::new(
+            vec![(
                 CGROUP_ACCOUNTING_GLOBAL,
                 global_bytes(&u32::from(ctx.per_cgroup)),
             )],
-            btf: Ok(()),
-            tracepoint: Ok(()),
-            offsets: Vec::new(),
-        }
+            Ok(()),
+            Ok(()),
+            Vec::new(),
+        )
     }
 
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
@@ -147,6 +147,7 @@ impl LoadedFamily for CgroupMaps {
         Health {
             maps: vec![self.fill.fill("CGROUP_STATS", self.capacity)],
             lost: Vec::new(),
+            costs: Vec::new(),
         }
     }
 }

@@ -12,8 +12,9 @@ use std::{
 
 use agent_ebpf::{
     disk::{
-        DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DISK_LAYOUT_GLOBAL, DISK_OP_NAMES,
-        DiskCounters, DiskHistograms, DiskInFlight, DiskKey, DiskLayout,
+        COST_COMPLETE, COST_ISSUE, DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES,
+        DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskInFlight, DiskKey,
+        DiskLayout,
     },
     histogram::Log2Histogram,
 };
@@ -27,7 +28,7 @@ use crate::{
     config::CollectorName,
     ebpf::family::{
         Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-        LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+        LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
     },
     metrics::{CollectError, Log2Buckets, histogram},
 };
@@ -44,6 +45,12 @@ pub const SIZE_LAST_SLOT: usize = 27;
 pub const INFLIGHT_STALE_NS: u64 = 60 * 1_000_000_000;
 
 pub struct Disk;
+
+/// (probe, slot in DISK_COST).
+const COST_SLOTS: [(&str, u32); 2] = [
+    ("block_rq_issue", COST_ISSUE),
+    ("block_rq_complete", COST_COMPLETE),
+];
 
 /// Both probes share the "block" group: with tp_btf the programs key requests by address,
 /// with classic tracepoints by (dev, sector), so they must attach the same way.
@@ -127,12 +134,12 @@ pub fn layout(kernel: &KernelSources) -> (DiskLayout, FamilyLayout) {
     let btf = btf_layout(kernel, &mut l);
     let tracepoint = tracepoint_layout(kernel, &mut l);
     let offsets = btf.clone().unwrap_or_default();
-    let family = FamilyLayout {
-        globals: vec![(DISK_LAYOUT_GLOBAL, global_bytes(&l))],
-        btf: btf.map(drop),
+    let family = FamilyLayout::new(
+        vec![(DISK_LAYOUT_GLOBAL, global_bytes(&l))],
+        btf.map(drop),
         tracepoint,
         offsets,
-    };
+    );
     (l, family)
 }
 
@@ -159,6 +166,7 @@ impl Family for Disk {
             histograms: take_map(ebpf, "DISK_HISTOGRAMS")?,
             inflight: Mutex::new(take_map(ebpf, "DISK_INFLIGHT")?),
             counters: take_map(ebpf, "DISK_COUNTERS")?,
+            costs: ProbeCosts::new(take_map(ebpf, "DISK_COST")?, &COST_SLOTS),
             up: attached.all_up(&["block_rq_issue", "block_rq_complete"]),
             names: DeviceNames::new(ctx.sysfs.join("dev/block")),
             stale: AtomicU64::new(0),
@@ -173,6 +181,7 @@ struct DiskMaps {
     /// Behind a lock: upkeep removes stale entries from it.
     inflight: Mutex<HashMap<MapData, u64, DiskInFlight>>,
     counters: PerCpuArray<MapData, DiskCounters>,
+    costs: ProbeCosts,
     /// block_rq_issue and block_rq_complete attached.
     up: bool,
     names: DeviceNames,
@@ -331,6 +340,7 @@ impl LoadedFamily for DiskMaps {
                 ("disk_histogram_map_full", histogram_full),
                 ("disk_inflight_stale", self.stale.load(Ordering::Relaxed)),
             ],
+            costs: self.costs.read(),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::{
 use agent_ebpf::{
     histogram::Log2Histogram,
     memory::{
+        COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
         MEMORY_LAYOUT_GLOBAL, MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT,
         RECLAIM_KIND_NAMES, RECLAIM_MEMCG, RECLAIM_START_ENTRIES,
     },
@@ -31,7 +32,7 @@ use crate::{
         events::spawn_on_readable,
         family::{
             Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+            LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, family, histogram},
@@ -94,6 +95,15 @@ const PROBES: &[ProbeSpec] = &[
     },
 ];
 
+/// (probe, slot in MEMORY_COST).
+const COST_SLOTS: [(&str, u32); 5] = [
+    ("mm_vmscan_direct_reclaim_begin", COST_DIRECT_BEGIN),
+    ("mm_vmscan_direct_reclaim_end", COST_DIRECT_END),
+    ("mm_vmscan_memcg_reclaim_begin", COST_MEMCG_BEGIN),
+    ("mm_vmscan_memcg_reclaim_end", COST_MEMCG_END),
+    ("mark_victim", COST_MARK_VICTIM),
+];
+
 fn btf_layout(kernel: &KernelSources, l: &mut MemoryLayout) -> Result<Vec<(String, u32)>, String> {
     let btf = kernel.btf.clone()?;
     let m = |s: &str, f: &[&str]| {
@@ -130,12 +140,12 @@ pub fn layout(kernel: &KernelSources) -> (MemoryLayout, FamilyLayout) {
         .tp_field("oom", "mark_victim", "pid")
         .map(|f| l.tp_victim_pid = f.offset);
     let offsets = btf.clone().unwrap_or_default();
-    let family = FamilyLayout {
-        globals: vec![(MEMORY_LAYOUT_GLOBAL, global_bytes(&l))],
-        btf: btf.map(drop),
+    let family = FamilyLayout::new(
+        vec![(MEMORY_LAYOUT_GLOBAL, global_bytes(&l))],
+        btf.map(drop),
         tracepoint,
         offsets,
-    };
+    );
     (l, family)
 }
 
@@ -161,6 +171,7 @@ impl Family for Memory {
         Ok(Box::new(MemoryMaps {
             reclaim: take_map(ebpf, "RECLAIM_LATENCY")?,
             counters: take_map(ebpf, "MEMORY_COUNTERS")?,
+            costs: ProbeCosts::new(take_map(ebpf, "MEMORY_COST")?, &COST_SLOTS),
             start: take_map(ebpf, "RECLAIM_START")?,
             ring: Mutex::new(Some(take_map(ebpf, "OOM_EVENTS")?)),
             direct_up: attached.all_up(&[
@@ -201,6 +212,7 @@ struct OomRow {
 struct MemoryMaps {
     reclaim: PerCpuArray<MapData, Log2Histogram>,
     counters: PerCpuArray<MapData, MemoryCounters>,
+    costs: ProbeCosts,
     start: HashMap<MapData, u64, u64>,
     ring: Mutex<Option<RingBuf<MapData>>>,
     direct_up: bool,
@@ -341,6 +353,7 @@ impl LoadedFamily for MemoryMaps {
                 ("oom_ringbuf_full", ring_full),
                 ("cgroup_map_full_reclaim", cgroup_full),
             ],
+            costs: self.costs.read(),
         }
     }
 

@@ -1,9 +1,14 @@
 //! Scheduler family: run-queue latency (runqlat semantics) and context switches, from
-//! `sched_wakeup`, `sched_wakeup_new` and `sched_switch`. The programs also charge each
-//! cgroup's CPU time, wait and switches (see the `cgroup` family, which exports them).
+//! `sched_switch`, which reads the scheduler's own timestamps where the kernel's BTF has
+//! them; `sched_wakeup` and `sched_wakeup_new` are only loaded where it cannot (classic
+//! tracepoints, or a kernel without those fields). The programs also charge each cgroup's
+//! CPU time, wait and switches (see the `cgroup` family, which exports them).
 use agent_ebpf::{
     histogram::{HISTOGRAM_SLOTS, Log2Histogram},
-    sched::{RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL, SchedCounters, SchedLayout},
+    sched::{
+        COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL,
+        SchedCounters, SchedLayout,
+    },
 };
 use aya::{
     Ebpf,
@@ -14,8 +19,8 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use crate::{
     config::CollectorName,
     ebpf::family::{
-        Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-        LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+        AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+        LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
     },
     metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
 };
@@ -26,7 +31,16 @@ pub const RUNQUEUE_LAST_SLOT: usize = 36;
 
 pub struct Sched;
 
+/// `sched_switch` first: whether the wakeup probes are needed depends on how it attached.
 const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        name: "sched_switch",
+        category: "sched",
+        group: "sched_switch",
+        btf_program: "sched_switch_btf",
+        tracepoint_program: "sched_switch_tp",
+        core: true,
+    },
     ProbeSpec {
         name: "sched_wakeup",
         category: "sched",
@@ -43,14 +57,16 @@ const PROBES: &[ProbeSpec] = &[
         tracepoint_program: "sched_wakeup_new_tp",
         core: false,
     },
-    ProbeSpec {
-        name: "sched_switch",
-        category: "sched",
-        group: "sched_switch",
-        btf_program: "sched_switch_btf",
-        tracepoint_program: "sched_switch_tp",
-        core: true,
-    },
+];
+
+/// The wakeup probes only serve the fallback mode.
+const WAKEUP_PROBES: [&str; 2] = ["sched_wakeup", "sched_wakeup_new"];
+
+/// (probe, slot in SCHED_COST).
+const COST_SLOTS: [(&str, u32); 3] = [
+    ("sched_switch", COST_SWITCH),
+    ("sched_wakeup", COST_WAKEUP),
+    ("sched_wakeup_new", COST_WAKEUP_NEW),
 ];
 
 /// Offsets for the tp_btf programs, from BTF. `state` became `__state` (and unsigned int)
@@ -78,6 +94,38 @@ fn btf_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<Vec<(String
     ])
 }
 
+/// The scheduler's own timestamps, for the kernel-timestamp mode (see agent-ebpf's
+/// `probes/sched.rs`); an error says which field this kernel lacks.
+fn kernel_timestamp_layout(
+    kernel: &KernelSources,
+    l: &mut SchedLayout,
+) -> Result<Vec<(String, u32)>, String> {
+    let btf = kernel.btf.clone()?;
+    let m = |s: &str, f: &str| {
+        btf.member(s, &[f])
+            .map(|m| m.offset)
+            .map_err(|e| e.to_string())
+    };
+    let sched_info = m("task_struct", "sched_info")?;
+    let se = m("task_struct", "se")?;
+    l.task_last_queued = sched_info + m("sched_info", "last_queued")?;
+    l.task_cfs_rq = se + m("sched_entity", "cfs_rq")?;
+    // cfs_rq.rq exists with CONFIG_FAIR_GROUP_SCHED.
+    l.cfs_rq_rq = m("cfs_rq", "rq")?;
+    l.rq_clock = m("rq", "clock")?;
+    l.task_sum_exec = se + m("sched_entity", "sum_exec_runtime")?;
+    l.task_prev_sum_exec = se + m("sched_entity", "prev_sum_exec_runtime")?;
+    l.task_policy = m("task_struct", "policy")?;
+    Ok(vec![
+        ("task_struct.sched_info.last_queued".into(), l.task_last_queued),
+        ("task_struct.se.cfs_rq".into(), l.task_cfs_rq),
+        ("cfs_rq.rq".into(), l.cfs_rq_rq),
+        ("rq.clock".into(), l.rq_clock),
+        ("task_struct.se.sum_exec_runtime".into(), l.task_sum_exec),
+        ("task_struct.policy".into(), l.task_policy),
+    ])
+}
+
 fn tracepoint_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<(), String> {
     let f = |event: &str, field: &str| kernel.tp_field("sched", event, field);
     l.tp_wakeup_pid = f("sched_wakeup", "pid")?.offset;
@@ -93,13 +141,26 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
     let mut l = SchedLayout::default();
     let btf = btf_layout(kernel, &mut l);
     let tracepoint = tracepoint_layout(kernel, &mut l);
-    let offsets = btf.clone().unwrap_or_default();
-    let family = FamilyLayout {
-        globals: vec![(SCHED_LAYOUT_GLOBAL, global_bytes(&l))],
-        btf: btf.map(drop),
+    let mut offsets = btf.clone().unwrap_or_default();
+    let mut fallback_probes = Vec::new();
+    let mode = match kernel_timestamp_layout(kernel, &mut l) {
+        Ok(more) if btf.is_ok() => {
+            l.kernel_timestamps = 1;
+            offsets.extend(more);
+            fallback_probes.extend(WAKEUP_PROBES);
+            "run-queue wait from the kernel's sched_info and run queue clock; the wakeup probes load only if sched_switch falls back to a classic tracepoint".to_owned()
+        }
+        Ok(_) => "run-queue wait from wakeup timestamps (no BTF)".to_owned(),
+        Err(why) => format!("run-queue wait from wakeup timestamps ({why})"),
+    };
+    let mut family = FamilyLayout::new(
+        vec![(SCHED_LAYOUT_GLOBAL, global_bytes(&l))],
+        btf.map(drop),
         tracepoint,
         offsets,
-    };
+    );
+    family.fallback_probes = fallback_probes;
+    family.mode = Some(mode);
     (l, family)
 }
 
@@ -122,10 +183,16 @@ impl Family for Sched {
         attached: &Attached,
         _ctx: &LoadContext,
     ) -> Result<Box<dyn LoadedFamily>, String> {
+        // The histogram is whole when sched_switch does all the work itself, or when the
+        // wakeup probes it falls back on are attached too.
+        let self_sufficient = attached.attach("sched_switch") == Some(AttachKind::TpBtf)
+            && !attached.listed("sched_wakeup");
         Ok(Box::new(SchedMaps {
             counters: take_map(ebpf, "SCHED_COUNTERS")?,
             start: take_map(ebpf, "RUNQUEUE_START")?,
-            runqueue_complete: attached.all_up(&["sched_wakeup", "sched_wakeup_new", "sched_switch"]),
+            costs: ProbeCosts::new(take_map(ebpf, "SCHED_COST")?, &COST_SLOTS),
+            runqueue_complete: attached.up("sched_switch")
+                && (self_sufficient || attached.all_up(&WAKEUP_PROBES)),
             switch_up: attached.up("sched_switch"),
             start_fill: FillGauge::default(),
         }))
@@ -135,6 +202,7 @@ impl Family for Sched {
 struct SchedMaps {
     counters: PerCpuArray<MapData, SchedCounters>,
     start: HashMap<MapData, u32, u64>,
+    costs: ProbeCosts,
     /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
     runqueue_complete: bool,
     switch_up: bool,
@@ -205,6 +273,7 @@ impl LoadedFamily for SchedMaps {
                 ("runqueue_start_map_full", start_full),
                 ("cgroup_map_full_sched", cgroup_full),
             ],
+            costs: self.costs.read(),
         }
     }
 }
