@@ -179,6 +179,15 @@ pub struct CgroupSettings {
         global = true
     )]
     pub exclude: Option<String>,
+    /// auto: leave the cgroup path out of per-cgroup series when namespace, pod and
+    /// container identify a kubelet cgroup; always: keep it [default: auto].
+    #[arg(
+        id = "cgroup_path_label",
+        long = "cgroup-path-label",
+        env = "NODELENS_CGROUP_PATH_LABEL",
+        global = true
+    )]
+    pub path_label: Option<String>,
     /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
     #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
     pub pod_logs_dir: Option<PathBuf>,
@@ -242,6 +251,14 @@ impl CollectorName {
     }
 }
 
+/// Whether per-cgroup series carry the cgroup path (`cgroups.path_label`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PathLabel {
+    /// Only where namespace, pod and container do not identify the cgroup.
+    Auto,
+    Always,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -287,6 +304,7 @@ pub struct CgroupConfig {
     pub max_tracked: usize,
     pub include: Option<regex::Regex>,
     pub exclude: Option<regex::Regex>,
+    pub path_label: PathLabel,
     pub pod_logs_dir: PathBuf,
     pub container_logs_dir: PathBuf,
 }
@@ -441,6 +459,10 @@ impl Config {
             max_tracked,
             include: pattern("cgroups.include", c.include)?,
             exclude: pattern("cgroups.exclude", c.exclude)?,
+            path_label: match c.path_label.as_deref() {
+                Some(v) => parse_enum("cgroups.path_label", v, "a path label policy")?,
+                None => PathLabel::Auto,
+            },
             pod_logs_dir: c.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
             container_logs_dir: c
                 .container_logs_dir

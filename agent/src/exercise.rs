@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ebpf::{family::AttachKind, loader::Loaded},
+    ebpf::{family::AttachKind, loader::Loaded, map_memory::possible_cpus},
     runtime::{Runtime, cgroup_root},
 };
 
@@ -32,6 +32,16 @@ pub struct ProbeExercise {
     pub reason: String,
 }
 
+/// One map's kernel memory: what the kernel charges, and the model for this machine and
+/// for a 192-CPU node (agent `ebpf/map_memory.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapMemoryRow {
+    pub map: String,
+    pub charged: u64,
+    pub modeled: u64,
+    pub modeled_192_cpus: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Exercise {
     pub probes: Vec<ProbeExercise>,
@@ -41,6 +51,11 @@ pub struct Exercise {
     pub workloads: Vec<(String, String)>,
     /// Core probes that failed to attach or saw no events.
     pub failed_core: Vec<String>,
+    /// Possible CPUs of this machine (what per-CPU maps are sized by).
+    #[serde(default)]
+    pub possible_cpus: u64,
+    #[serde(default)]
+    pub map_memory: Vec<MapMemoryRow>,
 }
 
 /// Scheduler work: threads that wake each other through channels, and thread creation.
@@ -181,6 +196,8 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
             offsets: Vec::new(),
             workloads: vec![("probes".into(), "not loaded".into())],
             failed_core: vec!["all".into()],
+            possible_cpus: 0,
+            map_memory: Vec::new(),
         };
     };
     let offsets = l.offsets.clone();
@@ -267,12 +284,39 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
             ));
         }
     }
+    let possible_cpus = possible_cpus(&config.sysfs).unwrap_or(0);
     Exercise {
         probes: probes_report,
         offsets,
         workloads,
         failed_core,
+        possible_cpus,
+        map_memory: map_memory_rows(l, possible_cpus),
     }
+}
+
+/// Charged and modeled memory of every map; maps that allocate on use are modeled with the
+/// entries upkeep last counted.
+fn map_memory_rows(l: &Loaded, cpus: u64) -> Vec<MapMemoryRow> {
+    let fills: HashMap<&str, u64> = l
+        .families
+        .iter()
+        .flat_map(|e| e.family.health().maps)
+        .map(|m| (m.map, m.entries))
+        .collect();
+    let in_use = |map: &str| fills.get(map).copied().unwrap_or(0);
+    let modeled: HashMap<&str, u64> = l.map_memory.modeled(cpus, in_use).into_iter().collect();
+    let big: HashMap<&str, u64> = l.map_memory.modeled(192, in_use).into_iter().collect();
+    l.map_memory
+        .measured()
+        .into_iter()
+        .map(|(map, charged)| MapMemoryRow {
+            map: map.to_owned(),
+            charged,
+            modeled: modeled.get(map).copied().unwrap_or(0),
+            modeled_192_cpus: big.get(map).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 pub fn render_text(e: &Exercise) -> String {
@@ -303,6 +347,17 @@ pub fn render_text(e: &Exercise) -> String {
         for (name, off) in &e.offsets {
             let _ = writeln!(s, "{name:<36} {off}");
         }
+    }
+    if !e.map_memory.is_empty() {
+        let total = |f: fn(&MapMemoryRow) -> u64| e.map_memory.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            s,
+            "\nMAP MEMORY: {} KiB charged by the kernel, {} KiB modeled, for {} possible CPUs; {} KiB modeled for 192 CPUs",
+            total(|r| r.charged) / 1024,
+            total(|r| r.modeled) / 1024,
+            e.possible_cpus,
+            total(|r| r.modeled_192_cpus) / 1024
+        );
     }
     if e.failed_core.is_empty() {
         let _ = writeln!(

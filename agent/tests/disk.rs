@@ -2,73 +2,9 @@
 //! operations checked against the device's own /sys/block/<dev>/stat.
 mod common;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
-use common::{Agent, Metrics};
-
-/// A loop device over a sparse file, detached on drop.
-struct LoopDevice {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDevice {
-    fn new(size_mb: u64) -> LoopDevice {
-        common::require_root();
-        // On the root filesystem (ext4), which supports punching holes, so discards work.
-        let dir = tempfile::Builder::new()
-            .prefix("nodelens-disk-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let file = dir.path().join("backing.img");
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(size_mb << 20)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&file)
-            .output()
-            .expect("losetup (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = String::from_utf8(out.stdout).unwrap();
-        let dev = path.trim().trim_start_matches("/dev/").to_owned();
-        LoopDevice { dev, _dir: dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/dev").join(&self.dev)
-    }
-
-    /// /sys/block/<dev>/stat: (reads, writes, discards, flushes) completed, and sectors
-    /// written.
-    fn stat(&self) -> (f64, f64, f64, f64, f64) {
-        let text = common::read(format!("/sys/block/{}/stat", self.dev));
-        let f: Vec<f64> = text
-            .split_ascii_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        (f[0], f[4], f[11], f.get(15).copied().unwrap_or(0.0), f[6])
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(self.path()).status();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let status = Command::new(cmd)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(status.success(), "{cmd} {args:?} failed");
-}
+use common::{Agent, LoopDevice, Metrics, run};
 
 fn series(m: &Metrics, family: &str, dev: &str, op: &str) -> f64 {
     m.get(&format!("{family}{{device=\"{dev}\",op=\"{op}\"}}"))

@@ -120,7 +120,7 @@ fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
     let after = agent.metrics();
     assert_eq!(total(&after) - before, 1.0, "exactly one OOM kill");
     let series = format!(
-        "nodelens_oom_kills_total{{cgroup=\"{}\",container=\"\",namespace=\"\",pod=\"\"}}",
+        "nodelens_oom_kills_total{{cgroup=\"{}\"}}",
         cg.v2.file_name().unwrap().to_string_lossy()
     );
     assert_eq!(

@@ -133,9 +133,10 @@ fn stop_and_reap(mut children: Vec<Child>) {
     }
 }
 
-fn labels(ns: &str, pod: &str, container: &str, cgroup: &Path, root: &Path) -> String {
-    let rel = cgroup.strip_prefix(root).unwrap().display().to_string();
-    format!("cgroup=\"{rel}\",container=\"{container}\",namespace=\"{ns}\",pod=\"{pod}\"")
+/// A kubelet container's labels: its names identify it, so the cgroup path is left out
+/// (`--cgroup-path-label always` keeps it).
+fn labels(ns: &str, pod: &str, container: &str) -> String {
+    format!("container=\"{container}\",namespace=\"{ns}\",pod=\"{pod}\"")
 }
 
 fn value(m: &Metrics, family: &str, labels: &str) -> f64 {
@@ -158,8 +159,8 @@ fn container_cpu_time_matches_proc_and_carries_pod_labels() {
     let m = agent.metrics();
     stop_and_reap(vec![a, b]);
 
-    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
-    let lb = labels("team-b", "batch-x2", "worker", &pods.b, &pods.root);
+    let la = labels("team-a", "web-7d4b9c", "app");
+    let lb = labels("team-b", "batch-x2", "worker");
     let ours_a = value(&m, "nodelens_cgroup_cpu_seconds_total", &la);
     let ours_b = value(&m, "nodelens_cgroup_cpu_seconds_total", &lb);
     eprintln!(
@@ -175,10 +176,8 @@ fn container_cpu_time_matches_proc_and_carries_pod_labels() {
         "pod B {ours_b} vs {cpu_b}"
     );
     for kind in ["voluntary", "involuntary"] {
-        let l = format!(
-            "cgroup=\"{}\",container=\"app\",kind=\"{kind}\",namespace=\"team-a\",pod=\"web-7d4b9c\"",
-            pods.a.strip_prefix(&pods.root).unwrap().display()
-        );
+        let l =
+            format!("container=\"app\",kind=\"{kind}\",namespace=\"team-a\",pod=\"web-7d4b9c\"");
         assert!(
             m.get(&format!("nodelens_cgroup_context_switches_total{{{l}}}"))
                 .is_some(),
@@ -189,10 +188,37 @@ fn container_cpu_time_matches_proc_and_carries_pod_labels() {
     assert!(
         m.family("nodelens_cgroup_cpu_seconds_total")
             .iter()
-            .any(|(s, _)| s.contains("namespace=\"\"") && !s.contains("cgroup=\"other\"")),
-        "some non-pod cgroup is exported with empty pod labels"
+            .any(|(s, _)| !s.contains("namespace=") && !s.contains("cgroup=\"other\"")),
+        "some non-pod cgroup is exported with its path only"
     );
     assert!(common::promtool_problems(&agent.scrape()).is_empty());
+    drop(agent);
+
+    // With --cgroup-path-label always, pods keep their path too.
+    let mut args = pods.agent_args();
+    args.extend(["--cgroup-path-label".into(), "always".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&args);
+    let a = spin_in(&pods.a, None);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&a, "-STOP");
+    stop_and_reap(vec![a]);
+    let path = pods
+        .a
+        .strip_prefix(&pods.root)
+        .unwrap()
+        .display()
+        .to_string();
+    let m = agent.metrics_until(
+        Duration::from_secs(10),
+        "pod A's series with its path",
+        |m| {
+            m.family("nodelens_cgroup_cpu_seconds_total")
+                .iter()
+                .any(|(s, _)| s.contains(&format!("cgroup=\"{path}\",container=\"app\"")))
+        },
+    );
+    assert!(!m.family("nodelens_cgroup_cpu_seconds_total").is_empty());
 }
 
 #[test]
@@ -200,8 +226,8 @@ fn two_pods_sharing_one_cpu_each_wait_about_the_others_run_time() {
     let pods = Pods::new();
     let args = pods.agent_args();
     let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
-    let lb = labels("team-b", "batch-x2", "worker", &pods.b, &pods.root);
+    let la = labels("team-a", "web-7d4b9c", "app");
+    let lb = labels("team-b", "batch-x2", "worker");
     let a = spin_in(&pods.a, Some(1));
     let b = spin_in(&pods.b, Some(1));
     std::thread::sleep(Duration::from_secs(3));
@@ -243,7 +269,7 @@ fn oom_kill_in_a_container_is_labelled_with_its_pod() {
     ));
     std::fs::create_dir_all(&v1).unwrap();
     std::fs::write(v1.join("memory.limit_in_bytes"), (32u64 << 20).to_string()).unwrap();
-    let la = labels("team-a", "web-7d4b9c", "app", &pods.a, &pods.root);
+    let la = labels("team-a", "web-7d4b9c", "app");
     let series = format!("nodelens_oom_kills_total{{{la}}}");
     let before = agent.metrics().get(&series).unwrap_or(0.0);
     let script = format!(
@@ -283,7 +309,7 @@ fn churn_of_5000_cgroups_stays_bounded() {
     let base_rss = rss_kb(agent.child.id());
     let parent = root.join(format!("nodelens-churn-{}", std::process::id()));
     std::fs::create_dir(&parent).unwrap();
-    let other = "nodelens_cgroup_cpu_seconds_total{cgroup=\"other\",container=\"\",namespace=\"\",pod=\"\"}";
+    let other = "nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"}";
     let mut max_series = 0;
     let mut last_other = 0.0;
     // 20 rounds of 250 cgroups: each round's cgroups live across one scrape (so they are
@@ -359,5 +385,9 @@ fn churn_of_5000_cgroups_stays_bounded() {
         "RSS {rss} kB vs {base_rss} kB before churn"
     );
     // Totals stay whole: "other" holds what churned through unresolved or over the cap.
-    assert!(after.get("nodelens_cgroup_cpu_seconds_total{cgroup=\"other\",container=\"\",namespace=\"\",pod=\"\"}").is_some());
+    assert!(
+        after
+            .get("nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"}")
+            .is_some()
+    );
 }

@@ -71,6 +71,9 @@ const TEST_PACKAGES: &[&str] = &[
     // Decompressors for Debian's kernel images (BTF fixtures): zstd, and lz4 for 5.10.
     "zstd",
     "lz4",
+    // The reference eBPF tools the bench and the accuracy tests compare with: runqlat,
+    // biolatency.
+    "libbpf-tools",
 ];
 
 /// PyPI tools for the manifest checks, installed in a venv under target/tools/py.

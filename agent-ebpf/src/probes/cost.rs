@@ -1,6 +1,8 @@
 //! What each program costs, measured by the program itself: every run is counted, and one
-//! run in `COST_SAMPLE_EVERY` is timed (a clock read at entry and one at exit). User space
-//! estimates the run time as `sampled_ns / sampled_runs * runs`.
+//! run in `COST_SAMPLE_EVERY` is timed (a clock read at entry and one at exit), as are the
+//! first `COST_SAMPLE_EVERY` runs on each CPU, so that rare events (reclaim, OOM kills)
+//! get an estimate too. User space estimates the run time as
+//! `sampled_ns / sampled_runs * runs`.
 //!
 //! The kernel's own BPF statistics (BPF_ENABLE_STATS) would do this too, but they are one
 //! switch for the whole node: every BPF program, a CNI's packet path included, pays two
@@ -67,7 +69,7 @@ pub mod programs {
         // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
         let c = unsafe { &mut *cost };
         c.runs += 1;
-        let start = if c.runs & (COST_SAMPLE_EVERY - 1) == 0 {
+        let start = if c.runs <= COST_SAMPLE_EVERY || c.runs & (COST_SAMPLE_EVERY - 1) == 0 {
             unsafe { bpf_ktime_get_ns() }
         } else {
             0

@@ -6,7 +6,7 @@
 //! tp_btf programs key requests by their `struct request` address. Classic tracepoints do
 //! not expose it, so those programs key by (dev, sector); both programs of the pair must
 //! use the same attach type, which user space enforces.
-use crate::probes::histogram::Log2Histogram;
+use crate::probes::histogram::RangeHistogram;
 
 /// Block request operation, decoded from `rwbs` (classic tracepoint) or from the request's
 /// `cmd_flags` (tp_btf). The values index [`DISK_OP_NAMES`].
@@ -54,13 +54,21 @@ pub struct DiskKey {
     pub op: u32,
 }
 
+/// Latency buckets: 2^10 ns (about 1 µs) to 2^36 ns (about 69 s), then +Inf.
+pub const LATENCY_FIRST_SLOT: usize = 10;
+pub const LATENCY_SLOTS: usize = 36 - LATENCY_FIRST_SLOT + 2;
+/// Size buckets: 512 B to 128 MiB, then +Inf.
+pub const SIZE_FIRST_SLOT: usize = 9;
+pub const SIZE_SLOTS: usize = 27 - SIZE_FIRST_SLOT + 2;
+
 /// Latency (ns) and size (bytes) of completed requests, recorded together at completion so
-/// that both histograms always have the same count.
+/// that both histograms always have the same count. Only the exported buckets are kept:
+/// 400 bytes per (disk, op) per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DiskHistograms {
-    pub latency: Log2Histogram,
-    pub size: Log2Histogram,
+    pub latency: RangeHistogram<LATENCY_FIRST_SLOT, LATENCY_SLOTS>,
+    pub size: RangeHistogram<SIZE_FIRST_SLOT, SIZE_SLOTS>,
 }
 
 /// A request between issue and completion.
@@ -81,8 +89,9 @@ pub const COST_SLOTS: u32 = 2;
 
 /// Requests in flight at once, node-wide. Deep NVMe queues reach a few thousand.
 pub const DISK_INFLIGHT_ENTRIES: u32 = 16384;
-/// Distinct (disk, op) pairs.
-pub const DISK_HISTOGRAM_ENTRIES: u32 = 1024;
+/// Distinct (disk, op) pairs. Entries are allocated on first use (BPF_F_NO_PREALLOC), so
+/// memory follows the pairs a node really has: 77 KB per pair on a 192-CPU node.
+pub const DISK_HISTOGRAM_ENTRIES: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -134,7 +143,7 @@ mod pod {
 mod programs {
     use aya_ebpf::{
         Global,
-        bindings::BPF_NOEXIST,
+        bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
         helpers::bpf_ktime_get_ns,
         macros::{btf_tracepoint, map, tracepoint},
         maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -176,10 +185,10 @@ mod programs {
 
     #[map]
     static DISK_HISTOGRAMS: PerCpuHashMap<DiskKey, DiskHistograms> =
-        PerCpuHashMap::with_max_entries(DISK_HISTOGRAM_ENTRIES, 0);
+        PerCpuHashMap::with_max_entries(DISK_HISTOGRAM_ENTRIES, BPF_F_NO_PREALLOC);
 
-    /// Never written: the zeroed value a new histogram entry starts from (1 KiB is more than
-    /// the 512-byte BPF stack can hold).
+    /// Never written: the zeroed value a new histogram entry starts from (400 bytes, too
+    /// much for the 512-byte BPF stack next to everything else).
     #[map]
     static DISK_ZERO: PerCpuArray<DiskHistograms> = PerCpuArray::with_max_entries(1, 0);
 
@@ -230,7 +239,7 @@ mod programs {
                 let Some(zero) = DISK_ZERO.get_ptr(0) else {
                     return;
                 };
-                // By reference: a copy of the 1 KiB value would not fit the 512-byte stack.
+                // By reference: a copy of the value would not fit the 512-byte stack.
                 // SAFETY: the zero entry is never written.
                 #[allow(clippy::needless_borrows_for_generic_args)]
                 let _ = DISK_HISTOGRAMS.insert(hkey, unsafe { &*zero }, u64::from(BPF_NOEXIST));

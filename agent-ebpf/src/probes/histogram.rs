@@ -83,9 +83,62 @@ pub fn log2_slot(value: u64) -> usize {
     r + 1
 }
 
+/// A log2 histogram that keeps only the slots that become buckets: `N - 1` slots from
+/// `FIRST` on (slot `FIRST` also holds every smaller value), and one overflow slot for
+/// values above `2^(FIRST + N - 2)`, the `+Inf` bucket. For maps with one value per CPU and
+/// many keys, where 64 slots would cost 1 KiB per key per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RangeHistogram<const FIRST: usize, const N: usize> {
+    pub slots: [u64; N],
+    pub sum: u64,
+}
+
+impl<const FIRST: usize, const N: usize> RangeHistogram<FIRST, N> {
+    pub const fn zeroed() -> Self {
+        Self {
+            slots: [0; N],
+            sum: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn add(&mut self, value: u64) {
+        let slot = log2_slot(value).saturating_sub(FIRST).min(N - 1);
+        if let Some(n) = self.slots.get_mut(slot) {
+            *n += 1;
+        }
+        self.sum = self.sum.wrapping_add(value);
+    }
+
+    /// The same counts on the full 64-slot scale (the overflow slot lands past the last
+    /// bucket, so it is counted in `+Inf`).
+    pub fn expand(&self) -> Log2Histogram {
+        let mut full = Log2Histogram::zeroed();
+        for (i, n) in self.slots.iter().enumerate() {
+            if let Some(slot) = full.slots.get_mut(FIRST + i) {
+                *slot += n;
+            }
+        }
+        full.sum = self.sum;
+        full
+    }
+
+    /// Adds another histogram into this one (user space sums the per-CPU copies).
+    pub fn merge(&mut self, other: &Self) {
+        for (t, v) in self.slots.iter_mut().zip(other.slots.iter()) {
+            *t += v;
+        }
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+}
+
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)] plain u64 data.
-unsafe impl aya::Pod for Log2Histogram {}
+mod pod {
+    // SAFETY: #[repr(C)] plain u64 data.
+    unsafe impl aya::Pod for super::Log2Histogram {}
+    unsafe impl<const FIRST: usize, const N: usize> aya::Pod for super::RangeHistogram<FIRST, N> {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -106,6 +159,24 @@ mod tests {
             assert_eq!(log2_slot(v), s, "2^{s} lands in the bucket le=2^{s}");
             assert_eq!(log2_slot(v + 1), s + 1);
         }
+    }
+
+    #[test]
+    fn range_histogram_folds_the_ends_and_expands_onto_the_full_scale() {
+        let mut h = RangeHistogram::<10, 4>::zeroed();
+        for v in [1, 1024, 1025, 4096, 4097, u64::MAX] {
+            h.add(v);
+        }
+        // slots: <= 2^10, 2^11, 2^12, overflow.
+        assert_eq!(h.slots, [2, 1, 1, 2]);
+        let full = h.expand();
+        assert_eq!(full.slots[10], 2);
+        assert_eq!(full.slots[12], 1);
+        assert_eq!(
+            full.slots[13], 2,
+            "overflow lands past the last bucket, in +Inf"
+        );
+        assert_eq!(full.slots.iter().sum::<u64>(), 6);
     }
 
     #[test]

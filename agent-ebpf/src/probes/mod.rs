@@ -8,6 +8,7 @@ pub mod histogram;
 #[cfg(target_arch = "bpf")]
 pub mod kernel;
 
+pub mod bench_floor;
 pub mod cgroup;
 pub mod cost;
 pub mod disk;

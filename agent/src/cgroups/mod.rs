@@ -8,6 +8,7 @@ use std::{
 };
 
 pub mod kubernetes;
+pub mod series;
 pub mod tracker;
 
 use kubernetes::PodNames;
@@ -38,6 +39,9 @@ pub struct CgroupLabels {
     pub container: String,
     /// Path relative to the cgroup2 root; `/` for the root itself.
     pub cgroup: String,
+    /// A kubelet pod or container cgroup whose names are all known, so that namespace, pod
+    /// and container (empty for the pod's own cgroup) identify it without the path.
+    pub identified: bool,
 }
 
 impl CgroupLabels {
@@ -46,15 +50,6 @@ impl CgroupLabels {
             cgroup: "other".into(),
             ..Self::default()
         }
-    }
-
-    pub fn as_array(&self) -> [(&'static str, &str); 4] {
-        [
-            ("cgroup", self.cgroup.as_str()),
-            ("container", self.container.as_str()),
-            ("namespace", self.namespace.as_str()),
-            ("pod", self.pod.as_str()),
-        ]
     }
 }
 
@@ -171,6 +166,8 @@ impl CgroupResolver {
             {
                 labels.container = container;
             }
+            labels.identified = !labels.pod.is_empty()
+                && (k.container_id.is_none() || !labels.container.is_empty());
         }
         labels
     }

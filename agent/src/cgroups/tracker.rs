@@ -30,7 +30,7 @@ use std::{
 };
 
 use super::{CgroupLabels, CgroupResolver, kubernetes};
-use crate::config::CgroupConfig;
+use crate::config::{CgroupConfig, PathLabel};
 
 /// How long a gone tracked cgroup's final row waits for a scrape before its values move
 /// into "other".
@@ -112,6 +112,11 @@ impl CgroupTracker {
 impl TrackerState {
     pub fn resolver(&mut self) -> &mut CgroupResolver {
         &mut self.resolver
+    }
+
+    /// Whether series carry the cgroup path (`--cgroup-path-label`).
+    pub fn path_label(&self) -> PathLabel {
+        self.config.path_label
     }
 
     fn included(&self, path: &str) -> bool {
@@ -502,6 +507,7 @@ mod tests {
                 max_tracked: max,
                 include: None,
                 exclude: None,
+                path_label: crate::config::PathLabel::Auto,
                 pod_logs_dir: "/nonexistent".into(),
                 container_logs_dir: "/nonexistent".into(),
             },

@@ -36,8 +36,9 @@ impl Collector for BpfCollector {
         let Some(loaded) = self.probes.loaded.get() else {
             return Ok(());
         };
+        let health: Vec<_> = loaded.families.iter().map(|e| e.family.health()).collect();
         let stats: Vec<(&str, &str, u64, f64)> = loaded
-            .sampled_program_stats()
+            .sampled_costs(&health)
             .into_iter()
             .map(|(p, runs, secs)| (p, "sampled", runs, secs))
             .chain(
@@ -47,7 +48,6 @@ impl Collector for BpfCollector {
                     .map(|(p, runs, secs)| (p, "kernel", runs, secs)),
             )
             .collect();
-        let health: Vec<_> = loaded.families.iter().map(|e| e.family.health()).collect();
         family(
             out,
             "nodelens_probe_runs_total",
@@ -80,6 +80,17 @@ impl Collector for BpfCollector {
             "Maximum entries of each bounded BPF map.",
             MetricType::Gauge,
             maps().map(|m| ([("map", m.map)], f64::from(m.capacity))),
+        )?;
+        family(
+            out,
+            "nodelens_map_memory_bytes",
+            "Kernel memory each BPF map of the agent takes, as the kernel charges it (fdinfo memlock, what bpftool map show prints). Not part of the process's RSS.",
+            MetricType::Gauge,
+            loaded
+                .map_memory
+                .last()
+                .iter()
+                .map(|(map, bytes)| ([("map", map.as_str())], *bytes as f64)),
         )?;
         family(
             out,

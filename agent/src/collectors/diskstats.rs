@@ -1,6 +1,10 @@
 //! `node_disk_*{device}` from `/proc/diskstats`, plus `node_disk_info`, with node_exporter's
 //! default device exclusions (partitions, loop, ram and floppy devices).
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use procfs::DiskStat;
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
@@ -16,11 +20,18 @@ pub const DEFAULT_DEVICE_EXCLUDE: &str =
 const SECTOR_BYTES: f64 = 512.0;
 const MS: f64 = 0.001;
 
+/// udev writes a device's properties when the device appears, so they are read again at
+/// most this often (missing ones too: many nodes have no /run/udev).
+const UDEV_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+type UdevCache = HashMap<(i32, i32), (std::time::Instant, UdevInfo)>;
+
 #[derive(Debug)]
 pub struct DiskstatsCollector {
     path: PathBuf,
     udev_data: PathBuf,
     exclude: Regex,
+    udev: Mutex<UdevCache>,
 }
 
 impl DiskstatsCollector {
@@ -29,7 +40,20 @@ impl DiskstatsCollector {
             path: paths.procfs.join("diskstats"),
             udev_data: paths.rootfs.join("run/udev/data"),
             exclude: Regex::new(DEFAULT_DEVICE_EXCLUDE).expect("constant regex"),
+            udev: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn udev(&self, major: i32, minor: i32) -> UdevInfo {
+        let mut cache = self.udev.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, info)) = cache.get(&(major, minor))
+            && at.elapsed() < UDEV_REFRESH
+        {
+            return info.clone();
+        }
+        let info = udev_info(&self.udev_data, major, minor);
+        cache.insert((major, minor), (std::time::Instant::now(), info.clone()));
+        info
     }
 }
 
@@ -42,7 +66,7 @@ pub fn parse(text: &str, exclude: &Regex) -> Result<Vec<DiskStat>, String> {
 }
 
 /// udev's properties for a block device, as node_disk_info labels.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct UdevInfo {
     path: String,
     wwn: String,
@@ -204,7 +228,7 @@ impl Collector for DiskstatsCollector {
         }
         let infos: Vec<_> = disks
             .iter()
-            .map(|d| (d, udev_info(&self.udev_data, d.major, d.minor)))
+            .map(|d| (d, self.udev(d.major, d.minor)))
             .collect();
         let numbers: Vec<_> = disks
             .iter()

@@ -89,9 +89,26 @@ pub fn parse(text: &str) -> Result<ProcStat, String> {
     Ok(stat)
 }
 
+/// How long one reading of /proc/stat is shared: the `cpu` and `stat` collectors both need
+/// it, microseconds apart in the same scrape. It is the costliest file of a scrape on a big
+/// node (the kernel sums every CPU's counters to write it), so it is read once.
+const SHARED_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
+type SharedStat = Option<(PathBuf, std::time::Instant, ProcStat)>;
+static SHARED: std::sync::Mutex<SharedStat> = std::sync::Mutex::new(None);
+
 pub fn read(path: &std::path::Path) -> Result<ProcStat, CollectError> {
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, at, stat)) = shared.as_ref()
+        && p == path
+        && at.elapsed() < SHARED_FOR
+    {
+        return Ok(stat.clone());
+    }
     let text = read_to_string(path)?;
-    parse(&text).map_err(|d| parse_error(path, d))
+    let stat = parse(&text).map_err(|d| parse_error(path, d))?;
+    *shared = Some((path.to_owned(), std::time::Instant::now(), stat.clone()));
+    Ok(stat)
 }
 
 #[derive(Debug)]

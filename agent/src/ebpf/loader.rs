@@ -21,9 +21,10 @@ use super::{
     btf::Btf,
     families,
     family::{
-        AttachKind, Attached, Family, FamilyLayout, KernelSources, LoadContext, LoadedFamily,
-        ProbeSpec, ProbeStatus, reason,
+        AttachKind, Attached, Family, FamilyLayout, Health, KernelSources, LoadContext,
+        LoadedFamily, ProbeSpec, ProbeStatus, reason,
     },
+    map_memory::MapMemory,
     tracefs,
 };
 use crate::{
@@ -56,6 +57,8 @@ pub struct Loaded {
     pub offsets: Vec<(String, u32)>,
     /// How each family works on this kernel (its layout's mode), for preflight.
     pub notes: Vec<String>,
+    /// The kernel memory of every map of the object.
+    pub map_memory: MapMemory,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     /// The per-cgroup tracker, whose upkeep rounds span every family's tables.
     context: LoadContext,
@@ -103,6 +106,7 @@ impl Loaded {
             _bpf_stats_fd: None,
             offsets: Vec::new(),
             notes: Vec::new(),
+            map_memory: MapMemory::default(),
             logger: Mutex::new(None),
             context,
         }
@@ -141,6 +145,7 @@ impl Loaded {
             entry.family.upkeep();
         }
         self.context.cgroups.lock().end_round();
+        self.map_memory.refresh();
     }
 
     /// Starts the tasks that wait for kernel events. Inside the async runtime only.
@@ -214,17 +219,23 @@ fn raise_memlock() {
 /// measured themselves (agent-ebpf's `probes/cost.rs`).
 impl Loaded {
     pub fn sampled_program_stats(&self) -> Vec<(&'static str, u64, f64)> {
+        let health: Vec<Health> = self.families.iter().map(|e| e.family.health()).collect();
+        self.sampled_costs(&health)
+    }
+
+    /// The same, from health the caller already read.
+    pub fn sampled_costs(&self, health: &[Health]) -> Vec<(&'static str, u64, f64)> {
         let attached: Vec<&str> = self
             .statuses
             .iter()
             .filter(|s| s.is_up())
             .map(|s| s.name)
             .collect();
-        self.families
+        health
             .iter()
-            .flat_map(|e| e.family.health().costs)
+            .flat_map(|h| h.costs.iter())
             .filter(|(probe, _)| attached.contains(probe))
-            .map(|(probe, c)| (probe, c.runs, c.estimated_ns().unwrap_or(0.0) / 1e9))
+            .map(|(probe, c)| (*probe, c.runs, c.estimated_ns().unwrap_or(0.0) / 1e9))
             .collect()
     }
 }
@@ -342,6 +353,7 @@ pub fn load(
             return Loaded::failed(all_probes(&why), why, context);
         }
     };
+    let map_memory = MapMemory::of(&ebpf);
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -412,6 +424,7 @@ pub fn load(
         _bpf_stats_fd: stats_fd,
         offsets,
         notes,
+        map_memory,
         logger: Mutex::new(logger),
         context,
     }

@@ -1,9 +1,11 @@
 //! The eBPF side in user space: what a probe family is (`family`), the families themselves
 //! (`families/`, one module each), loading and upkeep (`loader`), and the kernel facts they
 //! read (BTF, tracefs format files).
+pub mod batch;
 pub mod btf;
 pub mod events;
 pub mod families;
 pub mod family;
 pub mod loader;
+pub mod map_memory;
 pub mod tracefs;

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -330,4 +330,69 @@ pub fn cgroup2_root() -> std::path::PathBuf {
             (post.split(' ').next()? == "cgroup2").then(|| std::path::PathBuf::from(mount_point))
         })
         .expect("a cgroup2 mount")
+}
+
+/// A loop device over a sparse file, detached on drop.
+pub struct LoopDevice {
+    pub dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    pub fn new(size_mb: u64) -> LoopDevice {
+        require_root();
+        // On the root filesystem (ext4), which supports punching holes, so discards work.
+        let dir = tempfile::Builder::new()
+            .prefix("nodelens-disk-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let file = dir.path().join("backing.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(size_mb << 20)
+            .unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&file)
+            .output()
+            .expect("losetup (util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap();
+        let dev = path.trim().trim_start_matches("/dev/").to_owned();
+        LoopDevice { dev, _dir: dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/dev").join(&self.dev)
+    }
+
+    /// /sys/block/<dev>/stat: (reads, writes, discards, flushes) completed, and sectors
+    /// written.
+    pub fn stat(&self) -> (f64, f64, f64, f64, f64) {
+        let text = read(format!("/sys/block/{}/stat", self.dev));
+        let f: Vec<f64> = text
+            .split_ascii_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (f[0], f[4], f[11], f.get(15).copied().unwrap_or(0.0), f[6])
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(self.path()).status();
+    }
+}
+
+/// Runs a command and fails the test if it fails.
+pub fn run(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(status.success(), "{cmd} {args:?} failed");
 }

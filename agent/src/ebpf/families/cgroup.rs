@@ -17,13 +17,16 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     cgroups::{
-        CgroupLabels,
+        series,
         tracker::{CgroupTracker, CounterTable, Row},
     },
-    config::CollectorName,
-    ebpf::family::{
-        Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-        LoadedFamily, ProbeSpec, global_bytes, map_error, take_map,
+    config::{CollectorName, PathLabel},
+    ebpf::{
+        batch,
+        family::{
+            Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+            LoadedFamily, ProbeSpec, global_bytes, take_map,
+        },
     },
     metrics::{CollectError, counter, family, gauge},
 };
@@ -89,9 +92,7 @@ struct CgroupMaps {
 impl CgroupMaps {
     fn entries(&self) -> Result<Vec<(u64, CgroupStats)>, CollectError> {
         let map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .map(|item| item.map_err(|e| map_error("CGROUP_STATS", e)))
-            .collect()
+        batch::entries(&map).map_err(|e| CollectError::map("CGROUP_STATS", e))
     }
 }
 
@@ -101,8 +102,9 @@ impl LoadedFamily for CgroupMaps {
         let mut tracker = self.tracker.lock();
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = tracker.counts();
+        let policy = tracker.path_label();
         drop(tracker);
-        encode(out, &rows)?;
+        encode(out, &rows, policy)?;
         gauge(
             out,
             "nodelens_cgroups_tracked",
@@ -152,35 +154,49 @@ impl LoadedFamily for CgroupMaps {
     }
 }
 
-fn encode(out: &mut DescriptorEncoder, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+/// The four families, each series only once it is non-zero (a cgroup that never waited or
+/// reclaimed adds no series for it).
+fn encode(
+    out: &mut DescriptorEncoder,
+    rows: &[Row<(), CgroupStats>],
+    policy: PathLabel,
+) -> Result<(), CollectError> {
+    let labels = series::label_sets(rows.iter().map(|r| r.labels.as_ref()), policy);
+    let rows: Vec<(&Vec<(&str, &str)>, &CgroupStats)> =
+        labels.iter().zip(rows.iter().map(|r| &r.values)).collect();
     let secs = |ns: u64| ns as f64 / 1e9;
+    let one = |value: fn(&CgroupStats) -> u64| {
+        rows.iter()
+            .filter(move |(_, v)| value(v) != 0)
+            .map(move |(l, v)| (l.to_vec(), secs(value(v))))
+    };
     family(
         out,
         "nodelens_cgroup_cpu_seconds_total",
         "Time the cgroup's tasks spent on a CPU, measured at sched_switch.",
         MetricType::Counter,
-        rows.iter()
-            .map(|r| (r.labels.as_array(), secs(r.values.cpu_ns))),
+        one(|v| v.cpu_ns),
     )?;
     family(
         out,
         "nodelens_cgroup_runqueue_wait_seconds_total",
         "Time the cgroup's tasks spent runnable but waiting for a CPU.",
         MetricType::Counter,
-        rows.iter()
-            .map(|r| (r.labels.as_array(), secs(r.values.runqueue_wait_ns))),
+        one(|v| v.runqueue_wait_ns),
     )?;
     family(
         out,
         "nodelens_cgroup_context_switches_total",
         "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
         MetricType::Counter,
-        rows.iter().flat_map(|r| {
+        rows.iter().flat_map(|(l, v)| {
             [
-                ("voluntary", r.values.voluntary_switches),
-                ("involuntary", r.values.involuntary_switches),
+                ("voluntary", v.voluntary_switches),
+                ("involuntary", v.involuntary_switches),
             ]
-            .map(|(kind, n)| (with_kind(&r.labels, kind), n as f64))
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(kind, n)| (series::with(l, "kind", kind), n as f64))
         }),
     )?;
     family(
@@ -188,18 +204,12 @@ fn encode(out: &mut DescriptorEncoder, rows: &[Row<(), CgroupStats>]) -> Result<
         "nodelens_cgroup_reclaim_stall_seconds_total",
         "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
         MetricType::Counter,
-        rows.iter().flat_map(|r| {
-            [
-                ("direct", r.values.reclaim_direct_ns),
-                ("memcg", r.values.reclaim_memcg_ns),
-            ]
-            .map(|(kind, ns)| (with_kind(&r.labels, kind), secs(ns)))
+        rows.iter().flat_map(|(l, v)| {
+            [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)]
+                .into_iter()
+                .filter(|(_, ns)| *ns != 0)
+                .map(|(kind, ns)| (series::with(l, "kind", kind), secs(ns)))
         }),
     )?;
     Ok(())
-}
-
-fn with_kind<'a>(labels: &'a CgroupLabels, kind: &'static str) -> [(&'static str, &'a str); 5] {
-    let [a, b, c, d] = labels.as_array();
-    [a, b, ("kind", kind), c, d]
 }

@@ -14,7 +14,7 @@ use agent_ebpf::{
     disk::{
         COST_COMPLETE, COST_ISSUE, DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES,
         DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskInFlight, DiskKey,
-        DiskLayout,
+        DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT, SIZE_SLOTS,
     },
     histogram::Log2Histogram,
 };
@@ -33,12 +33,10 @@ use crate::{
     metrics::{CollectError, Log2Buckets, histogram},
 };
 
-/// Latency buckets: 2^10 ns (about 1 µs) to 2^36 ns (about 69 s).
-pub const LATENCY_FIRST_SLOT: usize = 10;
-pub const LATENCY_LAST_SLOT: usize = 36;
-/// Size buckets: 512 B to 128 MiB.
-pub const SIZE_FIRST_SLOT: usize = 9;
-pub const SIZE_LAST_SLOT: usize = 27;
+/// The kernel keeps exactly the exported buckets (agent-ebpf's `DiskHistograms`): from the
+/// first slot to the one before the overflow slot.
+const LATENCY_LAST_SLOT: usize = LATENCY_FIRST_SLOT + LATENCY_SLOTS - 2;
+const SIZE_LAST_SLOT: usize = SIZE_FIRST_SLOT + SIZE_SLOTS - 2;
 
 /// An in-flight request older than this lost its completion (for example a device that
 /// vanished mid-request): upkeep removes and counts it, never records it as latency.
@@ -266,11 +264,14 @@ impl LoadedFamily for DiskMaps {
         let mut rows: Vec<(String, &'static str, Log2Histogram, Log2Histogram)> = Vec::new();
         for item in self.histograms.iter() {
             let (key, per_cpu) = item.map_err(|e| map_error("DISK_HISTOGRAMS", e))?;
-            let (mut latency, mut size) = (Log2Histogram::zeroed(), Log2Histogram::zeroed());
-            for h in per_cpu.iter() {
-                latency.merge(&h.latency);
-                size.merge(&h.size);
+            let mut total = *per_cpu.iter().next().ok_or_else(|| {
+                CollectError::map("DISK_HISTOGRAMS", "an entry with no per-CPU values")
+            })?;
+            for h in per_cpu.iter().skip(1) {
+                total.latency.merge(&h.latency);
+                total.size.merge(&h.size);
             }
+            let (latency, size) = (total.latency.expand(), total.size.expand());
             let op = DISK_OP_NAMES
                 .get(key.op as usize)
                 .copied()

@@ -26,8 +26,8 @@ use aya::{
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
-    cgroups::{CgroupLabels, tracker::CgroupTracker},
-    config::CollectorName,
+    cgroups::{CgroupLabels, series, tracker::CgroupTracker},
+    config::{CollectorName, PathLabel},
     ebpf::{
         events::spawn_on_readable,
         family::{
@@ -184,6 +184,7 @@ impl Family for Memory {
             ]),
             oom_up: attached.up("mark_victim"),
             oom: Arc::new(Mutex::new(OomTable::default())),
+            path_label: ctx.cgroups.lock().path_label(),
             cgroups: ctx.cgroups.clone(),
             procfs: ctx.procfs.clone(),
             start_fill: FillGauge::default(),
@@ -219,6 +220,7 @@ struct MemoryMaps {
     memcg_up: bool,
     oom_up: bool,
     oom: Arc<Mutex<OomTable>>,
+    path_label: PathLabel,
     cgroups: Arc<CgroupTracker>,
     procfs: PathBuf,
     start_fill: FillGauge,
@@ -302,13 +304,16 @@ impl LoadedFamily for MemoryMaps {
             )?;
         }
         if let Some(rows) = oom_rows {
+            let labels = series::label_sets(rows.iter().map(|(l, _)| l), self.path_label);
             family(
                 out,
                 "nodelens_oom_kills_total",
                 "Processes killed by the OOM killer (oom:mark_victim), by the victim's cgroup.",
                 MetricType::Counter,
-                rows.iter()
-                    .map(|(labels, kills)| (labels.as_array(), *kills as f64)),
+                labels
+                    .into_iter()
+                    .zip(rows.iter())
+                    .map(|(l, (_, kills))| (l, *kills as f64)),
             )?;
         }
         Ok(())

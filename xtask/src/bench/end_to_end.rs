@@ -1,0 +1,280 @@
+//! What applications pay: each load's own figure (ns per context switch, per I/O, per MiB
+//! read under reclaim) with nothing attached, with nodelens, with the reference tool from
+//! Debian's libbpf-tools, and with the floor (empty tp_btf programs on the tracepoints
+//! nodelens uses), interleaved round by round so that drift hits every variant alike.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Daemon, LoopDevice, MemoryCgroup, free_addr, start};
+
+/// One load: how to run it, and who attaches to what it exercises.
+pub struct Load {
+    pub name: &'static str,
+    /// What the figure is: nanoseconds per this.
+    pub unit: &'static str,
+    /// The libbpf-tools program that measures the same thing, if there is one.
+    pub reference: Option<&'static str>,
+    /// Empty programs (agent-ebpf `probes/bench_floor.rs`) on the tracepoints nodelens
+    /// attaches for this load.
+    pub floor: &'static [(&'static str, &'static str)],
+    /// The target for (nodelens − nothing) / (reference − nothing).
+    pub target: Option<f64>,
+}
+
+pub const LOADS: [Load; 3] = [
+    Load {
+        name: "stress-ng --switch 2",
+        unit: "context switch",
+        reference: Some("runqlat"),
+        floor: &[("floor_sched_switch", "sched_switch")],
+        target: Some(0.5),
+    },
+    Load {
+        name: "fio 4 KiB O_DIRECT randread, libaio depth 16, loop on /dev/shm",
+        unit: "I/O",
+        reference: Some("biolatency"),
+        floor: &[
+            ("floor_block_rq_issue", "block_rq_issue"),
+            ("floor_block_rq_complete", "block_rq_complete"),
+        ],
+        target: Some(1.0),
+    },
+    Load {
+        name: "buffered reads in a 32 MiB memory cgroup",
+        unit: "MiB read",
+        reference: None,
+        floor: &[
+            ("floor_memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_begin"),
+            ("floor_memcg_reclaim_end", "mm_vmscan_memcg_reclaim_end"),
+        ],
+        target: None,
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Nothing,
+    Nodelens,
+    Reference,
+    Floor,
+}
+
+impl Variant {
+    pub fn label(self, load: &Load) -> String {
+        match self {
+            Self::Nothing => "nothing".into(),
+            Self::Nodelens => "nodelens (defaults)".into(),
+            Self::Reference => format!("{} (libbpf-tools)", load.reference.unwrap_or("-")),
+            Self::Floor => "floor: empty tp_btf programs".into(),
+        }
+    }
+}
+
+/// What the loads run on, made once.
+pub struct Env {
+    pub nodelens: PathBuf,
+    pub object: PathBuf,
+    pub loop_device: LoopDevice,
+    pub memcg: MemoryCgroup,
+    pub seconds: u64,
+    pub reclaim_mib: u64,
+}
+
+/// ns per context switch, from stress-ng's own metric.
+fn switch_load(seconds: u64) -> Result<f64> {
+    let out = Command::new("stress-ng")
+        .args(["--switch", "2", "--metrics-brief", "-t"])
+        .arg(format!("{seconds}s"))
+        .output()
+        .context("stress-ng")?;
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains("nanosecs per context switch"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "switch")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no ns per context switch in stress-ng's output: {text}"))
+}
+
+/// ns per I/O (the inverse of IOPS), from fio's JSON.
+fn randread_load(device: &str, seconds: u64) -> Result<f64> {
+    let out = Command::new("fio")
+        .args([
+            "--name=nodelens-bench",
+            "--direct=1",
+            "--rw=randread",
+            "--bs=4k",
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--numjobs=1",
+            "--time_based",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={device}"))
+        .arg(format!("--runtime={seconds}"))
+        .output()
+        .context("fio")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "fio printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let iops = json["jobs"][0]["read"]["iops"].as_f64().unwrap_or(0.0);
+    if iops <= 0.0 {
+        bail!("fio measured no I/O");
+    }
+    Ok(1e9 / iops)
+}
+
+/// ns per MiB of buffered reads of the loop device inside the memory cgroup: its page
+/// cache is charged to the cgroup, which has to reclaim all the time.
+fn reclaim_load(memcg: &MemoryCgroup, device: &str, mib: u64) -> Result<f64> {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec dd if={device} of=/dev/null bs=1M count={mib} status=none",
+        memcg.0.display()
+    );
+    let started = Instant::now();
+    let status = Command::new("sh").args(["-c", &script]).status()?;
+    if !status.success() {
+        bail!("dd in the memory cgroup failed: {status}");
+    }
+    Ok(started.elapsed().as_nanos() as f64 / mib as f64)
+}
+
+/// The reference tool, attached: returns once it says it is tracing.
+fn start_reference(tool: &str) -> Result<Child> {
+    // Line-buffered: into a pipe, the tools' stdout would hold "Tracing..." until exit.
+    let mut child = Command::new("stdbuf")
+        .arg("-oL")
+        .arg(format!("/usr/sbin/{tool}"))
+        // One report after an hour: it only has to stay attached.
+        .args(["3600", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("/usr/sbin/{tool} (Debian package libbpf-tools)"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("Tracing") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .with_context(|| format!("{tool} did not start tracing"))?;
+    Ok(child)
+}
+
+/// Attaches the load's empty programs; they stay attached while the returned object lives.
+fn start_floor(object: &Path, programs: &[(&str, &str)]) -> Result<aya::Ebpf> {
+    let btf = aya::Btf::from_sys_fs().context("kernel BTF")?;
+    let mut ebpf = aya::EbpfLoader::new()
+        .btf(Some(&btf))
+        .load_file(object)
+        .with_context(|| format!("loading {}", object.display()))?;
+    for (program, tracepoint) in programs {
+        let p: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut(program)
+            .with_context(|| format!("{program} missing from {}", object.display()))?
+            .try_into()?;
+        p.load(tracepoint, &btf)?;
+        p.attach()?;
+    }
+    Ok(ebpf)
+}
+
+/// What stays attached while a variant's load runs; dropping it detaches.
+#[derive(Default)]
+struct Attached {
+    _agent: Option<Daemon>,
+    _floor: Option<aya::Ebpf>,
+    tool: Option<Child>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.tool {
+            // SIGINT: the tools detach and print on it.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `load` once with `variant` attached; returns ns per unit.
+pub fn run(env: &Env, index: usize, variant: Variant) -> Result<f64> {
+    let load = &LOADS[index];
+    let mut attached = Attached::default();
+    match variant {
+        Variant::Nothing => {}
+        Variant::Nodelens => {
+            let addr = free_addr()?;
+            attached._agent = Some(start(
+                "nodelens",
+                &env.nodelens,
+                &["--listen-address".into(), addr.clone()],
+                addr,
+            )?);
+        }
+        Variant::Reference => {
+            attached.tool = Some(start_reference(
+                load.reference.context("no reference tool for this load")?,
+            )?);
+        }
+        Variant::Floor => attached._floor = Some(start_floor(&env.object, load.floor)?),
+    }
+    let device = env.loop_device.path.as_str();
+    let ns = match index {
+        0 => switch_load(env.seconds),
+        1 => randread_load(device, env.seconds),
+        _ => reclaim_load(&env.memcg, device, env.reclaim_mib),
+    };
+    drop(attached);
+    ns
+}
+
+/// Median, min and max.
+pub fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    (
+        median,
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_takes_the_median_of_even_and_odd_counts() {
+        assert_eq!(summary(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(summary(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
+        assert!(summary(&[]).0.is_nan());
+    }
+}
