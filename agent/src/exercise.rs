@@ -58,11 +58,15 @@ pub struct Exercise {
     pub map_memory: Vec<MapMemoryRow>,
 }
 
-/// Scheduler work: threads that wake each other through channels, and thread creation.
+/// Scheduler work: pairs of threads that wake each other through channels (one pair per two
+/// CPUs, at least two pairs, so that every CPU switches tasks of this one cgroup at once),
+/// and thread creation.
 fn sched_work() -> String {
     let round_trips = 5_000;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pairs = (cpus / 2).max(2);
     let mut handles = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..pairs {
         let (to_peer, from_main) = mpsc::channel::<u32>();
         let (to_main, from_peer) = mpsc::channel::<u32>();
         let peer = std::thread::spawn(move || {
@@ -85,7 +89,10 @@ fn sched_work() -> String {
     for h in handles {
         let _ = h.join();
     }
-    format!("{} thread round trips through channels", 2 * round_trips)
+    format!(
+        "{} thread round trips through channels, {pairs} pairs on {cpus} CPUs",
+        pairs * round_trips as usize
+    )
 }
 
 /// The first whole disk in sysfs: not a loop, RAM, zram or optical device, with a size.

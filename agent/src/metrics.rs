@@ -64,6 +64,24 @@ pub fn family<L: EncodeLabelSet>(
     Ok(())
 }
 
+/// A counter family of whole numbers (events, switches), written as integers: cheaper to
+/// format than floats, and exact.
+pub fn counts<L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let base = name.strip_suffix("_total").unwrap_or(name);
+    let mut metric = out.encode_descriptor(base, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
 /// A family with a single unlabelled sample.
 pub fn single(
     out: &mut DescriptorEncoder,

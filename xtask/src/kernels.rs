@@ -30,6 +30,12 @@ const KERNELS: &[(&str, &str)] = &[
 /// The kernel on which the fallback paths are forced.
 const FALLBACK_KERNEL: &str = "6.1";
 
+/// The kernel also booted with `MANY_CPUS` CPUs: per-CPU map memory and the cost per
+/// context switch when one cgroup is busy on every CPU. 6.4+ charges map memory the way
+/// the agent models it.
+const MANY_CPU_KERNEL: &str = "6.12";
+const MANY_CPUS: u32 = 32;
+
 /// Modules the guest needs for its virtio disk, in load order.
 const MODULES: &[&str] = &[
     "virtio",
@@ -316,7 +322,14 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
     Some(text[start..stop].trim_matches(['\r', '\n']))
 }
 
-fn boot(vmlinuz: &Path, initramfs: &Path, disk: &Path, mode: &str, log: &Path) -> Result<GuestRun> {
+fn boot(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    disk: &Path,
+    mode: &str,
+    cpus: u32,
+    log: &Path,
+) -> Result<GuestRun> {
     let out = Command::new("timeout")
         .args([
             "300",
@@ -326,10 +339,10 @@ fn boot(vmlinuz: &Path, initramfs: &Path, disk: &Path, mode: &str, log: &Path) -
             "-cpu",
             "max",
             "-m",
-            "1024",
+            if cpus > 2 { "2048" } else { "1024" },
             "-smp",
-            "2",
         ])
+        .arg(cpus.to_string())
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
@@ -517,13 +530,16 @@ pub fn kernels() -> Result<()> {
         build_initramfs(&initramfs, &nodelens, modules)?;
         let modes: &[&str] = if *series == FALLBACK_KERNEL {
             &["normal", "tracepoint", "notracefs"]
+        } else if *series == MANY_CPU_KERNEL {
+            &["normal", "many-cpus"]
         } else {
             &["normal"]
         };
         for mode in modes {
             step(&format!("booting {package} under qemu (mode {mode})"));
             let log = dir().join(format!("console-{series}-{mode}.log"));
-            let run = boot(vmlinuz, &initramfs, &disk, mode, &log)?;
+            let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
+            let run = boot(vmlinuz, &initramfs, &disk, mode, cpus, &log)?;
             let kernel = run.report["node"]["kernel"]
                 .as_str()
                 .unwrap_or(series)
@@ -531,8 +547,12 @@ pub fn kernels() -> Result<()> {
             let column = match *mode {
                 "normal" => kernel.clone(),
                 "tracepoint" => format!("{kernel}, classic tracepoints forced"),
+                "many-cpus" => format!("{kernel}, {MANY_CPUS} CPUs"),
                 _ => format!("{kernel}, tracefs not mounted"),
             };
+            if *mode == "many-cpus" {
+                failures.extend(check_map_memory(&column, &run.report));
+            }
             if run.exit != 0 {
                 failures.push(format!(
                     "{column}: preflight --exercise exited {}: {}",
@@ -597,7 +617,8 @@ pub fn kernels() -> Result<()> {
         }
     }
 
-    let report = render(&runs);
+    let mut report = render(&runs);
+    report.push_str(&many_cpu_summary(&runs));
     println!("{report}");
     std::fs::write(dir().join("report.md"), &report)?;
     step(&format!(
@@ -675,5 +696,67 @@ fn render(runs: &[(String, serde_json::Value)]) -> String {
         }
         let _ = writeln!(s);
     }
+    s
+}
+
+/// Total charged and modeled map memory of a run, in bytes.
+fn map_memory(report: &serde_json::Value) -> (f64, f64) {
+    let rows = report["exercise"]["map_memory"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = |key: &str| rows.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
+    (total("charged"), total("modeled"))
+}
+
+/// The agent's model of map memory must match what the kernel charges with many CPUs,
+/// where the per-CPU terms dominate: within 2% in total.
+fn check_map_memory(column: &str, report: &serde_json::Value) -> Option<String> {
+    let (charged, modeled) = map_memory(report);
+    let cpus = report["exercise"]["possible_cpus"].as_u64().unwrap_or(0);
+    if cpus != u64::from(MANY_CPUS) {
+        return Some(format!("{column}: the guest saw {cpus} possible CPUs"));
+    }
+    ((modeled - charged).abs() > charged * 0.02 || charged == 0.0).then(|| {
+        format!("{column}: map memory modeled {modeled} B, the kernel charged {charged} B")
+    })
+}
+
+/// sched_switch's cost per event with many CPUs busy in one cgroup, against 2 CPUs, and the
+/// map memory check; TCG emulates the timings, so only the ratio means something.
+fn many_cpu_summary(runs: &[(String, serde_json::Value)]) -> String {
+    let find = |suffix: &str| {
+        runs.iter().find(|(c, _)| {
+            c.starts_with(MANY_CPU_KERNEL)
+                && if suffix.is_empty() {
+                    !c.contains(',')
+                } else {
+                    c.ends_with(suffix)
+                }
+        })
+    };
+    let many = format!("{MANY_CPUS} CPUs");
+    let (Some((_, two)), Some((column, lots))) = (find(""), find(&many)) else {
+        return String::new();
+    };
+    let ns = |r: &serde_json::Value| cells(r).get("sched_switch").and_then(|c| c.2);
+    let (charged, modeled) = map_memory(lots);
+    let mut s = String::new();
+    let _ = writeln!(s);
+    if let (Some(a), Some(b)) = (ns(two), ns(lots)) {
+        let _ = writeln!(
+            s,
+            "sched_switch with one cgroup busy on every CPU, {column} against 2 CPUs: {:.0} ns against {:.0} ns per event under TCG, ratio {:.2}.",
+            b,
+            a,
+            b / a
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Map memory with {MANY_CPUS} CPUs: the kernel charged {:.0} KiB, the agent's model says {:.0} KiB.",
+        charged / 1024.0,
+        modeled / 1024.0
+    );
     s
 }

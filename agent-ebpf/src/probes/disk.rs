@@ -258,24 +258,20 @@ mod programs {
         hist.size.add(u64::from(inflight.bytes));
     }
 
-    /// Kernel dev_t (major << 20 | minor) of the request's whole disk.
+    /// Kernel dev_t (major << 20 | minor) of the request's whole disk. Direct loads through
+    /// the BTF-typed request (see kernel::btf_load): no helper calls; a NULL on the way
+    /// reads as 0.
     #[inline(always)]
-    unsafe fn request_dev(rq: *const u8, layout: &DiskLayout) -> Result<u32, i32> {
-        let disk = if layout.disk_in_request != 0 {
-            unsafe { kernel::read_ptr(rq, layout.request_rq_disk)? }
+    unsafe fn request_dev(rq: *const u8, layout: &DiskLayout) -> u32 {
+        let disk: *const u8 = if layout.disk_in_request != 0 {
+            unsafe { kernel::btf_load(rq, layout.request_rq_disk) }
         } else {
-            let q = unsafe { kernel::read_ptr(rq, layout.request_q)? };
-            if q.is_null() {
-                return Ok(0);
-            }
-            unsafe { kernel::read_ptr(q, layout.queue_disk)? }
+            let q: *const u8 = unsafe { kernel::btf_load(rq, layout.request_q) };
+            unsafe { kernel::btf_load(q, layout.queue_disk) }
         };
-        if disk.is_null() {
-            return Ok(0);
-        }
-        let major = unsafe { kernel::read_u32(disk, layout.gendisk_major)? };
-        let minor = unsafe { kernel::read_u32(disk, layout.gendisk_first_minor)? };
-        Ok((major << 20) | (minor & 0xfffff))
+        let major: u32 = unsafe { kernel::btf_load(disk, layout.gendisk_major) };
+        let minor: u32 = unsafe { kernel::btf_load(disk, layout.gendisk_first_minor) };
+        (major << 20) | (minor & 0xfffff)
     }
 
     #[btf_tracepoint(function = "block_rq_issue")]
@@ -288,17 +284,17 @@ mod programs {
         } else {
             ctx.arg(0)
         };
-        let _ = unsafe { try_issue_btf(rq, &layout) };
+        unsafe { issue_btf(rq, &layout) };
         t.stop();
         0
     }
 
-    unsafe fn try_issue_btf(rq: *const u8, layout: &DiskLayout) -> Result<(), i32> {
-        let bytes = unsafe { kernel::read_u32(rq, layout.request_data_len)? };
-        let flags = unsafe { kernel::read_u32(rq, layout.request_cmd_flags)? };
-        let dev = unsafe { request_dev(rq, layout)? };
+    #[inline(always)]
+    unsafe fn issue_btf(rq: *const u8, layout: &DiskLayout) {
+        let bytes: u32 = unsafe { kernel::btf_load(rq, layout.request_data_len) };
+        let flags: u32 = unsafe { kernel::btf_load(rq, layout.request_cmd_flags) };
+        let dev = unsafe { request_dev(rq, layout) };
         on_issue(rq as u64, dev, disk_op_from_req_op(flags), bytes);
-        Ok(())
     }
 
     #[btf_tracepoint(function = "block_rq_complete")]

@@ -1,4 +1,6 @@
-//! The labels a per-cgroup series carries, the same for every family.
+//! The labels a per-cgroup series carries, the same for every family, rendered once per
+//! cgroup rather than once per series per scrape (a node with 4,096 pods has 16,000 such
+//! series).
 //!
 //! `namespace`, `pod` and `container` are set for kubelet cgroups; empty ones are left out
 //! (an empty label and a missing one are the same to Prometheus). The `cgroup` path is left
@@ -6,34 +8,128 @@
 //! scrape on a busy node, unless `--cgroup-path-label always` keeps it. When two rows of one
 //! scrape would end up with the same labels (a restarted container's old cgroup, exported
 //! one last time, and its new one), both keep their path, so no series is ever duplicated.
-use std::collections::HashMap;
+//! A family's own label (`kind`, `device`, `op`) comes after these.
+use std::hash::{Hash, Hasher};
+
+use rustc_hash::FxHashMap;
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
 use super::CgroupLabels;
 use crate::config::PathLabel;
 
-/// The label pairs of each row, in the same order as `rows`, sorted by name.
-pub fn label_sets<'a>(
-    rows: impl IntoIterator<Item = &'a CgroupLabels> + Clone,
-    policy: PathLabel,
-) -> Vec<Vec<(&'static str, &'a str)>> {
-    let drops_path =
-        |l: &CgroupLabels| policy == PathLabel::Auto && l.identified && !l.cgroup.is_empty();
-    let mut names: HashMap<(&str, &str, &str), usize> = HashMap::new();
-    for l in rows.clone() {
-        if drops_path(l) {
-            *names
-                .entry((&l.namespace, &l.pod, &l.container))
-                .or_default() += 1;
+/// One label set, rendered: `head` is every pair but the last value, written as the text
+/// format has it (`container="app",namespace="team-a",pod`), and `tail` that last value,
+/// unescaped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    head: String,
+    tail: String,
+    /// Every pair, with a trailing `,`: the prefix when a family adds a label of its own.
+    full: String,
+}
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Rendered {
+    fn new(pairs: &[(&str, &str)]) -> Self {
+        let Some(((last_key, last_value), rest)) = pairs.split_last() else {
+            return Self::default();
+        };
+        let mut head = String::new();
+        for (k, v) in rest {
+            head.push_str(k);
+            head.push_str("=\"");
+            head.push_str(&escape(v));
+            head.push_str("\",");
+        }
+        let mut full = head.clone();
+        full.push_str(last_key);
+        full.push_str("=\"");
+        full.push_str(&escape(last_value));
+        full.push_str("\",");
+        head.push_str(last_key);
+        Self {
+            head,
+            tail: (*last_value).to_owned(),
+            full,
         }
     }
-    rows.into_iter()
-        .map(|l| {
-            let unique = names
-                .get(&(l.namespace.as_str(), l.pod.as_str(), l.container.as_str()))
-                .is_some_and(|n| *n == 1);
-            let keep_path = !(drops_path(l) && unique);
+
+    /// These labels and then `name="value"`.
+    pub fn and<'a>(&'a self, name: &'static str, value: &'a str) -> WithLabel<'a> {
+        WithLabel {
+            base: self,
+            name,
+            value,
+        }
+    }
+}
+
+impl EncodeLabelSet for Rendered {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        if self.head.is_empty() {
+            return Ok(());
+        }
+        use std::fmt::Write as _;
+        let mut label = encoder.encode_label();
+        // Keys are written as given: the rendered head carries the earlier pairs with their
+        // values already escaped, and the encoder escapes the last value itself.
+        let mut key = label.encode_label_key()?;
+        key.write_str(&self.head)?;
+        let mut value = key.encode_label_value()?;
+        value.write_str(&self.tail)?;
+        value.finish()
+    }
+}
+
+impl EncodeLabelSet for &Rendered {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        (*self).encode(encoder)
+    }
+}
+
+/// A rendered label set with one more pair after it.
+pub struct WithLabel<'a> {
+    base: &'a Rendered,
+    name: &'static str,
+    value: &'a str,
+}
+
+impl EncodeLabelSet for WithLabel<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let mut label = encoder.encode_label();
+        let mut key = label.encode_label_key()?;
+        key.write_str(&self.base.full)?;
+        key.write_str(self.name)?;
+        let mut value = key.encode_label_value()?;
+        value.write_str(self.value)?;
+        value.finish()
+    }
+}
+
+/// A cgroup's labels, rendered both ways, and what identifies it by name.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesLabels {
+    with_path: Rendered,
+    /// Without the path: only for kubelet cgroups whose names identify them.
+    without_path: Option<Rendered>,
+    /// Hash of (namespace, pod, container), to find rows that would collide.
+    names: u64,
+}
+
+impl SeriesLabels {
+    pub fn new(l: &CgroupLabels, policy: PathLabel) -> Self {
+        let pairs = |path: bool| -> Vec<(&str, &str)> {
             [
-                ("cgroup", if keep_path { l.cgroup.as_str() } else { "" }),
+                ("cgroup", if path { l.cgroup.as_str() } else { "" }),
                 ("container", l.container.as_str()),
                 ("namespace", l.namespace.as_str()),
                 ("pod", l.pod.as_str()),
@@ -41,26 +137,40 @@ pub fn label_sets<'a>(
             .into_iter()
             .filter(|(_, v)| !v.is_empty())
             .collect()
+        };
+        let mut h = rustc_hash::FxHasher::default();
+        (&l.namespace, &l.pod, &l.container).hash(&mut h);
+        Self {
+            with_path: Rendered::new(&pairs(true)),
+            without_path: (policy == PathLabel::Auto && l.identified && !l.cgroup.is_empty())
+                .then(|| Rendered::new(&pairs(false))),
+            names: h.finish(),
+        }
+    }
+}
+
+/// Picks each row's label set: without the path where that is unique in this scrape.
+pub fn choose<'a>(rows: impl IntoIterator<Item = &'a SeriesLabels> + Clone) -> Vec<&'a Rendered> {
+    let mut named: FxHashMap<u64, u32> = FxHashMap::default();
+    for s in rows.clone() {
+        if s.without_path.is_some() {
+            *named.entry(s.names).or_default() += 1;
+        }
+    }
+    rows.into_iter()
+        .map(|s| match &s.without_path {
+            Some(short) if named.get(&s.names) == Some(&1) => short,
+            _ => &s.with_path,
         })
         .collect()
 }
 
-/// `labels` with one more pair, keeping the names sorted.
-pub fn with<'a>(
-    labels: &[(&'static str, &'a str)],
-    name: &'static str,
-    value: &'a str,
-) -> Vec<(&'static str, &'a str)> {
-    let mut out = Vec::with_capacity(labels.len() + 1);
-    out.extend_from_slice(labels);
-    let at = out.partition_point(|(n, _)| *n < name);
-    out.insert(at, (name, value));
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+
     use super::*;
+    use crate::metrics::family;
 
     fn container(pod: &str, name: &str, path: &str) -> CgroupLabels {
         CgroupLabels {
@@ -72,49 +182,105 @@ mod tests {
         }
     }
 
+    /// The text format of one family with these label sets, each with `kind` if given.
+    fn render(sets: &[&Rendered], kind: Option<&str>) -> String {
+        #[derive(Debug)]
+        struct One(Vec<Rendered>, Option<String>);
+        impl prometheus_client::collector::Collector for One {
+            fn encode(&self, mut out: DescriptorEncoder) -> std::fmt::Result {
+                match self.1.as_deref() {
+                    Some(k) => family(
+                        &mut out,
+                        "x_total",
+                        "help",
+                        MetricType::Counter,
+                        self.0.iter().map(|r| (r.and("kind", k), 1.0)),
+                    ),
+                    None => family(
+                        &mut out,
+                        "x_total",
+                        "help",
+                        MetricType::Counter,
+                        self.0.iter().map(|r| (r.clone(), 1.0)),
+                    ),
+                }
+            }
+        }
+        let one = One(
+            sets.iter().map(|r| (*r).clone()).collect(),
+            kind.map(str::to_owned),
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(one));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     #[test]
     fn kubelet_names_replace_the_path_unless_asked_to_keep_it() {
+        let pod = container("web", "app", "kubepods/burstable/pod1/aaa");
+        let system = CgroupLabels {
+            cgroup: "system.slice/containerd.service".into(),
+            ..Default::default()
+        };
         let rows = [
-            container("web", "app", "kubepods/burstable/pod1/aaa"),
-            CgroupLabels {
-                cgroup: "system.slice/containerd.service".into(),
-                ..Default::default()
-            },
+            SeriesLabels::new(&pod, PathLabel::Auto),
+            SeriesLabels::new(&system, PathLabel::Auto),
         ];
-        let auto = label_sets(rows.iter(), PathLabel::Auto);
-        assert_eq!(
-            auto[0],
-            [
-                ("container", "app"),
-                ("namespace", "team-a"),
-                ("pod", "web")
-            ]
+        let text = render(&choose(rows.iter()), None);
+        assert!(
+            text.contains("x_total{container=\"app\",namespace=\"team-a\",pod=\"web\"} 1"),
+            "{text}"
         );
-        assert_eq!(auto[1], [("cgroup", "system.slice/containerd.service")]);
-        let always = label_sets(rows.iter(), PathLabel::Always);
-        assert_eq!(always[0][0], ("cgroup", "kubepods/burstable/pod1/aaa"));
+        assert!(
+            text.contains("x_total{cgroup=\"system.slice/containerd.service\"} 1"),
+            "{text}"
+        );
+        let always = [SeriesLabels::new(&pod, PathLabel::Always)];
+        let text = render(&choose(always.iter()), Some("voluntary"));
+        assert!(
+            text.contains(
+                "x_total{cgroup=\"kubepods/burstable/pod1/aaa\",container=\"app\",namespace=\"team-a\",pod=\"web\",kind=\"voluntary\"} 1"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_restarted_containers_two_cgroups_keep_their_paths() {
         let rows = [
-            container("web", "app", "kubepods/burstable/pod1/old"),
-            container("web", "app", "kubepods/burstable/pod1/new"),
-            container("web", "sidecar", "kubepods/burstable/pod1/side"),
+            SeriesLabels::new(&container("web", "app", "kubepods/pod1/old"), PathLabel::Auto),
+            SeriesLabels::new(&container("web", "app", "kubepods/pod1/new"), PathLabel::Auto),
+            SeriesLabels::new(&container("web", "side", "kubepods/pod1/s"), PathLabel::Auto),
         ];
-        let sets = label_sets(rows.iter(), PathLabel::Auto);
-        assert_eq!(sets[0][0], ("cgroup", "kubepods/burstable/pod1/old"));
-        assert_eq!(sets[1][0], ("cgroup", "kubepods/burstable/pod1/new"));
-        assert_eq!(sets[2][0], ("container", "sidecar"));
-        assert_ne!(sets[0], sets[1]);
+        let text = render(&choose(rows.iter()), None);
+        assert!(text.contains("cgroup=\"kubepods/pod1/old\""), "{text}");
+        assert!(text.contains("cgroup=\"kubepods/pod1/new\""), "{text}");
+        assert!(text.contains("x_total{container=\"side\""), "{text}");
     }
 
     #[test]
-    fn with_keeps_names_sorted() {
-        let base = [("cgroup", "x"), ("pod", "p")];
-        assert_eq!(
-            with(&base, "kind", "memcg"),
-            [("cgroup", "x"), ("kind", "memcg"), ("pod", "p")]
+    fn values_are_escaped_once() {
+        let odd = CgroupLabels {
+            cgroup: "a\"b\\c".into(),
+            pod: "p\"q".into(),
+            ..Default::default()
+        };
+        let rows = [SeriesLabels::new(&odd, PathLabel::Auto)];
+        let text = render(&choose(rows.iter()), Some("k"));
+        assert!(
+            text.contains(r#"x_total{cgroup="a\"b\\c",pod="p\"q",kind="k"} 1"#),
+            "{text}"
         );
+        let text = render(&choose(rows.iter()), None);
+        assert!(text.contains(r#"x_total{cgroup="a\"b\\c",pod="p\"q"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn the_root_cgroup_and_other_render_with_their_path() {
+        let rows = [SeriesLabels::new(&CgroupLabels::other(), PathLabel::Auto)];
+        let text = render(&choose(rows.iter()), None);
+        assert!(text.contains("x_total{cgroup=\"other\"} 1"), "{text}");
     }
 }

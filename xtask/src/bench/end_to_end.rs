@@ -25,6 +25,9 @@ pub struct Load {
     pub floor: &'static [(&'static str, &'static str)],
     /// The target for (nodelens − nothing) / (reference − nothing).
     pub target: Option<f64>,
+    /// Rounds, as a multiple of the bench's: the disk load is the noisiest here (a loop
+    /// device's worker threads share the VM's vCPUs), so it gets more.
+    pub rounds_factor: usize,
 }
 
 pub const LOADS: [Load; 3] = [
@@ -34,6 +37,7 @@ pub const LOADS: [Load; 3] = [
         reference: Some("runqlat"),
         floor: &[("floor_sched_switch", "sched_switch")],
         target: Some(0.5),
+        rounds_factor: 1,
     },
     Load {
         name: "fio 4 KiB O_DIRECT randread, libaio depth 16, loop on /dev/shm",
@@ -44,6 +48,7 @@ pub const LOADS: [Load; 3] = [
             ("floor_block_rq_complete", "block_rq_complete"),
         ],
         target: Some(1.0),
+        rounds_factor: 2,
     },
     Load {
         name: "buffered reads in a 32 MiB memory cgroup",
@@ -54,6 +59,7 @@ pub const LOADS: [Load; 3] = [
             ("floor_memcg_reclaim_end", "mm_vmscan_memcg_reclaim_end"),
         ],
         target: None,
+        rounds_factor: 1,
     },
 ];
 
@@ -249,6 +255,13 @@ pub fn run(env: &Env, index: usize, variant: Variant) -> Result<f64> {
     ns
 }
 
+/// The median of per-round differences `variant − nothing`: each round runs every variant
+/// back to back, so drift between rounds cancels.
+pub fn paired_added(variant: &[f64], nothing: &[f64]) -> f64 {
+    let diffs: Vec<f64> = variant.iter().zip(nothing).map(|(v, n)| v - n).collect();
+    summary(&diffs).0
+}
+
 /// Median, min and max.
 pub fn summary(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
@@ -270,6 +283,14 @@ pub fn summary(values: &[f64]) -> (f64, f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_differences_cancel_drift() {
+        // Every round slower than the last; the variant always adds 10.
+        let nothing = [100.0, 200.0, 300.0];
+        let variant = [110.0, 210.0, 310.0];
+        assert_eq!(paired_added(&variant, &nothing), 10.0);
+    }
 
     #[test]
     fn summary_takes_the_median_of_even_and_odd_counts() {

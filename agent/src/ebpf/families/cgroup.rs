@@ -17,10 +17,10 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     cgroups::{
-        series,
+        series::{self, Rendered},
         tracker::{CgroupTracker, CounterTable, Row},
     },
-    config::{CollectorName, PathLabel},
+    config::CollectorName,
     ebpf::{
         batch,
         family::{
@@ -28,7 +28,7 @@ use crate::{
             LoadedFamily, ProbeSpec, global_bytes, take_map,
         },
     },
-    metrics::{CollectError, counter, family, gauge},
+    metrics::{CollectError, counter, counts, family, gauge},
 };
 
 pub struct Cgroup;
@@ -102,9 +102,8 @@ impl LoadedFamily for CgroupMaps {
         let mut tracker = self.tracker.lock();
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = tracker.counts();
-        let policy = tracker.path_label();
         drop(tracker);
-        encode(out, &rows, policy)?;
+        encode(out, &rows)?;
         gauge(
             out,
             "nodelens_cgroups_tracked",
@@ -156,19 +155,15 @@ impl LoadedFamily for CgroupMaps {
 
 /// The four families, each series only once it is non-zero (a cgroup that never waited or
 /// reclaimed adds no series for it).
-fn encode(
-    out: &mut DescriptorEncoder,
-    rows: &[Row<(), CgroupStats>],
-    policy: PathLabel,
-) -> Result<(), CollectError> {
-    let labels = series::label_sets(rows.iter().map(|r| r.labels.as_ref()), policy);
-    let rows: Vec<(&Vec<(&str, &str)>, &CgroupStats)> =
-        labels.iter().zip(rows.iter().map(|r| &r.values)).collect();
+fn encode(out: &mut DescriptorEncoder, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+    let labels = series::choose(rows.iter().map(|r| r.series.as_ref()));
+    let rows: Vec<(&Rendered, &CgroupStats)> =
+        labels.into_iter().zip(rows.iter().map(|r| &r.values)).collect();
     let secs = |ns: u64| ns as f64 / 1e9;
     let one = |value: fn(&CgroupStats) -> u64| {
         rows.iter()
             .filter(move |(_, v)| value(v) != 0)
-            .map(move |(l, v)| (l.to_vec(), secs(value(v))))
+            .map(move |(l, v)| (*l, secs(value(v))))
     };
     family(
         out,
@@ -184,11 +179,10 @@ fn encode(
         MetricType::Counter,
         one(|v| v.runqueue_wait_ns),
     )?;
-    family(
+    counts(
         out,
         "nodelens_cgroup_context_switches_total",
         "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
-        MetricType::Counter,
         rows.iter().flat_map(|(l, v)| {
             [
                 ("voluntary", v.voluntary_switches),
@@ -196,7 +190,7 @@ fn encode(
             ]
             .into_iter()
             .filter(|(_, n)| *n != 0)
-            .map(|(kind, n)| (series::with(l, "kind", kind), n as f64))
+            .map(|(kind, n)| (l.and("kind", kind), n))
         }),
     )?;
     family(
@@ -208,7 +202,7 @@ fn encode(
             [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)]
                 .into_iter()
                 .filter(|(_, ns)| *ns != 0)
-                .map(|(kind, ns)| (series::with(l, "kind", kind), secs(ns)))
+                .map(|(kind, ns)| (l.and("kind", kind), secs(ns)))
         }),
     )?;
     Ok(())

@@ -26,7 +26,11 @@ use aya::{
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
-    cgroups::{CgroupLabels, series, tracker::CgroupTracker},
+    cgroups::{
+        CgroupLabels,
+        series::{self, SeriesLabels},
+        tracker::CgroupTracker,
+    },
     config::{CollectorName, PathLabel},
     ebpf::{
         events::spawn_on_readable,
@@ -304,13 +308,16 @@ impl LoadedFamily for MemoryMaps {
             )?;
         }
         if let Some(rows) = oom_rows {
-            let labels = series::label_sets(rows.iter().map(|(l, _)| l), self.path_label);
+            let rendered: Vec<SeriesLabels> = rows
+                .iter()
+                .map(|(l, _)| SeriesLabels::new(l, self.path_label))
+                .collect();
             family(
                 out,
                 "nodelens_oom_kills_total",
                 "Processes killed by the OOM killer (oom:mark_victim), by the victim's cgroup.",
                 MetricType::Counter,
-                labels
+                series::choose(rendered.iter())
                     .into_iter()
                     .zip(rows.iter())
                     .map(|(l, (_, kills))| (l, *kills as f64)),

@@ -318,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_offers_the_schedulers_own_timestamps() {
+        for (release, _) in fixtures::all() {
+            let (l, family) = resolve(&release);
+            assert_eq!(l.kernel_timestamps, 1, "{release}: {:?}", family.mode);
+            assert_eq!(family.fallback_probes, WAKEUP_PROBES, "{release}");
+            // se.cfs_rq, cfs_rq.rq and rq.clock: pointers and a u64, all past offset 0
+            // except possibly cfs_rq.rq's neighbours; the run queue clock is never first.
+            assert!(l.task_last_queued > 0 && l.task_cfs_rq > 0 && l.rq_clock > 0, "{release}");
+            assert!(l.task_prev_sum_exec > l.task_sum_exec, "{release}: prev_sum_exec_runtime follows sum_exec_runtime");
+        }
+    }
+
+    #[test]
     fn without_btf_or_tracefs_each_attach_type_says_why() {
         let (_, family) = layout(&KernelSources {
             btf: Err("no BTF here".into()),
