@@ -50,7 +50,7 @@ impl Runtime {
         });
         tracing::info!(root = %root.display(), "cgroup2 hierarchy");
         let resolver = CgroupResolver::new(
-            root,
+            root.clone(),
             &config.cgroups.pod_logs_dir,
             &config.cgroups.container_logs_dir,
         );
@@ -59,6 +59,7 @@ impl Runtime {
             per_cgroup: config.enabled(CollectorName::Cgroup),
             procfs: config.procfs.clone(),
             sysfs: config.sysfs.clone(),
+            cgroup_root: root,
             max_cgroups: config.cgroups.max_tracked,
             kernel_bpf_stats: config.kernel_bpf_stats,
         };

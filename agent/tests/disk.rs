@@ -183,3 +183,141 @@ fn probes_measure_their_own_cost_and_maps_report_their_fill() {
     }
     assert!(m.value("nodelens_map_entries{map=\"DISK_HISTOGRAMS\"}") >= 1.0);
 }
+
+/// A cgroup under the cgroup2 root, shaped like a kubelet container's, removed on drop.
+struct PodCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl PodCgroup {
+    fn new(tag: &str) -> PodCgroup {
+        let root = common::cgroup2_root();
+        let rel = format!(
+            "nodelens-disk-{}/kubepods/burstable/pod{tag}/{tag:0>64}",
+            std::process::id()
+        );
+        let mut dirs = Vec::new();
+        let mut path = root.clone();
+        for part in std::path::Path::new(&rel) {
+            path.push(part);
+            if !path.exists() {
+                std::fs::create_dir(&path).unwrap();
+                dirs.push(path.clone());
+            }
+        }
+        PodCgroup { dirs }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dirs.last().unwrap()
+    }
+
+    fn label(&self) -> String {
+        self.path()
+            .strip_prefix(common::cgroup2_root())
+            .unwrap()
+            .display()
+            .to_string()
+    }
+
+    fn run(&self, script: &str) {
+        let full = format!(
+            "echo $$ > {}/cgroup.procs || exit 1; {script}",
+            self.path().display()
+        );
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &full])
+                .status()
+                .unwrap()
+                .success(),
+            "{script}"
+        );
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn a_pods_disk_io_is_attributed_to_its_cgroup() {
+    let lo = LoopDevice::new(128);
+    let agent = Agent::start(&[]);
+    let busy = PodCgroup::new("a1");
+    let idle = PodCgroup::new("b2");
+    let dev = lo.path().display().to_string();
+    busy.run(&format!(
+        "dd if=/dev/zero of={dev} bs=1M count=64 oflag=direct status=none && dd if={dev} of=/dev/null bs=1M count=32 iflag=direct status=none"
+    ));
+    idle.run("true");
+    let series = |m: &Metrics, family: &str, cgroup: &str, op: &str| {
+        m.get(&format!(
+            "{family}{{cgroup=\"{cgroup}\",device=\"{}\",op=\"{op}\"}}",
+            lo.dev
+        ))
+        .unwrap_or(0.0)
+    };
+    let m = agent.metrics_until(Duration::from_secs(5), "the pod's disk series", |m| {
+        series(
+            m,
+            "nodelens_cgroup_disk_io_bytes_total",
+            &busy.label(),
+            "read",
+        ) > 0.0
+    });
+    let (written, read) = (
+        series(
+            &m,
+            "nodelens_cgroup_disk_io_bytes_total",
+            &busy.label(),
+            "write",
+        ),
+        series(
+            &m,
+            "nodelens_cgroup_disk_io_bytes_total",
+            &busy.label(),
+            "read",
+        ),
+    );
+    eprintln!("pod wrote {written} B, read {read} B on {}", lo.dev);
+    for (got, want) in [(written, 64.0 * 1048576.0), (read, 32.0 * 1048576.0)] {
+        assert!((got - want).abs() <= want * 0.02, "{got} B vs {want} B");
+    }
+    assert!(
+        !m.family("nodelens_cgroup_disk_ios_total")
+            .iter()
+            .any(|(s, _)| s.contains(&idle.label()) && s.contains(&lo.dev)),
+        "the idle cgroup shows no I/O on {}",
+        lo.dev
+    );
+    for op in ["write", "read"] {
+        let ios = series(&m, "nodelens_cgroup_disk_ios_total", &busy.label(), op);
+        let secs = series(
+            &m,
+            "nodelens_cgroup_disk_io_seconds_total",
+            &busy.label(),
+            op,
+        );
+        assert!(ios > 0.0 && secs > 0.0, "{op}: {ios} requests, {secs} s");
+        // Every request of this device counted once, per cgroup as per node.
+        let all_cgroups: f64 = m
+            .family("nodelens_cgroup_disk_ios_total")
+            .iter()
+            .filter(|(s, _)| s.contains(&format!("device=\"{}\",op=\"{op}\"", lo.dev)))
+            .map(|(_, v)| v)
+            .sum();
+        let node = m.value(&format!(
+            "nodelens_disk_io_latency_seconds_count{{device=\"{}\",op=\"{op}\"}}",
+            lo.dev
+        ));
+        assert_eq!(
+            all_cgroups, node,
+            "{op}: sum over cgroups vs the node histogram"
+        );
+    }
+}

@@ -6,6 +6,13 @@
 //! tp_btf programs key requests by their `struct request` address. Classic tracepoints do
 //! not expose it, so those programs key by (dev, sector); both programs of the pair must
 //! use the same attach type, which user space enforces.
+//!
+//! With per-cgroup accounting on, each request also counts for the cgroup that owns it:
+//! the cgroup its bio is charged to (`request->bio->bi_blkg->blkcg->css.cgroup`), which
+//! under cgroup v2 is the cgroup that dirtied the pages even when a flusher thread submits
+//! the writeback; or, where the io controller is not on cgroup2 (hybrid hosts) and with
+//! classic tracepoints (no request pointer), the issuing task's cgroup. A request without
+//! an owner (a flush has no bio) counts under cgroup id 0, "unknown".
 use crate::probes::histogram::RangeHistogram;
 
 /// Block request operation, decoded from `rwbs` (classic tracepoint) or from the request's
@@ -79,8 +86,44 @@ pub struct DiskInFlight {
     pub bytes: u32,
     pub dev: u32,
     pub op: u32,
-    pub _pad: u32,
+    /// 1: count it for `cgroup` too (per-cgroup accounting is on).
+    pub per_cgroup: u32,
+    /// The owner's cgroup v2 id; 0 when it has none.
+    pub cgroup: u64,
 }
+
+/// Per-cgroup disk key: the owner's cgroup v2 id (0: unknown), the whole disk, the op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupDiskKey {
+    pub cgroup: u64,
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// A cgroup's completed requests on one disk with one op, updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupDiskStats {
+    pub bytes: u64,
+    pub ios: u64,
+    /// Summed issue-to-completion time.
+    pub ns: u64,
+}
+
+impl core::ops::AddAssign for CgroupDiskStats {
+    fn add_assign(&mut self, rhs: Self) {
+        // Destructured, so that a new field fails to compile until it is added here too.
+        let CgroupDiskStats { bytes, ios, ns } = rhs;
+        self.bytes += bytes;
+        self.ios += ios;
+        self.ns += ns;
+    }
+}
+
+/// Default size of the per-cgroup disk map; user space sizes it from the tracked-cgroup
+/// cap, as the per-cgroup CPU map.
+pub const CGROUP_DISK_ENTRIES: u32 = 16384;
 
 /// Slots of `DISK_COST`, one per program.
 pub const COST_ISSUE: u32 = 0;
@@ -100,6 +143,8 @@ pub struct DiskCounters {
     pub inflight_map_full: u64,
     /// A (disk, op) histogram could not be created: the histogram map was full.
     pub histogram_map_full: u64,
+    /// A (cgroup, disk, op) entry could not be created: the per-cgroup map was full.
+    pub cgroup_map_full: u64,
 }
 
 /// Offsets for the tp_btf block programs, from BTF.
@@ -117,6 +162,17 @@ pub struct DiskLayout {
     pub queue_disk: u32,
     pub gendisk_major: u32,
     pub gendisk_first_minor: u32,
+    /// 1: the owner is the bio's blkcg (the io controller is on cgroup2); 0: the issuing
+    /// task's cgroup2 cgroup.
+    pub owner_from_blkcg: u32,
+    /// `request.bio`, `bio.bi_blkg`, `blkcg_gq.blkcg`, `blkcg.css` + `css.cgroup`,
+    /// `cgroup.kn`, `kernfs_node.id`.
+    pub request_bio: u32,
+    pub bio_blkg: u32,
+    pub blkg_blkcg: u32,
+    pub blkcg_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     /// Classic tracepoint fields.
     pub tp_issue_dev: u32,
     pub tp_issue_sector: u32,
@@ -136,6 +192,8 @@ mod pod {
     unsafe impl aya::Pod for super::DiskHistograms {}
     unsafe impl aya::Pod for super::DiskCounters {}
     unsafe impl aya::Pod for super::DiskInFlight {}
+    unsafe impl aya::Pod for super::CgroupDiskKey {}
+    unsafe impl aya::Pod for super::CgroupDiskStats {}
     unsafe impl aya::Pod for super::DiskLayout {}
 }
 
@@ -144,40 +202,27 @@ mod programs {
     use aya_ebpf::{
         Global,
         bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-        helpers::bpf_ktime_get_ns,
+        helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
         macros::{btf_tracepoint, map, tracepoint},
         maps::{HashMap, PerCpuArray, PerCpuHashMap},
         programs::{BtfTracePointContext, TracePointContext},
     };
 
     use super::{
-        COST_COMPLETE, COST_ISSUE, COST_SLOTS, DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES,
-        DiskCounters, DiskHistograms, DiskInFlight, DiskKey, DiskLayout, disk_op_from_req_op,
-        disk_op_from_rwbs,
+        CGROUP_DISK_ENTRIES, COST_COMPLETE, COST_ISSUE, COST_SLOTS, CgroupDiskKey, CgroupDiskStats,
+        DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DiskCounters, DiskHistograms, DiskInFlight,
+        DiskKey, DiskLayout, disk_op_from_req_op, disk_op_from_rwbs,
     };
     use crate::probes::{
+        cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
         kernel,
     };
 
     #[unsafe(no_mangle)]
-    static DISK_LAYOUT: Global<DiskLayout> = Global::new(DiskLayout {
-        issue_rq_arg: 0,
-        request_data_len: 0,
-        request_cmd_flags: 0,
-        disk_in_request: 0,
-        request_rq_disk: 0,
-        request_q: 0,
-        queue_disk: 0,
-        gendisk_major: 0,
-        gendisk_first_minor: 0,
-        tp_issue_dev: 0,
-        tp_issue_sector: 0,
-        tp_issue_bytes: 0,
-        tp_issue_rwbs: 0,
-        tp_complete_dev: 0,
-        tp_complete_sector: 0,
-    });
+    // Zeroed until user space sets it before loading (`override_global`).
+    // SAFETY: all-integer #[repr(C)] data, for which zero is a valid value.
+    static DISK_LAYOUT: Global<DiskLayout> = Global::new(unsafe { core::mem::zeroed() });
 
     #[map]
     static DISK_INFLIGHT: HashMap<u64, DiskInFlight> =
@@ -195,6 +240,12 @@ mod programs {
     #[map]
     static DISK_COUNTERS: PerCpuArray<DiskCounters> = PerCpuArray::with_max_entries(1, 0);
 
+    /// Per (owner cgroup, disk, op) totals, shared by every CPU (atomic adds). The agent's
+    /// upkeep deletes the entries of cgroups that are gone.
+    #[map]
+    static CGROUP_DISK: HashMap<CgroupDiskKey, CgroupDiskStats> =
+        HashMap::with_max_entries(CGROUP_DISK_ENTRIES, 0);
+
     #[map]
     static DISK_COST: PerCpuArray<ProbeCost> = PerCpuArray::with_max_entries(COST_SLOTS, 0);
 
@@ -207,13 +258,14 @@ mod programs {
     }
 
     #[inline(always)]
-    fn on_issue(key: u64, dev: u32, op: u32, bytes: u32) {
+    fn on_issue(key: u64, dev: u32, op: u32, bytes: u32, owner: Option<u64>) {
         let inflight = DiskInFlight {
             issued_ns: unsafe { bpf_ktime_get_ns() },
             bytes,
             dev,
             op,
-            _pad: 0,
+            per_cgroup: u32::from(owner.is_some()),
+            cgroup: owner.unwrap_or(0),
         };
         if DISK_INFLIGHT.insert(key, inflight, 0).is_err() {
             count(|c| c.inflight_map_full += 1);
@@ -256,6 +308,65 @@ mod programs {
         let hist = unsafe { &mut *hist };
         hist.latency.add(latency);
         hist.size.add(u64::from(inflight.bytes));
+        if inflight.per_cgroup != 0 {
+            charge_cgroup(&inflight, latency);
+        }
+    }
+
+    /// Adds a completed request to its owner's (cgroup, disk, op) entry.
+    #[inline(always)]
+    fn charge_cgroup(inflight: &DiskInFlight, latency: u64) {
+        let key = CgroupDiskKey {
+            cgroup: inflight.cgroup,
+            dev: inflight.dev,
+            op: inflight.op,
+        };
+        let stats = match CGROUP_DISK.get_ptr_mut(key) {
+            Some(s) => s,
+            None => {
+                // Another CPU may create it first: NOEXIST, then look up again either way.
+                let _ = CGROUP_DISK.insert(key, CgroupDiskStats::default(), u64::from(BPF_NOEXIST));
+                match CGROUP_DISK.get_ptr_mut(key) {
+                    Some(s) => s,
+                    None => {
+                        count(|c| c.cgroup_map_full += 1);
+                        return;
+                    }
+                }
+            }
+        };
+        // SAFETY: the entry lives in the map; fields are updated atomically.
+        unsafe {
+            cgroup::add(&raw mut (*stats).bytes, u64::from(inflight.bytes));
+            cgroup::add(&raw mut (*stats).ios, 1);
+            cgroup::add(&raw mut (*stats).ns, latency);
+        }
+    }
+
+    /// The issuing task's cgroup2 id, when per-cgroup accounting is on.
+    #[inline(always)]
+    fn current_owner() -> Option<u64> {
+        cgroup::enabled().then(|| unsafe { bpf_get_current_cgroup_id() })
+    }
+
+    /// The owner of a request (see the module's doc), when per-cgroup accounting is on.
+    /// Direct loads: a NULL anywhere on the way (a flush has no bio) reads as 0, unknown.
+    #[inline(always)]
+    unsafe fn request_owner(rq: *const u8, layout: &DiskLayout) -> Option<u64> {
+        if !cgroup::enabled() {
+            return None;
+        }
+        if layout.owner_from_blkcg == 0 {
+            return current_owner();
+        }
+        unsafe {
+            let bio: *const u8 = kernel::btf_load(rq, layout.request_bio);
+            let blkg: *const u8 = kernel::btf_load(bio, layout.bio_blkg);
+            let blkcg: *const u8 = kernel::btf_load(blkg, layout.blkg_blkcg);
+            let cgrp: *const u8 = kernel::btf_load(blkcg, layout.blkcg_cgroup);
+            let kn: *const u8 = kernel::btf_load(cgrp, layout.cgroup_kn);
+            Some(kernel::btf_load::<u64>(kn, layout.kernfs_node_id))
+        }
     }
 
     /// Kernel dev_t (major << 20 | minor) of the request's whole disk. Direct loads through
@@ -294,7 +405,8 @@ mod programs {
         let bytes: u32 = unsafe { kernel::btf_load(rq, layout.request_data_len) };
         let flags: u32 = unsafe { kernel::btf_load(rq, layout.request_cmd_flags) };
         let dev = unsafe { request_dev(rq, layout) };
-        on_issue(rq as u64, dev, disk_op_from_req_op(flags), bytes);
+        let owner = unsafe { request_owner(rq, layout) };
+        on_issue(rq as u64, dev, disk_op_from_req_op(flags), bytes, owner);
     }
 
     #[btf_tracepoint(function = "block_rq_complete")]
@@ -326,11 +438,13 @@ mod programs {
         let sector = unsafe { ctx.read_at::<u64>(l.tp_issue_sector as usize)? };
         let bytes = unsafe { ctx.read_at::<u32>(l.tp_issue_bytes as usize)? };
         let rwbs = unsafe { ctx.read_at::<[u8; 2]>(l.tp_issue_rwbs as usize)? };
+        // No request pointer here: the owner is the issuing task.
         on_issue(
             dev_sector_key(dev, sector),
             dev,
             disk_op_from_rwbs(rwbs[0], rwbs[1]),
             bytes,
+            current_owner(),
         );
         Ok(())
     }

@@ -87,16 +87,9 @@ mod programs {
     };
 
     #[unsafe(no_mangle)]
-    static MEMORY_LAYOUT: Global<MemoryLayout> = Global::new(MemoryLayout {
-        oom_arg_is_task: 0,
-        task_pid: 0,
-        task_cgroups: 0,
-        css_set_dfl_cgrp: 0,
-        cgroup_kn: 0,
-        kernfs_node_id: 0,
-        tp_victim_pid: 0,
-        _pad: 0,
-    });
+    // Zeroed until user space sets it before loading (`override_global`).
+    // SAFETY: all-integer #[repr(C)] data, for which zero is a valid value.
+    static MEMORY_LAYOUT: Global<MemoryLayout> = Global::new(unsafe { core::mem::zeroed() });
 
     /// Reclaim start time per (thread id << 1 | kind).
     #[map]

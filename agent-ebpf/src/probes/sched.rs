@@ -121,24 +121,9 @@ mod programs {
     };
 
     #[unsafe(no_mangle)]
-    static SCHED_LAYOUT: Global<SchedLayout> = Global::new(SchedLayout {
-        task_pid: 0,
-        task_state: 0,
-        task_state_size: 0,
-        kernel_timestamps: 0,
-        task_last_queued: 0,
-        task_cfs_rq: 0,
-        cfs_rq_rq: 0,
-        rq_clock: 0,
-        task_sum_exec: 0,
-        task_prev_sum_exec: 0,
-        task_policy: 0,
-        tp_wakeup_pid: 0,
-        tp_switch_prev_pid: 0,
-        tp_switch_prev_state: 0,
-        tp_switch_prev_state_size: 0,
-        tp_switch_next_pid: 0,
-    });
+    // Zeroed until user space sets it before loading (`override_global`).
+    // SAFETY: all-integer #[repr(C)] data, for which zero is a valid value.
+    static SCHED_LAYOUT: Global<SchedLayout> = Global::new(unsafe { core::mem::zeroed() });
 
     /// Wakeup (or preemption) timestamp per pid, consumed when the task gets a CPU. Only
     /// written without kernel timestamps.

@@ -63,12 +63,16 @@ impl Rendered {
     }
 
     /// These labels and then `name="value"`.
-    pub fn and<'a>(&'a self, name: &'static str, value: &'a str) -> WithLabel<'a> {
-        WithLabel {
-            base: self,
-            name,
-            value,
-        }
+    pub fn and<'a>(&'a self, name: &'static str, value: &'a str) -> WithLabels<'a, 1> {
+        self.and_all([(name, value)])
+    }
+
+    /// These labels and then every pair of `extra`.
+    pub fn and_all<'a, const N: usize>(
+        &'a self,
+        extra: [(&'static str, &'a str); N],
+    ) -> WithLabels<'a, N> {
+        WithLabels { base: self, extra }
     }
 }
 
@@ -95,22 +99,30 @@ impl EncodeLabelSet for &Rendered {
     }
 }
 
-/// A rendered label set with one more pair after it.
-pub struct WithLabel<'a> {
+/// A rendered label set with more pairs after it (a family's own: kind, device, op).
+pub struct WithLabels<'a, const N: usize> {
     base: &'a Rendered,
-    name: &'static str,
-    value: &'a str,
+    extra: [(&'static str, &'a str); N],
 }
 
-impl EncodeLabelSet for WithLabel<'_> {
+impl<const N: usize> EncodeLabelSet for WithLabels<'_, N> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
         use std::fmt::Write as _;
+        let Some(((last_key, last_value), rest)) = self.extra.split_last() else {
+            return self.base.encode(encoder);
+        };
         let mut label = encoder.encode_label();
         let mut key = label.encode_label_key()?;
         key.write_str(&self.base.full)?;
-        key.write_str(self.name)?;
+        for (k, v) in rest {
+            key.write_str(k)?;
+            key.write_str("=\"")?;
+            key.write_str(&escape(v))?;
+            key.write_str("\",")?;
+        }
+        key.write_str(last_key)?;
         let mut value = key.encode_label_value()?;
-        value.write_str(self.value)?;
+        value.write_str(last_value)?;
         value.finish()
     }
 }
@@ -250,9 +262,18 @@ mod tests {
     #[test]
     fn a_restarted_containers_two_cgroups_keep_their_paths() {
         let rows = [
-            SeriesLabels::new(&container("web", "app", "kubepods/pod1/old"), PathLabel::Auto),
-            SeriesLabels::new(&container("web", "app", "kubepods/pod1/new"), PathLabel::Auto),
-            SeriesLabels::new(&container("web", "side", "kubepods/pod1/s"), PathLabel::Auto),
+            SeriesLabels::new(
+                &container("web", "app", "kubepods/pod1/old"),
+                PathLabel::Auto,
+            ),
+            SeriesLabels::new(
+                &container("web", "app", "kubepods/pod1/new"),
+                PathLabel::Auto,
+            ),
+            SeriesLabels::new(
+                &container("web", "side", "kubepods/pod1/s"),
+                PathLabel::Auto,
+            ),
         ];
         let text = render(&choose(rows.iter()), None);
         assert!(text.contains("cgroup=\"kubepods/pod1/old\""), "{text}");
@@ -274,7 +295,38 @@ mod tests {
             "{text}"
         );
         let text = render(&choose(rows.iter()), None);
-        assert!(text.contains(r#"x_total{cgroup="a\"b\\c",pod="p\"q"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"x_total{cgroup="a\"b\\c",pod="p\"q"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn several_extra_labels_follow_the_cgroups() {
+        #[derive(Debug)]
+        struct Disk(Rendered);
+        impl prometheus_client::collector::Collector for Disk {
+            fn encode(&self, mut out: DescriptorEncoder) -> std::fmt::Result {
+                family(
+                    &mut out,
+                    "d_total",
+                    "help",
+                    MetricType::Counter,
+                    [(self.0.and_all([("device", "vda"), ("op", "read")]), 1.0)],
+                )
+            }
+        }
+        let s = SeriesLabels::new(&container("web", "app", "kubepods/x"), PathLabel::Auto);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Disk(choose([&s])[0].clone())));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "d_total{container=\"app\",namespace=\"team-a\",pod=\"web\",device=\"vda\",op=\"read\"} 1"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

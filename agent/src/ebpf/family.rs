@@ -177,6 +177,8 @@ pub struct LoadContext {
     pub per_cgroup: bool,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
+    /// The cgroup2 mount (to see which controllers it has).
+    pub cgroup_root: PathBuf,
     pub max_cgroups: usize,
     /// Turn the kernel's global BPF statistics on too (`--kernel-bpf-stats`).
     pub kernel_bpf_stats: bool,

@@ -1,20 +1,28 @@
 //! Disk family: block I/O latency and size per whole disk and operation, measured in the
 //! kernel (`block_rq_issue` → `block_rq_complete`, biolatency semantics). Partition I/O is
 //! counted on its disk: the block layer remaps it before a request is issued.
+//!
+//! With the `cgroup` collector on, each request also counts for the cgroup that owns it
+//! (bytes, requests and device time per pod, device and op). Who owns a request depends on
+//! the host (see agent-ebpf's `probes/disk.rs`): the cgroup its bio is charged to where the
+//! io controller is on cgroup2, so writeback lands on the pod that dirtied the pages; the
+//! issuing task's cgroup on hybrid hosts (blkio is a v1 controller there, whose cgroups are
+//! not cgroup2's) and with classic tracepoints.
 use std::{
     collections::HashMap as StdHashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use agent_ebpf::{
     disk::{
-        COST_COMPLETE, COST_ISSUE, DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES,
-        DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskInFlight, DiskKey,
-        DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT, SIZE_SLOTS,
+        COST_COMPLETE, COST_ISSUE, CgroupDiskKey, CgroupDiskStats, DISK_HISTOGRAM_ENTRIES,
+        DISK_INFLIGHT_ENTRIES, DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms,
+        DiskInFlight, DiskKey, DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT,
+        SIZE_SLOTS,
     },
     histogram::Log2Histogram,
 };
@@ -25,12 +33,20 @@ use aya::{
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{
-    config::CollectorName,
-    ebpf::family::{
-        Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-        LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+    cgroups::{
+        series,
+        tracker::{CgroupKey, CgroupTracker, CounterTable, Row},
     },
-    metrics::{CollectError, Log2Buckets, histogram},
+    config::CollectorName,
+    ebpf::{
+        batch,
+        families::cgroup::stats_capacity,
+        family::{
+            Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+            LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+        },
+    },
+    metrics::{CollectError, Log2Buckets, counts, family, histogram},
 };
 
 /// The kernel keeps exactly the exported buckets (agent-ebpf's `DiskHistograms`): from the
@@ -116,6 +132,36 @@ fn btf_layout(kernel: &KernelSources, l: &mut DiskLayout) -> Result<Vec<(String,
     Ok(offsets)
 }
 
+/// The path from a request to the cgroup its bio is charged to. An error says which member
+/// this kernel lacks (bio.bi_blkg needs CONFIG_BLK_CGROUP).
+fn owner_layout(kernel: &KernelSources, l: &mut DiskLayout) -> Result<Vec<(String, u32)>, String> {
+    let btf = kernel.btf.clone()?;
+    let m = |s: &str, f: &str| {
+        btf.member(s, &[f])
+            .map(|m| m.offset)
+            .map_err(|e| e.to_string())
+    };
+    l.request_bio = m("request", "bio")?;
+    l.bio_blkg = m("bio", "bi_blkg")?;
+    l.blkg_blkcg = m("blkcg_gq", "blkcg")?;
+    l.blkcg_cgroup = m("blkcg", "css")? + m("cgroup_subsys_state", "cgroup")?;
+    l.cgroup_kn = m("cgroup", "kn")?;
+    l.kernfs_node_id = m("kernfs_node", "id")?;
+    Ok(vec![
+        ("request.bio".into(), l.request_bio),
+        ("bio.bi_blkg".into(), l.bio_blkg),
+        ("blkcg_gq.blkcg".into(), l.blkg_blkcg),
+        ("blkcg.css.cgroup".into(), l.blkcg_cgroup),
+    ])
+}
+
+/// Whether the io controller is on the cgroup2 hierarchy, so that a bio's blkcg is a
+/// cgroup2 cgroup (on hybrid hosts it is blkio's, a v1 controller).
+fn io_on_cgroup2(cgroup_root: &Path) -> bool {
+    std::fs::read_to_string(cgroup_root.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"))
+}
+
 fn tracepoint_layout(kernel: &KernelSources, l: &mut DiskLayout) -> Result<(), String> {
     let f = |event: &str, field: &str| kernel.tp_field("block", event, field).map(|f| f.offset);
     l.tp_issue_dev = f("block_rq_issue", "dev")?;
@@ -127,17 +173,28 @@ fn tracepoint_layout(kernel: &KernelSources, l: &mut DiskLayout) -> Result<(), S
     Ok(())
 }
 
-pub fn layout(kernel: &KernelSources) -> (DiskLayout, FamilyLayout) {
+/// `io_on_cgroup2`: whether the host's cgroup2 hierarchy has the io controller.
+pub fn layout(kernel: &KernelSources, io_on_cgroup2: bool) -> (DiskLayout, FamilyLayout) {
     let mut l = DiskLayout::default();
     let btf = btf_layout(kernel, &mut l);
     let tracepoint = tracepoint_layout(kernel, &mut l);
-    let offsets = btf.clone().unwrap_or_default();
-    let family = FamilyLayout::new(
+    let mut offsets = btf.clone().unwrap_or_default();
+    let mode = match owner_layout(kernel, &mut l) {
+        Ok(more) if io_on_cgroup2 => {
+            l.owner_from_blkcg = 1;
+            offsets.extend(more);
+            "per-pod disk I/O goes to the cgroup each bio is charged to (writeback to the pod that dirtied the pages); with classic tracepoints, to the issuing task's"
+        }
+        Ok(_) => "per-pod disk I/O goes to the issuing task's cgroup2 cgroup: the io controller is not on cgroup2 here (a hybrid host's blkio is v1)",
+        Err(_) => "per-pod disk I/O goes to the issuing task's cgroup: this kernel's BTF has no bio blkcg (CONFIG_BLK_CGROUP)",
+    };
+    let mut family = FamilyLayout::new(
         vec![(DISK_LAYOUT_GLOBAL, global_bytes(&l))],
         btf.map(drop),
         tracepoint,
         offsets,
     );
+    family.mode = Some(mode.to_owned());
     (l, family)
 }
 
@@ -150,8 +207,12 @@ impl Family for Disk {
         PROBES
     }
 
-    fn layout(&self, kernel: &KernelSources, _ctx: &LoadContext) -> FamilyLayout {
-        layout(kernel).1
+    fn layout(&self, kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout {
+        layout(kernel, io_on_cgroup2(&ctx.cgroup_root)).1
+    }
+
+    fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
+        vec![("CGROUP_DISK", stats_capacity(ctx.max_cgroups))]
     }
 
     fn take(
@@ -165,6 +226,17 @@ impl Family for Disk {
             inflight: Mutex::new(take_map(ebpf, "DISK_INFLIGHT")?),
             counters: take_map(ebpf, "DISK_COUNTERS")?,
             costs: ProbeCosts::new(take_map(ebpf, "DISK_COST")?, &COST_SLOTS),
+            per_cgroup: if ctx.per_cgroup {
+                Some(PerCgroup {
+                    map: Mutex::new(take_map(ebpf, "CGROUP_DISK")?),
+                    capacity: stats_capacity(ctx.max_cgroups),
+                    table: CounterTable::default(),
+                    tracker: ctx.cgroups.clone(),
+                    fill: FillGauge::default(),
+                })
+            } else {
+                None
+            },
             up: attached.all_up(&["block_rq_issue", "block_rq_complete"]),
             names: DeviceNames::new(ctx.sysfs.join("dev/block")),
             stale: AtomicU64::new(0),
@@ -180,6 +252,8 @@ struct DiskMaps {
     inflight: Mutex<HashMap<MapData, u64, DiskInFlight>>,
     counters: PerCpuArray<MapData, DiskCounters>,
     costs: ProbeCosts,
+    /// Per-cgroup totals, when the `cgroup` collector is on.
+    per_cgroup: Option<PerCgroup>,
     /// block_rq_issue and block_rq_complete attached.
     up: bool,
     names: DeviceNames,
@@ -187,6 +261,55 @@ struct DiskMaps {
     stale: AtomicU64,
     inflight_fill: FillGauge,
     histogram_fill: FillGauge,
+}
+
+/// The per-cgroup disk map and its user-space side.
+struct PerCgroup {
+    /// Behind a lock: upkeep deletes the entries of gone cgroups.
+    map: Mutex<HashMap<MapData, CgroupDiskKey, CgroupDiskStats>>,
+    capacity: u32,
+    table: CounterTable<CgroupDiskKey, CgroupDiskStats>,
+    tracker: Arc<CgroupTracker>,
+    fill: FillGauge,
+}
+
+impl CgroupKey for CgroupDiskKey {
+    type Dims = (u32, u32);
+    fn cgroup(&self) -> u64 {
+        self.cgroup
+    }
+    fn dims(&self) -> (u32, u32) {
+        (self.dev, self.op)
+    }
+}
+
+impl PerCgroup {
+    /// Every entry, those without an owner (cgroup id 0) apart: they are "unknown", not a
+    /// cgroup the tracker could resolve, and are never deleted.
+    #[allow(clippy::type_complexity)]
+    fn entries(
+        &self,
+    ) -> Result<(Vec<(CgroupDiskKey, CgroupDiskStats)>, Vec<(CgroupDiskKey, CgroupDiskStats)>), CollectError> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let all = batch::entries(&map).map_err(|e| CollectError::map("CGROUP_DISK", e))?;
+        Ok(all.into_iter().partition(|(k, _)| k.cgroup != 0))
+    }
+
+    fn upkeep(&self) {
+        let (owned, unknown) = match self.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("disk upkeep: {e}");
+                return;
+            }
+        };
+        let live = (owned.len() + unknown.len()) as u64;
+        let delete = self.table.upkeep(&mut self.tracker.lock(), owned);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // An entry already gone is fine: it cannot be deleted twice.
+        let deleted = delete.iter().filter(|k| map.remove(k).is_ok()).count() as u64;
+        self.fill.set(live.saturating_sub(deleted));
+    }
 }
 
 /// Kernel dev_t to device name (`vda`, `nvme0n1`, `loop3`): the last component of
@@ -256,6 +379,66 @@ impl DiskMaps {
     }
 }
 
+impl DiskMaps {
+    /// The three per-cgroup families; a series appears once it is non-zero.
+    fn collect_per_cgroup(&self, pc: &PerCgroup, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
+        let (owned, unknown) = pc.entries()?;
+        let rows = pc.table.rows(&mut pc.tracker.lock(), owned);
+        let unknown_labels = series::SeriesLabels::new(
+            &crate::cgroups::CgroupLabels {
+                cgroup: "unknown".into(),
+                ..Default::default()
+            },
+            crate::config::PathLabel::Always,
+        );
+        let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = rows
+            .iter()
+            .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series.as_ref(), r.dims, r.values))
+            .collect();
+        all.extend(unknown.iter().map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)));
+        let labels = series::choose(all.iter().map(|(s, _, _)| *s));
+        let rows: Vec<(&series::Rendered, String, &str, CgroupDiskStats)> = labels
+            .into_iter()
+            .zip(all.iter())
+            .map(|(l, (_, (dev, op), v))| {
+                let op = DISK_OP_NAMES.get(*op as usize).copied().unwrap_or("other");
+                (l, self.names.name(*dev), op, *v)
+            })
+            .collect();
+        fn labelled<'a>(
+            (l, dev, op, _): &'a (&'a series::Rendered, String, &'a str, CgroupDiskStats),
+        ) -> series::WithLabels<'a, 2> {
+            l.and_all([("device", dev.as_str()), ("op", *op)])
+        }
+        counts(
+            out,
+            "nodelens_cgroup_disk_io_bytes_total",
+            "Bytes of the cgroup's completed block requests, per whole disk and operation. Who owns a request: see the README (the bio's cgroup on cgroup v2 with the io controller, else the issuing task's).",
+            rows.iter()
+                .filter(|r| r.3.bytes != 0)
+                .map(|r| (labelled(r), r.3.bytes)),
+        )?;
+        counts(
+            out,
+            "nodelens_cgroup_disk_ios_total",
+            "The cgroup's completed block requests, per whole disk and operation.",
+            rows.iter()
+                .filter(|r| r.3.ios != 0)
+                .map(|r| (labelled(r), r.3.ios)),
+        )?;
+        family(
+            out,
+            "nodelens_cgroup_disk_io_seconds_total",
+            "Summed issue-to-completion time of the cgroup's completed block requests: rate(seconds) / rate(ios) is its mean device latency.",
+            prometheus_client::metrics::MetricType::Counter,
+            rows.iter()
+                .filter(|r| r.3.ns != 0)
+                .map(|r| (labelled(r), r.3.ns as f64 / 1e9)),
+        )?;
+        Ok(())
+    }
+}
+
 impl LoadedFamily for DiskMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
         if !self.up {
@@ -313,33 +496,45 @@ impl LoadedFamily for DiskMaps {
                 )
             }),
         )?;
+        if let Some(pc) = &self.per_cgroup {
+            self.collect_per_cgroup(pc, out)?;
+        }
         Ok(())
     }
 
     fn upkeep(&self) {
+        if let Some(pc) = &self.per_cgroup {
+            pc.upkeep();
+        }
         self.inflight_fill.set(self.sweep_inflight());
         self.histogram_fill
             .set(self.histograms.keys().count() as u64);
     }
 
     fn health(&self) -> Health {
-        let (mut inflight_full, mut histogram_full) = (0, 0);
+        let (mut inflight_full, mut histogram_full, mut cgroup_full) = (0, 0, 0);
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
                 inflight_full += c.inflight_map_full;
                 histogram_full += c.histogram_map_full;
+                cgroup_full += c.cgroup_map_full;
             }
         }
+        let mut maps = vec![
+            self.inflight_fill.fill("DISK_INFLIGHT", DISK_INFLIGHT_ENTRIES),
+            self.histogram_fill
+                .fill("DISK_HISTOGRAMS", DISK_HISTOGRAM_ENTRIES),
+        ];
+        if let Some(pc) = &self.per_cgroup {
+            maps.push(pc.fill.fill("CGROUP_DISK", pc.capacity));
+        }
         Health {
-            maps: vec![
-                self.inflight_fill.fill("DISK_INFLIGHT", DISK_INFLIGHT_ENTRIES),
-                self.histogram_fill
-                    .fill("DISK_HISTOGRAMS", DISK_HISTOGRAM_ENTRIES),
-            ],
+            maps,
             lost: vec![
                 ("disk_inflight_map_full", inflight_full),
                 ("disk_histogram_map_full", histogram_full),
                 ("disk_inflight_stale", self.stale.load(Ordering::Relaxed)),
+                ("cgroup_map_full_disk", cgroup_full),
             ],
             costs: self.costs.read(),
         }
@@ -354,12 +549,24 @@ mod tests {
     fn resolve(release: &str) -> DiskLayout {
         let bytes = fixtures::load(release);
         let btf = Btf::parse(&bytes).unwrap();
-        let (l, family) = layout(&KernelSources {
-            btf: Ok(&btf),
-            tracefs: None,
-        });
+        let (l, family) = layout(
+            &KernelSources {
+                btf: Ok(&btf),
+                tracefs: None,
+            },
+            true,
+        );
         assert_eq!(family.btf, Ok(()), "{release}");
         l
+    }
+
+    #[test]
+    fn every_kernel_leads_from_a_request_to_its_bios_cgroup() {
+        for (release, _) in fixtures::all() {
+            let l = resolve(&release);
+            assert_eq!(l.owner_from_blkcg, 1, "{release}");
+            assert!(l.bio_blkg > 0 && l.blkcg_cgroup > 0, "{release}");
+        }
     }
 
     #[test]
