@@ -54,6 +54,12 @@ pub enum Command {
         /// The disk to read from during --exercise [default: the first disk in sysfs].
         #[arg(long, requires = "exercise")]
         exercise_device: Option<PathBuf>,
+        /// A mounted filesystem on a disk (not tmpfs) where --exercise checks per-cgroup disk
+        /// attribution: one cgroup writes 32 MiB through the page cache (written back after
+        /// `sync`), another reads it back with O_DIRECT, and both are compared with the
+        /// cgroups' own io.stat. Needs cgroup2 with the io and memory controllers.
+        #[arg(long, requires = "exercise")]
+        exercise_filesystem: Option<PathBuf>,
         /// Write one scrape of /metrics here during --exercise.
         #[arg(long, requires = "exercise")]
         metrics_out: Option<PathBuf>,

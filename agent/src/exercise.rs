@@ -2,8 +2,9 @@
 //! loaded by preflight's runtime, it generates a little of each kind of work (scheduler
 //! wakeups and switches, O_DIRECT reads from a disk, memcg reclaim where a cgroup2 memory
 //! controller allows it), and reports per probe the attach type, the events seen and the
-//! cost per event from the kernel's BPF statistics. It also renders one scrape of /metrics
-//! to a file.
+//! cost per event from the kernel's BPF statistics. With a filesystem to write to, it also
+//! checks per-cgroup disk attribution against the cgroups' own `io.stat`. It also renders
+//! one scrape of /metrics to a file.
 use std::{
     collections::HashMap,
     os::unix::fs::OpenOptionsExt,
@@ -18,6 +19,17 @@ use crate::{
     ebpf::{family::AttachKind, loader::Loaded, map_memory::possible_cpus},
     runtime::{Runtime, cgroup_root},
 };
+
+/// What `preflight --exercise` was given.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The disk to read from; the first disk in sysfs when `None`.
+    pub device: Option<PathBuf>,
+    /// A mounted disk filesystem for the attribution check.
+    pub filesystem: Option<PathBuf>,
+    /// Where to write one scrape.
+    pub metrics_out: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeExercise {
@@ -56,6 +68,26 @@ pub struct Exercise {
     pub possible_cpus: u64,
     #[serde(default)]
     pub map_memory: Vec<MapMemoryRow>,
+    /// Per-cgroup disk I/O as nodelens counted it against the cgroups' `io.stat`; empty
+    /// without `--exercise-filesystem`.
+    #[serde(default)]
+    pub attribution: Vec<AttributionRow>,
+}
+
+/// One cgroup's I/O in one direction on the filesystem's device: nodelens's per-cgroup
+/// counters against the kernel's own `io.stat` of that cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributionRow {
+    /// `writer` (buffered writes, written back by the flusher) or `reader` (O_DIRECT).
+    pub role: String,
+    pub cgroup: String,
+    pub device: String,
+    /// `read` or `write`.
+    pub op: String,
+    pub nodelens_bytes: f64,
+    pub io_stat_bytes: u64,
+    pub nodelens_ios: f64,
+    pub io_stat_ios: u64,
 }
 
 /// Scheduler work: pairs of threads that wake each other through channels (one pair per two
@@ -186,6 +218,169 @@ fn reclaim_work(cgroup2: &Path, device: &Path) -> Result<String, String> {
     result
 }
 
+/// A cgroup the attribution check made: its directory and its `cgroup` label.
+struct ExerciseCgroup {
+    dir: PathBuf,
+    label: String,
+}
+
+impl ExerciseCgroup {
+    fn create(cgroup2: &Path, role: &str) -> Result<ExerciseCgroup, String> {
+        let label = format!("nodelens-exercise-{role}-{}", std::process::id());
+        let dir = cgroup2.join(&label);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        Ok(ExerciseCgroup { dir, label })
+    }
+
+    /// Runs a shell command inside the cgroup and waits for it.
+    fn run(&self, command: &str) -> Result<(), String> {
+        let script = format!("echo $$ > {}/cgroup.procs && {command}", self.dir.display());
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("sh: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`{command}` in {} failed: {status}", self.label))
+        }
+    }
+
+    /// The cgroup's `io.stat` line for a device, as key=value pairs.
+    fn io_stat(&self, dev: &str) -> HashMap<String, u64> {
+        std::fs::read_to_string(self.dir.join("io.stat"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(dev))
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// The two cgroups of the attribution check and the device their I/O went to.
+struct Attribution {
+    writer: ExerciseCgroup,
+    reader: ExerciseCgroup,
+    /// `MAJ:MIN`, as `io.stat` keys it.
+    dev: String,
+    /// The name nodelens labels the device with.
+    device: String,
+}
+
+impl Attribution {
+    /// nodelens's counters (from one scrape) against `io.stat`, per cgroup and direction.
+    fn rows(&self, scrape: &str) -> Vec<AttributionRow> {
+        let mut rows = Vec::new();
+        for (role, cg) in [("writer", &self.writer), ("reader", &self.reader)] {
+            let stat = cg.io_stat(&self.dev);
+            for (op, short) in [("read", 'r'), ("write", 'w')] {
+                let labels = [
+                    ("cgroup", cg.label.as_str()),
+                    ("device", &self.device),
+                    ("op", op),
+                ];
+                rows.push(AttributionRow {
+                    role: role.into(),
+                    cgroup: cg.label.clone(),
+                    device: self.device.clone(),
+                    op: op.into(),
+                    nodelens_bytes: sample(scrape, "nodelens_cgroup_disk_io_bytes_total", &labels),
+                    io_stat_bytes: stat.get(&format!("{short}bytes")).copied().unwrap_or(0),
+                    nodelens_ios: sample(scrape, "nodelens_cgroup_disk_ios_total", &labels),
+                    io_stat_ios: stat.get(&format!("{short}ios")).copied().unwrap_or(0),
+                });
+            }
+        }
+        rows
+    }
+
+    fn remove(self) {
+        for cg in [self.writer, self.reader] {
+            let _ = std::fs::remove_dir(&cg.dir);
+        }
+    }
+}
+
+/// The value of the one sample of `family` whose labels include all of `labels`, 0 when
+/// there is none (a series appears once it is non-zero).
+fn sample(scrape: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once("} "))
+        .find(|(set, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Disk attribution work on a filesystem: one cgroup writes 32 MiB through the page cache,
+/// `sync` from outside it has the flusher write them back (so the issuing task is a kworker
+/// and only the bio's blkcg names the writer), and a second cgroup reads the file back with
+/// O_DIRECT. Needs cgroup2 with the io and memory controllers (cgroup writeback).
+fn attribution_work(cgroup2: &Path, fs: &Path, sysfs: &Path) -> Result<Attribution, String> {
+    let controllers =
+        std::fs::read_to_string(cgroup2.join("cgroup.controllers")).unwrap_or_default();
+    for needed in ["io", "memory"] {
+        if !controllers.split_whitespace().any(|c| c == needed) {
+            return Err(format!(
+                "no {needed} controller in {} (cgroup writeback needs io and memory)",
+                cgroup2.display()
+            ));
+        }
+    }
+    let _ = std::fs::write(cgroup2.join("cgroup.subtree_control"), "+io +memory");
+    let st = rustix::fs::stat(fs).map_err(|e| format!("stat {}: {e}", fs.display()))?;
+    let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let dev = format!("{major}:{minor}");
+    let device = std::fs::read_link(sysfs.join("dev/block").join(&dev))
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .ok_or_else(|| format!("{} is not on a block device ({dev})", fs.display()))?;
+    let writer = ExerciseCgroup::create(cgroup2, "writer")?;
+    let reader = ExerciseCgroup::create(cgroup2, "reader")?;
+    let file = fs.join(format!("nodelens-exercise-{}", std::process::id()));
+    let done = (|| {
+        writer.run(&format!(
+            "exec dd if=/dev/zero of={} bs=1048576 count=32",
+            file.display()
+        ))?;
+        rustix::fs::sync();
+        reader.run(&format!(
+            "exec dd if={} of=/dev/null bs=1048576 iflag=direct",
+            file.display()
+        ))
+    })();
+    let _ = std::fs::remove_file(&file);
+    let attribution = Attribution {
+        writer,
+        reader,
+        dev,
+        device,
+    };
+    match done {
+        Ok(()) => Ok(attribution),
+        Err(e) => {
+            attribution.remove();
+            Err(e)
+        }
+    }
+}
+
 fn stats_by_probe(loaded: &Loaded) -> HashMap<&'static str, (u64, f64)> {
     loaded
         .sampled_program_stats()
@@ -194,8 +389,8 @@ fn stats_by_probe(loaded: &Loaded) -> HashMap<&'static str, (u64, f64)> {
         .collect()
 }
 
-/// Runs the exercise; writes one scrape to `metrics_out` when given.
-pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>) -> Exercise {
+/// Runs the exercise; writes one scrape to `options.metrics_out` when given.
+pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
     let config = &runtime.config;
     let Some(l) = runtime.probes.loaded.get() else {
         return Exercise {
@@ -205,15 +400,14 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
             failed_core: vec!["all".into()],
             possible_cpus: 0,
             map_memory: Vec::new(),
+            attribution: Vec::new(),
         };
     };
     let offsets = l.offsets.clone();
     let before = stats_by_probe(l);
 
     let mut workloads = vec![("scheduler".to_owned(), sched_work())];
-    let device = device
-        .map(Path::to_owned)
-        .or_else(|| find_disk(&config.sysfs));
+    let device = options.device.clone().or_else(|| find_disk(&config.sysfs));
     // A disk the sandbox will not let us open directly can still be read through a file
     // on it: our own executable, with O_DIRECT.
     let block = device
@@ -245,6 +439,20 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
             "not provoked: no disk to read".into(),
         )),
     }
+    let attribution_cgroups = options.filesystem.as_deref().map(|fs| {
+        let done = cgroup_root(config)
+            .ok_or_else(|| "no cgroup2 mount".to_owned())
+            .and_then(|root| attribution_work(&root, fs, &config.sysfs));
+        let what = match &done {
+            Ok(a) => format!(
+                "32 MiB buffered writes by {} (written back after sync), read back with O_DIRECT by {}, on {}",
+                a.writer.label, a.reader.label, a.device
+            ),
+            Err(e) => format!("not run: {e}"),
+        };
+        workloads.push(("disk attribution".into(), what));
+        done
+    });
     // Let completions and the last switches land, and keep the maps as the agent would.
     std::thread::sleep(Duration::from_millis(200));
     l.upkeep();
@@ -278,11 +486,18 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
         .map(|s| s.name.to_owned())
         .collect();
 
-    if let Some(path) = metrics_out {
-        runtime.agent.set_ready();
-        let written = runtime
-            .render()
-            .map_err(|_| "encoding failed".to_owned())
+    runtime.agent.set_ready();
+    let scrape = runtime.render().map_err(|_| "encoding failed".to_owned());
+    let attribution = match (&attribution_cgroups, &scrape) {
+        (Some(Ok(a)), Ok(text)) => a.rows(text),
+        _ => Vec::new(),
+    };
+    if let Some(Ok(a)) = attribution_cgroups {
+        a.remove();
+    }
+    if let Some(path) = &options.metrics_out {
+        let written = scrape
+            .clone()
             .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));
         if let Err(e) = written {
             workloads.push((
@@ -299,6 +514,7 @@ pub fn run(runtime: &Runtime, device: Option<&Path>, metrics_out: Option<&Path>)
         failed_core,
         possible_cpus,
         map_memory: map_memory_rows(l, possible_cpus),
+        attribution,
     }
 }
 
@@ -365,6 +581,20 @@ pub fn render_text(e: &Exercise) -> String {
             e.possible_cpus,
             total(|r| r.modeled_192_cpus) / 1024
         );
+    }
+    if !e.attribution.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nPER-CGROUP DISK I/O, nodelens against io.stat\n{:<8} {:<6} {:>14} {:>14} {:>10} {:>10}",
+            "CGROUP", "OP", "BYTES", "IO.STAT", "IOS", "IO.STAT"
+        );
+        for r in &e.attribution {
+            let _ = writeln!(
+                s,
+                "{:<8} {:<6} {:>14} {:>14} {:>10} {:>10}",
+                r.role, r.op, r.nodelens_bytes, r.io_stat_bytes, r.nodelens_ios, r.io_stat_ios
+            );
+        }
     }
     if e.failed_core.is_empty() {
         let _ = writeln!(

@@ -60,22 +60,24 @@ fn main() -> ExitCode {
             output_dir,
             exercise,
             exercise_device,
+            exercise_filesystem,
             metrics_out,
         } => {
-            let exercise = exercise.then_some((exercise_device.as_deref(), metrics_out.as_deref()));
-            run_preflight(&config, json, output_dir.as_deref(), exercise)
+            let exercise = exercise.then_some(exercise::Options {
+                device: exercise_device,
+                filesystem: exercise_filesystem,
+                metrics_out,
+            });
+            run_preflight(&config, json, output_dir.as_deref(), exercise.as_ref())
         }
     }
 }
-
-/// `exercise`: Some((device, metrics file)) for `--exercise`.
-type ExerciseArgs<'a> = Option<(Option<&'a std::path::Path>, Option<&'a std::path::Path>)>;
 
 fn run_preflight(
     config: &Config,
     json: bool,
     output_dir: Option<&std::path::Path>,
-    exercise: ExerciseArgs,
+    exercise: Option<&exercise::Options>,
 ) -> ExitCode {
     let report = preflight::run(config, exercise);
     if json {

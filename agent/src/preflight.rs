@@ -58,8 +58,8 @@ pub struct Report {
     pub exercise: Option<Exercise>,
 }
 
-/// `exercise`: Some((device, metrics file)) to also run `--exercise`.
-pub fn run(config: &Config, exercise: Option<(Option<&Path>, Option<&Path>)>) -> Report {
+/// `exercise`: also run `--exercise` with these options.
+pub fn run(config: &Config, exercise: Option<&exercise::Options>) -> Report {
     let node = node::identity(config);
     let host = node::host_facts();
     let mut checks = Vec::new();
@@ -219,8 +219,7 @@ pub fn run(config: &Config, exercise: Option<(Option<&Path>, Option<&Path>)>) ->
             reason: s.note.clone().unwrap_or_default(),
         })
         .collect();
-    let exercise =
-        exercise.map(|(device, metrics_out)| exercise::run(&runtime, device, metrics_out));
+    let exercise = exercise.map(|options| exercise::run(&runtime, options));
     runtime.probes.detach();
     let missing: Vec<&str> = probes
         .iter()

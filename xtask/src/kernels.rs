@@ -73,10 +73,16 @@ for pass in 1 2; do
   for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done
 done
 sleep 1
+# A filesystem on the second disk for the per-cgroup attribution check (writeback needs a
+# filesystem; ext2 is mounted by the ext4 driver, which supports cgroup writeback).
+filesystem=
+if mke2fs -q /dev/vdb >/dev/null 2>&1 && mount -t ext2 /dev/vdb /mnt; then
+  filesystem="--exercise-filesystem /mnt"
+fi
 attach=auto
 [ "$mode" = tracepoint ] && attach=tracepoint
 echo "NODELENS-MODE $mode"
-/nodelens preflight --exercise --json --probe-attach "$attach" --exercise-device /dev/vda \
+/nodelens preflight --exercise --json --probe-attach "$attach" --exercise-device /dev/vda $filesystem \
   --metrics-out /tmp/metrics.txt --cgroup-root /sys/fs/cgroup --log-level warn > /tmp/report.json 2>/tmp/stderr.txt
 echo "NODELENS-EXIT $?"
 echo "NODELENS-REPORT-BEGIN"; cat /tmp/report.json; echo "NODELENS-REPORT-END"
@@ -290,7 +296,7 @@ fn build_initramfs(out: &Path, nodelens: &Path, modules: &[PathBuf]) -> Result<(
         cpio_entry(cpio, ino, name, mode, data);
         ino += 1;
     };
-    for d in ["bin", "modules", "proc", "sys", "dev", "tmp", "run"] {
+    for d in ["bin", "modules", "proc", "sys", "dev", "tmp", "run", "mnt"] {
         add(&mut cpio, d, 0o040755, &[]);
     }
     add(&mut cpio, "bin/busybox", 0o100755, &busybox);
@@ -322,10 +328,13 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
     Some(text[start..stop].trim_matches(['\r', '\n']))
 }
 
+/// Boots a guest with two virtio disks: `disk` (vda, read raw) and `filesystem` (vdb, made
+/// ext2 by the guest).
 fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     disk: &Path,
+    filesystem: &Path,
     mode: &str,
     cpus: u32,
     log: &Path,
@@ -353,6 +362,11 @@ fn boot(
         ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw",
+            filesystem.display()
+        ))
         .stdin(Stdio::null())
         .output()
         .context("qemu-system-x86_64 (package qemu-system-x86)")?;
@@ -501,6 +515,7 @@ pub fn kernels() -> Result<()> {
     let debian = debian_kernels()?;
     let disk = dir().join("disk.img");
     std::fs::File::create(&disk)?.set_len(64 << 20)?;
+    let filesystem = dir().join("filesystem.img");
 
     // (column name, report)
     let mut runs: Vec<(String, serde_json::Value)> = Vec::new();
@@ -539,7 +554,11 @@ pub fn kernels() -> Result<()> {
             step(&format!("booting {package} under qemu (mode {mode})"));
             let log = dir().join(format!("console-{series}-{mode}.log"));
             let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
-            let run = boot(vmlinuz, &initramfs, &disk, mode, cpus, &log)?;
+            // A fresh, empty disk each boot: the guest makes its filesystem.
+            let fs_img = std::fs::File::create(&filesystem)?;
+            fs_img.set_len(0)?;
+            fs_img.set_len(96 << 20)?;
+            let run = boot(vmlinuz, &initramfs, &disk, &filesystem, mode, cpus, &log)?;
             let kernel = run.report["node"]["kernel"]
                 .as_str()
                 .unwrap_or(series)
@@ -553,6 +572,7 @@ pub fn kernels() -> Result<()> {
             if *mode == "many-cpus" {
                 failures.extend(check_map_memory(&column, &run.report));
             }
+            failures.extend(check_attribution(&column, mode, &run.report));
             if run.exit != 0 {
                 failures.push(format!(
                     "{column}: preflight --exercise exited {}: {}",
@@ -619,6 +639,7 @@ pub fn kernels() -> Result<()> {
 
     let mut report = render(&runs);
     report.push_str(&many_cpu_summary(&runs));
+    report.push_str(&attribution_table(&runs));
     println!("{report}");
     std::fs::write(dir().join("report.md"), &report)?;
     step(&format!(
@@ -695,6 +716,94 @@ fn render(runs: &[(String, serde_json::Value)]) -> String {
             let _ = write!(s, " {} |", v.map_or("-".into(), |v| v.to_string()));
         }
         let _ = writeln!(s);
+    }
+    s
+}
+
+/// Per-cgroup disk I/O must match the cgroups' own `io.stat` within 2%, bytes and requests,
+/// for the writer (buffered writes the flusher wrote back: only the bio's blkcg names the
+/// writer) and the O_DIRECT reader. With classic tracepoints the owner is the issuing task,
+/// so writeback goes to the flusher's cgroup, as the README says: only the reader is held
+/// to io.stat there.
+fn check_attribution(column: &str, mode: &str, report: &serde_json::Value) -> Vec<String> {
+    let rows = report["exercise"]["attribution"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        let why = report["exercise"]["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w[0] == "disk attribution")
+            .and_then(|w| w[1].as_str())
+            .unwrap_or("the exercise did not run it");
+        return vec![format!("{column}: no per-cgroup disk attribution: {why}")];
+    }
+    const EXPECTED: f64 = 32.0 * 1048576.0;
+    let mut failures = Vec::new();
+    for r in &rows {
+        let (role, op) = (
+            r["role"].as_str().unwrap_or(""),
+            r["op"].as_str().unwrap_or(""),
+        );
+        let ours = (
+            r["nodelens_bytes"].as_f64().unwrap_or(0.0),
+            r["nodelens_ios"].as_f64().unwrap_or(0.0),
+        );
+        let kernel = (
+            r["io_stat_bytes"].as_f64().unwrap_or(0.0),
+            r["io_stat_ios"].as_f64().unwrap_or(0.0),
+        );
+        let main = (role, op) == ("writer", "write") || (role, op) == ("reader", "read");
+        if main && kernel.0 < EXPECTED * 0.98 {
+            failures.push(format!(
+                "{column}: {role}'s io.stat shows {} B of {op}s, expected 32 MiB",
+                kernel.0
+            ));
+        }
+        if mode == "tracepoint" && role == "writer" {
+            continue;
+        }
+        let off = |a: f64, b: f64| (a - b).abs() > b.max(1.0) * 0.02 && (a - b).abs() > 1.0;
+        if off(ours.0, kernel.0) || off(ours.1, kernel.1) {
+            failures.push(format!(
+                "{column}: {role} {op}: nodelens {} B in {} requests, io.stat {} B in {} requests",
+                ours.0, ours.1, kernel.0, kernel.1
+            ));
+        }
+    }
+    failures
+}
+
+/// The attribution rows of every run, as a table.
+fn attribution_table(runs: &[(String, serde_json::Value)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Per-cgroup disk I/O against the cgroups' own io.stat (bytes, requests), 32 MiB written back after sync and read back with O_DIRECT:"
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| run | cgroup | op | nodelens | io.stat |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (column, report) in runs {
+        for r in report["exercise"]["attribution"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                s,
+                "| {column} | {} | {} | {} B, {} | {} B, {} |",
+                r["role"].as_str().unwrap_or(""),
+                r["op"].as_str().unwrap_or(""),
+                r["nodelens_bytes"],
+                r["nodelens_ios"],
+                r["io_stat_bytes"],
+                r["io_stat_ios"]
+            );
+        }
     }
     s
 }
