@@ -294,6 +294,23 @@ fn rss_kb(pid: u32) -> f64 {
         .unwrap()
 }
 
+/// The last value of every series seen in any scrape: a gone cgroup's series leaves after
+/// its final export.
+#[derive(Default)]
+struct SeenSeries(std::collections::HashMap<String, f64>);
+
+impl SeenSeries {
+    fn see(&mut self, series: &[(String, f64)]) {
+        for (s, v) in series {
+            self.0.insert(s.clone(), *v);
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.0.values().sum()
+    }
+}
+
 #[test]
 fn churn_of_5000_cgroups_stays_bounded() {
     common::require_root();
@@ -301,6 +318,20 @@ fn churn_of_5000_cgroups_stays_bounded() {
     let cap = 100;
     let agent = Agent::start(&["--max-cgroups", &cap.to_string()]);
     let tracked = |m: &Metrics| m.value("nodelens_cgroups_tracked");
+    // Every churned cgroup also reads one block with O_DIRECT, so the per-cgroup disk
+    // family churns as much as the CPU one.
+    let lo = common::LoopDevice::new(16);
+    let disk_ios = |m: &Metrics| -> Vec<(String, f64)> {
+        m.family("nodelens_cgroup_disk_ios_total")
+            .into_iter()
+            .filter(|(s, _)| s.contains(&format!("device=\"{}\"", lo.dev)))
+            .map(|(s, v)| (s.to_owned(), v))
+            .collect()
+    };
+    let disk_other = format!(
+        "nodelens_cgroup_disk_ios_total{{cgroup=\"other\",device=\"{}\",op=\"read\"}}",
+        lo.dev
+    );
     // Warm up, then take the baseline.
     for _ in 0..3 {
         agent.scrape();
@@ -311,7 +342,10 @@ fn churn_of_5000_cgroups_stays_bounded() {
     std::fs::create_dir(&parent).unwrap();
     let other = "nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"}";
     let mut max_series = 0;
+    let mut max_disk_series = 0;
     let mut last_other = 0.0;
+    let mut last_disk_other = 0.0;
+    let mut seen_disk = SeenSeries::default();
     // 20 rounds of 250 cgroups: each round's cgroups live across one scrape (so they are
     // resolved, tracked up to the cap, folded beyond it), then go away.
     for round in 0..20 {
@@ -321,7 +355,11 @@ fn churn_of_5000_cgroups_stays_bounded() {
             .collect();
         for dir in &dirs {
             std::fs::create_dir(dir).unwrap();
-            let script = format!("echo $$ > {}/cgroup.procs && exec true", dir.display());
+            let script = format!(
+                "echo $$ > {}/cgroup.procs && exec dd if={} of=/dev/null bs=4096 count=1 iflag=direct status=none",
+                dir.display(),
+                lo.path().display()
+            );
             assert!(
                 Command::new("sh")
                     .args(["-c", &script])
@@ -347,6 +385,14 @@ fn churn_of_5000_cgroups_stays_bounded() {
             "\"other\" went backwards: {last_other} -> {o}"
         );
         last_other = o;
+        max_disk_series = max_disk_series.max(disk_ios(&m).len());
+        seen_disk.see(&disk_ios(&m));
+        let d = m.get(&disk_other).unwrap_or(0.0);
+        assert!(
+            d >= last_disk_other,
+            "disk \"other\" went backwards: {last_disk_other} -> {d}"
+        );
+        last_disk_other = d;
         for dir in &dirs {
             std::fs::remove_dir(dir).unwrap();
         }
@@ -355,6 +401,7 @@ fn churn_of_5000_cgroups_stays_bounded() {
     // Upkeep notices gone cgroups (their counters stop moving and their directories are
     // gone), a scrape exports them one last time, and the next upkeep drops them.
     let after = agent.metrics_until(Duration::from_secs(30), "tracked back to baseline", |m| {
+        seen_disk.see(&disk_ios(m));
         tracked(m) == tracked(&base)
     });
     let rss = rss_kb(agent.child.id());
@@ -374,6 +421,20 @@ fn churn_of_5000_cgroups_stays_bounded() {
         max_series <= cap + 1,
         "series bounded by the cap (+ other): {max_series}"
     );
+    assert!(
+        max_disk_series <= cap + 2,
+        "disk series bounded by the cap (+ other, unknown): {max_disk_series}"
+    );
+    // Nothing lost, nothing counted twice: every read of the 5,000 cgroups is in exactly one
+    // series, its cgroup's (exported at least once, the last time after it went) or "other".
+    let reads = seen_disk.total();
+    let node = after.value(&format!(
+        "nodelens_disk_io_latency_seconds_count{{device=\"{}\",op=\"read\"}}",
+        lo.dev
+    ));
+    eprintln!("disk: max series {max_disk_series}, {reads} reads by cgroup, {node} by the node");
+    assert!(reads >= 5000.0, "{reads} reads counted, 5,000 done");
+    assert_eq!(reads, node, "sum over cgroups vs the node histogram");
     // A gone cgroup keeps its place until its final export, so rounds find free places
     // as upkeep (every second here) and scrapes retire the last ones.
     assert!(

@@ -85,7 +85,7 @@ impl Agent {
         &self,
         limit: Duration,
         what: &str,
-        ok: impl Fn(&Metrics) -> bool,
+        mut ok: impl FnMut(&Metrics) -> bool,
     ) -> Metrics {
         let deadline = Instant::now() + limit;
         loop {
