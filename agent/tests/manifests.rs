@@ -289,7 +289,7 @@ fn alert_rules_check_and_their_unit_tests_pass() {
         .args(["check", "rules"])
         .arg(&rules));
     assert!(
-        ok && text.contains("SUCCESS: 7 rules found"),
+        ok && text.contains("SUCCESS: 8 rules found"),
         "promtool check rules:\n{text}"
     );
     let (ok, text) = run(Command::new("promtool")
