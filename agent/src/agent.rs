@@ -56,6 +56,16 @@ impl AgentState {
             .unwrap_or_default()
     }
 
+    /// How each family measures on this kernel ("sched: run-queue wait from ..."), as
+    /// preflight shows them.
+    pub fn modes(&self) -> Vec<String> {
+        self.probes
+            .loaded
+            .get()
+            .map(|l| l.notes.clone())
+            .unwrap_or_default()
+    }
+
     /// The kernel's BPF statistics: `None` before loading or when not asked for, else on
     /// or why not.
     pub fn kernel_stats(&self) -> Option<Result<(), String>> {
@@ -88,6 +98,10 @@ impl AgentState {
             )],
         )?;
         let probes = self.statuses();
+        if probes.is_empty() {
+            // No eBPF collector enabled: no family rather than a header without samples.
+            return Ok(());
+        }
         family(
             out,
             "nodelens_probe_up",

@@ -116,6 +116,12 @@ impl Server {
             };
             rows.push_str(&format!("<tr><td colspan=4>{why}</td></tr>\n"));
         }
+        let modes: String = self
+            .agent
+            .modes()
+            .iter()
+            .map(|m| format!("<li>{}</li>", html_escape(m)))
+            .collect();
         let stats = match self.agent.kernel_stats() {
             Some(Ok(())) => "Probe cost: measured by the probes themselves (1 run in 64 timed), and the kernel's BPF statistics are on (--kernel-bpf-stats)".to_owned(),
             Some(Err(why)) => format!(
@@ -130,7 +136,7 @@ impl Server {
              <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
              <li><a href=\"/healthz\">/healthz</a>: liveness</li>\
              <li><a href=\"/readyz\">/readyz</a>: readiness (every probe attempted)</li></ul>\n\
-             <p>node {node}, machine-id {machine_id}, kernel {kernel}</p>\n<h2>Probes</h2>\n<p>{stats}</p>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n{preflight}</body></html>\n",
+             <p>node {node}, machine-id {machine_id}, kernel {kernel}</p>\n<h2>Probes</h2>\n<p>{stats}</p>\n<ul>{modes}</ul>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n{preflight}</body></html>\n",
             node = html_escape(&self.agent.node.node),
             machine_id = html_escape(&self.agent.node.machine_id),
             kernel = html_escape(&self.agent.node.kernel),

@@ -181,7 +181,8 @@ fn container_cpu_time_matches_proc_and_carries_pod_labels() {
         assert!(
             m.get(&format!("nodelens_cgroup_context_switches_total{{{l}}}"))
                 .is_some(),
-            "{kind} switches for pod A"
+            "{kind} switches for pod A: {:?}",
+            m.family("nodelens_cgroup_context_switches_total")
         );
     }
     // Non-Kubernetes cgroups carry the cgroup label only (the test runs in one).
@@ -400,10 +401,23 @@ fn churn_of_5000_cgroups_stays_bounded() {
     std::fs::remove_dir(&parent).unwrap();
     // Upkeep notices gone cgroups (their counters stop moving and their directories are
     // gone), a scrape exports them one last time, and the next upkeep drops them.
-    let after = agent.metrics_until(Duration::from_secs(30), "tracked back to baseline", |m| {
-        seen_disk.see(&disk_ios(m));
-        tracked(m) == tracked(&base)
-    });
+    // Per-cgroup counts reach the scrape through upkeep (every 5 s), node histograms at
+    // once: wait for upkeep to have taken the last round's reads too.
+    let node_reads = |m: &Metrics| {
+        m.get(&format!(
+            "nodelens_disk_io_latency_seconds_count{{device=\"{}\",op=\"read\"}}",
+            lo.dev
+        ))
+        .unwrap_or(0.0)
+    };
+    let after = agent.metrics_until(
+        Duration::from_secs(30),
+        "tracked back to baseline, every read in a cgroup series",
+        |m| {
+            seen_disk.see(&disk_ios(m));
+            tracked(m) == tracked(&base) && seen_disk.total() >= node_reads(m)
+        },
+    );
     let rss = rss_kb(agent.child.id());
     eprintln!(
         "tracked {} -> {}; max cgroup series {max_series}; evictions {}; unknown {}; RSS {base_rss} -> {rss} kB",
@@ -428,10 +442,7 @@ fn churn_of_5000_cgroups_stays_bounded() {
     // Nothing lost, nothing counted twice: every read of the 5,000 cgroups is in exactly one
     // series, its cgroup's (exported at least once, the last time after it went) or "other".
     let reads = seen_disk.total();
-    let node = after.value(&format!(
-        "nodelens_disk_io_latency_seconds_count{{device=\"{}\",op=\"read\"}}",
-        lo.dev
-    ));
+    let node = node_reads(&after);
     eprintln!("disk: max series {max_disk_series}, {reads} reads by cgroup, {node} by the node");
     assert!(reads >= 5000.0, "{reads} reads counted, 5,000 done");
     assert_eq!(reads, node, "sum over cgroups vs the node histogram");

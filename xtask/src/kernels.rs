@@ -657,7 +657,7 @@ fn render(runs: &[(String, serde_json::Value)]) -> String {
     let date = crate::today();
     let _ = writeln!(
         s,
-        "Kernel matrix, {date}: attach type, events during `preflight --exercise`, ns/event (kernel BPF statistics)."
+        "Kernel matrix, {date}: attach type, events during `preflight --exercise`, ns/event (as the programs time themselves, 1 run in 64)."
     );
     let _ = writeln!(s);
     let _ = write!(s, "| probe |");
@@ -793,15 +793,16 @@ fn attribution_table(runs: &[(String, serde_json::Value)]) -> String {
             .into_iter()
             .flatten()
         {
+            let n = |key: &str| r[key].as_f64().unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                "| {column} | {} | {} | {} B, {} | {} B, {} |",
+                "| {column} | {} | {} | {:.0} B, {:.0} | {:.0} B, {:.0} |",
                 r["role"].as_str().unwrap_or(""),
                 r["op"].as_str().unwrap_or(""),
-                r["nodelens_bytes"],
-                r["nodelens_ios"],
-                r["io_stat_bytes"],
-                r["io_stat_ios"]
+                n("nodelens_bytes"),
+                n("nodelens_ios"),
+                n("io_stat_bytes"),
+                n("io_stat_ios")
             );
         }
     }

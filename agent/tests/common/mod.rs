@@ -192,6 +192,35 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `name{b="2",a="1"}` as `name{a="1",b="2"}`: labels sorted, values kept as written.
+fn canonical(series: &str) -> String {
+    let Some((name, rest)) = series.split_once('{') else {
+        return series.to_owned();
+    };
+    let body = rest.strip_suffix('}').unwrap_or(rest);
+    let mut labels = Vec::new();
+    let (mut current, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in body.chars() {
+        match c {
+            ',' if !quoted => labels.push(std::mem::take(&mut current)),
+            _ => {
+                if quoted && !escaped && c == '"' {
+                    quoted = false;
+                } else if !quoted && c == '"' {
+                    quoted = true;
+                }
+                escaped = quoted && !escaped && c == '\\';
+                current.push(c);
+            }
+        }
+    }
+    if !current.is_empty() {
+        labels.push(current);
+    }
+    labels.sort();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
 impl Metrics {
     /// Parses the Prometheus text format; panics with the parser's complaint if it is not.
     pub fn parse(text: &str) -> Metrics {
@@ -210,11 +239,13 @@ impl Metrics {
                     .entry(sample.name().to_owned())
                     .or_default()
                     .extend(sample.labels().iter().map(|l| l.name.to_owned()));
-                let labels: Vec<String> = sample
+                let mut labels: Vec<String> = sample
                     .labels()
                     .iter()
                     .map(|l| format!("{}=\"{}\"", l.name, escape(&l.value)))
                     .collect();
+                // Label order carries no meaning: series are keyed with sorted labels.
+                labels.sort();
                 let series = if labels.is_empty() {
                     sample.name().to_owned()
                 } else {
@@ -226,8 +257,9 @@ impl Metrics {
         m
     }
 
+    /// One series' value; the labels of `series` may come in any order.
     pub fn get(&self, series: &str) -> Option<f64> {
-        self.samples.get(series).copied()
+        self.samples.get(&canonical(series)).copied()
     }
 
     pub fn value(&self, series: &str) -> f64 {

@@ -565,7 +565,9 @@ mod tests {
         for (release, _) in fixtures::all() {
             let l = resolve(&release);
             assert_eq!(l.owner_from_blkcg, 1, "{release}");
-            assert!(l.bio_blkg > 0 && l.blkcg_cgroup > 0, "{release}");
+            // css is blkcg's first member and cgroup the css's: 0 is a real offset there.
+            assert!(l.request_bio > 0 && l.bio_blkg > 0, "{release}");
+            assert!(l.cgroup_kn > 0 && l.kernfs_node_id > 0, "{release}");
         }
     }
 
