@@ -3,7 +3,7 @@
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -15,6 +15,8 @@ use crate::{
     ebpf::{family::ProbeStatus, loader::Probes},
     metrics::{CollectError, Collector, family},
     node::NodeIdentity,
+    security::{self, Posture},
+    web::Web,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,6 +30,10 @@ pub struct AgentState {
     pub preflight: Option<String>,
     /// Every probe has been attempted, whatever the outcome.
     ready: AtomicBool,
+    /// Privileges after attaching (`security::lock_down`).
+    posture: Mutex<Posture>,
+    /// The port's web configuration, once serving.
+    pub web: OnceLock<Arc<Web>>,
 }
 
 impl AgentState {
@@ -37,6 +43,31 @@ impl AgentState {
             node,
             preflight,
             ready: AtomicBool::new(false),
+            posture: Mutex::new(Posture::unlocked()),
+            web: OnceLock::new(),
+        }
+    }
+
+    pub fn set_posture(&self, posture: Posture) {
+        *self.posture.lock().unwrap_or_else(|p| p.into_inner()) = posture;
+    }
+
+    pub fn posture(&self) -> Posture {
+        self.posture
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `on` when the port speaks TLS, and when it asks for basic auth, as configured now.
+    fn web_flags(&self) -> (&'static str, &'static str) {
+        let on = |b: bool| if b { "on" } else { "off" };
+        match self.web.get() {
+            Some(web) => {
+                let now = web.snapshot();
+                (on(now.tls.is_some()), on(!now.config.users.is_empty()))
+            }
+            None => ("off", "off"),
         }
     }
 
@@ -97,6 +128,36 @@ impl AgentState {
                 1.0,
             )],
         )?;
+        let posture = self.posture();
+        let (tls, basic_auth) = self.web_flags();
+        family(
+            out,
+            "nodelens_security_info",
+            "The agent's privileges after attaching: capabilities still held (none once dropped), no_new_privs, the seccomp mode (errno, kill or off), and whether the port speaks TLS and asks for basic auth.",
+            MetricType::Gauge,
+            [(
+                [
+                    ("basic_auth", basic_auth),
+                    ("capabilities", posture.capabilities.as_str()),
+                    ("no_new_privs", if posture.no_new_privs { "1" } else { "0" }),
+                    ("seccomp", posture.seccomp),
+                    ("tls", tls),
+                ],
+                1.0,
+            )],
+        )?;
+        let denied = security::denied();
+        if !denied.is_empty() {
+            family(
+                out,
+                "nodelens_seccomp_denied_total",
+                "System calls the seccomp filter refused with EPERM, by number (this architecture's). Any is a missing allowlist entry: please report it.",
+                MetricType::Counter,
+                denied
+                    .iter()
+                    .map(|(nr, count)| ([("syscall", nr.to_string())], *count as f64)),
+            )?;
+        }
         let probes = self.statuses();
         if probes.is_empty() {
             // No eBPF collector enabled: no family rather than a header without samples.

@@ -113,6 +113,17 @@ pub struct Settings {
     /// are on [default: false].
     #[arg(long, env = "NODELENS_KERNEL_BPF_STATS", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub kernel_bpf_stats: Option<bool>,
+    /// exporter-toolkit web configuration (node_exporter's --web.config.file format): TLS,
+    /// client certificates, basic auth and response headers. Re-read on each connection.
+    #[arg(long, env = "NODELENS_WEB_CONFIG_FILE", global = true)]
+    pub web_config_file: Option<PathBuf>,
+    /// Keep the capabilities after attaching instead of dropping them all [default: false].
+    #[arg(long, env = "NODELENS_KEEP_CAPABILITIES", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub keep_capabilities: Option<bool>,
+    /// The syscall allowlist after startup: errno (others fail with EPERM, logged and
+    /// counted), kill (others kill the agent) or off [default: errno].
+    #[arg(long, env = "NODELENS_SECCOMP", global = true)]
+    pub seccomp: Option<String>,
     /// How often the agent keeps its kernel maps, whether or not anyone scrapes: sweeps
     /// stale entries, deletes those of gone cgroups, refreshes fill levels [default: 5s].
     #[arg(long, env = "NODELENS_MAP_UPKEEP_INTERVAL", global = true)]
@@ -265,6 +276,27 @@ pub enum PathLabel {
     Always,
 }
 
+/// What happens to a system call outside the allowlist (`seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    /// It fails with EPERM; the agent logs and counts it.
+    Errno,
+    /// The kernel kills the agent.
+    Kill,
+    /// No filter.
+    Off,
+}
+
+impl SeccompMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Errno => "errno",
+            Self::Kill => "kill",
+            Self::Off => "off",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -298,6 +330,9 @@ pub struct Config {
     pub preflight_dir: Option<PathBuf>,
     pub map_upkeep_interval: Duration,
     pub kernel_bpf_stats: bool,
+    pub web_config_file: Option<PathBuf>,
+    pub keep_capabilities: bool,
+    pub seccomp: SeccompMode,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
@@ -489,6 +524,10 @@ impl Config {
             Some(v) => parse_enum("log_format", v, "a format")?,
             None => LogFormat::Text,
         };
+        let seccomp = match s.seccomp.as_deref() {
+            Some(v) => parse_enum("seccomp", v, "a seccomp mode")?,
+            None => SeccompMode::Errno,
+        };
         Ok(Self {
             listen_address,
             collectors,
@@ -504,6 +543,9 @@ impl Config {
             preflight_dir: s.preflight_dir,
             map_upkeep_interval,
             kernel_bpf_stats: s.kernel_bpf_stats.unwrap_or(false),
+            web_config_file: s.web_config_file,
+            keep_capabilities: s.keep_capabilities.unwrap_or(false),
+            seccomp,
             log_level,
             log_format,
         })

@@ -14,7 +14,9 @@ mod metrics;
 mod node;
 mod preflight;
 mod runtime;
+mod security;
 mod server;
+mod web;
 
 use config::{Cli, Command, Config};
 use runtime::Runtime;
@@ -105,6 +107,20 @@ fn run_preflight(
 }
 
 fn run(config: Config) -> ExitCode {
+    let web = match web::Web::load(config.web_config_file.as_deref()) {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            eprintln!(
+                "nodelens: web_config_file: {}: {e}",
+                config
+                    .web_config_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // One thread serves everything: a scrape is a short burst of reads from memory, and
     // probe loading runs once on the blocking pool.
     let executor = match tokio::runtime::Builder::new_current_thread()
@@ -137,29 +153,75 @@ fn run(config: Config) -> ExitCode {
             .unwrap_or_else(|| node::identity(&config));
         let preflight_text = dir.and_then(preflight::read_report_text);
         let runtime = Arc::new(Runtime::build(config, identity, preflight_text));
+        let _ = runtime.agent.web.set(web.clone());
         let server = Arc::new(server::Server {
             registry: runtime.registry.clone(),
             agent: runtime.agent.clone(),
+            web: web.clone(),
         });
         let address = runtime.config.listen_address;
+        let scheme = if web.tls() { "https" } else { "http" };
         tracing::info!(
             %address,
             collectors = ?runtime.config.collectors.iter().map(|c| c.name()).collect::<Vec<_>>(),
-            "serving http://{address}/metrics"
+            "serving {scheme}://{address}/metrics"
         );
 
+        // What stays after attaching: nothing, or CAP_BPF where old kernels need it.
+        let (keep, why) = security::capabilities_to_keep(
+            node::kernel_version(&runtime.agent.node.kernel),
+            &runtime.config.procfs,
+        );
+        if let Some(why) = why {
+            tracing::info!("{why}");
+        }
+        let drop_capabilities = !runtime.config.keep_capabilities;
         // Probes load while the server already answers /healthz; /readyz turns 200 after.
         let families = runtime.families();
         let loader = runtime.clone();
+        let loader_keeps = keep.clone();
         let loading = tokio::task::spawn_blocking(move || {
             if !families.is_empty() {
                 loader.load_probes(&families, std::path::Path::new(ebpf::loader::BTF_PATH));
+            }
+            // Capabilities are per thread: this pool thread drops its own.
+            if drop_capabilities && let Err(e) = security::drop_thread_capabilities(&loader_keeps) {
+                tracing::warn!("dropping the loader thread's capabilities failed: {e}");
             }
         });
         let serving = tokio::spawn(server::serve(listener, server, shutdown_signal()));
         if let Err(e) = loading.await {
             tracing::error!("loading probes failed: {e}");
         }
+        // Before any other thread starts, so that every later thread inherits the result.
+        let posture = security::lock_down(
+            &keep,
+            runtime.config.keep_capabilities,
+            runtime.config.seccomp,
+        );
+        for note in &posture.notes {
+            tracing::warn!("{note}");
+        }
+        tracing::info!(
+            capabilities = %posture.capabilities,
+            no_new_privs = posture.no_new_privs,
+            seccomp = posture.seccomp,
+            "privileges after attaching"
+        );
+        runtime.agent.set_posture(posture);
+        // Test hook for tests/privileges.rs: a program load from inside the agent must fail
+        // now. Nothing else reads this variable.
+        if std::env::var_os("NODELENS_TEST_TRY_BPF_PROG_LOAD").is_some() {
+            tracing::warn!("test hook: BPF_PROG_LOAD after lock-down: {}", security::try_prog_load());
+        }
+        // Denied system calls are logged by whoever looks first: a scrape, or this.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                security::denied();
+            }
+        });
         if let Some(loaded) = runtime.probes.loaded.get() {
             loaded.spawn_event_readers();
             // Kernel maps are kept by the agent on its own timer, whether or not anyone

@@ -1,4 +1,6 @@
-//! HTTP: `/metrics`, `/healthz`, `/readyz` and `/`, on hyper 1 with graceful shutdown.
+//! HTTP: `/metrics`, `/healthz`, `/readyz` and `/`, on hyper 1 with graceful shutdown; TLS
+//! and basic auth when `--web-config-file` asks (`crate::web`). `/healthz` and `/readyz`
+//! never ask for credentials, so kubelet probes work.
 use std::{convert::Infallible, io::Write as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -10,9 +12,15 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
 };
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
-use crate::agent::{AgentState, REVISION, VERSION};
+use crate::{
+    agent::{AgentState, REVISION, VERSION},
+    web::{Web, tls::subject_alt_names},
+};
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -20,9 +28,13 @@ pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0;
 /// Time given to requests in flight after a shutdown signal; the whole exit stays under 5 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Time a client gets to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Server {
     pub registry: Arc<Registry>,
     pub agent: Arc<AgentState>,
+    pub web: Arc<Web>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +134,14 @@ impl Server {
             .iter()
             .map(|m| format!("<li>{}</li>", html_escape(m)))
             .collect();
+        let posture = self.agent.posture();
+        let security = format!(
+            "Privileges after attaching: capabilities {}, no_new_privs {}, seccomp {}. {}",
+            posture.capabilities,
+            u8::from(posture.no_new_privs),
+            posture.seccomp,
+            posture.notes.join("; ")
+        );
         let stats = match self.agent.kernel_stats() {
             Some(Ok(())) => "Probe cost: measured by the probes themselves (1 run in 64 timed), and the kernel's BPF statistics are on (--kernel-bpf-stats)".to_owned(),
             Some(Err(why)) => format!(
@@ -136,7 +156,8 @@ impl Server {
              <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
              <li><a href=\"/healthz\">/healthz</a>: liveness</li>\
              <li><a href=\"/readyz\">/readyz</a>: readiness (every probe attempted)</li></ul>\n\
-             <p>node {node}, machine-id {machine_id}, kernel {kernel}</p>\n<h2>Probes</h2>\n<p>{stats}</p>\n<ul>{modes}</ul>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n{preflight}</body></html>\n",
+             <p>node {node}, machine-id {machine_id}, kernel {kernel}</p>\n<p>{security}</p>\n<h2>Probes</h2>\n<p>{stats}</p>\n<ul>{modes}</ul>\n<table border=1><tr><th>probe</th><th>status</th><th>attach</th><th>note</th></tr>\n{rows}</table>\n{preflight}</body></html>\n",
+            security = html_escape(&security),
             node = html_escape(&self.agent.node.node),
             machine_id = html_escape(&self.agent.node.machine_id),
             kernel = html_escape(&self.agent.node.kernel),
@@ -153,12 +174,57 @@ impl Server {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let web = self.web.snapshot();
+        let mut response = self.clone().respond(req, &web.config.users).await;
+        for (name, value) in &web.config.headers {
+            if let (Ok(n), Ok(v)) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().insert(n, v);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Whether the request carries the credentials of one of `users` (bcrypt runs on the
+    /// blocking pool, not on the event loop).
+    async fn authorized(
+        self: Arc<Self>,
+        users: &std::collections::BTreeMap<String, String>,
+        req: &Request<Incoming>,
+    ) -> bool {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let users = users.clone();
+        tokio::task::spawn_blocking(move || self.web.auth.check(&users, header.as_deref()))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn respond(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        users: &std::collections::BTreeMap<String, String>,
+    ) -> Response<Full<Bytes>> {
         let head_only = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head_only {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Ok(r);
+            return r;
+        }
+        let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+        if !open && !users.is_empty() && !self.clone().authorized(users, &req).await {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"nodelens\", charset=\"UTF-8\""),
+            );
+            return r;
         }
         let mut response = match req.uri().path() {
             "/metrics" => {
@@ -207,7 +273,7 @@ impl Server {
         if head_only {
             *response.body_mut() = Full::new(Bytes::new());
         }
-        Ok(response)
+        response
     }
 }
 
@@ -276,17 +342,16 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let server = server.clone();
-                let conn = http.serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| server.clone().handle(req)),
-                );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection error: {e}");
-                    }
-                });
+                let connection = Connection {
+                    server: server.clone(),
+                    http: http.clone(),
+                    watcher: graceful.watcher(),
+                };
+                if server.web.tls() {
+                    tokio::spawn(connection.serve_tls(stream));
+                } else {
+                    tokio::spawn(connection.serve(stream));
+                }
             }
             () = &mut shutdown => break,
         }
@@ -295,6 +360,84 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing"),
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    server: Arc<Server>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    /// HTTP over `stream`, plain or already decrypted.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let server = self.server;
+        let conn = self.http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| server.clone().handle(req)),
+        );
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!("connection error: {e}");
+        }
+    }
+
+    /// TLS with the certificate in force now, the client's SANs checked against
+    /// `client_allowed_sans`, then HTTP. A client speaking plain HTTP gets Go's answer.
+    async fn serve_tls(self, stream: TcpStream) {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+            // A TLS handshake record.
+            Ok(Ok(1)) if first[0] == 0x16 => {}
+            Ok(Ok(n)) if n > 0 => {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            _ => return,
+        }
+        let web = self.server.web.snapshot();
+        let Some(config) = web.tls.clone() else {
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+        if let Some(settings) = &web.config.tls
+            && !settings.client_allowed_sans.is_empty()
+        {
+            let sans = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(subject_alt_names)
+                .unwrap_or_default();
+            if !sans
+                .iter()
+                .any(|s| settings.client_allowed_sans.contains(s))
+            {
+                tracing::warn!(
+                    ?sans,
+                    "client certificate refused: none of its names is in client_allowed_sans"
+                );
+                return;
+            }
+        }
+        self.serve(tls).await;
     }
 }
 

@@ -38,8 +38,10 @@ fn cpu_and_memory_agree_with_proc() {
     let m = agent.metrics();
     let after = proc_cpu0_user_seconds();
     let ours = m.value("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}");
+    // A few ticks of slack: the kernel's per-CPU user time can step back by a tick or
+    // two between reads (seen here: 0.03 s), so strict bracketing is flaky.
     assert!(
-        (before..=after).contains(&ours),
+        (before - 0.05..=after + 0.05).contains(&ours),
         "{before} <= {ours} <= {after}"
     );
     assert_eq!(

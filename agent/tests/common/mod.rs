@@ -43,20 +43,33 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
+        let agent = Agent::spawn(extra);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for it (for ports that do not speak plain HTTP).
+    pub fn spawn(extra: &[&str]) -> Agent {
         require_root();
         let addr = format!("127.0.0.1:{}", free_port());
-        // Map upkeep every second, so tests see fill levels and evictions quickly.
+        // Map upkeep every second, so tests see fill levels and evictions quickly. The
+        // syscall allowlist in kill mode, so that every test also proves the allowlist
+        // complete for what it does (a missing entry kills the agent).
+        let seccomp: &[&str] = if extra.contains(&"--seccomp") {
+            &[]
+        } else {
+            &["--seccomp", "kill"]
+        };
         let child = Command::new(BIN)
             .args(["--listen-address", &addr, "--log-level", "debug"])
             .args(["--map-upkeep-interval", "1s"])
+            .args(seccomp)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nodelens");
-        let agent = Agent { child, addr };
-        agent.wait_ready();
-        agent
+        Agent { child, addr }
     }
 
     fn wait_ready(&self) {
@@ -125,9 +138,35 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        // Killed by the seccomp filter (kill mode): say so, or the test's failure would
+        // only show as a refused connection.
+        if let Ok(Some(status)) = self.child.try_wait()
+            && status.signal() == Some(libc_sigsys())
+        {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let denied = std::process::Command::new("dmesg").output().ok().map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .rfind(|l| l.contains("type=1326") || l.contains("SECCOMP"))
+                    .unwrap_or("")
+                    .to_owned()
+            });
+            eprintln!(
+                "nodelens was killed by its seccomp filter (a system call missing from the allowlist): {denied:?}\n{err}"
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SIGSYS, the signal seccomp's kill action reports.
+pub fn libc_sigsys() -> i32 {
+    31
 }
 
 /// Status, headers (names lower-cased) and body.
