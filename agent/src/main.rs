@@ -1,25 +1,15 @@
-//! nodelens: eBPF node agent for Kubernetes.
+//! nodelens: eBPF node agent for Kubernetes. The binary: flags, then serving or preflight;
+//! everything else lives in the library (`lib.rs`), which the fuzz targets also use.
 use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
 
-mod agent;
-mod cgroups;
-mod collectors;
-mod config;
-mod ebpf;
-mod exercise;
-mod logging;
-mod metrics;
-mod node;
-mod preflight;
-mod runtime;
-mod security;
-mod server;
-mod web;
-
-use config::{Cli, Command, Config};
-use runtime::Runtime;
+use nodelens::{
+    config::{Cli, Command, Config},
+    ebpf, exercise, logging, node, preflight,
+    runtime::Runtime,
+    security, server, web,
+};
 
 /// Usage and configuration errors.
 const EXIT_USAGE: u8 = 2;

@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod btf_fixtures;
+mod fuzz;
 mod import_graph;
 mod kernels;
+mod soak;
 
 #[derive(Parser)]
 #[command(about = "nodelens development tasks")]
@@ -45,6 +47,21 @@ enum Task {
     /// Regenerate the BTF test fixtures (agent/tests/fixtures/btf) from the host's kernel
     /// and the kernels the matrix boots.
     BtfFixtures,
+    /// Run every fuzz target (agent/fuzz) for a while; a crash fails and is kept as a
+    /// regression test.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Run the agent under churn, scheduler, disk and reclaim load, scraping every second;
+    /// fails on a failed scrape, a counter going backwards, or growing RSS, descriptors
+    /// or map entries (as root).
+    Soak {
+        /// Minutes to run (the first is warm-up).
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
     /// Compare nodelens with node_exporter on this machine: probe cost per event, CPU per
     /// scrape, latency, bytes, series and RSS (as root).
     Bench {
@@ -99,6 +116,10 @@ fn main() -> ExitCode {
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
             .and_then(|()| kernels::kernels()),
         Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
+        Task::Fuzz { seconds } => setup(true).and_then(|()| fuzz::fuzz(seconds)),
+        Task::Soak { minutes } => setup(true)
+            .and_then(|()| require_root("the soak loads eBPF programs and creates cgroups"))
+            .and_then(|()| soak::soak(minutes)),
         Task::Bench { short } => setup(true)
             .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
             .and_then(|()| bench::bench(bench::Options { short })),
@@ -369,6 +390,7 @@ fn setup(test_tools: bool) -> Result<()> {
                 .collect::<Vec<_>>(),
         )?;
         install_manifest_tools()?;
+        fuzz::install_cargo_fuzz()?;
     }
     step("setup complete");
     Ok(())
@@ -523,7 +545,7 @@ fn test() -> Result<()> {
     run_cmd(
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount -t tmpfs nodelens-no-btf /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && exec cargo test --bins")
+            .arg("mount -t tmpfs nodelens-no-btf /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && cargo test --package nodelens --lib && exec cargo test --package xtask --bins")
             .current_dir(workspace_root()),
     )?;
     cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
@@ -543,6 +565,10 @@ fn test() -> Result<()> {
             .env("NODELENS_TOOLS_DIR", tools_dir())
             .current_dir(workspace_root()),
     )?;
+    step("fuzzing: every parser of outside input, 30 s per target");
+    fuzz::fuzz(30)?;
+    step("soak: 3 minutes under churn, scheduler, disk and reclaim load");
+    soak::soak(3)?;
     step("kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu, and the host");
     kernels::kernels()?;
     step("bench, short mode: checks that it completes and produces every figure");

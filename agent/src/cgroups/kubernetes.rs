@@ -140,6 +140,23 @@ pub struct PodNames {
     scanned: Option<Instant>,
 }
 
+/// A directory of the kubelet's pod logs, `<namespace>_<pod>_<uid>`: (namespace, pod,
+/// uid). Namespaces and pod names cannot contain '_', so the split is unambiguous.
+pub fn pod_log_dir(name: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = name.splitn(3, '_');
+    let (ns, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    (!ns.is_empty() && !pod.is_empty() && valid_uid(uid)).then_some((ns, pod, uid))
+}
+
+/// A link of the kubelet's container logs, `<pod>_<namespace>_<container>-<id>.log`:
+/// (container, id).
+pub fn container_log_link(name: &str) -> Option<(&str, &str)> {
+    let mut parts = name.strip_suffix(".log")?.splitn(3, '_');
+    let (_pod, _ns, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let (container, id) = rest.rsplit_once('-')?;
+    (!container.is_empty() && valid_container_id(id)).then_some((container, id))
+}
+
 /// Rescans of the log directories for an unknown pod or container happen at most this often.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -162,12 +179,7 @@ impl PodNames {
         if let Ok(dir) = std::fs::read_dir(&self.pods_dir) {
             for entry in dir.flatten() {
                 let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                // Namespaces and pod names cannot contain '_': the split is unambiguous.
-                let mut parts = name.splitn(3, '_');
-                if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next())
-                    && valid_uid(uid)
-                {
+                if let Some((ns, pod, uid)) = name.to_str().and_then(pod_log_dir) {
                     self.pods
                         .insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
                 }
@@ -176,18 +188,7 @@ impl PodNames {
         if let Ok(dir) = std::fs::read_dir(&self.containers_dir) {
             for entry in dir.flatten() {
                 let name = entry.file_name();
-                let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
-                    continue;
-                };
-                let mut parts = name.splitn(3, '_');
-                let (Some(_pod), Some(_ns), Some(rest)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                if let Some((container, id)) = rest.rsplit_once('-')
-                    && valid_container_id(id)
-                {
+                if let Some((container, id)) = name.to_str().and_then(container_log_link) {
                     self.containers.insert(id.to_owned(), container.to_owned());
                 }
             }

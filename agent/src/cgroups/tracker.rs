@@ -70,7 +70,6 @@ pub struct TrackerState {
     unknown: u64,
     other_used: bool,
     round: u64,
-    round_started: Instant,
     /// How long final rows wait for a scrape (`FINAL_EXPORT_WAIT`; tests shorten it).
     final_wait: Duration,
 }
@@ -102,7 +101,6 @@ impl CgroupTracker {
                 unknown: 0,
                 other_used: false,
                 round: 0,
-                round_started: Instant::now(),
                 final_wait: FINAL_EXPORT_WAIT,
             }),
         }
@@ -151,11 +149,13 @@ impl TrackerState {
         self.existing(id)
     }
 
-    /// The verdict for `id` during upkeep: an unknown id gets one fresh walk per round, and
-    /// if that does not find it, it is gone for good (its counts go to "other").
-    fn settle(&mut self, id: u64) -> Verdict {
+    /// The verdict for `id` during upkeep: an unknown id gets a fresh walk unless one
+    /// started after its map entry was read (`read_at`), and if that does not find it, it
+    /// is gone for good (its counts go to "other"). A walk from before the read could have
+    /// missed a cgroup created in between, so it does not count.
+    fn settle(&mut self, id: u64, read_at: Instant) -> Verdict {
         if !self.slots.contains_key(&id) {
-            match self.resolver.labels_walked_since(id, self.round_started) {
+            match self.resolver.labels_walked_since(id, read_at) {
                 Some(labels) => self.assign(id, labels),
                 None => {
                     self.unknown += 1;
@@ -280,7 +280,6 @@ impl TrackerState {
     /// Starts an upkeep round.
     pub fn begin_round(&mut self) {
         self.round += 1;
-        self.round_started = Instant::now();
     }
 
     /// Ends an upkeep round: forgets gone cgroups whose final rows are all gone, which frees
@@ -380,9 +379,14 @@ where
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One upkeep pass over every entry of the kernel map. Returns the keys to delete from
-    /// it: entries of gone cgroups, whose values this table now keeps.
-    pub fn upkeep(&self, tracker: &mut TrackerState, entries: Vec<(K, V)>) -> Vec<K> {
+    /// One upkeep pass over every entry of the kernel map, read at `read_at`. Returns the
+    /// keys to delete from it: entries of gone cgroups, whose values this table now keeps.
+    pub fn upkeep(
+        &self,
+        tracker: &mut TrackerState,
+        entries: Vec<(K, V)>,
+        read_at: Instant,
+    ) -> Vec<K> {
         let mut t = self.lock();
         let mut delete = Vec::new();
         let mut last = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
@@ -399,7 +403,7 @@ where
         }
         for (key, value) in entries {
             let id = key.cgroup();
-            let verdict = tracker.settle(id);
+            let verdict = tracker.settle(id, read_at);
             let moved = t.last.get(&key) != Some(&value);
             if !tracker.check_gone(id, moved) {
                 last.insert(key, value);
@@ -551,6 +555,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_created_after_another_familys_walk_is_still_found() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 10);
+        let (first, second): (CounterTable<u64, u64>, CounterTable<u64, u64>) =
+            (CounterTable::default(), CounterTable::default());
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        t.begin_round();
+        // One family's upkeep walks the tree for `a`...
+        first.upkeep(&mut t, vec![(a, 1)], Instant::now());
+        // ...then a pod starts, and the next family reads its map in the same round.
+        std::thread::sleep(Duration::from_millis(5));
+        let b = dir(root.path(), "b");
+        second.upkeep(&mut t, vec![(b, 1)], Instant::now());
+        t.end_round();
+        let rows = second.rows(&mut t, vec![(b, 2)]);
+        assert_eq!(
+            value_of(&rows, b),
+            Some(2),
+            "b is tracked, not folded as gone"
+        );
+        assert_eq!(t.counts().2, 0, "nothing unknown");
+    }
+
+    #[test]
     fn gone_cgroups_export_once_then_go_and_other_never_shrinks() {
         let root = tempfile::tempdir().unwrap();
         let tr = tracker(root.path(), 1);
@@ -568,12 +597,14 @@ mod tests {
         std::fs::remove_dir(root.path().join("b")).unwrap();
         t.begin_round();
         assert!(
-            table.upkeep(&mut t, vec![(a, 12), (b, 7)]).is_empty(),
+            table
+                .upkeep(&mut t, vec![(a, 12), (b, 7)], Instant::now())
+                .is_empty(),
             "they moved"
         );
         t.end_round();
         t.begin_round();
-        let mut deleted = table.upkeep(&mut t, vec![(a, 12), (b, 7)]);
+        let mut deleted = table.upkeep(&mut t, vec![(a, 12), (b, 7)], Instant::now());
         deleted.sort();
         let mut want = vec![a, b];
         want.sort();
@@ -590,7 +621,7 @@ mod tests {
         assert_eq!(value_of(&rows, a), Some(12));
         assert_eq!(value_of(&rows, OTHER), Some(7));
         t.begin_round();
-        table.upkeep(&mut t, vec![]);
+        table.upkeep(&mut t, vec![], Instant::now());
         t.end_round();
         assert_eq!(t.counts().0, 0, "then its place is free");
         let rows = table.rows(&mut t, vec![]);
@@ -615,17 +646,20 @@ mod tests {
         for (i, &id) in ids.iter().enumerate() {
             let i = i as u64;
             t.begin_round();
-            table.upkeep(&mut t, vec![(id, i + 1)]);
+            table.upkeep(&mut t, vec![(id, i + 1)], Instant::now());
             t.end_round();
             std::fs::remove_dir(root.path().join(format!("c{i}"))).unwrap();
             t.begin_round();
-            assert_eq!(table.upkeep(&mut t, vec![(id, i + 1)]), vec![id]);
+            assert_eq!(
+                table.upkeep(&mut t, vec![(id, i + 1)], Instant::now()),
+                vec![id]
+            );
             t.end_round();
             total += i + 1;
         }
         std::thread::sleep(Duration::from_millis(30));
         t.begin_round();
-        table.upkeep(&mut t, vec![]);
+        table.upkeep(&mut t, vec![], Instant::now());
         t.end_round();
         assert_eq!(table.finals_waiting(), 0);
         assert_eq!(t.counts().0, 0, "every tracked place is free again");
@@ -642,7 +676,10 @@ mod tests {
         let table: CounterTable<u64, u64> = CounterTable::default();
         let mut t = tr.lock();
         t.begin_round();
-        assert_eq!(table.upkeep(&mut t, vec![(u64::MAX, 3)]), vec![u64::MAX]);
+        assert_eq!(
+            table.upkeep(&mut t, vec![(u64::MAX, 3)], Instant::now()),
+            vec![u64::MAX]
+        );
         t.end_round();
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, OTHER), Some(3));

@@ -67,7 +67,7 @@ pub fn parse(text: &str, exclude: &Regex) -> Result<Vec<DiskStat>, String> {
 
 /// udev's properties for a block device, as node_disk_info labels.
 #[derive(Debug, Default, Clone)]
-struct UdevInfo {
+pub(crate) struct UdevInfo {
     path: String,
     wwn: String,
     model: String,
@@ -82,6 +82,12 @@ fn udev_info(dir: &Path, major: i32, minor: i32) -> UdevInfo {
     let Ok(text) = std::fs::read_to_string(dir.join(format!("b{major}:{minor}"))) else {
         return info;
     };
+    parse_udev(&text, &mut info);
+    info
+}
+
+/// The `E:KEY=value` lines of a udev data file that node_disk_info shows.
+pub(crate) fn parse_udev(text: &str, info: &mut UdevInfo) {
     for line in text.lines() {
         let Some((key, value)) = line.strip_prefix("E:").and_then(|l| l.split_once('=')) else {
             continue;
@@ -96,7 +102,6 @@ fn udev_info(dir: &Path, major: i32, minor: i32) -> UdevInfo {
         };
         *slot = value.to_owned();
     }
-    info
 }
 
 impl Collector for DiskstatsCollector {

@@ -21,6 +21,25 @@ impl VmstatCollector {
 }
 
 /// node_exporter's default `--collector.vmstat.fields`: `^(oom_kill|pgpg|pswp|pg.*fault).*`.
+/// The fields node_exporter exports by default, from `/proc/vmstat`.
+pub fn parse(text: &str) -> Result<Vec<(&str, f64)>, String> {
+    let mut fields = Vec::with_capacity(8);
+    for line in text.lines() {
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !is_default_field(name) {
+            continue;
+        }
+        let value: f64 = value
+            .parse()
+            .map_err(|_| format!("bad value on line {line:?}"))?;
+        fields.push((name, value));
+    }
+    Ok(fields)
+}
+
 pub fn is_default_field(name: &str) -> bool {
     name.starts_with("oom_kill")
         || name.starts_with("pgpg")
@@ -35,20 +54,7 @@ impl Collector for VmstatCollector {
 
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
         let text = read_to_string(&self.path)?;
-        let mut fields = Vec::with_capacity(8);
-        for line in text.lines() {
-            let mut parts = line.split_ascii_whitespace();
-            let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            if !is_default_field(name) {
-                continue;
-            }
-            let value: f64 = value
-                .parse()
-                .map_err(|_| parse_error(&self.path, format!("bad value on line {line:?}")))?;
-            fields.push((name, value));
-        }
+        let fields = parse(&text).map_err(|e| parse_error(&self.path, e))?;
         for (name, value) in fields {
             single(
                 out,

@@ -137,6 +137,9 @@ pub struct FamilyLayout {
     /// How the family works on this kernel, for logs and preflight (for example where the
     /// run-queue wait comes from).
     pub mode: Option<String>,
+    /// One probe's own offsets are missing while the family's other probes need none of
+    /// them: (probe, attach kind, why). Only that probe is refused.
+    pub probe_failures: Vec<(&'static str, AttachKind, String)>,
 }
 
 impl FamilyLayout {
@@ -154,6 +157,7 @@ impl FamilyLayout {
             offsets,
             fallback_probes: Vec::new(),
             mode: None,
+            probe_failures: Vec::new(),
         }
     }
 }

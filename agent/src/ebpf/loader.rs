@@ -530,6 +530,13 @@ fn attach_one(
     btf: Option<&aya::Btf>,
     layout: &FamilyLayout,
 ) -> Result<&'static str, String> {
+    if let Some((_, _, why)) = layout
+        .probe_failures
+        .iter()
+        .find(|(probe, k, _)| *probe == spec.name && *k == kind)
+    {
+        return Err(why.clone());
+    }
     match kind {
         AttachKind::TpBtf => {
             layout

@@ -84,16 +84,23 @@ pub fn possible_cpus(sysfs: &std::path::Path) -> Option<u64> {
     parse_cpu_list(&text)
 }
 
-fn parse_cpu_list(text: &str) -> Option<u64> {
-    let mut n = 0;
+/// `0-3,8-11` as a count (8). A range that runs backwards is not a CPU list.
+pub fn parse_cpu_list(text: &str) -> Option<u64> {
+    let mut n: u64 = 0;
     for part in text.trim().split(',') {
-        n += match part.split_once('-') {
-            Some((a, b)) => b.trim().parse::<u64>().ok()? - a.trim().parse::<u64>().ok()? + 1,
+        let count = match part.split_once('-') {
+            Some((a, b)) => b
+                .trim()
+                .parse::<u64>()
+                .ok()?
+                .checked_sub(a.trim().parse::<u64>().ok()?)?
+                .checked_add(1)?,
             None => {
                 part.trim().parse::<u64>().ok()?;
                 1
             }
         };
+        n = n.checked_add(count)?;
     }
     Some(n)
 }
@@ -259,5 +266,11 @@ mod tests {
         assert_eq!(parse_cpu_list("0-191"), Some(192));
         assert_eq!(parse_cpu_list("0,2-3,8"), Some(4));
         assert_eq!(parse_cpu_list("garbage"), None);
+        assert_eq!(
+            parse_cpu_list("3-1"),
+            None,
+            "a backwards range, not an overflow"
+        );
+        assert_eq!(parse_cpu_list("0-18446744073709551615"), None);
     }
 }

@@ -50,6 +50,12 @@ impl Agent {
 
     /// Starts the agent without waiting for it (for ports that do not speak plain HTTP).
     pub fn spawn(extra: &[&str]) -> Agent {
+        Agent::spawn_in(&[], extra)
+    }
+
+    /// Starts the agent through `prefix` (for example `unshare ... sh -c '...; exec "$0"
+    /// "$@"'`), which receives the binary and its arguments.
+    pub fn spawn_in(prefix: &[&str], extra: &[&str]) -> Agent {
         require_root();
         let addr = format!("127.0.0.1:{}", free_port());
         // Map upkeep every second, so tests see fill levels and evictions quickly. The
@@ -60,7 +66,15 @@ impl Agent {
         } else {
             &["--seccomp", "kill"]
         };
-        let child = Command::new(BIN)
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["--listen-address", &addr, "--log-level", "debug"])
             .args(["--map-upkeep-interval", "1s"])
             .args(seccomp)
@@ -72,7 +86,7 @@ impl Agent {
         Agent { child, addr }
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok((200, _, _)) = http(&self.addr, "GET", "/readyz", &[]) {

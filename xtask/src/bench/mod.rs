@@ -58,6 +58,17 @@ pub struct Daemon {
     addr: String,
 }
 
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running (not exited, not killed).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -93,7 +104,7 @@ pub fn start(name: &'static str, program: &Path, args: &[String], addr: String) 
     bail!("{name} did not become ready on {}", daemon.addr)
 }
 
-fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
+pub(crate) fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
     let mut response = ureq::get(&format!("http://{addr}{path}"))
         .call()
         .with_context(|| format!("GET http://{addr}{path}"))?;
@@ -114,7 +125,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn rss_bytes(pid: u32) -> Result<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()
@@ -176,7 +187,7 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    fn new(size_mb: u64) -> Result<LoopDevice> {
+    pub(crate) fn new(size_mb: u64) -> Result<LoopDevice> {
         let file = PathBuf::from(format!(
             "/dev/shm/nodelens-bench-{}.img",
             std::process::id()
@@ -220,7 +231,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 pub struct MemoryCgroup(pub PathBuf);
 
 impl MemoryCgroup {
-    fn new(limit: u64) -> Result<MemoryCgroup> {
+    pub(crate) fn new(limit: u64) -> Result<MemoryCgroup> {
         let dir = PathBuf::from(format!(
             "/sys/fs/cgroup/memory/nodelens-bench-{}",
             std::process::id()

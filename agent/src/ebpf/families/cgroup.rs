@@ -126,6 +126,7 @@ impl LoadedFamily for CgroupMaps {
     }
 
     fn upkeep(&self) {
+        let read_at = std::time::Instant::now();
         let entries = match self.entries() {
             Ok(e) => e,
             Err(e) => {
@@ -136,7 +137,7 @@ impl LoadedFamily for CgroupMaps {
         let live = entries.len() as u64;
         let delete = {
             let mut tracker = self.tracker.lock();
-            self.table.upkeep(&mut tracker, entries)
+            self.table.upkeep(&mut tracker, entries, read_at)
         };
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         // An entry already gone is fine: it cannot be deleted twice.

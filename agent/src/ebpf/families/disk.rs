@@ -296,6 +296,7 @@ impl PerCgroup {
     }
 
     fn upkeep(&self) {
+        let read_at = std::time::Instant::now();
         let (owned, unknown) = match self.entries() {
             Ok(e) => e,
             Err(e) => {
@@ -304,7 +305,7 @@ impl PerCgroup {
             }
         };
         let live = (owned.len() + unknown.len()) as u64;
-        let delete = self.table.upkeep(&mut self.tracker.lock(), owned);
+        let delete = self.table.upkeep(&mut self.tracker.lock(), owned, read_at);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         // An entry already gone is fine: it cannot be deleted twice.
         let deleted = delete.iter().filter(|k| map.remove(k).is_ok()).count() as u64;

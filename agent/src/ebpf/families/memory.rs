@@ -35,7 +35,8 @@ use crate::{
     ebpf::{
         events::spawn_on_readable,
         family::{
-            Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+            AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources,
+            LoadContext,
             LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
@@ -144,12 +145,23 @@ pub fn layout(kernel: &KernelSources) -> (MemoryLayout, FamilyLayout) {
         .tp_field("oom", "mark_victim", "pid")
         .map(|f| l.tp_victim_pid = f.offset);
     let offsets = btf.clone().unwrap_or_default();
-    let family = FamilyLayout::new(
+    // Only mark_victim reads offsets: the reclaim probes attach whatever happens to it.
+    let mut family = FamilyLayout::new(
         vec![(MEMORY_LAYOUT_GLOBAL, global_bytes(&l))],
-        btf.map(drop),
-        tracepoint,
+        kernel.btf.clone().map(drop),
+        Ok(()),
         offsets,
     );
+    if let Err(e) = btf {
+        family
+            .probe_failures
+            .push(("mark_victim", AttachKind::TpBtf, e));
+    }
+    if let Err(e) = tracepoint {
+        family
+            .probe_failures
+            .push(("mark_victim", AttachKind::Tracepoint, e));
+    }
     (l, family)
 }
 

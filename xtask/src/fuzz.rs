@@ -1,0 +1,137 @@
+//! `cargo xtask fuzz --seconds N`: runs every cargo-fuzz target under `agent/fuzz/` for N
+//! seconds with libFuzzer and AddressSanitizer, on the pinned nightly. Corpora grow under
+//! target/fuzz/corpus (seeded from agent/fuzz/seeds and the test fixtures). A crash fails
+//! the run, and its input is copied to agent/fuzz/regressions/<target>/, where the unit
+//! test in `agent/src/fuzzing.rs` replays it on every `cargo test` from then on.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd_output, pinned_nightly, run_cmd, step, workspace_root};
+
+/// Test fixtures that also seed a target's corpus.
+const FIXTURE_SEEDS: &[(&str, &str)] = &[
+    ("btf", "agent/tests/fixtures/btf"),
+    ("tracefs_format", "agent/tests/fixtures/tracefs"),
+];
+
+fn fuzz_dir() -> PathBuf {
+    workspace_root().join("agent/fuzz")
+}
+
+/// The targets, from agent/fuzz/Cargo.toml's `[[bin]]` names.
+fn targets() -> Result<Vec<String>> {
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml"))?;
+    let targets: Vec<String> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter(|n| *n != "nodelens-fuzz")
+        .map(str::to_owned)
+        .collect();
+    if targets.is_empty() {
+        bail!("no fuzz targets in agent/fuzz/Cargo.toml");
+    }
+    Ok(targets)
+}
+
+/// Installs cargo-fuzz when missing.
+pub fn install_cargo_fuzz() -> Result<()> {
+    if cmd_output("cargo", &["fuzz", "--version"]).is_some() {
+        step("cargo-fuzz present");
+        return Ok(());
+    }
+    step("installing cargo-fuzz (cargo install)");
+    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+pub fn fuzz(seconds: u64) -> Result<()> {
+    install_cargo_fuzz()?;
+    let nightly = pinned_nightly()?;
+    let targets = targets()?;
+    step(&format!(
+        "building {} fuzz targets with {nightly} (libFuzzer, AddressSanitizer)",
+        targets.len()
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .arg(format!("+{nightly}"))
+            .args(["fuzz", "build", "-O", "--debug-assertions"])
+            .current_dir(workspace_root().join("agent")),
+    )?;
+    let out = workspace_root().join("target/fuzz");
+    let mut crashes = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        step(&format!(
+            "fuzzing {target} for {seconds} s ({}/{})",
+            i + 1,
+            targets.len()
+        ));
+        let corpus = out.join("corpus").join(target);
+        let artifacts = out.join("artifacts").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::create_dir_all(&artifacts)?;
+        let mut seeds: Vec<PathBuf> = vec![fuzz_dir().join("seeds").join(target)];
+        seeds.extend(
+            FIXTURE_SEEDS
+                .iter()
+                .filter(|(t, _)| t == target)
+                .map(|(_, dir)| workspace_root().join(dir)),
+        );
+        seeds.push(fuzz_dir().join("regressions").join(target));
+        let status = Command::new("cargo")
+            .arg(format!("+{nightly}"))
+            .args(["fuzz", "run", "-O", "--debug-assertions", target])
+            .arg(&corpus)
+            .args(seeds.iter().filter(|d| d.is_dir()))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-rss_limit_mb=2048")
+            .arg("-print_final_stats=1")
+            .current_dir(workspace_root().join("agent"))
+            .status()
+            .context("cargo fuzz run")?;
+        if !status.success() {
+            crashes.extend(keep_crashes(target, &artifacts)?);
+        }
+    }
+    if !crashes.is_empty() {
+        bail!(
+            "fuzzing found crashes; their inputs are kept as regression tests:\n  {}",
+            crashes.join("\n  ")
+        );
+    }
+    step(&format!(
+        "fuzzing: {} targets, {seconds} s each, no crash",
+        targets.len()
+    ));
+    Ok(())
+}
+
+/// Copies libFuzzer's crash inputs into agent/fuzz/regressions/<target>/.
+fn keep_crashes(target: &str, artifacts: &Path) -> Result<Vec<String>> {
+    let keep = fuzz_dir().join("regressions").join(target);
+    std::fs::create_dir_all(&keep)?;
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(artifacts)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["crash-", "oom-", "timeout-", "leak-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            let dest = keep.join(&name);
+            std::fs::copy(entry.path(), &dest)?;
+            kept.push(dest.display().to_string());
+        }
+    }
+    if kept.is_empty() {
+        kept.push(format!(
+            "{target}: cargo fuzz failed without a crash input (see its output)"
+        ));
+    }
+    Ok(kept)
+}
