@@ -53,6 +53,8 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
     },
     /// Run the agent under churn, scheduler, disk and reclaim load, scraping every second;
     /// fails on a failed scrape, a counter going backwards, or growing RSS, descriptors
@@ -116,7 +118,9 @@ fn main() -> ExitCode {
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
             .and_then(|()| kernels::kernels()),
         Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
-        Task::Fuzz { seconds } => setup(true).and_then(|()| fuzz::fuzz(seconds)),
+        Task::Fuzz { seconds, targets } => {
+            setup(true).and_then(|()| fuzz::fuzz(seconds, &targets))
+        }
         Task::Soak { minutes } => setup(true)
             .and_then(|()| require_root("the soak loads eBPF programs and creates cgroups"))
             .and_then(|()| soak::soak(minutes)),
@@ -566,7 +570,7 @@ fn test() -> Result<()> {
             .current_dir(workspace_root()),
     )?;
     step("fuzzing: every parser of outside input, 30 s per target");
-    fuzz::fuzz(30)?;
+    fuzz::fuzz(30, &[])?;
     step("soak: 3 minutes under churn, scheduler, disk and reclaim load");
     soak::soak(3)?;
     step("kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu, and the host");

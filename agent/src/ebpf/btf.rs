@@ -27,6 +27,9 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// Members `find` may visit for one lookup; a real `task_struct` search visits a few hundred.
+const FIND_BUDGET: u32 = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("malformed BTF: {0}")]
@@ -143,28 +146,38 @@ impl<'a> Btf<'a> {
         (1..=self.types.len() as u32).filter_map(|id| Some((id, self.get(id)?)))
     }
 
+    /// The string at `off`. Kernel names are at most KSYM_NAME_LEN (512) bytes, so the scan
+    /// for the NUL stops there: an unterminated string section would otherwise make every
+    /// lookup linear in its size. A name that is too long or not UTF-8 reads as `"?"`,
+    /// which matches nothing and is not anonymous (`""`).
     fn name(&self, off: u32) -> &str {
+        const KSYM_NAME_LEN: usize = 512;
         let start = self.strings.0 + off as usize;
         let Some(rest) = self.data.get(start..self.strings.1) else {
             return "";
         };
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+        let rest = &rest[..rest.len().min(KSYM_NAME_LEN)];
+        match rest.iter().position(|&b| b == 0) {
+            Some(end) => std::str::from_utf8(&rest[..end]).unwrap_or("?"),
+            None => "?",
+        }
     }
 
-    /// Size in bytes of a type, following typedefs and qualifiers.
+    /// Size in bytes of a type, following typedefs, qualifiers and array elements. Bounded
+    /// steps and checked arithmetic: the BTF may be hostile (a typedef or array that refers
+    /// to itself, a size that overflows).
     fn size_of(&self, mut id: u32) -> Option<u32> {
+        let mut elements: u32 = 1;
         for _ in 0..32 {
             let t = self.get(id)?;
             match t.kind {
                 KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
-                    return Some(t.size_or_type);
+                    return t.size_or_type.checked_mul(elements);
                 }
-                KIND_PTR => return Some(8),
+                KIND_PTR => return 8u32.checked_mul(elements),
                 KIND_ARRAY => {
-                    let elem = u32_at(self.data, t.extra).ok()?;
-                    let n = u32_at(self.data, t.extra + 8).ok()?;
-                    return Some(self.size_of(elem)? * n);
+                    id = u32_at(self.data, t.extra).ok()?;
+                    elements = elements.checked_mul(u32_at(self.data, t.extra + 8).ok()?)?;
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = t.size_or_type;
@@ -183,7 +196,8 @@ impl<'a> Btf<'a> {
             .find(|(_, t)| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         for (index, field) in candidates.iter().enumerate() {
-            if let Some((offset, size)) = self.find(id, field, 0, 0) {
+            let mut budget = FIND_BUDGET;
+            if let Some((offset, size)) = self.find(id, field, 0, 0, &mut budget) {
                 return Ok(Member {
                     name_index: index,
                     offset,
@@ -197,24 +211,34 @@ impl<'a> Btf<'a> {
         })
     }
 
-    fn find(&self, id: u32, field: &str, base_bits: u32, depth: u32) -> Option<(u32, u32)> {
+    /// Depth-first search through anonymous members. `budget` bounds the members visited in
+    /// all: hostile BTF could nest 65,535-member anonymous unions eight deep.
+    fn find(
+        &self,
+        id: u32,
+        field: &str,
+        base_bits: u32,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<(u32, u32)> {
         let t = self.get(id)?;
         if depth > 8 || !(t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
             return None;
         }
         for i in 0..t.vlen as usize {
+            *budget = budget.checked_sub(1)?;
             let at = t.extra + i * 12;
             let name_off = u32_at(self.data, at).ok()?;
             let member_type = u32_at(self.data, at + 4).ok()?;
             let raw = u32_at(self.data, at + 8).ok()?;
             // With kind_flag the low 24 bits are the bit offset and the top 8 a bitfield size.
-            let bits = base_bits + if t.kind_flag { raw & 0xff_ffff } else { raw };
+            let bits = base_bits.checked_add(if t.kind_flag { raw & 0xff_ffff } else { raw })?;
             let name = self.name(name_off);
             if name == field {
                 return Some((bits / 8, self.size_of(member_type)?));
             }
             if name.is_empty()
-                && let Some(found) = self.find(self.resolve(member_type), field, bits, depth + 1)
+                && let Some(found) = self.find(self.resolve(member_type), field, bits, depth + 1, budget)
             {
                 return Some(found);
             }
@@ -240,6 +264,10 @@ impl<'a> Btf<'a> {
         if ptr.kind != KIND_PTR || proto.kind != KIND_FUNC_PROTO {
             return None;
         }
+        // Tracepoints have at most a dozen arguments; a hostile count stops here.
+        if proto.vlen > 16 {
+            return None;
+        }
         let mut args = Vec::new();
         for i in 1..proto.vlen as usize {
             let ty = u32_at(self.data, proto.extra + i * 8 + 4).ok()?;
@@ -249,7 +277,7 @@ impl<'a> Btf<'a> {
     }
 
     fn describe(&self, id: u32) -> String {
-        let Some(t) = self.get(id) else {
+        let Some(t) = self.get(self.resolve(id)) else {
             return String::new();
         };
         match t.kind {
@@ -261,9 +289,6 @@ impl<'a> Btf<'a> {
                     }
                     _ => "ptr".into(),
                 }
-            }
-            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                self.describe(t.size_or_type)
             }
             _ => self.name(t.name_off).to_owned(),
         }
