@@ -88,6 +88,31 @@ echo "NODELENS-EXIT $?"
 echo "NODELENS-REPORT-BEGIN"; cat /tmp/report.json; echo "NODELENS-REPORT-END"
 echo "NODELENS-METRICS-BEGIN"; cat /tmp/metrics.txt; echo "NODELENS-METRICS-END"
 echo "NODELENS-STDERR-BEGIN"; cat /tmp/stderr.txt; echo "NODELENS-STDERR-END"
+if [ "$mode" = normal ]; then
+  # The serving agent as it runs on a node, its seccomp filter in kill mode: a system call
+  # missing from this kernel's allowlist ends the process, and the checks below see it.
+  ip link set lo up
+  /nodelens --listen-address 127.0.0.1:9560 --seccomp kill --cgroup-root /sys/fs/cgroup \
+    --log-level warn 2>/tmp/agent.txt &
+  agent=$!
+  for i in $(seq 1 120); do
+    wget -q -O /dev/null http://127.0.0.1:9560/readyz 2>/dev/null && break
+    sleep 1
+  done
+  wget -q -O /tmp/scrape1.txt http://127.0.0.1:9560/metrics
+  dd if=/dev/vda of=/dev/null bs=64k count=512 2>/dev/null
+  sleep 2
+  wget -q -O /tmp/scrape2.txt http://127.0.0.1:9560/metrics
+  echo "NODELENS-SECCOMP-BEGIN"
+  grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/$agent/status
+  grep -E '^nodelens_(security_info|seccomp_denied_total|cpu_context_switches_total)' /tmp/scrape1.txt | sed 's/^/first /'
+  grep -E '^nodelens_(security_info|seccomp_denied_total|cpu_context_switches_total)' /tmp/scrape2.txt | sed 's/^/second /'
+  kill -TERM $agent
+  wait $agent
+  echo "exit $?"
+  sed 's/^/log /' /tmp/agent.txt
+  echo "NODELENS-SECCOMP-END"
+fi
 sync
 poweroff -f
 "#;
@@ -320,6 +345,9 @@ struct GuestRun {
     report: serde_json::Value,
     metrics: String,
     stderr: String,
+    /// The serving agent's lockdown check (normal mode only): `/proc/<pid>/status` lines,
+    /// two scrapes' `first`/`second` lines, `exit N`, and its log.
+    seccomp: Option<String>,
 }
 
 fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
@@ -386,7 +414,161 @@ fn boot(
         stderr: between(&text, "NODELENS-STDERR-BEGIN", "NODELENS-STDERR-END")
             .unwrap_or("")
             .to_owned(),
+        seccomp: between(&text, "NODELENS-SECCOMP-BEGIN", "NODELENS-SECCOMP-END").map(str::to_owned),
     })
+}
+
+/// Boots once more, at most, when the guest died before /init printed its first line (a TCG
+/// boot sometimes oopses during early text patching, with no nodelens involved). A failure
+/// after /init started is never retried. Each boot gets a fresh, empty second disk: the
+/// guest makes its filesystem.
+#[allow(clippy::too_many_arguments)]
+fn boot_with_retry(
+    vmlinuz: &Path,
+    initramfs: &Path,
+    disk: &Path,
+    filesystem: &Path,
+    mode: &str,
+    cpus: u32,
+    log: &Path,
+    retries: &mut Vec<String>,
+) -> Result<GuestRun> {
+    for attempt in 0..2 {
+        let fs_img = std::fs::File::create(filesystem)?;
+        fs_img.set_len(0)?;
+        fs_img.set_len(96 << 20)?;
+        match boot(vmlinuz, initramfs, disk, filesystem, mode, cpus, log) {
+            Ok(run) => return Ok(run),
+            Err(e) => {
+                let console = std::fs::read_to_string(log).unwrap_or_default();
+                if attempt == 0 && !console.contains("NODELENS-MODE ") {
+                    let name = log.file_name().unwrap_or_default().to_string_lossy();
+                    step(&format!(
+                        "the guest died before /init started ({name}); booting once more"
+                    ));
+                    std::fs::copy(log, log.with_extension("log.first"))?;
+                    retries.push(name.into_owned());
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+/// What the serving agent showed in a guest: its lockdown and that it kept counting.
+struct Lockdown {
+    kernel: (u32, u32),
+    seccomp: Option<String>,
+    no_new_privs: Option<String>,
+    cap_eff: Option<String>,
+    switches: (f64, f64),
+    info: Option<String>,
+    exit: Option<i32>,
+    log: String,
+}
+
+/// CAP_BPF (bit 39), which the agent keeps before 5.19 when unprivileged BPF is disabled.
+const CAP_BPF_ONLY: &str = "0000008000000000";
+
+impl Lockdown {
+    fn parse(text: &str, release: &str) -> Lockdown {
+        let mut version = release.split(['.', '-']).filter_map(|v| v.parse::<u32>().ok());
+        let kernel = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        let sum = |prefix: &str| -> f64 {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter(|l| l.starts_with("nodelens_cpu_context_switches_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Lockdown {
+            kernel,
+            seccomp: field("Seccomp:"),
+            no_new_privs: field("NoNewPrivs:"),
+            cap_eff: field("CapEff:"),
+            switches: (sum("first "), sum("second ")),
+            info: text
+                .lines()
+                .find_map(|l| l.strip_prefix("second nodelens_security_info"))
+                .map(str::to_owned),
+            exit: field("exit ").and_then(|v| v.parse().ok()),
+            log: text
+                .lines()
+                .filter_map(|l| l.strip_prefix("log "))
+                .collect::<Vec<_>>()
+                .join(" / "),
+        }
+    }
+
+    fn problems(&self, column: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let caps_ok = match self.cap_eff.as_deref() {
+            Some("0000000000000000") => true,
+            Some(CAP_BPF_ONLY) => self.kernel < (5, 19),
+            _ => false,
+        };
+        if self.seccomp.as_deref() != Some("2")
+            || self.no_new_privs.as_deref() != Some("1")
+            || !caps_ok
+        {
+            out.push(format!(
+                "{column}: serving agent not locked down: Seccomp {:?}, NoNewPrivs {:?}, CapEff {:?} (log: {})",
+                self.seccomp, self.no_new_privs, self.cap_eff, self.log
+            ));
+        }
+        if !self.info.as_deref().is_some_and(|i| i.contains("seccomp=\"kill\"")) {
+            out.push(format!("{column}: no nodelens_security_info with seccomp=\"kill\" in the second scrape"));
+        }
+        if self.switches.1 <= self.switches.0 {
+            out.push(format!(
+                "{column}: context switches did not grow between scrapes under seccomp ({} then {})",
+                self.switches.0, self.switches.1
+            ));
+        }
+        if self.exit != Some(0) {
+            out.push(format!(
+                "{column}: the serving agent exited {:?} after SIGTERM (log: {})",
+                self.exit, self.log
+            ));
+        }
+        out
+    }
+}
+
+fn lockdown_table(lockdowns: &[(String, Lockdown)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "The serving agent in each guest, `--seccomp kill`: its `/proc/<pid>/status` once ready, context switches it counted between two scrapes 2 s apart, and its exit code after SIGTERM:"
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| kernel | Seccomp | NoNewPrivs | CapEff | switches counted | exit |");
+    let _ = writeln!(s, "|---|---|---|---|---:|---|");
+    for (column, l) in lockdowns {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let caps = match l.cap_eff.as_deref() {
+            Some(CAP_BPF_ONLY) => format!("{CAP_BPF_ONLY} (CAP_BPF kept)"),
+            other => other.unwrap_or("-").to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "| {column} | {} | {} | {caps} | {} | {} |",
+            opt(&l.seccomp),
+            opt(&l.no_new_privs),
+            l.switches.1 - l.switches.0,
+            l.exit.map_or("-".into(), |e| e.to_string())
+        );
+    }
+    let _ = writeln!(s);
+    s
 }
 
 /// promtool's complaints about a scrape, minus the camelCase lint node_exporter's names bring.
@@ -534,6 +716,8 @@ pub fn kernels() -> Result<()> {
     runs.push((format!("{host_kernel} (host)"), host_report));
 
     let mut scrapes: Vec<(String, String)> = Vec::new();
+    let mut lockdowns: Vec<(String, Lockdown)> = Vec::new();
+    let mut retries: Vec<String> = Vec::new();
     for DebianKernel {
         series,
         release: package,
@@ -554,11 +738,16 @@ pub fn kernels() -> Result<()> {
             step(&format!("booting {package} under qemu (mode {mode})"));
             let log = dir().join(format!("console-{series}-{mode}.log"));
             let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
-            // A fresh, empty disk each boot: the guest makes its filesystem.
-            let fs_img = std::fs::File::create(&filesystem)?;
-            fs_img.set_len(0)?;
-            fs_img.set_len(96 << 20)?;
-            let run = boot(vmlinuz, &initramfs, &disk, &filesystem, mode, cpus, &log)?;
+            let run = boot_with_retry(
+                vmlinuz,
+                &initramfs,
+                &disk,
+                &filesystem,
+                mode,
+                cpus,
+                &log,
+                &mut retries,
+            )?;
             let kernel = run.report["node"]["kernel"]
                 .as_str()
                 .unwrap_or(series)
@@ -571,6 +760,15 @@ pub fn kernels() -> Result<()> {
             };
             if *mode == "many-cpus" {
                 failures.extend(check_map_memory(&column, &run.report));
+            }
+            if *mode == "normal" {
+                match run.seccomp.as_deref().map(|t| Lockdown::parse(t, &kernel)) {
+                    Some(lockdown) => {
+                        failures.extend(lockdown.problems(&column));
+                        lockdowns.push((column.clone(), lockdown));
+                    }
+                    None => failures.push(format!("{column}: the serving agent's check printed nothing")),
+                }
             }
             failures.extend(check_attribution(&column, mode, &run.report));
             if run.exit != 0 {
@@ -640,6 +838,13 @@ pub fn kernels() -> Result<()> {
     let mut report = render(&runs);
     report.push_str(&many_cpu_summary(&runs));
     report.push_str(&attribution_table(&runs));
+    report.push_str(&lockdown_table(&lockdowns));
+    let _ = writeln!(
+        report,
+        "Boots retried after failing before /init's first line: {}{}",
+        retries.len(),
+        if retries.is_empty() { String::new() } else { format!(" ({})", retries.join(", ")) }
+    );
     println!("{report}");
     std::fs::write(dir().join("report.md"), &report)?;
     step(&format!(
