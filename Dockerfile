@@ -4,15 +4,15 @@
 #
 #   docker build -t nodelens .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/nodelens:<tag> --push .
-FROM rust:1.95-bookworm AS builder
+#
+# The builder runs on the build machine's own platform and cross-compiles for the target
+# one (cargo xtask static), exactly as the kernel matrix builds the arm64 binary it boots
+# under qemu; no emulated build.
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS builder
+ARG TARGETARCH
 WORKDIR /src
 COPY . .
-# The target triple follows the platform being built, so buildx can build every arch.
-RUN cargo xtask setup \
- && target="$(uname -m)-unknown-linux-gnu" \
- && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --package nodelens --target "$target" \
- && cp "target/$target/release/nodelens" /nodelens
+RUN cargo xtask static --arch "${TARGETARCH:-amd64}" --out /nodelens
 
 # A static binary needs no libc, shell or CA bundle: nothing but the binary ships.
 FROM scratch

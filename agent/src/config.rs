@@ -76,7 +76,8 @@ pub struct Settings {
     #[arg(long, env = "NODELENS_CONFIG", global = true)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address and port to serve on [default: 0.0.0.0:9560].
+    /// Address and port to serve on: `:9560`, `0.0.0.0:9560`, `[::]:9560` or
+    /// `host:9560` [default: 0.0.0.0:9560].
     #[arg(long, env = "NODELENS_LISTEN_ADDRESS", global = true)]
     pub listen_address: Option<String>,
     #[command(flatten)]
@@ -128,6 +129,9 @@ pub struct Settings {
     /// stale entries, deletes those of gone cgroups, refreshes fill levels [default: 5s].
     #[arg(long, env = "NODELENS_MAP_UPKEEP_INTERVAL", global = true)]
     pub map_upkeep_interval: Option<String>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub remote_write: RemoteWriteSettings,
     /// trace, debug, info, warn or error [default: info].
     #[arg(long, env = "NODELENS_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
@@ -211,6 +215,156 @@ pub struct CgroupSettings {
     /// The kubelet's container log links, for container names [default: /var/log/containers].
     #[arg(long, env = "NODELENS_CONTAINER_LOGS_DIR", global = true)]
     pub container_logs_dir: Option<PathBuf>,
+}
+
+/// `remote_write.*` in the file: push to a Prometheus remote_write receiver.
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteSettings {
+    /// Push to this remote_write URL (http or https), besides serving /metrics
+    /// [default: off].
+    #[arg(
+        id = "remote_write_url",
+        long = "remote-write-url",
+        env = "NODELENS_REMOTE_WRITE_URL",
+        global = true
+    )]
+    pub url: Option<String>,
+    /// How often the metrics are sampled and queued for the receiver [default: 15s].
+    #[arg(
+        id = "remote_write_interval",
+        long = "remote-write-interval",
+        env = "NODELENS_REMOTE_WRITE_INTERVAL",
+        global = true
+    )]
+    pub interval: Option<String>,
+    /// Labels added to every pushed series unless it has them, name=value,...; a map in
+    /// the file [default: job=nodelens, instance=the node name].
+    #[arg(
+        id = "remote_write_external_labels",
+        long = "remote-write-external-labels",
+        env = "NODELENS_REMOTE_WRITE_EXTERNAL_LABELS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default, deserialize_with = "labels_from_map_or_list")]
+    pub external_labels: Option<Vec<String>>,
+    /// Basic auth user name (the password comes from --remote-write-password-file).
+    #[arg(
+        id = "remote_write_username",
+        long = "remote-write-username",
+        env = "NODELENS_REMOTE_WRITE_USERNAME",
+        global = true
+    )]
+    pub username: Option<String>,
+    /// File holding the basic auth password, read on every request.
+    #[arg(
+        id = "remote_write_password_file",
+        long = "remote-write-password-file",
+        env = "NODELENS_REMOTE_WRITE_PASSWORD_FILE",
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
+    /// File holding a bearer token, read on every request (so rotation needs no restart).
+    #[arg(
+        id = "remote_write_bearer_token_file",
+        long = "remote-write-bearer-token-file",
+        env = "NODELENS_REMOTE_WRITE_BEARER_TOKEN_FILE",
+        global = true
+    )]
+    pub bearer_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the receiver's certificate [default: the system bundle].
+    #[arg(
+        id = "remote_write_ca_file",
+        long = "remote-write-ca-file",
+        env = "NODELENS_REMOTE_WRITE_CA_FILE",
+        global = true
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for receivers that require one.
+    #[arg(
+        id = "remote_write_cert_file",
+        long = "remote-write-cert-file",
+        env = "NODELENS_REMOTE_WRITE_CERT_FILE",
+        global = true
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        id = "remote_write_key_file",
+        long = "remote-write-key-file",
+        env = "NODELENS_REMOTE_WRITE_KEY_FILE",
+        global = true
+    )]
+    pub key_file: Option<PathBuf>,
+    /// The name the receiver's certificate must carry [default: the URL's host].
+    #[arg(
+        id = "remote_write_server_name",
+        long = "remote-write-server-name",
+        env = "NODELENS_REMOTE_WRITE_SERVER_NAME",
+        global = true
+    )]
+    pub server_name: Option<String>,
+    /// How long one request may take before it is retried [default: 10s].
+    #[arg(
+        id = "remote_write_timeout",
+        long = "remote-write-timeout",
+        env = "NODELENS_REMOTE_WRITE_TIMEOUT",
+        global = true
+    )]
+    pub timeout: Option<String>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub queue: RemoteWriteQueueSettings,
+}
+
+/// `remote_write.queue.*` in the file.
+#[derive(Debug, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteQueueSettings {
+    /// Most samples kept while the receiver is unreachable; past it the oldest are dropped
+    /// and counted [default: 250000, about 6 MiB].
+    #[arg(
+        id = "remote_write_queue_max_samples",
+        long = "remote-write-queue-max-samples",
+        env = "NODELENS_REMOTE_WRITE_QUEUE_MAX_SAMPLES",
+        global = true
+    )]
+    pub max_samples: Option<usize>,
+}
+
+/// `external_labels` as a map (`{node: a}`) or a list (`["node=a"]`, as the flag takes it).
+fn labels_from_map_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    /// A value as YAML and TOML write it: `shard: 1` is the label value "1".
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Labels {
+        Map(std::collections::BTreeMap<String, Scalar>),
+        List(Vec<String>),
+    }
+    let text = |v: Scalar| match v {
+        Scalar::Text(s) => s,
+        Scalar::Integer(i) => i.to_string(),
+        Scalar::Float(f) => f.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    };
+    Ok(Option::<Labels>::deserialize(d)?.map(|l| match l {
+        Labels::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect(),
+        Labels::List(l) => l,
+    }))
 }
 
 /// A collector, by the name `--collectors-enabled` and `--collectors-disabled` take. The
@@ -333,8 +487,168 @@ pub struct Config {
     pub web_config_file: Option<PathBuf>,
     pub keep_capabilities: bool,
     pub seccomp: SeccompMode,
+    /// `None`: push is off.
+    pub remote_write: Option<RemoteWriteConfig>,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
+}
+
+/// Push settings, validated.
+#[derive(Debug, Clone)]
+pub struct RemoteWriteConfig {
+    pub url: http::Uri,
+    pub interval: Duration,
+    /// Sorted by name; `job` and `instance` defaults are added by [`Self::with_defaults`].
+    pub external_labels: Vec<(String, String)>,
+    pub auth: RemoteWriteAuth,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub max_samples: usize,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum RemoteWriteAuth {
+    None,
+    Basic {
+        username: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
+}
+
+pub const DEFAULT_REMOTE_WRITE_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_REMOTE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REMOTE_WRITE_MAX_SAMPLES: usize = 250_000;
+
+impl RemoteWriteConfig {
+    /// Adds `job="nodelens"` and `instance="<node>"` unless the user set them, so that the
+    /// dashboard's `instance` variable and `job` matchers work for pushed data too.
+    pub fn with_defaults(mut self, node: &str) -> Self {
+        for (name, value) in [("job", "nodelens"), ("instance", node)] {
+            if !self.external_labels.iter().any(|(n, _)| n == name) {
+                self.external_labels
+                    .push((name.to_owned(), value.to_owned()));
+            }
+        }
+        self.external_labels.sort();
+        self
+    }
+
+    fn validate(s: RemoteWriteSettings) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = s.url.filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let example = "for example https://prometheus.example:9090/api/v1/write";
+        let url: http::Uri = url.trim().parse().map_err(|e| {
+            invalid(
+                "remote_write.url",
+                format!("{url:?} is not a URL ({e}; {example})"),
+            )
+        })?;
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(invalid(
+                "remote_write.url",
+                format!("{url} must be an http or https URL with a host ({example})"),
+            ));
+        }
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                "remote_write.url",
+                "holds credentials: use remote_write.username and remote_write.password_file, which stay out of logs",
+            ));
+        }
+        let mut external_labels = Vec::new();
+        for pair in s.external_labels.unwrap_or_default() {
+            let (name, value) = pair.split_once('=').ok_or_else(|| {
+                invalid(
+                    "remote_write.external_labels",
+                    format!("{pair:?} is not name=value"),
+                )
+            })?;
+            let name = name.trim();
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with("__");
+            if !valid {
+                return Err(invalid(
+                    "remote_write.external_labels",
+                    format!(
+                        "{name:?} is not a label name (letters, digits and _, not starting with __)"
+                    ),
+                ));
+            }
+            if value.is_empty() {
+                return Err(invalid(
+                    "remote_write.external_labels",
+                    format!("{name:?} has an empty value (remote_write forbids empty values)"),
+                ));
+            }
+            if external_labels.iter().any(|(n, _)| n == name) {
+                return Err(invalid(
+                    "remote_write.external_labels",
+                    format!("{name:?} is given twice"),
+                ));
+            }
+            external_labels.push((name.to_owned(), value.to_owned()));
+        }
+        external_labels.sort();
+        let auth = match (s.username, s.password_file, s.bearer_token_file) {
+            (None, None, None) => RemoteWriteAuth::None,
+            (Some(username), Some(password_file), None) => RemoteWriteAuth::Basic {
+                username,
+                password_file,
+            },
+            (None, None, Some(token_file)) => RemoteWriteAuth::Bearer { token_file },
+            (_, _, Some(_)) => {
+                return Err(invalid(
+                    "remote_write.bearer_token_file",
+                    "use basic auth or a bearer token, not both",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "remote_write.username",
+                    "basic auth needs both remote_write.username and remote_write.password_file",
+                ));
+            }
+        };
+        let max_samples = s
+            .queue
+            .max_samples
+            .unwrap_or(DEFAULT_REMOTE_WRITE_MAX_SAMPLES);
+        if max_samples < 2_000 {
+            return Err(invalid(
+                "remote_write.queue.max_samples",
+                format!("{max_samples} is below one batch (at least 2000)"),
+            ));
+        }
+        Ok(Some(Self {
+            url,
+            interval: match s.interval {
+                Some(v) => duration("remote_write.interval", &v, Duration::from_secs(1))?,
+                None => DEFAULT_REMOTE_WRITE_INTERVAL,
+            },
+            external_labels,
+            auth,
+            ca_file: s.ca_file,
+            cert_file: s.cert_file,
+            key_file: s.key_file,
+            server_name: s.server_name,
+            max_samples,
+            timeout: match s.timeout {
+                Some(v) => duration("remote_write.timeout", &v, Duration::from_millis(100))?,
+                None => DEFAULT_REMOTE_WRITE_TIMEOUT,
+            },
+        }))
+    }
 }
 
 /// Per-cgroup attribution settings.
@@ -471,14 +785,8 @@ impl Config {
         let listen = s
             .listen_address
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
-        let listen_address = listen.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "listen_address",
-                format!(
-                    "{listen:?} is not an address:port (for example 0.0.0.0:9560 or [::]:9560)"
-                ),
-            )
-        })?;
+        let listen_address =
+            listen_address(&listen).map_err(|why| invalid("listen_address", why))?;
         let collectors = select_collectors(
             s.collectors.enabled.as_deref(),
             s.collectors.disabled.as_deref().unwrap_or_default(),
@@ -528,6 +836,7 @@ impl Config {
             Some(v) => parse_enum("seccomp", v, "a seccomp mode")?,
             None => SeccompMode::Errno,
         };
+        let remote_write = RemoteWriteConfig::validate(s.remote_write)?;
         Ok(Self {
             listen_address,
             collectors,
@@ -546,6 +855,7 @@ impl Config {
             web_config_file: s.web_config_file,
             keep_capabilities: s.keep_capabilities.unwrap_or(false),
             seccomp,
+            remote_write,
             log_level,
             log_format,
         })
@@ -580,6 +890,42 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `--listen-address` as node_exporter users write it: `0.0.0.0:9560`, `[::]:9560`
+/// (dual-stack), `:9560` (every interface, like `--web.listen-address=:9100`: IPv6 and
+/// IPv4 when the kernel has IPv6, else IPv4), or `host:9560`, resolved once, here, preferring
+/// an IPv4 address as Go does.
+pub fn listen_address(value: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, Ipv6Addr, ToSocketAddrs as _};
+    let example = "for example :9560, 0.0.0.0:9560, [::]:9560 or localhost:9560";
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("{value:?} has no port ({example})"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{value:?}: {port:?} is not a port ({example})"))?;
+    if host.is_empty() {
+        let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
+        return Ok(if ipv6 {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+        } else {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+        });
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?}: cannot resolve {host:?} ({e}; {example})"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?}: {host:?} resolves to no address ({example})"))
 }
 
 /// A duration such as `5s`, `500ms` or `1m`, at least `min`.
@@ -717,6 +1063,107 @@ mod tests {
             CollectorName::from_str("block", false),
             Ok(CollectorName::Disk)
         );
+    }
+
+    #[test]
+    fn remote_write_from_the_file_and_from_flags() {
+        let yaml = "remote_write:\n  url: https://mimir.example/api/v1/push\n  interval: 30s\n  external_labels: {cluster: prod, shard: 1}\n  bearer_token_file: /t\n  queue:\n    max_samples: 5000\n";
+        let file = Settings::parse_file(Path::new("n.yaml"), yaml).unwrap();
+        let c = Config::validate(flags().over(file)).unwrap();
+        let rw = c.remote_write.unwrap();
+        assert_eq!(rw.interval, Duration::from_secs(30));
+        assert_eq!(rw.max_samples, 5000);
+        assert_eq!(
+            rw.external_labels,
+            [
+                ("cluster".into(), "prod".into()),
+                ("shard".into(), "1".into())
+            ]
+        );
+        assert!(matches!(rw.auth, RemoteWriteAuth::Bearer { .. }));
+        let rw = rw.with_defaults("node-1");
+        let names: Vec<&str> = rw.external_labels.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["cluster", "instance", "job", "shard"]);
+        // Flags take name=value lists, and push stays off without a URL.
+        let mut f = flags();
+        f.remote_write.url = Some("http://127.0.0.1:9090/api/v1/write".into());
+        f.remote_write.external_labels = Some(vec!["node=a".into()]);
+        let rw = Config::validate(f).unwrap().remote_write.unwrap();
+        assert_eq!(rw.external_labels, [("node".into(), "a".into())]);
+        assert!(Config::validate(flags()).unwrap().remote_write.is_none());
+    }
+
+    #[test]
+    fn remote_write_mistakes_name_the_field() {
+        type Case = (&'static str, fn(&mut RemoteWriteSettings), &'static str);
+        let cases: [Case; 7] = [
+            (
+                "remote_write.url",
+                |s| s.url = Some("ftp://x/".into()),
+                "http or https",
+            ),
+            (
+                "remote_write.url",
+                |s| s.url = Some("https://u:p@x/".into()),
+                "credentials",
+            ),
+            (
+                "remote_write.external_labels",
+                |s| s.external_labels = Some(vec!["a=".into()]),
+                "empty",
+            ),
+            (
+                "remote_write.external_labels",
+                |s| s.external_labels = Some(vec!["a=1".into(), "a=2".into()]),
+                "twice",
+            ),
+            (
+                "remote_write.external_labels",
+                |s| s.external_labels = Some(vec!["__x=1".into()]),
+                "label name",
+            ),
+            (
+                "remote_write.username",
+                |s| s.username = Some("u".into()),
+                "password_file",
+            ),
+            (
+                "remote_write.queue.max_samples",
+                |s| s.queue.max_samples = Some(10),
+                "2000",
+            ),
+        ];
+        for (field, set, why) in cases {
+            let mut f = flags();
+            f.remote_write.url = Some("http://x:9090/api/v1/write".into());
+            set(&mut f.remote_write);
+            let msg = field_of(Config::validate(f).unwrap_err());
+            assert!(msg.starts_with(field) && msg.contains(why), "{msg}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_as_node_exporter_users_write_them() {
+        assert_eq!(
+            listen_address("127.0.0.1:9560").unwrap().to_string(),
+            "127.0.0.1:9560"
+        );
+        assert_eq!(
+            listen_address("[::]:9560").unwrap().to_string(),
+            "[::]:9560"
+        );
+        let any = listen_address(":9560").unwrap();
+        assert!(any.ip().is_unspecified() && any.port() == 9560, "{any}");
+        let local = listen_address("localhost:9560").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 9560, "{local}");
+        for bad in [
+            "9560",
+            ":http",
+            "localhost:99999",
+            "no-such-host.invalid:9560",
+        ] {
+            assert!(listen_address(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

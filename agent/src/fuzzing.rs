@@ -98,7 +98,15 @@ pub fn config_file(data: &[u8]) {
         return;
     };
     for name in ["nodelens.yaml", "nodelens.toml"] {
-        if let Ok(settings) = Settings::parse_file(Path::new(name), t) {
+        if let Ok(mut settings) = Settings::parse_file(Path::new(name), t) {
+            // A host name would be resolved: no DNS lookups while fuzzing.
+            if settings
+                .listen_address
+                .as_deref()
+                .is_some_and(|a| !a.starts_with(':') && a.parse::<std::net::SocketAddr>().is_err())
+            {
+                settings.listen_address = None;
+            }
             let _ = Config::resolve(settings);
         }
     }

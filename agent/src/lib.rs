@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod preflight;
+pub mod remote_write;
 pub mod runtime;
 pub mod security;
 pub mod server;

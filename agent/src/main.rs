@@ -6,7 +6,7 @@ use clap::Parser;
 
 use nodelens::{
     config::{Cli, Command, Config},
-    ebpf, exercise, logging, node, preflight,
+    ebpf, exercise, logging, node, preflight, remote_write,
     runtime::Runtime,
     security, server, web,
 };
@@ -108,6 +108,14 @@ fn run(config: Config) -> ExitCode {
                     .unwrap_or(std::path::Path::new(""))
                     .display()
             );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let pusher = match config.remote_write.clone().map(remote_write::Pusher::new) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("nodelens: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -219,6 +227,10 @@ fn run(config: Config) -> ExitCode {
             ebpf::loader::spawn_upkeep(runtime.probes.clone(), runtime.config.map_upkeep_interval);
         }
         runtime.agent.set_ready();
+        // Push starts once the probes are in, so that its first round is complete.
+        if let (Some(pusher), Some(stats)) = (pusher, runtime.remote_write.clone()) {
+            pusher.start(runtime.registry.clone(), stats, &runtime.agent.node.node);
+        }
         if let Err(e) = serving.await {
             tracing::error!("server task failed: {e}");
         }

@@ -21,6 +21,7 @@ use crate::{
     },
     metrics::Collector,
     node::NodeIdentity,
+    remote_write,
 };
 
 pub struct Runtime {
@@ -28,6 +29,8 @@ pub struct Runtime {
     pub probes: Arc<Probes>,
     pub agent: Arc<AgentState>,
     pub registry: Arc<Registry>,
+    /// remote_write's counters, when push is on (served with the rest).
+    pub remote_write: Option<Arc<remote_write::Stats>>,
     context: LoadContext,
 }
 
@@ -81,12 +84,19 @@ impl Runtime {
                 })
             })
             .collect();
+        let mut collectors = collectors;
+        let remote_write = config.remote_write.as_ref().map(|_| {
+            let stats = Arc::new(remote_write::Stats::default());
+            collectors.push(Box::new(remote_write::RemoteWriteCollector(stats.clone())));
+            stats
+        });
         let registry = Arc::new(agent::registry(collectors, agent.clone()));
         Self {
             config,
             probes,
             agent,
             registry,
+            remote_write,
             context,
         }
     }

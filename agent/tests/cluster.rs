@@ -2,13 +2,14 @@
 //! each with its own "node IP"), one agent per node on <node IP>:9560, Prometheus in the
 //! root namespace scraping them with the shipped relabelling and loading the shipped rules.
 //! Every dashboard query must return data, and a killed agent must show as down and raise
-//! the probe-down alert.
+//! the probe-down alert. The push variant has the three agents remote_write to one
+//! Prometheus (its receiver on the bridge address) instead, with no scraping at all.
 mod common;
 
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value as Json;
@@ -53,13 +54,25 @@ fn teardown_network() {
     let _ = ip(&["link", "delete", BRIDGE]);
 }
 
+/// How the data reaches Prometheus.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Scrape,
+    Push,
+}
+
 impl Cluster {
-    fn start() -> Cluster {
+    fn start(mode: Mode) -> Cluster {
         common::require_root();
         teardown_network(); // leftovers of an interrupted run
         ip_ok(&["link", "add", BRIDGE, "type", "bridge"]);
         ip_ok(&["addr", "add", &format!("{SUBNET}.254/24"), "dev", BRIDGE]);
         ip_ok(&["link", "set", BRIDGE, "up"]);
+        // Scraping: Prometheus on loopback. Push: on the bridge, where the agents reach it.
+        let prom_addr = match mode {
+            Mode::Scrape => format!("127.0.0.1:{}", common::free_port()),
+            Mode::Push => format!("{SUBNET}.254:{}", common::free_port()),
+        };
         let mut agents = Vec::new();
         for i in 1..=NODES {
             let (n, veth) = (ns(i), format!("nlv{i}"));
@@ -79,16 +92,25 @@ impl Cluster {
             ]);
             ip_ok(&["-n", &n, "link", "set", "eth0", "up"]);
             ip_ok(&["-n", &n, "link", "set", "lo", "up"]);
-            let child = Command::new("ip")
+            let mut agent = Command::new("ip");
+            agent
                 .args(["netns", "exec", &n])
                 .arg(common::BIN)
                 .args(["--listen-address", &format!("{}:9560", node_ip(i))])
                 .args(["--node-name", &format!("node-{i}")])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            agents.push(Some(child));
+                .stderr(Stdio::null());
+            if mode == Mode::Push {
+                agent.args([
+                    "--remote-write-url",
+                    &format!("http://{prom_addr}/api/v1/write"),
+                    "--remote-write-interval",
+                    "1s",
+                    "--remote-write-external-labels",
+                    &format!("node=node-{i}"),
+                ]);
+            }
+            agents.push(Some(agent.spawn().unwrap()));
         }
 
         let dir = tempfile::tempdir().unwrap();
@@ -96,9 +118,13 @@ impl Cluster {
             .parent()
             .unwrap()
             .to_owned();
-        let prom_addr = format!("127.0.0.1:{}", common::free_port());
-        std::fs::write(dir.path().join("prometheus.yml"), prometheus_config(&repo)).unwrap();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            prometheus_config(&repo, mode),
+        )
+        .unwrap();
         let prometheus = Command::new("prometheus")
+            .args((mode == Mode::Push).then_some("--web.enable-remote-write-receiver"))
             .arg(format!(
                 "--config.file={}",
                 dir.path().join("prometheus.yml").display()
@@ -124,7 +150,7 @@ impl Cluster {
         let (code, _, body) = common::http(
             &self.prom_addr,
             "GET",
-            &format!("/api/v1/query?query={}", encode(promql)),
+            &format!("/api/v1/query?query={}", common::url_encode(promql)),
             &[],
         )
         .expect("query Prometheus");
@@ -172,7 +198,7 @@ impl Drop for Cluster {
 
 /// Prometheus scraping the three node IPs with the shipped scrape config's relabelling:
 /// targets are given as kubelet addresses (<IP>:10250), as the node role discovers them.
-fn prometheus_config(repo: &Path) -> String {
+fn prometheus_config(repo: &Path, mode: Mode) -> String {
     let shipped: serde_yaml::Value = serde_yaml::from_str(&common::read(
         repo.join("manifests/prometheus/scrape-config.yml"),
     ))
@@ -181,39 +207,21 @@ fn prometheus_config(repo: &Path) -> String {
     let targets: Vec<String> = (1..=NODES)
         .map(|i| format!("{}:10250", node_ip(i)))
         .collect();
-    let config = serde_json::json!({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
-        "rule_files": [repo.join("manifests/prometheus/rules.yml")],
-        "scrape_configs": [{
+    let scrape_configs = match mode {
+        Mode::Scrape => serde_json::json!([{
             "job_name": job["job_name"].as_str().unwrap(),
             "static_configs": [{"targets": targets}],
             "relabel_configs": serde_json::to_value(&job["relabel_configs"]).unwrap(),
-        }],
+        }]),
+        Mode::Push => serde_json::json!([]),
+    };
+    let config = serde_json::json!({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+        "rule_files": [repo.join("manifests/prometheus/rules.yml")],
+        "scrape_configs": scrape_configs,
     });
     // JSON is YAML.
     config.to_string()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 /// Every query of every dashboard panel, with the dashboard's variables filled in.
@@ -295,14 +303,14 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
         .unwrap()
         .to_owned();
     let before = programs();
-    let cluster = Cluster::start();
-    wait_for("Prometheus ready", Duration::from_secs(30), || {
+    let cluster = Cluster::start(Mode::Scrape);
+    common::wait_for("Prometheus ready", Duration::from_secs(30), || {
         common::http(&cluster.prom_addr, "GET", "/-/ready", &[]).is_ok_and(|r| r.0 == 200)
     });
     let want: Vec<String> = (1..=NODES)
         .map(|i| format!("{}:9560", node_ip(i)))
         .collect();
-    wait_for(
+    common::wait_for(
         "up == 1 on the three node addresses",
         Duration::from_secs(30),
         || {
@@ -311,29 +319,8 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
                 .all(|w| up.iter().any(|(i, v)| i == w && *v == 1.0))
         },
     );
-    // Disk I/O so every node's disk histograms have data, then a few scrape intervals.
-    let status = Command::new("dd")
-        .args([
-            &format!("if={}", common::BIN),
-            "of=/dev/null",
-            "bs=4k",
-            "count=64",
-            "iflag=direct",
-            "status=none",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    reclaim_in_a_limited_cgroup();
-    std::thread::sleep(Duration::from_secs(6));
-
-    for (title, expr) in dashboard_queries(&repo) {
-        let result = cluster.query(&expr);
-        assert!(
-            !result.is_empty(),
-            "dashboard panel {title:?} has no data: {expr}"
-        );
-    }
+    workload_for_every_panel();
+    assert_every_dashboard_query_has_data(&cluster, &repo);
     let node_info = cluster.query("nodelens_node_info");
     assert_eq!(
         node_info.len(),
@@ -348,7 +335,7 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 8, "every alert rule loads: {rules}");
+    assert_eq!(loaded.len(), 10, "every alert rule loads: {rules}");
     assert!(loaded.iter().all(|r| r["health"] != "err"), "{rules}");
 
     // Kill the second node's agent: its target goes down, the probe-down alert goes
@@ -358,12 +345,12 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
     let _ = victim.kill();
     let _ = victim.wait();
     let dead = format!("{}:9560", node_ip(2));
-    wait_for(
+    common::wait_for(
         "up == 0 for the killed agent",
         Duration::from_secs(20),
         || cluster.up().iter().any(|(i, v)| *i == dead && *v == 0.0),
     );
-    wait_for(
+    common::wait_for(
         "NodelensProbeDown pending for the killed agent",
         Duration::from_secs(20),
         || {
@@ -404,9 +391,68 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
         "network namespaces left: {netns}"
     );
     assert!(!ip(&["link", "show", BRIDGE]), "bridge left behind");
-    wait_for(
+    common::wait_for(
         "the agents' BPF programs to be freed",
         Duration::from_secs(5),
         || programs().iter().all(|id| before.contains(id)),
+    );
+}
+
+/// Disk I/O so every node's disk histograms have data, reclaim for the reclaim panels,
+/// then a few intervals.
+fn workload_for_every_panel() {
+    let status = Command::new("dd")
+        .args([
+            &format!("if={}", common::BIN),
+            "of=/dev/null",
+            "bs=4k",
+            "count=64",
+            "iflag=direct",
+            "status=none",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    reclaim_in_a_limited_cgroup();
+    std::thread::sleep(Duration::from_secs(6));
+}
+
+fn assert_every_dashboard_query_has_data(cluster: &Cluster, repo: &Path) {
+    for (title, expr) in dashboard_queries(repo) {
+        let result = cluster.query(&expr);
+        assert!(
+            !result.is_empty(),
+            "dashboard panel {title:?} has no data: {expr}"
+        );
+    }
+}
+
+#[test]
+fn three_nodes_push_to_one_prometheus_and_every_dashboard_query_has_data() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let cluster = Cluster::start(Mode::Push);
+    common::wait_for("Prometheus ready", Duration::from_secs(30), || {
+        common::http(&cluster.prom_addr, "GET", "/-/ready", &[]).is_ok_and(|r| r.0 == 200)
+    });
+    common::wait_for(
+        "pushed data from the three nodes",
+        Duration::from_secs(30),
+        || cluster.query("nodelens_node_info").len() == NODES,
+    );
+    workload_for_every_panel();
+    assert_every_dashboard_query_has_data(&cluster, &repo);
+    // The external label each agent was given, and the default instance (its node name).
+    for i in 1..=NODES {
+        let q = format!(
+            "node_memory_MemTotal_bytes{{node=\"node-{i}\",instance=\"node-{i}\",job=\"nodelens\"}}"
+        );
+        assert_eq!(cluster.query(&q).len(), 1, "{q}");
+    }
+    assert!(
+        cluster.query("up").is_empty(),
+        "nothing was scraped: the data came by push"
     );
 }

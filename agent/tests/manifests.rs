@@ -297,7 +297,7 @@ fn alert_rules_check_and_their_unit_tests_pass() {
         .args(["check", "rules"])
         .arg(&rules));
     assert!(
-        ok && text.contains("SUCCESS: 8 rules found"),
+        ok && text.contains("SUCCESS: 10 rules found"),
         "promtool check rules:\n{text}"
     );
     let (ok, text) = run(Command::new("promtool")
@@ -397,4 +397,205 @@ fn the_web_tls_component_mounts_the_config_and_switches_probes_to_https() {
         .arg(tools().join("npm/node_modules"))
         .arg(&rendered));
     assert!(ok, "prometheus-operator schemas:\n{text}");
+}
+
+/// `kubectl kustomize` of a directory, parsed.
+fn render(dir: &Path) -> Vec<Value> {
+    let (ok, text) = run(Command::new("kubectl").arg("kustomize").arg(dir));
+    assert!(ok, "kubectl kustomize {}:\n{text}", dir.display());
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+/// The rendered overlay passes the same tools as the base: kubernetes-validate --strict,
+/// checkov with the documented exceptions, and yamllint (kustomize writes no leading
+/// `---` and does not indent sequences, so those two rules are relaxed).
+fn assert_render_is_clean(rendered: &Path) {
+    let (ok, text) = run(Command::new(tool("kubernetes-validate"))
+        .arg("--strict")
+        .arg(rendered));
+    assert!(ok, "kubernetes-validate {}:\n{text}", rendered.display());
+    assert_checkov_clean(rendered, &[]);
+    let (ok, text) = run(Command::new(tool("yamllint"))
+        .arg("-d")
+        .arg("{extends: default, rules: {line-length: {max: 200}, truthy: {check-keys: false}, document-start: disable, indentation: {indent-sequences: whatever}}}")
+        .arg("--strict")
+        .arg(rendered));
+    assert!(ok, "yamllint {}:\n{text}", rendered.display());
+}
+
+/// Removes `spec.template.spec.<field>` from a DaemonSet, to compare the rest.
+fn without_pod_field(ds: &Value, field: &str) -> Value {
+    let mut ds = ds.clone();
+    if let Some(spec) = ds["spec"]["template"]["spec"].as_mapping_mut() {
+        spec.remove(field);
+    }
+    ds
+}
+
+#[test]
+fn node_subset_components_change_only_their_field_and_keep_the_selector() {
+    let base = render(&manifests());
+    let base_ds = find(&base, "DaemonSet");
+    let selector = serde_yaml::to_string(&base_ds["spec"]["selector"]).unwrap();
+    // The selector never carries a version: `kubectl delete --cascade=orphan` then a new
+    // apply adopts the running pods only if it stays the same.
+    let match_labels = base_ds["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap();
+    let mut keys: Vec<&str> = match_labels.keys().filter_map(|k| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["app.kubernetes.io/component", "app.kubernetes.io/name"]
+    );
+
+    let pod = |objects: &[Value]| find(objects, "DaemonSet")["spec"]["template"]["spec"].clone();
+    // (component, the one pod spec field it changes, what that field must hold)
+    type Case = (&'static str, &'static str, fn(&Value));
+    let cases: [Case; 3] = [
+        ("node-selector", "nodeSelector", |spec| {
+            assert_eq!(spec["nodeSelector"]["nodelens.io/enabled"], "true");
+            assert_eq!(spec["nodeSelector"].as_mapping().unwrap().len(), 1);
+        }),
+        ("node-affinity", "affinity", |spec| {
+            let term = &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0];
+            let expr = &term["matchExpressions"][0];
+            assert_eq!(expr["key"], "nodelens.io/exclude");
+            assert_eq!(expr["operator"], "NotIn");
+            assert_eq!(strs(&expr["values"]), ["true"]);
+        }),
+        ("tolerations-critical-only", "tolerations", |spec| {
+            let tolerations = spec["tolerations"].as_sequence().unwrap();
+            let keys: Vec<&str> = tolerations
+                .iter()
+                .map(|t| t["key"].as_str().expect("every toleration names its taint"))
+                .collect();
+            for taint in [
+                "not-ready",
+                "unreachable",
+                "disk-pressure",
+                "memory-pressure",
+                "pid-pressure",
+                "unschedulable",
+            ] {
+                assert!(
+                    keys.contains(&format!("node.kubernetes.io/{taint}").as_str()),
+                    "{taint} not tolerated: {keys:?}"
+                );
+            }
+            assert_eq!(keys.len(), 6, "only node-condition taints: {keys:?}");
+        }),
+    ];
+    for (component, field, check) in cases {
+        let objects = render_with_component(
+            &manifests(),
+            &manifests().join("components").join(component),
+        );
+        assert_render_is_clean(
+            &repo()
+                .join("target/overlays/components")
+                .join(component)
+                .join("rendered.yaml"),
+        );
+        check(&pod(&objects));
+        let ds = find(&objects, "DaemonSet");
+        assert_eq!(
+            serde_yaml::to_string(&ds["spec"]["selector"]).unwrap(),
+            selector,
+            "{component} changed the selector"
+        );
+        // Nothing else changed: the DaemonSet without the field, and every other object.
+        assert_eq!(
+            without_pod_field(ds, field),
+            without_pod_field(base_ds, field),
+            "{component} changed more than {field}"
+        );
+        assert_eq!(objects.len(), base.len(), "{component}");
+        for (o, b) in objects
+            .iter()
+            .zip(&base)
+            .filter(|(o, _)| o["kind"] != "DaemonSet")
+        {
+            assert_eq!(o, b, "{component} changed a {:?}", o["kind"]);
+        }
+    }
+}
+
+#[test]
+fn every_component_keeps_the_selector_and_the_pod_labels_match_it() {
+    // As kustomize renders it (keys sorted), compared with each render.
+    let base = render(&manifests());
+    let selector = serde_yaml::to_string(&find(&base, "DaemonSet")["spec"]["selector"]).unwrap();
+    let mut components: Vec<PathBuf> = std::fs::read_dir(manifests().join("components"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("kustomization.yaml").exists())
+        .collect();
+    components.sort();
+    assert!(components.len() >= 4, "{components:?}");
+    for component in std::iter::once(None).chain(components.iter().map(Some)) {
+        let objects = match component {
+            Some(c) => render_with_component(&manifests(), c),
+            None => base.clone(),
+        };
+        let name = component.map_or("base".into(), |c| c.display().to_string());
+        let ds = find(&objects, "DaemonSet");
+        assert_eq!(
+            serde_yaml::to_string(&ds["spec"]["selector"]).unwrap(),
+            selector,
+            "{name}: the selector must stay byte-identical to the base"
+        );
+        let labels = ds["spec"]["template"]["metadata"]["labels"]
+            .as_mapping()
+            .unwrap();
+        for (k, v) in ds["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+            assert_eq!(labels.get(k), Some(v), "{name}: pod labels lack {k:?}");
+        }
+        // The Services find the pods too.
+        for service in objects.iter().filter(|o| o["kind"] == "Service") {
+            for (k, v) in service["spec"]["selector"].as_mapping().unwrap() {
+                assert_eq!(labels.get(k), Some(v), "{name}: Service selector {k:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_remote_write_component_turns_push_on_with_the_node_label_and_egress() {
+    let objects = render_with_component(&manifests(), &manifests().join("components/remote-write"));
+    assert_render_is_clean(&repo().join("target/overlays/components/remote-write/rendered.yaml"));
+    let config = &find(&objects, "ConfigMap")["data"];
+    assert!(
+        config["NODELENS_REMOTE_WRITE_URL"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
+    assert_eq!(
+        config["NODELENS_REMOTE_WRITE_BEARER_TOKEN_FILE"],
+        "/etc/nodelens/remote-write/token"
+    );
+    let agent = &find(&objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let env: Vec<&str> = agent["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    let at = |name: &str| {
+        env.iter()
+            .position(|e| *e == name)
+            .unwrap_or_else(|| panic!("{name}: {env:?}"))
+    };
+    // Kubernetes expands $(VAR) only from variables defined earlier in the list.
+    assert!(at("NODELENS_NODE_NAME") < at("NODELENS_REMOTE_WRITE_EXTERNAL_LABELS"));
+    let mounts = serde_yaml::to_string(&agent["volumeMounts"]).unwrap();
+    assert!(mounts.contains("/etc/nodelens/remote-write"), "{mounts}");
+    let egress = &find(&objects, "NetworkPolicy")["spec"]["egress"];
+    let egress = serde_yaml::to_string(egress).unwrap();
+    assert!(egress.contains("443") && egress.contains("53"), "{egress}");
 }

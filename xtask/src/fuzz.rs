@@ -56,7 +56,10 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
     let nightly = pinned_nightly()?;
     let mut targets = targets()?;
     if let Some(unknown) = only.iter().find(|t| !targets.contains(t)) {
-        bail!("no fuzz target {unknown}; the targets are: {}", targets.join(", "));
+        bail!(
+            "no fuzz target {unknown}; the targets are: {}",
+            targets.join(", ")
+        );
     }
     if !only.is_empty() {
         targets.retain(|t| only.contains(t));
@@ -68,7 +71,14 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .arg(format!("+{nightly}"))
-            .args(["fuzz", "build", "-O", "--debug-assertions", "--sanitizer", "none"])
+            .args([
+                "fuzz",
+                "build",
+                "-O",
+                "--debug-assertions",
+                "--sanitizer",
+                "none",
+            ])
             .current_dir(workspace_root().join("agent")),
     )?;
     let out = workspace_root().join("target/fuzz");
@@ -93,7 +103,15 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         seeds.push(fuzz_dir().join("regressions").join(target));
         let status = Command::new("cargo")
             .arg(format!("+{nightly}"))
-            .args(["fuzz", "run", "-O", "--debug-assertions", "--sanitizer", "none", target])
+            .args([
+                "fuzz",
+                "run",
+                "-O",
+                "--debug-assertions",
+                "--sanitizer",
+                "none",
+                target,
+            ])
             .arg(&corpus)
             .args(seeds.iter().filter(|d| d.is_dir()))
             .arg("--")
@@ -105,7 +123,11 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
             .status()
             .context("cargo fuzz run")?;
         if !status.success() {
-            crashes.extend(keep_crashes(target, &artifacts)?);
+            let kept = keep_crashes(target, &artifacts)?;
+            if kept.is_empty() {
+                bail!("cargo fuzz run {target} failed without a crash input ({status}): see above");
+            }
+            crashes.extend(kept);
         }
     }
     if !crashes.is_empty() {

@@ -1,10 +1,11 @@
 //! `cargo xtask kernels`: prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under
-//! qemu, besides the host's kernel.
+//! qemu, on amd64 and on arm64, besides the host's kernel.
 //!
 //! For each kernel series it downloads Debian's cloud kernel package (a private apt
-//! sources list and state under target/kernels, never the machine's apt configuration),
-//! extracts vmlinuz and the virtio modules, builds an initramfs from busybox-static plus a
-//! statically linked nodelens, boots it with qemu (TCG), and runs
+//! sources list and state per architecture under target/kernels, never the machine's apt
+//! configuration), extracts vmlinuz and the virtio modules, builds an initramfs from
+//! busybox-static (the host's on amd64, Debian's arm64 package extracted on arm64) plus a
+//! statically linked nodelens (cross-compiled for arm64), boots it with qemu (TCG), and runs
 //! `nodelens preflight --exercise` inside. The report and one scrape come back over the
 //! serial console; the scrape is checked with promtool. It also forces the fallbacks on one
 //! kernel: classic tracepoints instead of tp_btf, and tracefs not mounted.
@@ -35,6 +36,82 @@ const FALLBACK_KERNEL: &str = "6.1";
 /// the agent models it.
 const MANY_CPU_KERNEL: &str = "6.12";
 const MANY_CPUS: u32 = 32;
+
+/// The arm64 kernels, booted under `qemu-system-aarch64 -machine virt -cpu max` (TCG): the
+/// normal mode only, to keep the emulated time down.
+const ARM64_KERNELS: &[(&str, &str)] = &[
+    ("6.1", "linux-image-6.1."),
+    ("6.12", "linux-image-6.12."),
+    ("5.10", "linux-image-5.10."),
+];
+
+/// A Debian architecture the matrix boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// What the qemu command is, and the serial console the kernel writes to.
+    fn qemu(self) -> (&'static str, &'static [&'static str], &'static str) {
+        match self {
+            Arch::Amd64 => (
+                "qemu-system-x86_64",
+                &["-accel", "tcg", "-cpu", "max"],
+                "ttyS0",
+            ),
+            Arch::Arm64 => (
+                "qemu-system-aarch64",
+                &["-machine", "virt", "-accel", "tcg", "-cpu", "max"],
+                "ttyAMA0",
+            ),
+        }
+    }
+}
+
+/// Builds the static nodelens for `arch` (release); returns the binary. arm64 is
+/// cross-built with Debian's gcc-aarch64-linux-gnu as linker and C compiler (ring has C).
+pub fn build_static(arch: Arch) -> Result<PathBuf> {
+    let target = arch.rust_target();
+    step(&format!("building a static nodelens for {target}"));
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "nodelens",
+        "--target",
+        target,
+    ])
+    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    .current_dir(workspace_root());
+    if arch == Arch::Arm64 {
+        cmd.env(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        )
+        .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+        .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar");
+    }
+    run_cmd(&mut cmd)?;
+    Ok(workspace_root().join(format!("target/{target}/release/nodelens")))
+}
 
 /// Modules the guest needs for its virtio disk, in load order.
 const MODULES: &[&str] = &[
@@ -121,9 +198,19 @@ fn dir() -> PathBuf {
     workspace_root().join("target/kernels")
 }
 
-fn apt_args() -> Vec<String> {
-    let d = dir().join("apt");
+/// The private apt state of one architecture (amd64 keeps the original `apt` directory).
+fn apt_dir(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::Amd64 => dir().join("apt"),
+        Arch::Arm64 => dir().join("apt-arm64"),
+    }
+}
+
+fn apt_args(arch: Arch) -> Vec<String> {
+    let d = apt_dir(arch);
     vec![
+        format!("-o=APT::Architecture={}", arch.debian()),
+        format!("-o=APT::Architectures={}", arch.debian()),
         format!(
             "-o=Dir::Etc::sourcelist={}",
             d.join("sources.list").display()
@@ -152,8 +239,8 @@ fn apt_retry(mut make: impl FnMut() -> Command) -> Result<()> {
 }
 
 /// Refreshes the private package lists (at most once a day).
-fn apt_update() -> Result<()> {
-    let d = dir().join("apt");
+fn apt_update(arch: Arch) -> Result<()> {
+    let d = apt_dir(arch);
     std::fs::create_dir_all(d.join("lists/partial"))?;
     std::fs::create_dir_all(d.join("cache/archives/partial"))?;
     std::fs::write(d.join("sources.list"), SOURCES)?;
@@ -164,10 +251,13 @@ fn apt_update() -> Result<()> {
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < Duration::from_secs(86_400));
     if !fresh {
-        step("updating the private Debian package lists (bullseye, bookworm, trixie)");
+        step(&format!(
+            "updating the private Debian package lists (bullseye, bookworm, trixie; {})",
+            arch.debian()
+        ));
         apt_retry(|| {
             let mut c = Command::new("apt-get");
-            c.args(apt_args())
+            c.args(apt_args(arch))
                 .args(["-q", "update"])
                 .stdout(Stdio::null());
             c
@@ -177,11 +267,15 @@ fn apt_update() -> Result<()> {
     Ok(())
 }
 
-/// The newest `linux-image-<series>...-cloud-amd64` package.
-fn newest_package(prefix: &str) -> Result<String> {
+/// The newest `linux-image-<series>...-cloud-<arch>` package.
+fn newest_package(arch: Arch, prefix: &str) -> Result<String> {
     let out = Command::new("apt-cache")
-        .args(apt_args())
-        .args(["search", "--names-only", "^linux-image-.*-cloud-amd64$"])
+        .args(apt_args(arch))
+        .args([
+            "search",
+            "--names-only",
+            &format!("^linux-image-.*-cloud-{}$", arch.debian()),
+        ])
         .output()?;
     let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -195,13 +289,16 @@ fn newest_package(prefix: &str) -> Result<String> {
             .filter_map(|p| p.parse::<u64>().ok())
             .collect::<Vec<_>>()
     });
-    names
-        .pop()
-        .with_context(|| format!("no {prefix}*-cloud-amd64 package in the Debian lists"))
+    names.pop().with_context(|| {
+        format!(
+            "no {prefix}*-cloud-{} package in the Debian lists",
+            arch.debian()
+        )
+    })
 }
 
 /// Downloads and extracts the package; returns the extracted root.
-fn fetch_kernel(package: &str) -> Result<PathBuf> {
+fn fetch_kernel(arch: Arch, package: &str) -> Result<PathBuf> {
     let root = dir().join("extracted").join(package);
     if root.join("boot").is_dir() {
         return Ok(root);
@@ -211,7 +308,7 @@ fn fetch_kernel(package: &str) -> Result<PathBuf> {
     step(&format!("downloading {package}"));
     apt_retry(|| {
         let mut c = Command::new("apt-get");
-        c.args(apt_args())
+        c.args(apt_args(arch))
             .args(["-q", "download", package])
             .current_dir(&debs);
         c
@@ -313,8 +410,78 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
-fn build_initramfs(out: &Path, nodelens: &Path, modules: &[PathBuf]) -> Result<()> {
-    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (package busybox-static)")?;
+/// busybox-static for the guest: the host's on amd64; on arm64 Debian's
+/// `busybox-static:arm64`, downloaded through the private apt state and extracted (never
+/// installed).
+fn busybox(arch: Arch) -> Result<PathBuf> {
+    if arch == Arch::Amd64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let root = fetch_kernel(arch, "busybox-static")?;
+    let path = root.join("bin/busybox");
+    if !path.exists() {
+        bail!("no bin/busybox in busybox-static:{}", arch.debian());
+    }
+    Ok(path)
+}
+
+/// A kernel image qemu can load with -kernel. Debian's arm64 `vmlinuz` may be an EFI zboot
+/// image (a PE file whose header says where the compressed Image is and how it is
+/// compressed), which qemu 7.2 cannot load: the Image is taken out of it. Anything else
+/// (bzImage, a gzipped Image) is used as is.
+fn bootable_kernel(vmlinuz: &Path) -> Result<PathBuf> {
+    let data = std::fs::read(vmlinuz)?;
+    if data.get(4..8) != Some(b"zimg") {
+        return Ok(vmlinuz.to_owned());
+    }
+    let u32_at = |at: usize| -> Result<usize> {
+        Ok(u32::from_le_bytes(
+            data.get(at..at + 4)
+                .context("short zboot header")?
+                .try_into()?,
+        ) as usize)
+    };
+    let (offset, size) = (u32_at(8)?, u32_at(12)?);
+    let kind: String = data
+        .get(24..56)
+        .context("short zboot header")?
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    let payload = data
+        .get(offset..offset + size)
+        .context("zboot payload past the end")?;
+    let image = vmlinuz.with_extension("image");
+    if image.exists() {
+        return Ok(image);
+    }
+    let tool = match kind.as_str() {
+        "gzip" => "gzip",
+        k if k.starts_with("zstd") => "zstd",
+        "xzkern" | "xz" => "xz",
+        "lzma" => "lzma",
+        other => bail!(
+            "{}: zboot compression {other:?} is not supported",
+            vmlinuz.display()
+        ),
+    };
+    let compressed = vmlinuz.with_extension("payload");
+    std::fs::write(&compressed, payload)?;
+    let out = Command::new(tool).arg("-dc").arg(&compressed).output()?;
+    if !out.status.success() {
+        bail!(
+            "{tool} -dc of the zboot payload of {} failed",
+            vmlinuz.display()
+        );
+    }
+    std::fs::write(&image, out.stdout)?;
+    Ok(image)
+}
+
+fn build_initramfs(out: &Path, nodelens: &Path, busybox: &Path, modules: &[PathBuf]) -> Result<()> {
+    let busybox = std::fs::read(busybox)
+        .with_context(|| format!("{} (package busybox-static)", busybox.display()))?;
     let mut cpio = Vec::new();
     let mut ino = 1;
     let mut add = |cpio: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]| {
@@ -358,7 +525,9 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
 
 /// Boots a guest with two virtio disks: `disk` (vda, read raw) and `filesystem` (vdb, made
 /// ext2 by the guest).
+#[allow(clippy::too_many_arguments)]
 fn boot(
+    arch: Arch,
     vmlinuz: &Path,
     initramfs: &Path,
     disk: &Path,
@@ -367,18 +536,13 @@ fn boot(
     cpus: u32,
     log: &Path,
 ) -> Result<GuestRun> {
+    let (qemu, machine, console) = arch.qemu();
+    // arm64 under TCG emulates a different instruction set: slower, so more time.
+    let limit = if arch == Arch::Arm64 { "600" } else { "300" };
     let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            if cpus > 2 { "2048" } else { "1024" },
-            "-smp",
-        ])
+        .args([limit, qemu])
+        .args(machine)
+        .args(["-m", if cpus > 2 { "2048" } else { "1024" }, "-smp"])
         .arg(cpus.to_string())
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
@@ -386,7 +550,7 @@ fn boot(
         .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=3 nodelens.mode={mode}"
+            "console={console} panic=-1 loglevel=3 nodelens.mode={mode}"
         ))
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
@@ -397,7 +561,7 @@ fn boot(
         ))
         .stdin(Stdio::null())
         .output()
-        .context("qemu-system-x86_64 (package qemu-system-x86)")?;
+        .with_context(|| format!("{qemu} (packages qemu-system-x86, qemu-system-arm)"))?;
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     std::fs::write(log, &text)?;
     let exit = between(&text, "NODELENS-EXIT ", "\n")
@@ -414,7 +578,8 @@ fn boot(
         stderr: between(&text, "NODELENS-STDERR-BEGIN", "NODELENS-STDERR-END")
             .unwrap_or("")
             .to_owned(),
-        seccomp: between(&text, "NODELENS-SECCOMP-BEGIN", "NODELENS-SECCOMP-END").map(str::to_owned),
+        seccomp: between(&text, "NODELENS-SECCOMP-BEGIN", "NODELENS-SECCOMP-END")
+            .map(str::to_owned),
     })
 }
 
@@ -424,6 +589,7 @@ fn boot(
 /// guest makes its filesystem.
 #[allow(clippy::too_many_arguments)]
 fn boot_with_retry(
+    arch: Arch,
     vmlinuz: &Path,
     initramfs: &Path,
     disk: &Path,
@@ -437,7 +603,7 @@ fn boot_with_retry(
         let fs_img = std::fs::File::create(filesystem)?;
         fs_img.set_len(0)?;
         fs_img.set_len(96 << 20)?;
-        match boot(vmlinuz, initramfs, disk, filesystem, mode, cpus, log) {
+        match boot(arch, vmlinuz, initramfs, disk, filesystem, mode, cpus, log) {
             Ok(run) => return Ok(run),
             Err(e) => {
                 let console = std::fs::read_to_string(log).unwrap_or_default();
@@ -474,7 +640,9 @@ const CAP_BPF_ONLY: &str = "0000008000000000";
 
 impl Lockdown {
     fn parse(text: &str, release: &str) -> Lockdown {
-        let mut version = release.split(['.', '-']).filter_map(|v| v.parse::<u32>().ok());
+        let mut version = release
+            .split(['.', '-'])
+            .filter_map(|v| v.parse::<u32>().ok());
         let kernel = (version.next().unwrap_or(0), version.next().unwrap_or(0));
         let field = |name: &str| {
             text.lines()
@@ -523,8 +691,14 @@ impl Lockdown {
                 self.seccomp, self.no_new_privs, self.cap_eff, self.log
             ));
         }
-        if !self.info.as_deref().is_some_and(|i| i.contains("seccomp=\"kill\"")) {
-            out.push(format!("{column}: no nodelens_security_info with seccomp=\"kill\" in the second scrape"));
+        if !self
+            .info
+            .as_deref()
+            .is_some_and(|i| i.contains("seccomp=\"kill\""))
+        {
+            out.push(format!(
+                "{column}: no nodelens_security_info with seccomp=\"kill\" in the second scrape"
+            ));
         }
         if self.switches.1 <= self.switches.0 {
             out.push(format!(
@@ -550,7 +724,10 @@ fn lockdown_table(lockdowns: &[(String, Lockdown)]) -> String {
         "The serving agent in each guest, `--seccomp kill`: its `/proc/<pid>/status` once ready, context switches it counted between two scrapes 2 s apart, and its exit code after SIGTERM:"
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "| kernel | Seccomp | NoNewPrivs | CapEff | switches counted | exit |");
+    let _ = writeln!(
+        s,
+        "| kernel | Seccomp | NoNewPrivs | CapEff | switches counted | exit |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---:|---|");
     for (column, l) in lockdowns {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -642,6 +819,7 @@ fn offsets(report: &serde_json::Value) -> BTreeMap<String, u64> {
 
 /// A Debian kernel of the matrix, downloaded and extracted.
 pub struct DebianKernel {
+    pub arch: Arch,
     pub series: &'static str,
     /// `5.10.0-46-cloud-amd64`: the package name without `linux-image-`, which is the
     /// kernel's release string.
@@ -650,16 +828,22 @@ pub struct DebianKernel {
     pub modules: Vec<PathBuf>,
 }
 
-/// Downloads (once) and extracts the newest package of each series the matrix tests.
+/// Downloads (once) and extracts the newest amd64 package of each series the matrix tests.
 pub fn debian_kernels() -> Result<Vec<DebianKernel>> {
-    apt_update()?;
-    KERNELS
+    debian_kernels_for(Arch::Amd64, KERNELS)
+}
+
+fn debian_kernels_for(arch: Arch, series: &[(&'static str, &str)]) -> Result<Vec<DebianKernel>> {
+    apt_update(arch)?;
+    series
         .iter()
         .map(|(series, prefix)| {
-            let package = newest_package(prefix)?;
-            let root = fetch_kernel(&package)?;
+            let package = newest_package(arch, prefix)?;
+            let root = fetch_kernel(arch, &package)?;
             let (vmlinuz, modules) = kernel_files(&root)?;
+            let vmlinuz = bootable_kernel(&vmlinuz)?;
             Ok(DebianKernel {
+                arch,
                 series,
                 release: package
                     .strip_prefix("linux-image-")
@@ -678,23 +862,10 @@ pub fn debian_kernels() -> Result<Vec<DebianKernel>> {
 const ALSO_EXERCISED: &[&str] = &["sched_wakeup_new"];
 
 pub fn kernels() -> Result<()> {
-    step("building a static nodelens");
-    let target = "x86_64-unknown-linux-gnu";
-    run_cmd(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "nodelens",
-                "--target",
-                target,
-            ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(workspace_root()),
-    )?;
-    let nodelens = workspace_root().join(format!("target/{target}/release/nodelens"));
-    let debian = debian_kernels()?;
+    let nodelens = build_static(Arch::Amd64)?;
+    let nodelens_arm64 = build_static(Arch::Arm64)?;
+    let mut debian = debian_kernels()?;
+    debian.extend(debian_kernels_for(Arch::Arm64, ARM64_KERNELS)?);
     let disk = dir().join("disk.img");
     std::fs::File::create(&disk)?.set_len(64 << 20)?;
     let filesystem = dir().join("filesystem.img");
@@ -719,15 +890,27 @@ pub fn kernels() -> Result<()> {
     let mut lockdowns: Vec<(String, Lockdown)> = Vec::new();
     let mut retries: Vec<String> = Vec::new();
     for DebianKernel {
+        arch,
         series,
         release: package,
         vmlinuz,
         modules,
     } in &debian
     {
-        let initramfs = dir().join(format!("initramfs-{series}.cpio"));
-        build_initramfs(&initramfs, &nodelens, modules)?;
-        let modes: &[&str] = if *series == FALLBACK_KERNEL {
+        let arch = *arch;
+        let tag = match arch {
+            Arch::Amd64 => series.to_string(),
+            Arch::Arm64 => format!("{series}-arm64"),
+        };
+        let initramfs = dir().join(format!("initramfs-{tag}.cpio"));
+        let binary = match arch {
+            Arch::Amd64 => &nodelens,
+            Arch::Arm64 => &nodelens_arm64,
+        };
+        build_initramfs(&initramfs, binary, &busybox(arch)?, modules)?;
+        let modes: &[&str] = if arch == Arch::Arm64 {
+            &["normal"]
+        } else if *series == FALLBACK_KERNEL {
             &["normal", "tracepoint", "notracefs"]
         } else if *series == MANY_CPU_KERNEL {
             &["normal", "many-cpus"]
@@ -736,9 +919,11 @@ pub fn kernels() -> Result<()> {
         };
         for mode in modes {
             step(&format!("booting {package} under qemu (mode {mode})"));
-            let log = dir().join(format!("console-{series}-{mode}.log"));
+            let started = std::time::Instant::now();
+            let log = dir().join(format!("console-{tag}-{mode}.log"));
             let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
             let run = boot_with_retry(
+                arch,
                 vmlinuz,
                 &initramfs,
                 &disk,
@@ -748,6 +933,10 @@ pub fn kernels() -> Result<()> {
                 &log,
                 &mut retries,
             )?;
+            step(&format!(
+                "{package} (mode {mode}): {} s",
+                started.elapsed().as_secs()
+            ));
             let kernel = run.report["node"]["kernel"]
                 .as_str()
                 .unwrap_or(series)
@@ -767,7 +956,9 @@ pub fn kernels() -> Result<()> {
                         failures.extend(lockdown.problems(&column));
                         lockdowns.push((column.clone(), lockdown));
                     }
-                    None => failures.push(format!("{column}: the serving agent's check printed nothing")),
+                    None => failures.push(format!(
+                        "{column}: the serving agent's check printed nothing"
+                    )),
                 }
             }
             failures.extend(check_attribution(&column, mode, &run.report));
@@ -843,7 +1034,11 @@ pub fn kernels() -> Result<()> {
         report,
         "Boots retried after failing before /init's first line: {}{}",
         retries.len(),
-        if retries.is_empty() { String::new() } else { format!(" ({})", retries.join(", ")) }
+        if retries.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", retries.join(", "))
+        }
     );
     println!("{report}");
     std::fs::write(dir().join("report.md"), &report)?;

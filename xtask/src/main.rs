@@ -32,6 +32,14 @@ enum Task {
         #[arg(long)]
         test_tools: bool,
     },
+    /// Build the static agent for an architecture (amd64 or arm64, the Debian and Docker
+    /// names) the way the kernel matrix does, cross-compiling arm64; copy it to --out.
+    Static {
+        #[arg(long)]
+        arch: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up, build in release mode and run the agent as root on the default port.
     Run {
         /// Arguments passed to `nodelens`, after `--`.
@@ -42,7 +50,8 @@ enum Task {
     Test,
     /// cargo fmt --check and cargo clippy -D warnings.
     Lint,
-    /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu, and on the host.
+    /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu (amd64 and
+    /// arm64), and on the host.
     Kernels,
     /// Regenerate the BTF test fixtures (agent/tests/fixtures/btf) from the host's kernel
     /// and the kernels the matrix boots.
@@ -93,6 +102,11 @@ const TEST_PACKAGES: &[&str] = &[
     // The reference eBPF tools the bench and the accuracy tests compare with: runqlat,
     // biolatency.
     "libbpf-tools",
+    // A second remote_write receiver for the push tests (Prometheus is the first).
+    "victoria-metrics",
+    // arm64 in the kernel matrix: the cross linker (and C compiler, for ring) and qemu.
+    "gcc-aarch64-linux-gnu",
+    "qemu-system-arm",
 ];
 
 /// PyPI tools for the manifest checks, installed in a venv under target/tools/py.
@@ -114,13 +128,12 @@ fn main() -> ExitCode {
         Task::Run { args } => run(&args),
         Task::Test => test(),
         Task::Lint => lint(),
+        Task::Static { arch, out } => setup(false).and_then(|()| static_build(&arch, out)),
         Task::Kernels => setup(true)
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
             .and_then(|()| kernels::kernels()),
         Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
-        Task::Fuzz { seconds, targets } => {
-            setup(true).and_then(|()| fuzz::fuzz(seconds, &targets))
-        }
+        Task::Fuzz { seconds, targets } => setup(true).and_then(|()| fuzz::fuzz(seconds, &targets)),
         Task::Soak { minutes } => setup(true)
             .and_then(|()| require_root("the soak loads eBPF programs and creates cgroups"))
             .and_then(|()| soak::soak(minutes)),
@@ -395,9 +408,46 @@ fn setup(test_tools: bool) -> Result<()> {
         )?;
         install_manifest_tools()?;
         fuzz::install_cargo_fuzz()?;
+        install_arm64_target()?;
     }
     step("setup complete");
     Ok(())
+}
+
+fn static_build(arch: &str, out: Option<PathBuf>) -> Result<()> {
+    let arch = match arch {
+        "amd64" | "x86_64" => kernels::Arch::Amd64,
+        "arm64" | "aarch64" => kernels::Arch::Arm64,
+        other => bail!("--arch {other}: use amd64 or arm64"),
+    };
+    if arch == kernels::Arch::Arm64 {
+        apt_install(&["gcc-aarch64-linux-gnu".to_owned()])?;
+        install_arm64_target()?;
+    }
+    let binary = kernels::build_static(arch)?;
+    if let Some(out) = out {
+        std::fs::copy(&binary, &out)
+            .with_context(|| format!("copy {} to {}", binary.display(), out.display()))?;
+        step(&format!("{} written", out.display()));
+    } else {
+        step(&format!("{} built", binary.display()));
+    }
+    Ok(())
+}
+
+/// The Rust standard library for aarch64, so that the kernel matrix can cross-build the
+/// arm64 agent (with Debian's gcc-aarch64-linux-gnu as linker).
+fn install_arm64_target() -> Result<()> {
+    let target = kernels::Arch::Arm64.rust_target();
+    let installed = cmd_output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == target) {
+        step(&format!("Rust target {target} present"));
+        return Ok(());
+    }
+    step(&format!(
+        "installing the Rust target {target} (rustup target add)"
+    ));
+    run_cmd(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// Where the PyPI and npm tools live; the tests find them through NODELENS_TOOLS_DIR.

@@ -38,7 +38,12 @@ pub fn parse_stat(text: &str) -> Option<(u64, u64, u64, u64)> {
     // comm may contain spaces and parentheses: fields resume after the last ')'.
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_ascii_whitespace().collect();
     let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    Some((num(11)?.checked_add(num(12)?)?, num(19)?, num(20)?, num(21)?))
+    Some((
+        num(11)?.checked_add(num(12)?)?,
+        num(19)?,
+        num(20)?,
+        num(21)?,
+    ))
 }
 
 impl Collector for ProcessCollector {

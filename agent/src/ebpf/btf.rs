@@ -238,7 +238,8 @@ impl<'a> Btf<'a> {
                 return Some((bits / 8, self.size_of(member_type)?));
             }
             if name.is_empty()
-                && let Some(found) = self.find(self.resolve(member_type), field, bits, depth + 1, budget)
+                && let Some(found) =
+                    self.find(self.resolve(member_type), field, bits, depth + 1, budget)
             {
                 return Some(found);
             }

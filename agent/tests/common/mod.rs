@@ -481,3 +481,27 @@ pub fn run(cmd: &str, args: &[&str]) {
         .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(status.success(), "{cmd} {args:?} failed");
 }
+
+/// Percent-encodes a query parameter (PromQL in a URL).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls `f` every 250 ms until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}

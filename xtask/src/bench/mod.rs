@@ -27,6 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, step, workspace_root};
 
 mod end_to_end;
+mod push;
 mod scale;
 
 use end_to_end::{Env, LOADS, Variant};
@@ -307,6 +308,8 @@ fn end_to_end(env: &Env, rounds: usize) -> Result<Vec<EndToEnd>> {
         variants.push(Variant::Floor);
         let mut figures: Vec<(Variant, Vec<f64>)> =
             variants.iter().map(|v| (*v, Vec::new())).collect();
+        // The disk load is noisier: it gets more rounds (`rounds_factor`).
+        let rounds = rounds * load.rounds_factor;
         for round in 0..rounds {
             // Each round starts with the next variant, so none always runs first.
             for k in 0..variants.len() {
@@ -524,6 +527,12 @@ pub fn bench(opts: Options) -> Result<()> {
     drop(tree);
     drop(logs);
 
+    step(&format!(
+        "push cost ({}s of remote_write every second)",
+        seconds * 4
+    ));
+    let push = push::measure(&env.nodelens, seconds * 4)?;
+
     step("kernel memory of the maps");
     let memory = map_memory(&env.nodelens)?;
 
@@ -534,6 +543,7 @@ pub fn bench(opts: Options) -> Result<()> {
         theirs: &theirs,
         full: &full,
         scaled: &scaled,
+        push: &push,
         memory,
         scrapes,
         rounds,
@@ -565,6 +575,9 @@ pub fn bench(opts: Options) -> Result<()> {
             .filter(|c| !c.sampled_ns.is_finite())
             .map(|c| format!("{} sampled cost", c.probe)),
     );
+    if push.pushes < 1.0 || !push.cpu_ms_per_push.is_finite() || push.bytes_per_push <= 0.0 {
+        missing.push("push row".into());
+    }
     if scaled.series < 4.0 * 4096.0 {
         missing.push(format!("scale row: only {} series", scaled.series));
     }
@@ -585,6 +598,7 @@ struct Figures<'a> {
     /// nodelens with every collector on.
     full: &'a ScrapeFigures,
     scaled: &'a ScrapeFigures,
+    push: &'a push::PushFigures,
     /// (charged here, possible CPUs here, modeled for 192 CPUs), bytes.
     memory: (f64, u64, f64),
     scrapes: usize,
@@ -764,6 +778,13 @@ fn render(f: &Figures) -> String {
             "| {name} | {a:.2} | {b:.2} | {ratio} | {target} | {all:.2} |"
         );
     }
+    let _ = writeln!(s);
+    let p = f.push;
+    let _ = writeln!(
+        s,
+        "Push (remote_write every second, all collectors, {:.0} pushes): CPU per push {:.2} ms (over an identical agent that does not push; a scrape of the same agent costs {:.2} ms), {:.0} compressed bytes and {:.0} samples per push.",
+        p.pushes, p.cpu_ms_per_push, full.cpu_ms_per_scrape, p.bytes_per_push, p.samples_per_push
+    );
     let _ = writeln!(s);
     let sc = f.scaled;
     let _ = writeln!(
