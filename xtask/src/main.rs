@@ -52,7 +52,11 @@ enum Task {
     Lint,
     /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu (amd64 and
     /// arm64), and on the host.
-    Kernels,
+    Kernels {
+        /// Only this architecture's guests: amd64 or arm64 (default: both).
+        #[arg(long)]
+        arch: Option<String>,
+    },
     /// Regenerate the BTF test fixtures (agent/tests/fixtures/btf) from the host's kernel
     /// and the kernels the matrix boots.
     BtfFixtures,
@@ -129,9 +133,9 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Lint => lint(),
         Task::Static { arch, out } => setup(false).and_then(|()| static_build(&arch, out)),
-        Task::Kernels => setup(true)
+        Task::Kernels { arch } => setup(true)
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
-            .and_then(|()| kernels::kernels()),
+            .and_then(|()| kernels::kernels(arch.as_deref().map(parse_arch).transpose()?)),
         Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
         Task::Fuzz { seconds, targets } => setup(true).and_then(|()| fuzz::fuzz(seconds, &targets)),
         Task::Soak { minutes } => setup(true)
@@ -414,12 +418,16 @@ fn setup(test_tools: bool) -> Result<()> {
     Ok(())
 }
 
-fn static_build(arch: &str, out: Option<PathBuf>) -> Result<()> {
-    let arch = match arch {
+fn parse_arch(arch: &str) -> Result<kernels::Arch> {
+    Ok(match arch {
         "amd64" | "x86_64" => kernels::Arch::Amd64,
         "arm64" | "aarch64" => kernels::Arch::Arm64,
         other => bail!("--arch {other}: use amd64 or arm64"),
-    };
+    })
+}
+
+fn static_build(arch: &str, out: Option<PathBuf>) -> Result<()> {
+    let arch = parse_arch(arch)?;
     if arch == kernels::Arch::Arm64 {
         apt_install(&["gcc-aarch64-linux-gnu".to_owned()])?;
         install_arm64_target()?;
@@ -624,7 +632,7 @@ fn test() -> Result<()> {
     step("soak: 3 minutes under churn, scheduler, disk and reclaim load");
     soak::soak(3)?;
     step("kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu, and the host");
-    kernels::kernels()?;
+    kernels::kernels(None)?;
     step("bench, short mode: checks that it completes and produces every figure");
     bench::bench(bench::Options { short: true })
 }
