@@ -5,9 +5,9 @@
 #   docker build -t nodelens .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/nodelens:<tag> --push .
 #
-# The builder runs on the build machine's own platform and cross-compiles for the target
-# one (cargo xtask static), exactly as the kernel matrix builds the arm64 binary it boots
-# under qemu; no emulated build.
+# The builder runs on the build machine's own platform, which must be amd64, and
+# cross-compiles for the target one (cargo xtask static), exactly as the kernel matrix
+# builds the arm64 binary it boots under qemu; no emulated build.
 FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS builder
 ARG TARGETARCH
 WORKDIR /src

@@ -138,49 +138,56 @@ impl Client {
     }
 
     /// The receiver's addresses: an IP literal as is, a name looked up on its own thread
-    /// (getaddrinfo blocks), one lookup at a time, falling back to the last good answer.
+    /// (getaddrinfo blocks), one lookup at a time. With addresses from an earlier lookup,
+    /// a lookup that does not answer at once is left running and those are used; without,
+    /// it gets half the request timeout.
     async fn addresses(&mut self) -> Result<Vec<SocketAddr>, String> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, self.port)]);
         }
-        let receiver = match self.lookup.take() {
-            Some(running) => running,
-            None => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let (host, port) = (self.host.clone(), self.port);
-                let spawned = std::thread::Builder::new()
-                    .name("remote-write-dns".into())
-                    .spawn(move || {
-                        let _ = tx.send(
-                            (host.as_str(), port)
-                                .to_socket_addrs()
-                                .map(Iterator::collect),
-                        );
-                    });
-                if let Err(e) = spawned {
-                    return Err(format!("resolve {}: {e}", self.host));
-                }
-                rx
-            }
+        if self.lookup.is_none() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (host, port) = (self.host.clone(), self.port);
+            std::thread::Builder::new()
+                .name("remote-write-dns".into())
+                .spawn(move || {
+                    let _ = tx.send(
+                        (host.as_str(), port)
+                            .to_socket_addrs()
+                            .map(Iterator::collect),
+                    );
+                })
+                .map_err(|e| format!("resolve {}: {e}", self.host))?;
+            self.lookup = Some(rx);
+        }
+        let wait = if self.resolved.is_empty() {
+            self.config.timeout / 2
+        } else {
+            Duration::from_millis(50)
         };
-        let mut receiver = receiver;
-        let answer = tokio::time::timeout(self.config.timeout, &mut receiver).await;
+        let Some(pending) = self.lookup.as_mut() else {
+            return self.fallback(format!("resolve {}: no lookup", self.host));
+        };
+        let answer = match tokio::time::timeout(wait, pending).await {
+            // Still running: it stays in `self.lookup`, polled again next time.
+            Err(_) => {
+                return self.fallback(format!(
+                    "resolving {} takes longer than {}",
+                    self.host,
+                    humantime::format_duration(wait)
+                ));
+            }
+            Ok(answer) => answer,
+        };
+        self.lookup = None;
         match answer {
-            Ok(Ok(Ok(addresses))) if !Vec::is_empty(&addresses) => {
+            Ok(Ok(addresses)) if !Vec::is_empty(&addresses) => {
                 self.resolved = addresses;
                 Ok(self.resolved.clone())
             }
-            Err(_) => {
-                // Still running: keep waiting for it next time rather than starting another.
-                self.lookup = Some(receiver);
-                self.fallback(format!(
-                    "resolving {} takes longer than the timeout",
-                    self.host
-                ))
-            }
-            Ok(Ok(Ok(_))) => self.fallback(format!("{} resolves to no address", self.host)),
-            Ok(Ok(Err(e))) => self.fallback(format!("resolve {}: {e}", self.host)),
-            Ok(Err(_)) => self.fallback(format!("resolve {}: the lookup ended", self.host)),
+            Ok(Ok(_)) => self.fallback(format!("{} resolves to no address", self.host)),
+            Ok(Err(e)) => self.fallback(format!("resolve {}: {e}", self.host)),
+            Err(_) => self.fallback(format!("resolve {}: the lookup ended", self.host)),
         }
     }
 

@@ -130,7 +130,9 @@ pub fn measure(nodelens: &Path, seconds: u64) -> Result<PushFigures> {
     // The scrape of the counters costs the pushing agent too: read them after the CPU.
     let (r1, b1, s1) = counters()?;
     let pushes = r1 - r0;
-    let extra_ns = (p1 - p0) as f64 - (q1 - q0) as f64;
+    // Signed: a thread that exited takes its time out of the sum (schedstat is per live
+    // thread), so a difference can come out negative; it is then noise, not a figure.
+    let extra_ns = (p1 as f64 - p0 as f64) - (q1 as f64 - q0 as f64);
     Ok(PushFigures {
         cpu_ms_per_push: extra_ns / 1e6 / pushes.max(1.0),
         bytes_per_push: (b1 - b0) / pushes.max(1.0),
