@@ -72,16 +72,29 @@ impl Arch {
     }
 
     /// What the qemu command is, and the serial console the kernel writes to.
+    ///
+    /// TCG runs single-threaded (`thread=single`): with one host thread per vCPU, the
+    /// kernel's live text patching (int3 first, then the new bytes, as when a tracepoint's
+    /// static key flips on attach) races with the other vCPUs' translated code, and guests
+    /// die with "Oops: int3" in code being patched, with or without nodelens. One thread
+    /// running every vCPU in turn sees each patch at once.
     fn qemu(self) -> (&'static str, &'static [&'static str], &'static str) {
         match self {
             Arch::Amd64 => (
                 "qemu-system-x86_64",
-                &["-accel", "tcg", "-cpu", "max"],
+                &["-accel", "tcg,thread=single", "-cpu", "max"],
                 "ttyS0",
             ),
             Arch::Arm64 => (
                 "qemu-system-aarch64",
-                &["-machine", "virt", "-accel", "tcg", "-cpu", "max"],
+                &[
+                    "-machine",
+                    "virt",
+                    "-accel",
+                    "tcg,thread=single",
+                    "-cpu",
+                    "max",
+                ],
                 "ttyAMA0",
             ),
         }
@@ -560,8 +573,13 @@ fn boot(
     log: &Path,
 ) -> Result<GuestRun> {
     let (qemu, machine, console) = arch.qemu();
-    // arm64 under TCG emulates a different instruction set: slower, so more time.
-    let limit = if arch == Arch::Arm64 { "600" } else { "300" };
+    // arm64 under TCG emulates a different instruction set, and 32 vCPUs share one host
+    // thread: those get more time.
+    let limit = if arch == Arch::Arm64 || cpus > 2 {
+        "900"
+    } else {
+        "300"
+    };
     let out = Command::new("timeout")
         .args([limit, qemu])
         .args(machine)
@@ -1257,8 +1275,20 @@ fn check_attribution(column: &str, mode: &str, report: &serde_json::Value) -> Ve
         if mode == "tracepoint" && role == "writer" {
             continue;
         }
+        // Bytes within 2%. Requests: io.stat counts bios as they are submitted, nodelens
+        // counts requests, after the block layer merged adjacent bios; so nodelens may count
+        // fewer, never more (one more, for a split).
         let off = |a: f64, b: f64| (a - b).abs() > b.max(1.0) * 0.02 && (a - b).abs() > 1.0;
-        if off(ours.0, kernel.0) || off(ours.1, kernel.1) {
+        let requests_off = ours.1 > kernel.1 + 1.0 || ours.1 < kernel.1 * 0.8;
+        // With classic tracepoints the owner is the task that issues the request, and a
+        // request the block layer dispatches later from its kblockd worker is charged to
+        // that worker: most of the reads, not all, are the reader's (README).
+        let bytes_off = if mode == "tracepoint" {
+            ours.0 < kernel.0 * 0.8 || ours.0 > kernel.0 * 1.02
+        } else {
+            off(ours.0, kernel.0)
+        };
+        if bytes_off || requests_off {
             failures.push(format!(
                 "{column}: {role} {op}: nodelens {} B in {} requests, io.stat {} B in {} requests",
                 ours.0, ours.1, kernel.0, kernel.1

@@ -636,7 +636,9 @@ fn test() -> Result<()> {
     fuzz::fuzz(30, &[])?;
     step("soak: 3 minutes under churn, scheduler, disk and reclaim load");
     soak::soak(3)?;
-    step("kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu, and the host");
+    step(
+        "kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu (amd64 and arm64), and the host",
+    );
     kernels::kernels(None)?;
     step("bench, short mode: checks that it completes and produces every figure");
     bench::bench(bench::Options { short: true })
