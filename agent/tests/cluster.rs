@@ -123,21 +123,11 @@ impl Cluster {
             prometheus_config(&repo, mode),
         )
         .unwrap();
-        let prometheus = Command::new("prometheus")
-            .args((mode == Mode::Push).then_some("--web.enable-remote-write-receiver"))
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (cargo xtask setup --test-tools installs it)");
+        let receiver: &[&str] = match mode {
+            Mode::Scrape => &[],
+            Mode::Push => &["--web.enable-remote-write-receiver"],
+        };
+        let prometheus = common::prometheus(dir.path(), &prom_addr, receiver);
         Cluster {
             agents,
             prometheus: Some(prometheus),

@@ -173,13 +173,7 @@ fn a_full_map_counts_its_losses_and_recovers() {
         "echo $$ > {}/cgroup.procs && for i in 1 2 3 4 5 6 7 8; do sleep 0.01; done",
         cg.display()
     );
-    assert!(
-        Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::run("sh", &["-c", &script]);
     let lost = |m: &Metrics| {
         m.get("nodelens_events_lost_total{reason=\"cgroup_map_full_sched\"}")
             .unwrap_or(0.0)
@@ -194,13 +188,7 @@ fn a_full_map_counts_its_losses_and_recovers() {
             && m.value("nodelens_map_entries{map=\"CGROUP_STATS\"}") < capacity as f64 / 2.0
     });
     let before_more = lost(&after);
-    assert!(
-        Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::run("sh", &["-c", &script]);
     std::thread::sleep(Duration::from_millis(300));
     let later = agent.metrics();
     let _ = std::fs::remove_dir(&cg);

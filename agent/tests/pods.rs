@@ -361,13 +361,7 @@ fn churn_of_5000_cgroups_stays_bounded() {
                 dir.display(),
                 lo.path().display()
             );
-            assert!(
-                Command::new("sh")
-                    .args(["-c", &script])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            common::run("sh", &["-c", &script]);
         }
         // Unknown ids trigger a re-walk at most every 2 s.
         std::thread::sleep(Duration::from_millis(2100).saturating_sub(started.elapsed()));

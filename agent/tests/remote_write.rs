@@ -59,41 +59,38 @@ impl Receiver {
             }]),
             None => serde_json::json!([]),
         };
-        let config = self.dir.path().join("config.yml");
+        let config = self.dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             serde_json::json!({"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs})
                 .to_string(),
         )
         .unwrap();
-        let data = self.dir.path().join("data");
-        let mut cmd = match self.kind {
-            Kind::Prometheus => {
-                let mut c = Command::new("prometheus");
-                c.arg(format!("--config.file={}", config.display()))
-                    .arg(format!("--storage.tsdb.path={}", data.display()))
-                    .arg(format!("--web.listen-address={}", self.addr))
-                    .arg("--web.enable-remote-write-receiver");
-                c
-            }
+        let child = match self.kind {
+            Kind::Prometheus => common::prometheus(
+                self.dir.path(),
+                &self.addr,
+                &["--web.enable-remote-write-receiver"],
+            ),
             Kind::VictoriaMetrics => {
                 let mut c = Command::new("victoria-metrics");
                 c.arg(format!("-httpListenAddr={}", self.addr))
-                    .arg(format!("-storageDataPath={}", data.display()))
+                    .arg(format!(
+                        "-storageDataPath={}",
+                        self.dir.path().join("data").display()
+                    ))
                     // Answer queries up to now, and never from a cache of an older answer.
                     .arg("-search.latencyOffset=0s")
                     .arg("-search.disableCache");
                 if self.scrape.is_some() {
                     c.arg(format!("-promscrape.config={}", config.display()));
                 }
-                c
+                c.stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("victoria-metrics (cargo xtask setup --test-tools installs it)")
             }
         };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{:?}: {e} (cargo xtask setup --test-tools)", self.kind));
         self.child = Some(child);
         let ready = match self.kind {
             Kind::Prometheus => "/-/ready",
@@ -659,21 +656,14 @@ fn https_and_basic_auth_to_prometheus_by_host_name() {
     .unwrap();
     std::fs::write(path("prometheus.yml"), "global: {}\n").unwrap();
     let port = common::free_port();
-    let _prometheus = Guard(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                path("prometheus.yml").display()
-            ))
-            .arg(format!("--storage.tsdb.path={}", path("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--web.config.file={}", path("web.yml").display()))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus"),
-    );
+    let _prometheus = Guard(common::prometheus(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &[
+            &format!("--web.config.file={}", path("web.yml").display()),
+            "--web.enable-remote-write-receiver",
+        ],
+    ));
     common::wait_for("Prometheus listening", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

@@ -7,7 +7,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -205,20 +205,7 @@ impl Prometheus {
         });
         std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
         let addr = format!("127.0.0.1:{}", common::free_port());
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (cargo xtask setup --test-tools installs it)");
+        let child = common::prometheus(dir.path(), &addr, &[]);
         Prometheus {
             child,
             addr,

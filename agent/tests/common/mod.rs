@@ -505,3 +505,23 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// Starts Debian's Prometheus with `<dir>/prometheus.yml`, its storage in `<dir>/data`,
+/// listening on `addr`, plus `extra` flags (the remote-write receiver, a web config).
+pub fn prometheus(dir: &Path, addr: &str, extra: &[&str]) -> Child {
+    Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (cargo xtask setup --test-tools installs it)")
+}
