@@ -559,19 +559,32 @@ fn between<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
     Some(text[start..stop].trim_matches(['\r', '\n']))
 }
 
-/// Boots a guest with two virtio disks: `disk` (vda, read raw) and `filesystem` (vdb, made
-/// ext2 by the guest).
-#[allow(clippy::too_many_arguments)]
-fn boot(
+/// One guest boot: the kernel and initramfs, two virtio disks (`disk`, vda, read raw;
+/// `filesystem`, vdb, made ext2 by the guest), the mode passed to /init, the vCPUs, and
+/// where the serial console goes.
+struct Guest<'a> {
     arch: Arch,
-    vmlinuz: &Path,
-    initramfs: &Path,
-    disk: &Path,
-    filesystem: &Path,
-    mode: &str,
+    vmlinuz: &'a Path,
+    initramfs: &'a Path,
+    disk: &'a Path,
+    filesystem: &'a Path,
+    mode: &'a str,
     cpus: u32,
-    log: &Path,
-) -> Result<GuestRun> {
+    log: &'a Path,
+}
+
+/// Boots the guest once.
+fn boot(guest: &Guest) -> Result<GuestRun> {
+    let Guest {
+        arch,
+        vmlinuz,
+        initramfs,
+        disk,
+        filesystem,
+        mode,
+        cpus,
+        log,
+    } = *guest;
     let (qemu, machine, console) = arch.qemu();
     // arm64 under TCG emulates a different instruction set, and 32 vCPUs share one host
     // thread: those get more time.
@@ -628,25 +641,15 @@ fn boot(
 /// boot sometimes oopses during early text patching, with no nodelens involved). A failure
 /// after /init started is never retried. Each boot gets a fresh, empty second disk: the
 /// guest makes its filesystem.
-#[allow(clippy::too_many_arguments)]
-fn boot_with_retry(
-    arch: Arch,
-    vmlinuz: &Path,
-    initramfs: &Path,
-    disk: &Path,
-    filesystem: &Path,
-    mode: &str,
-    cpus: u32,
-    log: &Path,
-    retries: &mut Vec<String>,
-) -> Result<GuestRun> {
+fn boot_with_retry(guest: &Guest, retries: &mut Vec<String>) -> Result<GuestRun> {
+    let (filesystem, log) = (guest.filesystem, guest.log);
     for attempt in 0..2 {
         // A console log left by an earlier run must not decide whether to retry.
         let _ = std::fs::remove_file(log);
         let fs_img = std::fs::File::create(filesystem)?;
         fs_img.set_len(0)?;
         fs_img.set_len(96 << 20)?;
-        match boot(arch, vmlinuz, initramfs, disk, filesystem, mode, cpus, log) {
+        match boot(guest) {
             Ok(run) => return Ok(run),
             Err(e) => {
                 let console = std::fs::read_to_string(log).unwrap_or_default();
@@ -1029,17 +1032,17 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
             let started = std::time::Instant::now();
             let log = dir().join(format!("console-{tag}-{mode}.log"));
             let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
-            let run = boot_with_retry(
+            let guest = Guest {
                 arch,
                 vmlinuz,
-                &initramfs,
-                &disk,
-                &filesystem,
+                initramfs: &initramfs,
+                disk: &disk,
+                filesystem: &filesystem,
                 mode,
                 cpus,
-                &log,
-                &mut retries,
-            )?;
+                log: &log,
+            };
+            let run = boot_with_retry(&guest, &mut retries)?;
             step(&format!(
                 "{package} (mode {mode}): {} s",
                 started.elapsed().as_secs()
