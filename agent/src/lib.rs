@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod preflight;
 pub mod remote_write;
+pub mod render;
 pub mod runtime;
 pub mod security;
 pub mod server;

@@ -29,6 +29,10 @@ pub enum CollectError {
     Map { map: &'static str, detail: String },
     #[error("encoding failed")]
     Encode(#[from] fmt::Error),
+    /// The family writes its samples directly as text (`crate::render`), and the registry
+    /// was encoded some other way.
+    #[error("this family is written directly as text, which only crate::render::render does")]
+    NotRendering,
 }
 
 impl CollectError {

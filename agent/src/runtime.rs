@@ -126,9 +126,7 @@ impl Runtime {
 
     /// Encodes one scrape in the Prometheus text format.
     pub fn render(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
-        Ok(text)
+        crate::render::render(&self.registry, crate::render::Format::Prometheus)
     }
 }
 

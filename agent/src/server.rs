@@ -37,11 +37,7 @@ pub struct Server {
     pub web: Arc<Web>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Prometheus,
-    OpenMetrics,
-}
+pub use crate::render::Format;
 
 /// Picks the exposition format from `Accept`, honouring q-values: OpenMetrics only when the
 /// client prefers it (as Prometheus does when it scrapes), the 0.0.4 text format otherwise.
@@ -97,16 +93,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 impl Server {
     /// Encodes the registry. Runs the collectors, so it reads /proc and the BPF maps.
     pub fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
-        let mut out = String::with_capacity(64 * 1024);
-        match format {
-            Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
-            }
-            Format::OpenMetrics => {
-                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
-            }
-        }
-        Ok(out)
+        crate::render::render(&self.registry, format)
     }
 
     fn index_page(&self) -> String {

@@ -62,6 +62,12 @@ impl Rendered {
         }
     }
 
+    /// Every pair as the text formats write it between the braces, with a trailing comma
+    /// (empty for none).
+    pub fn text(&self) -> &str {
+        &self.full
+    }
+
     /// These labels and then `name="value"`.
     pub fn and<'a>(&'a self, name: &'static str, value: &'a str) -> WithLabels<'a, 1> {
         self.and_all([(name, value)])

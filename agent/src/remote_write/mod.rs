@@ -110,10 +110,8 @@ async fn sample(
         // Collectors read /proc and the maps, and a big node has tens of thousands of
         // samples to sort: all of it off the event loop, which serves scrapes.
         let round = tokio::task::spawn_blocking(move || {
-            let mut text = String::with_capacity(64 * 1024);
-            let rendered =
-                prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
-            let entries = rendered.ok().map(|()| {
+            let rendered = crate::render::render(&registry, crate::render::Format::Prometheus);
+            let entries = rendered.ok().map(|text| {
                 let (samples, unreadable) = exposition::parse(&text);
                 if unreadable > 0 {
                     tracing::debug!(unreadable, "remote_write: exposition lines not understood");

@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{
     cgroups::{
@@ -28,7 +28,8 @@ use crate::{
             LoadedFamily, ProbeSpec, global_bytes, take_map,
         },
     },
-    metrics::{CollectError, counter, counts, family, gauge},
+    metrics::{CollectError, counter, gauge},
+    render,
 };
 
 pub struct Cgroup;
@@ -103,7 +104,7 @@ impl LoadedFamily for CgroupMaps {
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = tracker.counts();
         drop(tracker);
-        encode(out, &rows)?;
+        encode(&rows)?;
         gauge(
             out,
             "nodelens_cgroups_tracked",
@@ -155,56 +156,57 @@ impl LoadedFamily for CgroupMaps {
 }
 
 /// The four families, each series only once it is non-zero (a cgroup that never waited or
-/// reclaimed adds no series for it).
-fn encode(out: &mut DescriptorEncoder, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+/// reclaimed adds no series for it). Written directly as text (`crate::render`): these are
+/// most of the samples of a node with many pods.
+fn encode(rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
     let labels = series::choose(rows.iter().map(|r| r.series.as_ref()));
-    let rows: Vec<(&Rendered, &CgroupStats)> =
-        labels.into_iter().zip(rows.iter().map(|r| &r.values)).collect();
+    let rows: Vec<(&str, &CgroupStats)> = labels
+        .into_iter()
+        .map(Rendered::text)
+        .zip(rows.iter().map(|r| &r.values))
+        .collect();
     let secs = |ns: u64| ns as f64 / 1e9;
-    let one = |value: fn(&CgroupStats) -> u64| {
-        rows.iter()
-            .filter(move |(_, v)| value(v) != 0)
-            .map(move |(l, v)| (*l, secs(value(v))))
-    };
-    family(
-        out,
-        "nodelens_cgroup_cpu_seconds_total",
-        "Time the cgroup's tasks spent on a CPU, measured at sched_switch.",
-        MetricType::Counter,
-        one(|v| v.cpu_ns),
-    )?;
-    family(
-        out,
-        "nodelens_cgroup_runqueue_wait_seconds_total",
-        "Time the cgroup's tasks spent runnable but waiting for a CPU.",
-        MetricType::Counter,
-        one(|v| v.runqueue_wait_ns),
-    )?;
-    counts(
-        out,
-        "nodelens_cgroup_context_switches_total",
-        "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
-        rows.iter().flat_map(|(l, v)| {
-            [
+    render::direct(|out| {
+        let out = out.ok_or(CollectError::NotRendering)?;
+        let mut cpu = out.counter(
+            "nodelens_cgroup_cpu_seconds_total",
+            "Time the cgroup's tasks spent on a CPU, measured at sched_switch.",
+        );
+        for (l, v) in rows.iter().filter(|(_, v)| v.cpu_ns != 0) {
+            cpu.float(l, None, secs(v.cpu_ns));
+        }
+        let mut wait = out.counter(
+            "nodelens_cgroup_runqueue_wait_seconds_total",
+            "Time the cgroup's tasks spent runnable but waiting for a CPU.",
+        );
+        for (l, v) in rows.iter().filter(|(_, v)| v.runqueue_wait_ns != 0) {
+            wait.float(l, None, secs(v.runqueue_wait_ns));
+        }
+        let mut switches = out.counter(
+            "nodelens_cgroup_context_switches_total",
+            "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
+        );
+        for (l, v) in &rows {
+            for (kind, n) in [
                 ("voluntary", v.voluntary_switches),
                 ("involuntary", v.involuntary_switches),
-            ]
-            .into_iter()
-            .filter(|(_, n)| *n != 0)
-            .map(|(kind, n)| (l.and("kind", kind), n))
-        }),
-    )?;
-    family(
-        out,
-        "nodelens_cgroup_reclaim_stall_seconds_total",
-        "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
-        MetricType::Counter,
-        rows.iter().flat_map(|(l, v)| {
-            [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)]
-                .into_iter()
-                .filter(|(_, ns)| *ns != 0)
-                .map(|(kind, ns)| (l.and("kind", kind), secs(ns)))
-        }),
-    )?;
-    Ok(())
+            ] {
+                if n != 0 {
+                    switches.count(l, Some(("kind", kind)), n);
+                }
+            }
+        }
+        let mut reclaim = out.counter(
+            "nodelens_cgroup_reclaim_stall_seconds_total",
+            "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
+        );
+        for (l, v) in &rows {
+            for (kind, ns) in [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)] {
+                if ns != 0 {
+                    reclaim.float(l, Some(("kind", kind)), secs(ns));
+                }
+            }
+        }
+        Ok(())
+    })
 }
