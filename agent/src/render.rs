@@ -30,35 +30,41 @@ thread_local! {
     static DIRECT: RefCell<Option<DirectText>> = const { RefCell::new(None) };
 }
 
-/// The length of the last scrape rendered, to size the next one's buffer up front: a 2 MB
-/// scrape grown from empty would be copied some twenty times as the buffer doubles.
-static LAST_LENGTH: AtomicUsize = AtomicUsize::new(64 * 1024);
+/// The lengths of the last scrape's two parts, to size the next one's buffers up front: a
+/// 2 MB scrape grown from empty would be copied some twenty times as its buffer doubles.
+static LAST_ENCODED: AtomicUsize = AtomicUsize::new(64 * 1024);
+static LAST_DIRECT: AtomicUsize = AtomicUsize::new(0);
 
 /// Encodes `registry` in `format`, with every family collectors wrote through [`direct`].
+/// The direct families come first: families may come in any order, the end stays as
+/// prometheus_client writes it (OpenMetrics' `# EOF`), and a family declared without
+/// samples (which these can be) is never the last thing in the text, where some parsers
+/// refuse it.
 pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
-    let guess = LAST_LENGTH.load(Ordering::Relaxed);
-    DIRECT.with_borrow_mut(|d| *d = Some(DirectText::new(format, guess / 2)));
-    let mut out = String::with_capacity(guess + guess / 8);
-    let encoded = match format {
+    let encoded_guess = LAST_ENCODED.load(Ordering::Relaxed);
+    let direct_guess = LAST_DIRECT.load(Ordering::Relaxed);
+    // The direct text becomes the whole scrape: room for both parts, when there is one.
+    let direct_capacity = match direct_guess {
+        0 => 0,
+        n => n + n / 8 + encoded_guess + encoded_guess / 8,
+    };
+    DIRECT.with_borrow_mut(|d| *d = Some(DirectText::new(format, direct_capacity)));
+    let mut encoded = String::with_capacity(encoded_guess + encoded_guess / 8);
+    let result = match format {
         Format::Prometheus => {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+            prometheus_client::encoding::prometheus_text::encode(&mut encoded, registry)
         }
-        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut encoded, registry),
     };
     let direct = DIRECT.with_borrow_mut(Option::take);
-    encoded?;
-    if let Some(direct) = direct.filter(|d| !d.text.is_empty()) {
-        // Families may come in any order, but OpenMetrics ends with `# EOF`.
-        let eof = match format {
-            Format::OpenMetrics if out.ends_with("# EOF\n") => Some(out.len() - "# EOF\n".len()),
-            _ => None,
-        };
-        match eof {
-            Some(at) => out.insert_str(at, &direct.text),
-            None => out.push_str(&direct.text),
-        }
-    }
-    LAST_LENGTH.store(out.len(), Ordering::Relaxed);
+    result?;
+    LAST_ENCODED.store(encoded.len(), Ordering::Relaxed);
+    let Some(DirectText { text: mut out, .. }) = direct.filter(|d| !d.text.is_empty()) else {
+        LAST_DIRECT.store(0, Ordering::Relaxed);
+        return Ok(encoded);
+    };
+    LAST_DIRECT.store(out.len(), Ordering::Relaxed);
+    out.push_str(&encoded);
     Ok(out)
 }
 
@@ -83,10 +89,11 @@ impl DirectText {
         }
     }
 
-    /// Starts a counter family. `name` ends in `_total`: OpenMetrics names the family
-    /// without it and its samples with it, the 0.0.4 format names both with it (as
-    /// prometheus_client does).
-    pub fn counter(&mut self, name: &str, help: &str) -> Samples<'_> {
+    /// Starts a counter family: its HELP and TYPE lines, written even if no sample
+    /// follows, as prometheus_client declares every family. `name` ends in `_total`:
+    /// OpenMetrics names the family without it and its samples with it, the 0.0.4 format
+    /// names both with it (as prometheus_client does).
+    pub fn counter<'a>(&'a mut self, name: &'a str, help: &str) -> Samples<'a> {
         let family = match self.format {
             Format::OpenMetrics => name.strip_suffix("_total").unwrap_or(name),
             Format::Prometheus => name,
@@ -107,7 +114,7 @@ impl DirectText {
         }
         Samples {
             text: &mut self.text,
-            name: name.to_owned(),
+            name,
         }
     }
 }
@@ -115,7 +122,7 @@ impl DirectText {
 /// The samples of one family.
 pub struct Samples<'a> {
     text: &'a mut String,
-    name: String,
+    name: &'a str,
 }
 
 impl Samples<'_> {
@@ -123,7 +130,7 @@ impl Samples<'_> {
     /// or without a trailing comma (`a="x",b="y"`; empty for none), and `extra` one more
     /// pair after it (a family's own label, such as `kind`).
     fn start(&mut self, labels: &str, extra: Option<(&str, &str)>) {
-        self.text.push_str(&self.name);
+        self.text.push_str(self.name);
         let labels = labels.strip_suffix(',').unwrap_or(labels);
         if !labels.is_empty() || extra.is_some() {
             self.text.push('{');
@@ -219,6 +226,7 @@ mod tests {
                 let mut y = d.counter("y_total", HELP);
                 y.count("", Some(("kind", "v")), 7);
                 y.count("pod=\"a\",", Some(("kind", "w\"\n")), 8);
+                // Declared, without samples.
                 d.counter("z_total", HELP);
             });
             Ok(())
@@ -241,6 +249,31 @@ mod tests {
                 assert!(written.ends_with("# EOF\n"), "{written}");
                 assert_eq!(written.matches("# EOF").count(), 1);
             }
+        }
+    }
+
+    /// Direct families come before the encoded ones, whatever the collectors' order.
+    #[test]
+    fn direct_families_come_first() {
+        #[derive(Debug)]
+        struct Mixed;
+        impl prometheus_client::collector::Collector for Mixed {
+            fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+                crate::metrics::gauge(&mut out, "encoded", "Encoded.", 1.0)?;
+                direct(|d| {
+                    d.expect("rendering")
+                        .counter("direct_total", "Direct.")
+                        .count("", None, 2)
+                });
+                Ok(())
+            }
+        }
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Mixed));
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = render(&r, format).unwrap();
+            let at = |needle: &str| text.find(needle).expect(needle);
+            assert!(at("direct_total 2") < at("# HELP encoded"), "{text}");
         }
     }
 

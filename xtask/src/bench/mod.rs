@@ -106,14 +106,34 @@ pub fn start(name: &'static str, program: &Path, args: &[String], addr: String) 
 }
 
 pub(crate) fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
-    let mut response = ureq::get(&format!("http://{addr}{path}"))
-        .call()
-        .with_context(|| format!("GET http://{addr}{path}"))?;
-    Ok(response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_vec()?)
+    // A plain HTTP/1.0 GET on std's socket, read to the end: the latency figures are the
+    // agent's, not an HTTP client's. (xtask builds unoptimized, and ureq then took longer
+    // to read a 2 MB scrape than the agent took to write it; Prometheus's own client is
+    // compiled Go.)
+    use std::io::{Read as _, Write as _};
+    let url = format!("http://{addr}{path}");
+    let mut stream = std::net::TcpStream::connect(addr).with_context(|| format!("GET {url}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_nodelay(true)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .with_context(|| format!("GET {url}"))?;
+    let mut response = Vec::with_capacity(64 << 10);
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("GET {url}: reading the response"))?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("GET {url}: no end of headers"))?;
+    let status = String::from_utf8_lossy(&response[..split]);
+    let code = status.split_ascii_whitespace().nth(1).unwrap_or("");
+    if code != "200" {
+        bail!(
+            "GET {url}: {}",
+            status.lines().next().unwrap_or("no status line")
+        );
+    }
+    Ok(response.split_off(split + 4))
 }
 
 /// user + system CPU ticks of a process (fields 14 and 15 of /proc/<pid>/stat).
