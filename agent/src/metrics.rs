@@ -1,6 +1,7 @@
 //! What a collector is, and the helpers collectors use to emit const metrics.
 //!
-//! Collectors read at scrape time and write straight into the encoder. This module imports
+//! Collectors read at scrape time and write straight into the encoder (the largest
+//! families, per-cgroup series, bypass it: `crate::render`). This module imports
 //! nothing else from the agent, so every other module can use it.
 use std::{fmt, path::PathBuf};
 

@@ -48,7 +48,7 @@ pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error>
         0 => 0,
         n => n + n / 8 + encoded_guess + encoded_guess / 8,
     };
-    DIRECT.with_borrow_mut(|d| *d = Some(DirectText::new(format, direct_capacity)));
+    let installed = Installed::new(DirectText::new(format, direct_capacity));
     let mut encoded = String::with_capacity(encoded_guess + encoded_guess / 8);
     let result = match format {
         Format::Prometheus => {
@@ -56,7 +56,7 @@ pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error>
         }
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut encoded, registry),
     };
-    let direct = DIRECT.with_borrow_mut(Option::take);
+    let direct = installed.finish();
     result?;
     LAST_ENCODED.store(encoded.len(), Ordering::Relaxed);
     let Some(DirectText { text: mut out, .. }) = direct.filter(|d| !d.text.is_empty()) else {
@@ -66,6 +66,37 @@ pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error>
     LAST_DIRECT.store(out.len(), Ordering::Relaxed);
     out.push_str(&encoded);
     Ok(out)
+}
+
+/// This render's direct text, in place for the collectors. Dropping it, also when a collector
+/// panics, puts back what was there before (nothing, or the text of a render this one runs
+/// inside), so no text is left behind to swallow a later scrape's families.
+struct Installed {
+    previous: Option<DirectText>,
+    finished: bool,
+}
+
+impl Installed {
+    fn new(text: DirectText) -> Self {
+        Self {
+            previous: DIRECT.replace(Some(text)),
+            finished: false,
+        }
+    }
+
+    /// Takes this render's text back, and puts back the one before it.
+    fn finish(mut self) -> Option<DirectText> {
+        self.finished = true;
+        DIRECT.replace(self.previous.take())
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.finished {
+            DIRECT.set(self.previous.take());
+        }
+    }
 }
 
 /// Runs `f` on the direct text of the scrape this thread is rendering. `None` when the
@@ -94,6 +125,10 @@ impl DirectText {
     /// OpenMetrics names the family without it and its samples with it, the 0.0.4 format
     /// names both with it (as prometheus_client does).
     pub fn counter<'a>(&'a mut self, name: &'a str, help: &str) -> Samples<'a> {
+        debug_assert!(
+            name.ends_with("_total"),
+            "{name}: a counter's name ends in _total"
+        );
         let family = match self.format {
             Format::OpenMetrics => name.strip_suffix("_total").unwrap_or(name),
             Format::Prometheus => name,
@@ -149,10 +184,19 @@ impl Samples<'_> {
         self.text.push(' ');
     }
 
-    /// A sample with a float value, written as prometheus_client writes floats.
+    /// A sample with a float value: the digits prometheus_client writes for finite values,
+    /// and `+Inf`, `-Inf` or `NaN` (which both formats spell so) for the others.
     pub fn float(&mut self, labels: &str, extra: Option<(&str, &str)>, value: f64) {
         self.start(labels, extra);
-        self.text.push_str(dtoa::Buffer::new().format(value));
+        if value.is_finite() {
+            self.text.push_str(dtoa::Buffer::new().format_finite(value));
+        } else if value.is_nan() {
+            self.text.push_str("NaN");
+        } else if value > 0.0 {
+            self.text.push_str("+Inf");
+        } else {
+            self.text.push_str("-Inf");
+        }
         self.text.push('\n');
     }
 
@@ -275,6 +319,30 @@ mod tests {
             let at = |needle: &str| text.find(needle).expect(needle);
             assert!(at("direct_total 2") < at("# HELP encoded"), "{text}");
         }
+    }
+
+    /// A collector that panics mid-scrape leaves no direct text behind on its thread.
+    #[test]
+    fn a_panicking_collector_leaves_nothing_installed() {
+        #[derive(Debug)]
+        struct Panics;
+        impl prometheus_client::collector::Collector for Panics {
+            fn encode(&self, _: DescriptorEncoder) -> fmt::Result {
+                direct(|d| {
+                    d.expect("rendering")
+                        .counter("a_total", "A.")
+                        .count("", None, 1)
+                });
+                panic!("a collector bug");
+            }
+        }
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Panics));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            render(&r, Format::Prometheus)
+        }));
+        assert!(caught.is_err());
+        assert!(direct(|d| d.is_none()), "nothing left installed");
     }
 
     #[test]

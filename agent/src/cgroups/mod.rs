@@ -132,15 +132,17 @@ impl CgroupResolver {
 
     /// Whether the cgroup still exists (its directory is there with the same inode).
     pub fn exists(&self, id: u64) -> bool {
-        let Some(rel) = self.paths.get(&id) else {
-            return false;
-        };
-        let path = if rel == "/" {
+        self.directory(id).is_some_and(|path| exists_at(&path, id))
+    }
+
+    /// Where the cgroup `id` was seen, if it was.
+    pub fn directory(&self, id: u64) -> Option<PathBuf> {
+        let rel = self.paths.get(&id)?;
+        Some(if rel == "/" {
             self.root.clone()
         } else {
             self.root.join(rel)
-        };
-        std::fs::metadata(path).is_ok_and(|m| m.ino() == id)
+        })
     }
 
     /// Forgets a cgroup that is gone.
@@ -177,6 +179,12 @@ impl CgroupResolver {
         let path = self.path(id)?;
         Some(self.labels_for_path(path))
     }
+}
+
+/// Whether the cgroup `id` is still at `path`: the directory is there with the same inode
+/// (cgroup ids are inode numbers, never reused while the machine runs).
+pub fn exists_at(path: &Path, id: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.ino() == id)
 }
 
 #[cfg(test)]

@@ -68,11 +68,6 @@ impl Rendered {
         &self.full
     }
 
-    /// These labels and then `name="value"`.
-    pub fn and<'a>(&'a self, name: &'static str, value: &'a str) -> WithLabels<'a, 1> {
-        self.and_all([(name, value)])
-    }
-
     /// These labels and then every pair of `extra`.
     pub fn and_all<'a, const N: usize>(
         &'a self,
@@ -212,7 +207,7 @@ mod tests {
                         "x_total",
                         "help",
                         MetricType::Counter,
-                        self.0.iter().map(|r| (r.and("kind", k), 1.0)),
+                        self.0.iter().map(|r| (r.and_all([("kind", k)]), 1.0)),
                     ),
                     None => family(
                         &mut out,

@@ -136,6 +136,7 @@ impl LoadedFamily for CgroupMaps {
             }
         };
         let live = entries.len() as u64;
+        self.table.check_idle(&self.tracker, &entries);
         let delete = {
             let mut tracker = self.tracker.lock();
             self.table.upkeep(&mut tracker, entries, read_at)

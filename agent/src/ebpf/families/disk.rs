@@ -305,6 +305,7 @@ impl PerCgroup {
             }
         };
         let live = (owned.len() + unknown.len()) as u64;
+        self.table.check_idle(&self.tracker, &owned);
         let delete = self.table.upkeep(&mut self.tracker.lock(), owned, read_at);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         // An entry already gone is fine: it cannot be deleted twice.
