@@ -209,7 +209,7 @@ impl Samples<'_> {
 }
 
 /// A label value as the text formats write it: backslash, double quote and newline escaped.
-fn escape_into(out: &mut String, value: &str) {
+pub fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -31,10 +31,9 @@ pub struct Rendered {
 
 /// A label value as the text format writes it.
 fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut out = String::with_capacity(value.len());
+    crate::render::escape_into(&mut out, value);
+    out
 }
 
 impl Rendered {
