@@ -431,13 +431,22 @@ where
         tracker.lock().record_checks(checks);
     }
 
-    /// One upkeep pass over every entry of the kernel map, read at `read_at`. Returns the
-    /// keys to delete from it: entries of gone cgroups, whose values this table now keeps.
+    /// One upkeep pass over every entry of the kernel map, read at `read_at`. Entries of
+    /// gone cgroups are taken out of the map with `take` (which deletes the entry and
+    /// returns its value at that moment), and this table keeps their values from then on.
+    /// Returns the keys taken.
+    ///
+    /// The caller holds the tracker lock from before `take` until after, and a scrape holds
+    /// it while it reads the map ([`Self::rows`]): so a scrape sees a gone cgroup's values
+    /// either in the map or in this table, never in both (once counted twice, the next
+    /// scrape would go back). `take` reads the value again rather than using `entries`',
+    /// since a scrape may have exported a later one since.
     pub fn upkeep(
         &self,
         tracker: &mut TrackerState,
         entries: Vec<(K, V)>,
         read_at: Instant,
+        mut take: impl FnMut(&K) -> Option<V>,
     ) -> Vec<K> {
         let mut t = self.lock();
         let mut delete = Vec::new();
@@ -461,6 +470,8 @@ where
                 last.insert(key, value);
                 continue;
             }
+            // Not there any more: nothing to keep (only upkeep deletes, so this is rare).
+            let Some(value) = take(&key) else { continue };
             delete.push(key);
             match verdict.assignment {
                 Assignment::Tracked => {
@@ -500,7 +511,8 @@ where
     }
 
     /// The rows a scrape exports, from the kernel map's current entries: tracked cgroups
-    /// one by one (final rows of gone ones included, once), and "other" per dimension.
+    /// one by one (final rows of gone ones included, once), and "other" per dimension. The
+    /// caller reads `entries` while it holds the tracker lock (see [`Self::upkeep`]).
     pub fn rows(&self, tracker: &mut TrackerState, entries: Vec<(K, V)>) -> Vec<Row<K::Dims, V>> {
         let mut t = self.lock();
         let mut rows = Vec::with_capacity(entries.len() + t.finals.len() + 1);
@@ -602,6 +614,16 @@ mod tests {
         std::fs::metadata(&p).unwrap().ino()
     }
 
+    /// Upkeep with a kernel map that holds exactly `entries`.
+    fn upkeep(
+        table: &CounterTable<u64, u64>,
+        t: &mut TrackerState,
+        entries: Vec<(u64, u64)>,
+    ) -> Vec<u64> {
+        let mut map: HashMap<u64, u64> = entries.iter().copied().collect();
+        table.upkeep(t, entries, Instant::now(), |k| map.remove(k))
+    }
+
     fn value_of(rows: &[Row<(), u64>], id: u64) -> Option<u64> {
         rows.iter().find(|r| r.id == id).map(|r| r.values)
     }
@@ -616,11 +638,11 @@ mod tests {
         let mut t = tr.lock();
         t.begin_round();
         // One family's upkeep walks the tree for `a`...
-        first.upkeep(&mut t, vec![(a, 1)], Instant::now());
+        upkeep(&first, &mut t, vec![(a, 1)]);
         // ...then a pod starts, and the next family reads its map in the same round.
         std::thread::sleep(Duration::from_millis(5));
         let b = dir(root.path(), "b");
-        second.upkeep(&mut t, vec![(b, 1)], Instant::now());
+        upkeep(&second, &mut t, vec![(b, 1)]);
         t.end_round();
         let rows = second.rows(&mut t, vec![(b, 2)]);
         assert_eq!(
@@ -644,7 +666,7 @@ mod tests {
                 std::fs::remove_dir(root.path().join(name)).unwrap();
             }
             let mut t = tr.lock();
-            let deleted = table.upkeep(&mut t, entries, Instant::now());
+            let deleted = upkeep(&table, &mut t, entries);
             t.end_round();
             deleted
         };
@@ -677,14 +699,12 @@ mod tests {
         std::fs::remove_dir(root.path().join("b")).unwrap();
         t.begin_round();
         assert!(
-            table
-                .upkeep(&mut t, vec![(a, 12), (b, 7)], Instant::now())
-                .is_empty(),
+            upkeep(&table, &mut t, vec![(a, 12), (b, 7)]).is_empty(),
             "they moved"
         );
         t.end_round();
         t.begin_round();
-        let mut deleted = table.upkeep(&mut t, vec![(a, 12), (b, 7)], Instant::now());
+        let mut deleted = upkeep(&table, &mut t, vec![(a, 12), (b, 7)]);
         deleted.sort();
         let mut want = vec![a, b];
         want.sort();
@@ -701,13 +721,59 @@ mod tests {
         assert_eq!(value_of(&rows, a), Some(12));
         assert_eq!(value_of(&rows, OTHER), Some(7));
         t.begin_round();
-        table.upkeep(&mut t, vec![], Instant::now());
+        upkeep(&table, &mut t, vec![]);
         t.end_round();
         assert_eq!(t.counts().0, 0, "then its place is free");
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, a), None, "exported once, then gone");
         assert_eq!(value_of(&rows, OTHER), Some(7), "other keeps b for good");
         assert_eq!(t.counts().1, 1, "one eviction");
+    }
+
+    #[test]
+    fn a_gone_cgroup_is_kept_at_its_value_when_taken_so_other_never_goes_back() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 0);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        t.begin_round();
+        assert!(upkeep(&table, &mut t, vec![(a, 5)]).is_empty());
+        t.end_round();
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        // Upkeep read 5, then the exiting task's last switch made it 7, and a scrape
+        // exported that before upkeep took the entry.
+        let before = value_of(&table.rows(&mut t, vec![(a, 7)]), OTHER).unwrap();
+        t.begin_round();
+        let mut kernel: HashMap<u64, u64> = [(a, 7)].into_iter().collect();
+        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |k| kernel.remove(k));
+        t.end_round();
+        assert_eq!(taken, vec![a]);
+        assert!(kernel.is_empty(), "the entry is out of the kernel map");
+        let after = value_of(&table.rows(&mut t, vec![]), OTHER).unwrap();
+        assert_eq!(
+            (before, after),
+            (7, 7),
+            "other keeps the value taken, not the one read"
+        );
+    }
+
+    #[test]
+    fn an_entry_gone_before_upkeep_takes_it_is_not_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 0);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        t.begin_round();
+        upkeep(&table, &mut t, vec![(a, 5)]);
+        t.end_round();
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        t.begin_round();
+        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |_| None);
+        t.end_round();
+        assert!(taken.is_empty());
+        assert_eq!(value_of(&table.rows(&mut t, vec![]), OTHER), None);
     }
 
     #[test]
@@ -726,20 +792,17 @@ mod tests {
         for (i, &id) in ids.iter().enumerate() {
             let i = i as u64;
             t.begin_round();
-            table.upkeep(&mut t, vec![(id, i + 1)], Instant::now());
+            upkeep(&table, &mut t, vec![(id, i + 1)]);
             t.end_round();
             std::fs::remove_dir(root.path().join(format!("c{i}"))).unwrap();
             t.begin_round();
-            assert_eq!(
-                table.upkeep(&mut t, vec![(id, i + 1)], Instant::now()),
-                vec![id]
-            );
+            assert_eq!(upkeep(&table, &mut t, vec![(id, i + 1)]), vec![id]);
             t.end_round();
             total += i + 1;
         }
         std::thread::sleep(Duration::from_millis(30));
         t.begin_round();
-        table.upkeep(&mut t, vec![], Instant::now());
+        upkeep(&table, &mut t, vec![]);
         t.end_round();
         assert_eq!(table.finals_waiting(), 0);
         assert_eq!(t.counts().0, 0, "every tracked place is free again");
@@ -756,10 +819,7 @@ mod tests {
         let table: CounterTable<u64, u64> = CounterTable::default();
         let mut t = tr.lock();
         t.begin_round();
-        assert_eq!(
-            table.upkeep(&mut t, vec![(u64::MAX, 3)], Instant::now()),
-            vec![u64::MAX]
-        );
+        assert_eq!(upkeep(&table, &mut t, vec![(u64::MAX, 3)]), vec![u64::MAX]);
         t.end_round();
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, OTHER), Some(3));

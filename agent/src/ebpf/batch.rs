@@ -95,6 +95,55 @@ fn lookup_batch<K: Pod, V: Pod>(
     }
 }
 
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` from include/uapi/linux/bpf.h (hash maps: 5.14+).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// The element-operation member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Deletes `key`'s entry and returns the value it had when deleted, or `None` if there is
+/// none. One atomic call where the kernel has it, so an update landing between a read and
+/// the delete is not lost; else a lookup, then a delete.
+pub fn take<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Option<V> {
+    let mut value = std::mem::MaybeUninit::<V>::uninit();
+    let mut attr = ElemAttr {
+        map_fd: map_fd(map) as u32,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: key and value point at a K and room for a V, whose sizes aya checked against
+    // the map's when it typed the map; the kernel writes at most one value.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &raw mut attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: on success the kernel wrote the value.
+        return Some(unsafe { value.assume_init() });
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOENT) => None,
+        // Older kernels: no lookup-and-delete for hash maps.
+        _ => {
+            let value = map.get(key, 0).ok()?;
+            map.remove(key).ok().map(|()| value)
+        }
+    }
+}
+
 fn map_fd<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> i32 {
     use aya::maps::IterableMap;
     map.map().fd().as_fd().as_raw_fd()

@@ -99,8 +99,10 @@ impl CgroupMaps {
 
 impl LoadedFamily for CgroupMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        let entries = self.entries()?;
+        // The map is read under the tracker lock, so that upkeep cannot move a gone
+        // cgroup's values into the table in between (see `CounterTable::upkeep`).
         let mut tracker = self.tracker.lock();
+        let entries = self.entries()?;
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = tracker.counts();
         drop(tracker);
@@ -137,14 +139,13 @@ impl LoadedFamily for CgroupMaps {
         };
         let live = entries.len() as u64;
         self.table.check_idle(&self.tracker, &entries);
-        let delete = {
-            let mut tracker = self.tracker.lock();
-            self.table.upkeep(&mut tracker, entries, read_at)
-        };
+        // Lock order: tracker, then the map (as the scrape takes them).
+        let mut tracker = self.tracker.lock();
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        // An entry already gone is fine: it cannot be deleted twice.
-        let deleted = delete.iter().filter(|id| map.remove(id).is_ok()).count() as u64;
-        self.fill.set(live.saturating_sub(deleted));
+        let taken = self
+            .table
+            .upkeep(&mut tracker, entries, read_at, |id| batch::take(&mut map, id));
+        self.fill.set(live.saturating_sub(taken.len() as u64));
     }
 
     fn health(&self) -> Health {

@@ -306,11 +306,13 @@ impl PerCgroup {
         };
         let live = (owned.len() + unknown.len()) as u64;
         self.table.check_idle(&self.tracker, &owned);
-        let delete = self.table.upkeep(&mut self.tracker.lock(), owned, read_at);
+        // Lock order: tracker, then the map (as the scrape takes them).
+        let mut tracker = self.tracker.lock();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        // An entry already gone is fine: it cannot be deleted twice.
-        let deleted = delete.iter().filter(|k| map.remove(k).is_ok()).count() as u64;
-        self.fill.set(live.saturating_sub(deleted));
+        let taken = self
+            .table
+            .upkeep(&mut tracker, owned, read_at, |k| batch::take(&mut map, k));
+        self.fill.set(live.saturating_sub(taken.len() as u64));
     }
 }
 
@@ -384,8 +386,11 @@ impl DiskMaps {
 impl DiskMaps {
     /// The three per-cgroup families; a series appears once it is non-zero.
     fn collect_per_cgroup(&self, pc: &PerCgroup, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
+        // Read under the tracker lock: see `CounterTable::upkeep`.
+        let mut tracker = pc.tracker.lock();
         let (owned, unknown) = pc.entries()?;
-        let rows = pc.table.rows(&mut pc.tracker.lock(), owned);
+        let rows = pc.table.rows(&mut tracker, owned);
+        drop(tracker);
         let unknown_labels = series::SeriesLabels::new(
             &crate::cgroups::CgroupLabels {
                 cgroup: "unknown".into(),
