@@ -298,12 +298,21 @@ pub fn reason(err: &(dyn std::error::Error + 'static)) -> String {
         let text = e.to_string();
         let text = match text.split_once("Verifier output:") {
             Some((head, log)) => {
+                tracing::debug!("verifier output:{log}");
+                // The statistics lines close every log, failed or not: the reason is the
+                // line before them.
                 let last = log
                     .lines()
                     .rev()
-                    .find(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .find(|l| {
+                        !l.is_empty()
+                            && !l.starts_with("processed ")
+                            && !l.starts_with("verification time")
+                            && !l.starts_with("stack depth")
+                    })
                     .unwrap_or("");
-                format!("{}(verifier: {})", head, last.trim())
+                format!("{}(verifier: {})", head, last)
             }
             None => text,
         };

@@ -11,17 +11,13 @@
 use std::{
     collections::HashMap as StdHashMap,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use agent_ebpf::{
     disk::{
         COST_COMPLETE, COST_ISSUE, CgroupDiskKey, CgroupDiskStats, DISK_HISTOGRAM_ENTRIES,
-        DISK_INFLIGHT_ENTRIES, DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms,
-        DiskInFlight, DiskKey, DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT,
+        DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskKey, DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT,
         SIZE_SLOTS,
     },
     histogram::Log2Histogram,
@@ -53,10 +49,6 @@ use crate::{
 /// first slot to the one before the overflow slot.
 const LATENCY_LAST_SLOT: usize = LATENCY_FIRST_SLOT + LATENCY_SLOTS - 2;
 const SIZE_LAST_SLOT: usize = SIZE_FIRST_SLOT + SIZE_SLOTS - 2;
-
-/// An in-flight request older than this lost its completion (for example a device that
-/// vanished mid-request): upkeep removes and counts it, never records it as latency.
-pub const INFLIGHT_STALE_NS: u64 = 60 * 1_000_000_000;
 
 pub struct Disk;
 
@@ -223,7 +215,6 @@ impl Family for Disk {
     ) -> Result<Box<dyn LoadedFamily>, String> {
         Ok(Box::new(DiskMaps {
             histograms: take_map(ebpf, "DISK_HISTOGRAMS")?,
-            inflight: Mutex::new(take_map(ebpf, "DISK_INFLIGHT")?),
             counters: take_map(ebpf, "DISK_COUNTERS")?,
             costs: ProbeCosts::new(take_map(ebpf, "DISK_COST")?, &COST_SLOTS),
             per_cgroup: if ctx.per_cgroup {
@@ -239,8 +230,6 @@ impl Family for Disk {
             },
             up: attached.all_up(&["block_rq_issue", "block_rq_complete"]),
             names: DeviceNames::new(ctx.sysfs.join("dev/block")),
-            stale: AtomicU64::new(0),
-            inflight_fill: FillGauge::default(),
             histogram_fill: FillGauge::default(),
         }))
     }
@@ -248,8 +237,6 @@ impl Family for Disk {
 
 struct DiskMaps {
     histograms: PerCpuHashMap<MapData, DiskKey, DiskHistograms>,
-    /// Behind a lock: upkeep removes stale entries from it.
-    inflight: Mutex<HashMap<MapData, u64, DiskInFlight>>,
     counters: PerCpuArray<MapData, DiskCounters>,
     costs: ProbeCosts,
     /// Per-cgroup totals, when the `cgroup` collector is on.
@@ -257,9 +244,6 @@ struct DiskMaps {
     /// block_rq_issue and block_rq_complete attached.
     up: bool,
     names: DeviceNames,
-    /// In-flight requests upkeep removed because they never completed.
-    stale: AtomicU64,
-    inflight_fill: FillGauge,
     histogram_fill: FillGauge,
 }
 
@@ -349,37 +333,6 @@ impl DeviceNames {
             }
             None => format!("{major}:{minor}"),
         }
-    }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns reads.
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-impl DiskMaps {
-    /// Removes in-flight requests older than `INFLIGHT_STALE_NS`, counts them, and returns
-    /// how many entries remain.
-    fn sweep_inflight(&self) -> u64 {
-        let now = monotonic_ns();
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        let mut entries = 0u64;
-        let mut stale = Vec::new();
-        for (key, req) in inflight.iter().flatten() {
-            entries += 1;
-            if now.saturating_sub(req.issued_ns) > INFLIGHT_STALE_NS {
-                stale.push(key);
-            }
-        }
-        for key in &stale {
-            // Gone already means it completed after all: not stale.
-            if inflight.remove(key).is_ok() {
-                self.stale.fetch_add(1, Ordering::Relaxed);
-                entries = entries.saturating_sub(1);
-            }
-        }
-        entries
     }
 }
 
@@ -513,22 +466,21 @@ impl LoadedFamily for DiskMaps {
         if let Some(pc) = &self.per_cgroup {
             pc.upkeep();
         }
-        self.inflight_fill.set(self.sweep_inflight());
         self.histogram_fill
             .set(self.histograms.keys().count() as u64);
     }
 
     fn health(&self) -> Health {
-        let (mut inflight_full, mut histogram_full, mut cgroup_full) = (0, 0, 0);
+        let (mut overwritten, mut histogram_full, mut cgroup_full) = (0, 0, 0);
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
-                inflight_full += c.inflight_map_full;
+                overwritten += c.inflight_overwritten;
                 histogram_full += c.histogram_map_full;
                 cgroup_full += c.cgroup_map_full;
             }
         }
+        // DISK_INFLIGHT is an array: it has no fill level, only slots taken over.
         let mut maps = vec![
-            self.inflight_fill.fill("DISK_INFLIGHT", DISK_INFLIGHT_ENTRIES),
             self.histogram_fill
                 .fill("DISK_HISTOGRAMS", DISK_HISTOGRAM_ENTRIES),
         ];
@@ -538,9 +490,8 @@ impl LoadedFamily for DiskMaps {
         Health {
             maps,
             lost: vec![
-                ("disk_inflight_map_full", inflight_full),
+                ("disk_inflight_overwritten", overwritten),
                 ("disk_histogram_map_full", histogram_full),
-                ("disk_inflight_stale", self.stale.load(Ordering::Relaxed)),
                 ("cgroup_map_full_disk", cgroup_full),
             ],
             costs: self.costs.read(),
