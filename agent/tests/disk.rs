@@ -188,11 +188,7 @@ fn probes_measure_their_own_cost_and_maps_report_their_fill() {
             "{probe}: {ns} ns per event is implausible"
         );
     }
-    for map in [
-        "RUNQUEUE_START",
-        "DISK_HISTOGRAMS",
-        "RECLAIM_START",
-    ] {
+    for map in ["RUNQUEUE_START", "DISK_HISTOGRAMS", "RECLAIM_START"] {
         let cap = m.value(&format!("nodelens_map_capacity{{map=\"{map}\"}}"));
         let n = m.value(&format!("nodelens_map_entries{{map=\"{map}\"}}"));
         assert!(cap > 0.0 && n <= cap, "{map}: {n} of {cap}");

@@ -14,6 +14,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -959,7 +960,13 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
         |arch: Arch| only.is_none_or(|o| o == arch) && (arch == Arch::Amd64 || cross_ready);
     let nodelens = build_static(Arch::Amd64)?;
     let nodelens_arm64 = if wanted(Arch::Arm64) {
-        build_static(Arch::Arm64)?
+        let started = std::time::Instant::now();
+        let binary = build_static(Arch::Arm64)?;
+        step(&format!(
+            "arm64 cross build: {} s",
+            started.elapsed().as_secs()
+        ));
+        binary
     } else {
         PathBuf::new()
     };
@@ -976,13 +983,8 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
             &mut skipped,
         )?);
     }
-    let disk = dir().join("disk.img");
-    std::fs::File::create(&disk)?.set_len(64 << 20)?;
-    let filesystem = dir().join("filesystem.img");
-
     // (column name, report)
     let mut runs: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
 
     step("host kernel: nodelens preflight --exercise");
     let host = Command::new(&nodelens)
@@ -996,110 +998,39 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
         .to_owned();
     runs.push((format!("{host_kernel} (host)"), host_report));
 
-    let mut scrapes: Vec<(String, String)> = Vec::new();
-    let mut lockdowns: Vec<(String, Lockdown)> = Vec::new();
-    let mut retries: Vec<String> = Vec::new();
-    for DebianKernel {
-        arch,
-        series,
-        release: package,
-        vmlinuz,
-        modules,
-    } in &debian
-    {
-        let arch = *arch;
-        let tag = match arch {
-            Arch::Amd64 => series.to_string(),
-            Arch::Arm64 => format!("{series}-arm64"),
-        };
-        let initramfs = dir().join(format!("initramfs-{tag}.cpio"));
-        let binary = match arch {
-            Arch::Amd64 => &nodelens,
-            Arch::Arm64 => &nodelens_arm64,
-        };
-        build_initramfs(&initramfs, binary, &busybox(arch)?, modules)?;
-        let modes: &[&str] = if arch == Arch::Arm64 {
-            &["normal"]
-        } else if *series == FALLBACK_KERNEL {
-            &["normal", "tracepoint", "notracefs"]
-        } else if *series == MANY_CPU_KERNEL {
-            &["normal", "many-cpus"]
-        } else {
-            &["normal"]
-        };
-        for mode in modes {
-            step(&format!("booting {package} under qemu (mode {mode})"));
-            let started = std::time::Instant::now();
-            let log = dir().join(format!("console-{tag}-{mode}.log"));
-            let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
-            let guest = Guest {
-                arch,
-                vmlinuz,
-                initramfs: &initramfs,
-                disk: &disk,
-                filesystem: &filesystem,
-                mode,
-                cpus,
-                log: &log,
-            };
-            let run = boot_with_retry(&guest, &mut retries)?;
-            step(&format!(
-                "{package} (mode {mode}): {} s",
-                started.elapsed().as_secs()
-            ));
-            let kernel = run.report["node"]["kernel"]
-                .as_str()
-                .unwrap_or(series)
-                .to_owned();
-            let column = match *mode {
-                "normal" => kernel.clone(),
-                "tracepoint" => format!("{kernel}, classic tracepoints forced"),
-                "many-cpus" => format!("{kernel}, {MANY_CPUS} CPUs"),
-                _ => format!("{kernel}, tracefs not mounted"),
-            };
-            if *mode == "many-cpus" {
-                failures.extend(check_map_memory(&column, &run.report));
-            }
-            if *mode == "normal" {
-                match run.seccomp.as_deref().map(|t| Lockdown::parse(t, &kernel)) {
-                    Some(lockdown) => {
-                        failures.extend(lockdown.problems(&column));
-                        lockdowns.push((column.clone(), lockdown));
-                    }
-                    None => failures.push(format!(
-                        "{column}: the serving agent's check printed nothing"
-                    )),
-                }
-            }
-            failures.extend(check_attribution(&column, mode, &run.report));
-            if run.exit != 0 {
-                failures.push(format!(
-                    "{column}: preflight --exercise exited {}: {}",
-                    run.exit,
-                    run.stderr.lines().last().unwrap_or("")
-                ));
-            }
-            if run.metrics.is_empty() {
-                failures.push(format!("{column}: no scrape came back"));
-            } else {
-                let problems = promtool_problems(&run.metrics)?;
-                if !problems.is_empty() {
-                    failures.push(format!("{column}: promtool check metrics: {problems:?}"));
-                }
-                scrapes.push((column.clone(), run.metrics.clone()));
-            }
-            if *mode == "tracepoint" {
-                for (probe, (attach, _, _, _)) in cells(&run.report) {
-                    if attach != "tracepoint" {
-                        failures.push(format!(
-                            "{column}: {probe} attached as {attach}, not tracepoint"
-                        ));
-                    }
-                }
-            }
-            runs.push((column, run.report));
-        }
-    }
+    // The two architectures' guests boot side by side, each on its own disks: a TCG guest
+    // runs on one host thread, so the arm64 boots take the second core and add little to
+    // the matrix's time.
+    let (amd64, arm64): (Vec<&DebianKernel>, Vec<&DebianKernel>) =
+        debian.iter().partition(|k| k.arch == Arch::Amd64);
+    // An error on one side stops the other before its next boot.
+    let stop = AtomicBool::new(false);
+    let (amd64, arm64) = std::thread::scope(|scope| {
+        let arm64 = scope.spawn(|| boot_all(&arm64, &nodelens_arm64, &stop));
+        let amd64 = boot_all(&amd64, &nodelens, &stop);
+        let arm64 = arm64
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the arm64 guests' thread panicked")));
+        (amd64, arm64)
+    });
+    let (amd64, more) = match (amd64, arm64) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(a), Err(b)) => bail!("amd64: {a:#}; arm64: {b:#}"),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let Boots {
+        runs: mut booted,
+        mut scrapes,
+        mut lockdowns,
+        mut failures,
+        mut retries,
+    } = amd64;
+    booted.extend(more.runs);
+    scrapes.extend(more.scrapes);
+    lockdowns.extend(more.lockdowns);
+    failures.extend(more.failures);
+    retries.extend(more.retries);
+    runs.extend(booted);
 
     // Every probe attaches on every run; core probes (and the exercised extras) see events.
     for (column, report) in &runs {
@@ -1394,4 +1325,152 @@ fn many_cpu_summary(runs: &[(String, serde_json::Value)]) -> String {
         modeled / 1024.0
     );
     s
+}
+
+/// What one architecture's guests gave, in boot order: report columns, scrapes, the
+/// serving agents' lockdowns, failures, and boots retried.
+#[derive(Default)]
+struct Boots {
+    runs: Vec<(String, serde_json::Value)>,
+    scrapes: Vec<(String, String)>,
+    lockdowns: Vec<(String, Lockdown)>,
+    failures: Vec<String>,
+    retries: Vec<String>,
+}
+
+/// Boots each of `kernels` (one architecture) in turn, in every mode it is tested in, with
+/// `binary` in its initramfs, and checks each run. Stops before the next boot once `stop`
+/// is set, and sets it on an error.
+fn boot_all(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Result<Boots> {
+    let started = std::time::Instant::now();
+    let booted = boot_each(kernels, binary, stop);
+    if booted.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    if let Some(kernel) = kernels.first() {
+        step(&format!(
+            "{} guests done: {} s",
+            kernel.arch.debian(),
+            started.elapsed().as_secs()
+        ));
+    }
+    booted
+}
+
+fn boot_each(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Result<Boots> {
+    let Some(arch) = kernels.first().map(|k| k.arch) else {
+        return Ok(Boots::default());
+    };
+    let disk = dir().join(format!("disk-{}.img", arch.debian()));
+    std::fs::File::create(&disk)?.set_len(64 << 20)?;
+    let filesystem = dir().join(format!("filesystem-{}.img", arch.debian()));
+    let mut boots = Boots::default();
+    let Boots {
+        runs,
+        scrapes,
+        lockdowns,
+        failures,
+        retries,
+    } = &mut boots;
+    for kernel in kernels {
+        let DebianKernel {
+            arch,
+            series,
+            release: package,
+            vmlinuz,
+            modules,
+        } = kernel;
+        let arch = *arch;
+        let tag = match arch {
+            Arch::Amd64 => series.to_string(),
+            Arch::Arm64 => format!("{series}-arm64"),
+        };
+        let initramfs = dir().join(format!("initramfs-{tag}.cpio"));
+        build_initramfs(&initramfs, binary, &busybox(arch)?, modules)?;
+        let modes: &[&str] = if arch == Arch::Arm64 {
+            &["normal"]
+        } else if *series == FALLBACK_KERNEL {
+            &["normal", "tracepoint", "notracefs"]
+        } else if *series == MANY_CPU_KERNEL {
+            &["normal", "many-cpus"]
+        } else {
+            &["normal"]
+        };
+        for mode in modes {
+            if stop.load(Ordering::Relaxed) {
+                bail!("stopped: the other architecture's guests failed");
+            }
+            step(&format!("booting {package} under qemu (mode {mode})"));
+            let started = std::time::Instant::now();
+            let log = dir().join(format!("console-{tag}-{mode}.log"));
+            let cpus = if *mode == "many-cpus" { MANY_CPUS } else { 2 };
+            let guest = Guest {
+                arch,
+                vmlinuz,
+                initramfs: &initramfs,
+                disk: &disk,
+                filesystem: &filesystem,
+                mode,
+                cpus,
+                log: &log,
+            };
+            let run = boot_with_retry(&guest, retries)?;
+            step(&format!(
+                "{package} (mode {mode}): {} s",
+                started.elapsed().as_secs()
+            ));
+            let kernel = run.report["node"]["kernel"]
+                .as_str()
+                .unwrap_or(series)
+                .to_owned();
+            let column = match *mode {
+                "normal" => kernel.clone(),
+                "tracepoint" => format!("{kernel}, classic tracepoints forced"),
+                "many-cpus" => format!("{kernel}, {MANY_CPUS} CPUs"),
+                _ => format!("{kernel}, tracefs not mounted"),
+            };
+            if *mode == "many-cpus" {
+                failures.extend(check_map_memory(&column, &run.report));
+            }
+            if *mode == "normal" {
+                match run.seccomp.as_deref().map(|t| Lockdown::parse(t, &kernel)) {
+                    Some(lockdown) => {
+                        failures.extend(lockdown.problems(&column));
+                        lockdowns.push((column.clone(), lockdown));
+                    }
+                    None => failures.push(format!(
+                        "{column}: the serving agent's check printed nothing"
+                    )),
+                }
+            }
+            failures.extend(check_attribution(&column, mode, &run.report));
+            if run.exit != 0 {
+                failures.push(format!(
+                    "{column}: preflight --exercise exited {}: {}",
+                    run.exit,
+                    run.stderr.lines().last().unwrap_or("")
+                ));
+            }
+            if run.metrics.is_empty() {
+                failures.push(format!("{column}: no scrape came back"));
+            } else {
+                let problems = promtool_problems(&run.metrics)?;
+                if !problems.is_empty() {
+                    failures.push(format!("{column}: promtool check metrics: {problems:?}"));
+                }
+                scrapes.push((column.clone(), run.metrics.clone()));
+            }
+            if *mode == "tracepoint" {
+                for (probe, (attach, _, _, _)) in cells(&run.report) {
+                    if attach != "tracepoint" {
+                        failures.push(format!(
+                            "{column}: {probe} attached as {attach}, not tracepoint"
+                        ));
+                    }
+                }
+            }
+            runs.push((column, run.report));
+        }
+    }
+    Ok(boots)
 }

@@ -532,7 +532,9 @@ mod tests {
         // the driver's data, cache-line aligned): a queue's worth of them must not collide.
         for stride in [320u64, 384, 448, 512, 576] {
             let base = 0xffff_8880_1234_0000u64;
-            let mut slots: Vec<u32> = (0..4096).map(|i| inflight_slot(base + i * stride)).collect();
+            let mut slots: Vec<u32> = (0..4096)
+                .map(|i| inflight_slot(base + i * stride))
+                .collect();
             slots.sort_unstable();
             slots.dedup();
             assert_eq!(slots.len(), 4096, "stride {stride}");

@@ -186,6 +186,8 @@ struct ScrapeFigures {
     cgroup_series: f64,
     /// Of those, the bench's pods (their pod label starts with `app-`).
     pods: f64,
+    /// A few of the others, for the error when too few are pods.
+    not_pods: Vec<String>,
     rss_mib: f64,
 }
 
@@ -223,7 +225,15 @@ fn measure_scrapes(d: &Daemon, n: usize) -> Result<ScrapeFigures> {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count() as f64,
         cgroup_series: cpu_series.clone().count() as f64,
-        pods: cpu_series.filter(|l| l.contains("pod=\"app-")).count() as f64,
+        pods: cpu_series
+            .clone()
+            .filter(|l| l.contains("pod=\"app-"))
+            .count() as f64,
+        not_pods: cpu_series
+            .filter(|l| !l.contains("pod=\"app-"))
+            .take(3)
+            .map(str::to_owned)
+            .collect(),
         rss_mib: rss_bytes(pid)? as f64 / 1048576.0,
     })
 }
@@ -469,11 +479,19 @@ fn wait_for_tracked(agent: &Daemon, n: usize) -> Result<()> {
             .find_map(|l| l.strip_prefix("nodelens_cgroups_tracked "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
-        if tracked >= n as f64 {
+        // And named: the agent rescans the kubelet's log directories for names it lacks at
+        // most every 5 s, so pods created after the last rescan are named a moment later.
+        let named = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("nodelens_cgroup_cpu_seconds_total{") && l.contains("pod=\"app-")
+            })
+            .count();
+        if tracked >= n as f64 && named + 256 >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("nodelens tracks {tracked} cgroups, not {n}");
+            bail!("nodelens tracks {tracked} cgroups, not {n}, and names {named} of the pods");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -632,8 +650,8 @@ pub fn bench(opts: Options) -> Result<()> {
     // "other", and a cgroup seen only through reclaim has no CPU series.
     if scaled.cgroup_series < 4000.0 || scaled.pods < 4096.0 - 256.0 {
         missing.push(format!(
-            "scale row: only {} cgroups ({} of the 4096 pods) exported one by one",
-            scaled.cgroup_series, scaled.pods
+            "scale row: only {} cgroups ({} of the 4096 pods) exported one by one; others: {:?}",
+            scaled.cgroup_series, scaled.pods, scaled.not_pods
         ));
     }
     if !missing.is_empty() {
