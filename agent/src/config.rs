@@ -125,8 +125,8 @@ pub struct Settings {
     /// counted), kill (others kill the agent) or off [default: errno].
     #[arg(long, env = "NODELENS_SECCOMP", global = true)]
     pub seccomp: Option<String>,
-    /// How often the agent keeps its kernel maps, whether or not anyone scrapes: sweeps
-    /// stale entries, deletes those of gone cgroups, refreshes fill levels [default: 5s].
+    /// How often the agent keeps its kernel maps, whether or not anyone scrapes: takes out
+    /// the entries of gone cgroups, refreshes fill levels [default: 5s].
     #[arg(long, env = "NODELENS_MAP_UPKEEP_INTERVAL", global = true)]
     pub map_upkeep_interval: Option<String>,
     #[command(flatten)]

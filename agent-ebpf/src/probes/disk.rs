@@ -14,7 +14,9 @@
 //! end to end); an array slot is an address computation. A slot still holding another
 //! request at issue (a collision, or a request whose completion never came) is taken
 //! over and counted (`inflight_overwritten`); that other request, if it completes, is not
-//! recorded.
+//! recorded. Slots are read and written without atomics: two CPUs issuing into one free
+//! slot at the same instant, or a completion clearing a slot while another CPU takes it
+//! over, lose one request uncounted. Both need a collision within a few instructions.
 //!
 //! With per-cgroup accounting on, each request also counts for the cgroup that owns it:
 //! the cgroup its bio is charged to (`request->bio->bi_blkg->blkcg->css.cgroup`), which
@@ -267,9 +269,11 @@ mod programs {
     static CGROUP_DISK: HashMap<CgroupDiskKey, CgroupDiskStats> =
         HashMap::with_max_entries(CGROUP_DISK_ENTRIES, 0);
 
-    /// One u64 per CPU that a request's address passes through (see [`address`]).
+    /// Per CPU, one u64 per program that a request's address passes through (see
+    /// [`address`]); one per program, since a completion interrupt can run in the middle
+    /// of an issue.
     #[map]
-    static DISK_ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    static DISK_ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COST_SLOTS, 0);
 
     #[map]
     static DISK_COST: PerCpuArray<ProbeCost> = PerCpuArray::with_max_entries(COST_SLOTS, 0);
@@ -282,16 +286,18 @@ mod programs {
         }
     }
 
-    /// A request's address as a plain number, to hash. The verifier allows no arithmetic on
-    /// a BTF-typed pointer, not even when it is cast; a value stored in a map and loaded
-    /// back is a number (storing a pointer needs CAP_PERFMON, which loading needs anyway).
+    /// A request's address as a plain number, to hash (0 if the cell is missing). The
+    /// verifier allows no arithmetic on a BTF-typed pointer, not even when it is cast; a
+    /// value stored in a map and loaded back is a number (storing a pointer needs
+    /// CAP_PERFMON, which loading needs anyway). `program` is the cell's index.
     #[inline(always)]
-    fn address(rq: *const u8) -> u64 {
-        let Some(cell) = DISK_ADDRESS.get_ptr_mut(0) else {
+    fn address(rq: *const u8, program: u32) -> u64 {
+        let Some(cell) = DISK_ADDRESS.get_ptr_mut(program) else {
             return 0;
         };
-        // SAFETY: a per-CPU slot, only this CPU uses it while the program runs; volatile, so
-        // that the compiler keeps the store and the load.
+        // SAFETY: this program's per-CPU cell (like every per-CPU value here, it assumes one
+        // run of a program per CPU at a time); volatile, so that the compiler keeps the
+        // store and the load.
         unsafe {
             core::ptr::write_volatile(cell, rq as u64);
             core::ptr::read_volatile(cell)
@@ -465,14 +471,20 @@ mod programs {
         let flags: u32 = unsafe { kernel::btf_load(rq, layout.request_cmd_flags) };
         let dev = unsafe { request_dev(rq, layout) };
         let owner = unsafe { request_owner(rq, layout) };
-        on_issue(address(rq), dev, disk_op_from_req_op(flags), bytes, owner);
+        on_issue(
+            address(rq, COST_ISSUE),
+            dev,
+            disk_op_from_req_op(flags),
+            bytes,
+            owner,
+        );
     }
 
     #[btf_tracepoint(function = "block_rq_complete")]
     pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> u32 {
         let t = cost::start(&DISK_COST, COST_COMPLETE);
         let rq: *const u8 = ctx.arg(0);
-        on_complete(address(rq));
+        on_complete(address(rq, COST_COMPLETE));
         t.stop();
         0
     }

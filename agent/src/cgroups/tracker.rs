@@ -451,17 +451,6 @@ where
         let mut t = self.lock();
         let mut delete = Vec::new();
         let mut last = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
-        // Final rows exported by a scrape since the last round are done.
-        let exported: Vec<K> = t
-            .finals
-            .iter()
-            .filter(|(_, (_, _, exported))| *exported)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in exported {
-            t.finals.remove(&k);
-            tracker.release(k.cgroup());
-        }
         for (key, value) in entries {
             let id = key.cgroup();
             let verdict = tracker.settle(id, read_at);
@@ -492,6 +481,20 @@ where
             }
         }
         t.last = last;
+        // Final rows exported by a scrape since the last round are done, unless the loop
+        // above just added a recreated entry to one (a dying task's last switch, writeback
+        // of a deleted pod's pages): that row was exported with the entry added, so it must
+        // be exported once more with it, never again without it.
+        let exported: Vec<K> = t
+            .finals
+            .iter()
+            .filter(|(_, (_, _, exported))| *exported)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in exported {
+            t.finals.remove(&k);
+            tracker.release(k.cgroup());
+        }
         // Nobody scrapes: move final rows that waited too long into "other", so that their
         // values stay exported and their tracked places come free.
         let expired: Vec<K> = t
@@ -755,6 +758,38 @@ mod tests {
             (before, after),
             (7, 7),
             "other keeps the value taken, not the one read"
+        );
+    }
+
+    #[test]
+    fn an_entry_recreated_after_its_final_row_keeps_the_row_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 10);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        t.begin_round();
+        upkeep(&table, &mut t, vec![(a, 7)]);
+        t.end_round();
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        t.begin_round();
+        assert_eq!(upkeep(&table, &mut t, vec![(a, 7)]), vec![a], "gone: taken");
+        t.end_round();
+        // A dying task's last switch recreates the entry; the scrape adds it to the final row.
+        assert_eq!(value_of(&table.rows(&mut t, vec![(a, 1)]), a), Some(8));
+        // Upkeep takes the recreated entry into the same final row...
+        t.begin_round();
+        assert_eq!(upkeep(&table, &mut t, vec![(a, 1)]), vec![a]);
+        t.end_round();
+        // ...so the next scrape exports it whole once more, never 1.
+        assert_eq!(value_of(&table.rows(&mut t, vec![]), a), Some(8));
+        t.begin_round();
+        upkeep(&table, &mut t, vec![]);
+        t.end_round();
+        assert_eq!(
+            value_of(&table.rows(&mut t, vec![]), a),
+            None,
+            "then it is done"
         );
     }
 

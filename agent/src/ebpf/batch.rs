@@ -3,7 +3,10 @@
 //! instead of 8,192. aya 0.14 has no batch API, so this is the one raw `bpf(2)` call in the
 //! agent. Kernels without batch support (or maps that refuse it) fall back to aya's
 //! iterator.
-use std::os::fd::{AsFd, AsRawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use aya::{
     Pod,
@@ -113,6 +116,9 @@ struct ElemAttr {
 /// none. One atomic call where the kernel has it, so an update landing between a read and
 /// the delete is not lost; else a lookup, then a delete.
 pub fn take<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Option<V> {
+    if NO_LOOKUP_AND_DELETE.load(Ordering::Relaxed) {
+        return lookup_then_delete(map, key);
+    }
     let mut value = std::mem::MaybeUninit::<V>::uninit();
     let mut attr = ElemAttr {
         map_fd: map_fd(map) as u32,
@@ -136,12 +142,21 @@ pub fn take<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Option
     }
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::ENOENT) => None,
-        // Older kernels: no lookup-and-delete for hash maps.
+        // Before 5.14 hash maps have no lookup-and-delete: remembered, so that later takes
+        // go straight to the two calls.
         _ => {
-            let value = map.get(key, 0).ok()?;
-            map.remove(key).ok().map(|()| value)
+            NO_LOOKUP_AND_DELETE.store(true, Ordering::Relaxed);
+            lookup_then_delete(map, key)
         }
     }
+}
+
+/// Set once the kernel refused `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map.
+static NO_LOOKUP_AND_DELETE: AtomicBool = AtomicBool::new(false);
+
+fn lookup_then_delete<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Option<V> {
+    let value = map.get(key, 0).ok()?;
+    map.remove(key).ok().map(|()| value)
 }
 
 fn map_fd<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> i32 {

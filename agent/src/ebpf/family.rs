@@ -212,8 +212,8 @@ pub trait Family: Sync {
 pub trait LoadedFamily: Send + Sync {
     /// Encodes its metrics. Reads the maps; never changes them.
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError>;
-    /// Keeps the maps healthy: sweeps stale entries, deletes those of cgroups that are
-    /// gone, counts what it removed, refreshes fill levels. The loader's upkeep task calls
+    /// Keeps the maps healthy: takes out the entries of cgroups that are gone (keeping
+    /// their values), refreshes fill levels. The loader's upkeep task calls
     /// it on a timer, whether or not anyone scrapes.
     fn upkeep(&self) {}
     /// Fill levels and losses, for the `bpf` collector.

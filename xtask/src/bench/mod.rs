@@ -469,7 +469,7 @@ fn map_memory(nodelens: &Path) -> Result<(f64, u64, f64)> {
 }
 
 /// Waits until the agent tracks at least `n` cgroups (the tree's processes ran and its
-/// resolver found them).
+/// resolver found them), and names all but 256 of them as the bench's pods.
 fn wait_for_tracked(agent: &Daemon, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -4,7 +4,7 @@
 //! It has no probes of its own. The scheduler and memory programs charge each cgroup in
 //! `CGROUP_STATS`, but only while this family is loaded: it sets `CGROUP_ACCOUNTING`, so a
 //! node that turns the `cgroup` collector off pays nothing for it. This family keeps the
-//! map (upkeep deletes the entries of gone cgroups after keeping their final values, see
+//! map (upkeep takes out the entries of gone cgroups and keeps their final values, see
 //! `cgroups::tracker`) and exports it.
 use std::sync::{Arc, Mutex};
 
@@ -82,7 +82,7 @@ impl Family for Cgroup {
 }
 
 struct CgroupMaps {
-    /// Behind a lock: upkeep deletes the entries of gone cgroups.
+    /// Behind a lock: upkeep takes out the entries of gone cgroups.
     stats: Mutex<HashMap<MapData, u64, CgroupStats>>,
     capacity: u32,
     table: CounterTable<u64, CgroupStats>,

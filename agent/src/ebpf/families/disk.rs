@@ -249,7 +249,7 @@ struct DiskMaps {
 
 /// The per-cgroup disk map and its user-space side.
 struct PerCgroup {
-    /// Behind a lock: upkeep deletes the entries of gone cgroups.
+    /// Behind a lock: upkeep takes out the entries of gone cgroups.
     map: Mutex<HashMap<MapData, CgroupDiskKey, CgroupDiskStats>>,
     capacity: u32,
     table: CounterTable<CgroupDiskKey, CgroupDiskStats>,
