@@ -616,6 +616,16 @@ fn test() -> Result<()> {
             .current_dir(workspace_root()),
     )?;
     cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
+    // The bench's clean-up of killed runs makes cgroups and loop devices: root only.
+    cargo(&[
+        "test",
+        "--package",
+        "xtask",
+        "--bins",
+        "--",
+        "--ignored",
+        "leftovers",
+    ])?;
     // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
     step("integration tests against the running kernel (as root, serialized)");
     run_cmd(

@@ -197,6 +197,7 @@ pub fn soak(minutes: u64) -> Result<()> {
     if minutes < 2 {
         bail!("--minutes must be at least 2 (the first minute is warm-up)");
     }
+    bench::leftovers::clear();
     step("building nodelens (release)");
     run_cmd(
         Command::new("cargo")

@@ -27,6 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cargo, step, workspace_root};
 
 mod end_to_end;
+pub mod leftovers;
 mod push;
 mod scale;
 
@@ -514,6 +515,7 @@ pub fn bench(opts: Options) -> Result<()> {
     } else {
         (8, 5, 500, 256)
     };
+    leftovers::clear();
     step("building nodelens (release)");
     cargo(&["build", "--release", "--package", "nodelens"])?;
     let env = Env {
