@@ -248,15 +248,31 @@ fn apt_retry(make: impl FnMut() -> Command) -> Result<()> {
 fn apt_attempts(attempts: u32, mut make: impl FnMut() -> Command) -> Result<()> {
     let mut last = None;
     for attempt in 1..=attempts {
-        match run_cmd(&mut make()) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                step(&format!("apt attempt {attempt} failed: {e:#}"));
-                last = Some(e);
-                if attempt < attempts {
-                    std::thread::sleep(Duration::from_secs(5));
-                }
-            }
+        let mut cmd = make();
+        let out = cmd
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr
+            .lines()
+            .rfind(|l| l.starts_with("E:"))
+            .unwrap_or("")
+            .to_owned();
+        step(&format!(
+            "apt attempt {attempt} failed ({}): {why}",
+            out.status
+        ));
+        last = Some(anyhow::anyhow!("{cmd:?} failed with {}: {why}", out.status));
+        // The mirror does not have it: asking again will not help.
+        if stderr.contains("404") {
+            break;
+        }
+        if attempt < attempts {
+            std::thread::sleep(Duration::from_secs(5));
         }
     }
     Err(last.context("no attempt made")?)
