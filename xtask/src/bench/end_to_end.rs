@@ -67,6 +67,10 @@ pub const LOADS: [Load; 3] = [
 pub enum Variant {
     Nothing,
     Nodelens,
+    /// nodelens without its scheduler probes, on the disk load: an I/O through a loop
+    /// device costs context switches too (its worker thread), which `sched_switch`
+    /// measures and the reference tool does not, so this is the block probes' share.
+    NodelensWithoutSched,
     Reference,
     Floor,
 }
@@ -76,6 +80,7 @@ impl Variant {
         match self {
             Self::Nothing => "nothing".into(),
             Self::Nodelens => "nodelens (defaults)".into(),
+            Self::NodelensWithoutSched => "nodelens, sched collector off".into(),
             Self::Reference => format!("{} (libbpf-tools)", load.reference.unwrap_or("-")),
             Self::Floor => "floor: empty tp_btf programs".into(),
         }
@@ -229,14 +234,13 @@ pub fn run(env: &Env, index: usize, variant: Variant) -> Result<f64> {
     let mut attached = Attached::default();
     match variant {
         Variant::Nothing => {}
-        Variant::Nodelens => {
+        Variant::Nodelens | Variant::NodelensWithoutSched => {
             let addr = free_addr()?;
-            attached._agent = Some(start(
-                "nodelens",
-                &env.nodelens,
-                &["--listen-address".into(), addr.clone()],
-                addr,
-            )?);
+            let mut args = vec!["--listen-address".to_owned(), addr.clone()];
+            if variant == Variant::NodelensWithoutSched {
+                args.extend(["--collectors-disabled".to_owned(), "sched".to_owned()]);
+            }
+            attached._agent = Some(start("nodelens", &env.nodelens, &args, addr)?);
         }
         Variant::Reference => {
             attached.tool = Some(start_reference(

@@ -361,6 +361,9 @@ fn end_to_end(env: &Env, rounds: usize) -> Result<Vec<EndToEnd>> {
     let mut out = Vec::new();
     for (index, load) in LOADS.iter().enumerate() {
         let mut variants = vec![Variant::Nothing, Variant::Nodelens];
+        if load.unit == "I/O" {
+            variants.push(Variant::NodelensWithoutSched);
+        }
         if load.reference.is_some() {
             variants.push(Variant::Reference);
         }
@@ -742,6 +745,10 @@ fn render(f: &Figures) -> String {
                         format!("<= {t} ({})", met(ratio <= t)),
                     )
                 }
+                (Variant::NodelensWithoutSched, Some(r), _) if r > 0.0 => (
+                    format!("{:.2}", added / r),
+                    "(the block probes' share)".into(),
+                ),
                 _ => (String::new(), String::new()),
             };
             let added = if *v == Variant::Nothing {
