@@ -17,8 +17,8 @@ use std::{
 use agent_ebpf::{
     disk::{
         COST_COMPLETE, COST_ISSUE, CgroupDiskKey, CgroupDiskStats, DISK_HISTOGRAM_ENTRIES,
-        DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskKey, DiskLayout, LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT,
-        SIZE_SLOTS,
+        DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskKey, DiskLayout,
+        LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT, SIZE_SLOTS,
     },
     histogram::Log2Histogram,
 };
