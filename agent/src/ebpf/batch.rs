@@ -1,8 +1,9 @@
 //! Reading a whole hash map in a few syscalls (`BPF_MAP_LOOKUP_BATCH`, kernel 5.6+) rather
 //! than two per key (`get_next_key`, then `lookup`): with 4,096 cgroups that is 4 syscalls
-//! instead of 8,192. aya 0.14 has no batch API, so this is the one raw `bpf(2)` call in the
-//! agent. Kernels without batch support (or maps that refuse it) fall back to aya's
-//! iterator.
+//! instead of 8,192. aya 0.14 has no batch API, so this is one of the agent's two raw
+//! `bpf(2)` calls. Kernels without batch support (or maps that refuse it) fall back to
+//! aya's iterator. The other is [`take`], a lookup-and-delete in one call, which aya 0.14
+//! does not offer for hash maps either.
 use std::{
     os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicBool, Ordering},
