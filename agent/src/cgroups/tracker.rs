@@ -627,6 +627,19 @@ mod tests {
         table.upkeep(t, entries, Instant::now(), |k| map.remove(k))
     }
 
+    /// One whole upkeep round: begin, upkeep with a kernel map holding exactly `entries`,
+    /// end. Returns the keys taken.
+    fn round(
+        table: &CounterTable<u64, u64>,
+        t: &mut TrackerState,
+        entries: Vec<(u64, u64)>,
+    ) -> Vec<u64> {
+        t.begin_round();
+        let taken = upkeep(table, t, entries);
+        t.end_round();
+        taken
+    }
+
     fn value_of(rows: &[Row<(), u64>], id: u64) -> Option<u64> {
         rows.iter().find(|r| r.id == id).map(|r| r.values)
     }
@@ -723,9 +736,7 @@ mod tests {
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, a), Some(12));
         assert_eq!(value_of(&rows, OTHER), Some(7));
-        t.begin_round();
-        upkeep(&table, &mut t, vec![]);
-        t.end_round();
+        round(&table, &mut t, vec![]);
         assert_eq!(t.counts().0, 0, "then its place is free");
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, a), None, "exported once, then gone");
@@ -740,9 +751,7 @@ mod tests {
         let table: CounterTable<u64, u64> = CounterTable::default();
         let a = dir(root.path(), "a");
         let mut t = tr.lock();
-        t.begin_round();
-        assert!(upkeep(&table, &mut t, vec![(a, 5)]).is_empty());
-        t.end_round();
+        assert!(round(&table, &mut t, vec![(a, 5)]).is_empty());
         std::fs::remove_dir(root.path().join("a")).unwrap();
         // Upkeep read 5, then the exiting task's last switch made it 7, and a scrape
         // exported that before upkeep took the entry.
@@ -768,24 +777,16 @@ mod tests {
         let table: CounterTable<u64, u64> = CounterTable::default();
         let a = dir(root.path(), "a");
         let mut t = tr.lock();
-        t.begin_round();
-        upkeep(&table, &mut t, vec![(a, 7)]);
-        t.end_round();
+        round(&table, &mut t, vec![(a, 7)]);
         std::fs::remove_dir(root.path().join("a")).unwrap();
-        t.begin_round();
-        assert_eq!(upkeep(&table, &mut t, vec![(a, 7)]), vec![a], "gone: taken");
-        t.end_round();
+        assert_eq!(round(&table, &mut t, vec![(a, 7)]), vec![a], "gone: taken");
         // A dying task's last switch recreates the entry; the scrape adds it to the final row.
         assert_eq!(value_of(&table.rows(&mut t, vec![(a, 1)]), a), Some(8));
         // Upkeep takes the recreated entry into the same final row...
-        t.begin_round();
-        assert_eq!(upkeep(&table, &mut t, vec![(a, 1)]), vec![a]);
-        t.end_round();
+        assert_eq!(round(&table, &mut t, vec![(a, 1)]), vec![a]);
         // ...so the next scrape exports it whole once more, never 1.
         assert_eq!(value_of(&table.rows(&mut t, vec![]), a), Some(8));
-        t.begin_round();
-        upkeep(&table, &mut t, vec![]);
-        t.end_round();
+        round(&table, &mut t, vec![]);
         assert_eq!(
             value_of(&table.rows(&mut t, vec![]), a),
             None,
@@ -800,9 +801,7 @@ mod tests {
         let table: CounterTable<u64, u64> = CounterTable::default();
         let a = dir(root.path(), "a");
         let mut t = tr.lock();
-        t.begin_round();
-        upkeep(&table, &mut t, vec![(a, 5)]);
-        t.end_round();
+        round(&table, &mut t, vec![(a, 5)]);
         std::fs::remove_dir(root.path().join("a")).unwrap();
         t.begin_round();
         let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |_| None);
@@ -826,19 +825,13 @@ mod tests {
             .collect();
         for (i, &id) in ids.iter().enumerate() {
             let i = i as u64;
-            t.begin_round();
-            upkeep(&table, &mut t, vec![(id, i + 1)]);
-            t.end_round();
+            round(&table, &mut t, vec![(id, i + 1)]);
             std::fs::remove_dir(root.path().join(format!("c{i}"))).unwrap();
-            t.begin_round();
-            assert_eq!(upkeep(&table, &mut t, vec![(id, i + 1)]), vec![id]);
-            t.end_round();
+            assert_eq!(round(&table, &mut t, vec![(id, i + 1)]), vec![id]);
             total += i + 1;
         }
         std::thread::sleep(Duration::from_millis(30));
-        t.begin_round();
-        upkeep(&table, &mut t, vec![]);
-        t.end_round();
+        round(&table, &mut t, vec![]);
         assert_eq!(table.finals_waiting(), 0);
         assert_eq!(t.counts().0, 0, "every tracked place is free again");
         let rows = table.rows(&mut t, vec![]);
@@ -853,9 +846,7 @@ mod tests {
         let tr = tracker(root.path(), 10);
         let table: CounterTable<u64, u64> = CounterTable::default();
         let mut t = tr.lock();
-        t.begin_round();
-        assert_eq!(upkeep(&table, &mut t, vec![(u64::MAX, 3)]), vec![u64::MAX]);
-        t.end_round();
+        assert_eq!(round(&table, &mut t, vec![(u64::MAX, 3)]), vec![u64::MAX]);
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, OTHER), Some(3));
         assert_eq!(t.counts().2, 1);
