@@ -160,7 +160,21 @@ pub struct Samples<'a> {
     name: &'a str,
 }
 
-impl Samples<'_> {
+impl<'a> Samples<'a> {
+    /// Sample lines of family `name` written into `text`, any string: a collector that keeps
+    /// rendered lines between scrapes writes them with this and copies them in with
+    /// [`Self::lines`]. Sample lines are the same in both formats; only the HELP and TYPE
+    /// lines differ.
+    pub fn into_string(text: &'a mut String, name: &'a str) -> Self {
+        Self { text, name }
+    }
+
+    /// Copies in complete sample lines of this family, made by [`Self::into_string`] with
+    /// the same name.
+    pub fn lines(&mut self, lines: &str) {
+        self.text.push_str(lines);
+    }
+
     /// Starts a sample line. `labels` is the label text between the braces, escaped, with
     /// or without a trailing comma (`a="x",b="y"`; empty for none), and `extra` one more
     /// pair after it (a family's own label, such as `kind`).

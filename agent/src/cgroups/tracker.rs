@@ -54,6 +54,9 @@ struct Slot {
     labels: Arc<CgroupLabels>,
     /// The labels as series carry them, rendered once.
     series: Arc<SeriesLabels>,
+    /// A tracked kubelet cgroup without its pod name yet: each verdict looks again (the
+    /// kubelet writes its logs a moment after it creates the cgroup).
+    awaiting_names: bool,
     gone: bool,
     /// Upkeep round in which existence was last checked.
     checked_round: u64,
@@ -64,6 +67,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct TrackerState {
     resolver: CgroupResolver,
+    /// The labels of "other", rendered once.
+    other: Arc<SeriesLabels>,
     config: CgroupConfig,
     slots: HashMap<u64, Slot>,
     tracked: usize,
@@ -86,14 +91,21 @@ pub struct CgroupTracker {
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub assignment: Assignment,
-    pub labels: Arc<CgroupLabels>,
     pub series: Arc<SeriesLabels>,
+}
+
+/// Whether a cgroup's verdicts should look for its pod name again (see `Slot`).
+fn awaiting_names(assignment: Assignment, labels: &CgroupLabels) -> bool {
+    assignment == Assignment::Tracked
+        && labels.pod.is_empty()
+        && kubernetes::parse(&labels.cgroup).is_some()
 }
 
 impl CgroupTracker {
     pub fn new(resolver: CgroupResolver, config: CgroupConfig) -> Self {
         Self {
             state: Mutex::new(TrackerState {
+                other: Arc::new(SeriesLabels::new(&CgroupLabels::other(), config.path_label)),
                 resolver,
                 config,
                 slots: HashMap::default(),
@@ -161,13 +173,13 @@ impl TrackerState {
                 None => {
                     self.unknown += 1;
                     self.other_used = true;
-                    let other = self.other_verdict();
                     self.slots.insert(
                         id,
                         Slot {
                             assignment: Assignment::Folded,
-                            labels: other.labels,
-                            series: other.series,
+                            labels: Arc::new(CgroupLabels::other()),
+                            series: self.other.clone(),
+                            awaiting_names: false,
                             gone: true,
                             checked_round: self.round,
                             holds: 0,
@@ -194,6 +206,7 @@ impl TrackerState {
             id,
             Slot {
                 assignment,
+                awaiting_names: awaiting_names(assignment, &labels),
                 labels: Arc::new(labels),
                 series,
                 gone: false,
@@ -205,11 +218,9 @@ impl TrackerState {
 
     /// "other": what folded cgroups are exported as.
     fn other_verdict(&self) -> Verdict {
-        let labels = CgroupLabels::other();
         Verdict {
             assignment: Assignment::Folded,
-            series: Arc::new(SeriesLabels::new(&labels, self.config.path_label)),
-            labels: Arc::new(labels),
+            series: self.other.clone(),
         }
     }
 
@@ -219,20 +230,16 @@ impl TrackerState {
             return self.other_verdict();
         };
         // Names can appear after the cgroup (the kubelet writes logs a moment later).
-        if slot.assignment == Assignment::Tracked
-            && !slot.gone
-            && slot.labels.pod.is_empty()
-            && kubernetes::parse(&slot.labels.cgroup).is_some()
-        {
+        if slot.awaiting_names && !slot.gone {
             let fresh = self.resolver.labels_for_path(slot.labels.cgroup.clone());
             if fresh.pod != slot.labels.pod {
+                slot.awaiting_names = awaiting_names(slot.assignment, &fresh);
                 slot.series = Arc::new(SeriesLabels::new(&fresh, policy));
                 slot.labels = Arc::new(fresh);
             }
         }
         Verdict {
             assignment: slot.assignment,
-            labels: slot.labels.clone(),
             series: slot.series.clone(),
         }
     }
