@@ -135,7 +135,14 @@ pub struct SeriesLabels {
     without_path: Option<Rendered>,
     /// Hash of (namespace, pod, container), to find rows that would collide.
     names: u64,
+    /// Which label sets these are: a number never given to another `SeriesLabels`, so
+    /// that text rendered with them can be told apart from text rendered with labels that
+    /// were dropped since (an address could be reused).
+    serial: u64,
 }
+
+/// The last `SeriesLabels::serial` given.
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl SeriesLabels {
     pub fn new(l: &CgroupLabels, policy: PathLabel) -> Self {
@@ -157,7 +164,18 @@ impl SeriesLabels {
             without_path: (policy == PathLabel::Auto && l.identified && !l.cgroup.is_empty())
                 .then(|| Rendered::new(&pairs(false))),
             names: h.finish(),
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         }
+    }
+
+    /// See the field.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Whether `labels` (one of these, from [`choose`]) is the set with the cgroup path.
+    pub fn is_with_path(&self, labels: &Rendered) -> bool {
+        std::ptr::eq(labels, &self.with_path)
     }
 }
 

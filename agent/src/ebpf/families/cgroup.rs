@@ -17,7 +17,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{
     cgroups::{
-        series::{self, Rendered, SeriesLabels},
+        series::{self, Rendered},
         tracker::{CgroupTracker, CounterTable, Row},
     },
     config::CollectorName,
@@ -107,9 +107,10 @@ impl LoadedFamily for CgroupMaps {
         let mut tracker = self.tracker.lock();
         let entries = self.entries()?;
         let rows = self.table.rows(&mut tracker, entries);
-        let (tracked, evictions, unknown) = tracker.counts();
+        let (tracked, evictions, unknown) = rows.tracker.counts();
+        self.encode(&rows.rows)?;
+        drop(rows);
         drop(tracker);
-        self.encode(&rows)?;
         gauge(
             out,
             "nodelens_cgroups_tracked",
@@ -186,10 +187,10 @@ const FAMILIES: [(&str, &str); 4] = [
 /// move between two scrapes, and formatting their lines was a fifth of a 4,096-pod scrape.
 struct RowText {
     id: u64,
-    /// The labels it was rendered with: the row's `SeriesLabels`, held so that `labels`
-    /// (the address of the label set `series::choose` picked in it) stays its own.
-    series: Arc<SeriesLabels>,
-    labels: usize,
+    /// The labels it was rendered with: the `SeriesLabels::serial` of the row's, and which
+    /// of its label sets `series::choose` picked (with the cgroup path or without).
+    serial: u64,
+    with_path: bool,
     values: CgroupStats,
     /// The row's lines of every family, one after the other; `ends[i]` is where family i's
     /// end.
@@ -201,8 +202,8 @@ impl RowText {
     fn new(row: &Row<(), CgroupStats>, labels: &Rendered) -> Self {
         let mut text = Self {
             id: row.id,
-            series: row.series.clone(),
-            labels: 0,
+            serial: row.series.serial(),
+            with_path: false,
             values: row.values,
             text: String::new(),
             ends: [0; FAMILIES.len()],
@@ -213,11 +214,11 @@ impl RowText {
 
     /// This row's text, rendered again (into the same buffer) unless it is still right.
     fn update(mut self, row: &Row<(), CgroupStats>, labels: &Rendered) -> Self {
-        if !(Arc::ptr_eq(&self.series, &row.series)
-            && self.labels == label_address(labels)
+        if !(self.serial == row.series.serial()
+            && self.with_path == row.series.is_with_path(labels)
             && self.values == row.values)
         {
-            self.series = row.series.clone();
+            self.serial = row.series.serial();
             self.values = row.values;
             self.render(row, labels);
         }
@@ -225,7 +226,7 @@ impl RowText {
     }
 
     fn render(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered) {
-        self.labels = label_address(labels);
+        self.with_path = row.series.is_with_path(labels);
         self.text.clear();
         let l = labels.text();
         let v = &row.values;
@@ -264,16 +265,11 @@ impl RowText {
     }
 }
 
-/// Identifies a label set while its `SeriesLabels` is alive.
-fn label_address(labels: &Rendered) -> usize {
-    std::ptr::from_ref(labels) as usize
-}
-
 impl CgroupMaps {
     /// Writes the four families directly as text (`crate::render`): these are most of the
     /// samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
-        let labels = series::choose(rows.iter().map(|r| r.series.as_ref()));
+        let labels = series::choose(rows.iter().map(|r| r.series));
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
         // Rows come sorted by id, and so are the kept texts: a merge finds each row's text
         // of the last scrape, and drops those of rows that are gone. (Out of order, rows
@@ -305,9 +301,12 @@ impl CgroupMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cgroups::CgroupLabels, config::PathLabel};
+    use crate::{
+        cgroups::{CgroupLabels, series::SeriesLabels},
+        config::PathLabel,
+    };
 
-    fn series(pod: &str, path: &str) -> Arc<SeriesLabels> {
+    fn series(pod: &str, path: &str) -> SeriesLabels {
         let labels = CgroupLabels {
             namespace: "team-a".into(),
             pod: pod.into(),
@@ -315,13 +314,13 @@ mod tests {
             cgroup: path.into(),
             identified: !pod.is_empty(),
         };
-        Arc::new(SeriesLabels::new(&labels, PathLabel::Auto))
+        SeriesLabels::new(&labels, PathLabel::Auto)
     }
 
-    fn row(series: &Arc<SeriesLabels>, cpu_ns: u64, involuntary: u64) -> Row<(), CgroupStats> {
+    fn row(series: &SeriesLabels, cpu_ns: u64, involuntary: u64) -> Row<'_, (), CgroupStats> {
         Row {
             id: 7,
-            series: series.clone(),
+            series,
             dims: (),
             values: CgroupStats {
                 cpu_ns,
@@ -333,8 +332,8 @@ mod tests {
         }
     }
 
-    fn chosen(row: &Row<(), CgroupStats>) -> &Rendered {
-        series::choose([row.series.as_ref()])[0]
+    fn chosen<'a>(row: &Row<'a, (), CgroupStats>) -> &'a Rendered {
+        series::choose([row.series])[0]
     }
 
     /// The kept text against one rendered from scratch, family by family.

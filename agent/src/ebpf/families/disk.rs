@@ -342,8 +342,7 @@ impl DiskMaps {
         // Read under the tracker lock: see `CounterTable::upkeep`.
         let mut tracker = pc.tracker.lock();
         let (owned, unknown) = pc.entries()?;
-        let rows = pc.table.rows(&mut tracker, owned);
-        drop(tracker);
+        let rows = pc.table.rows(&mut tracker, owned).rows;
         let unknown_labels = series::SeriesLabels::new(
             &crate::cgroups::CgroupLabels {
                 cgroup: "unknown".into(),
@@ -353,7 +352,7 @@ impl DiskMaps {
         );
         let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = rows
             .iter()
-            .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series.as_ref(), r.dims, r.values))
+            .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, r.values))
             .collect();
         all.extend(unknown.iter().map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)));
         let labels = series::choose(all.iter().map(|(s, _, _)| *s));
