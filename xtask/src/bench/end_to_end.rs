@@ -48,7 +48,7 @@ pub const LOADS: [Load; 3] = [
             ("floor_block_rq_complete", "block_rq_complete"),
         ],
         target: Some(1.0),
-        rounds_factor: 2,
+        rounds_factor: 3,
     },
     Load {
         name: "buffered reads in a 32 MiB memory cgroup",
@@ -72,6 +72,9 @@ pub enum Variant {
     /// measures and the reference tool does not, so this is the block probes' share.
     NodelensWithoutSched,
     Reference,
+    /// runqlat beside the load's reference, on the disk load: the reference tools that
+    /// measure what nodelens's defaults measure there (the loop worker's switches too).
+    ReferenceWithRunqlat,
     Floor,
 }
 
@@ -82,6 +85,9 @@ impl Variant {
             Self::Nodelens => "nodelens (defaults)".into(),
             Self::NodelensWithoutSched => "nodelens, sched collector off".into(),
             Self::Reference => format!("{} (libbpf-tools)", load.reference.unwrap_or("-")),
+            Self::ReferenceWithRunqlat => {
+                format!("runqlat + {} (libbpf-tools)", load.reference.unwrap_or("-"))
+            }
             Self::Floor => "floor: empty tp_btf programs".into(),
         }
     }
@@ -213,12 +219,12 @@ fn start_floor(object: &Path, programs: &[(&str, &str)]) -> Result<aya::Ebpf> {
 struct Attached {
     _agent: Option<Daemon>,
     _floor: Option<aya::Ebpf>,
-    tool: Option<Child>,
+    tools: Vec<Child>,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.tool {
+        for child in &mut self.tools {
             // SIGINT: the tools detach and print on it.
             let _ = Command::new("kill")
                 .args(["-INT", &child.id().to_string()])
@@ -242,10 +248,12 @@ pub fn run(env: &Env, index: usize, variant: Variant) -> Result<f64> {
             }
             attached._agent = Some(start("nodelens", &env.nodelens, &args, addr)?);
         }
-        Variant::Reference => {
-            attached.tool = Some(start_reference(
-                load.reference.context("no reference tool for this load")?,
-            )?);
+        Variant::Reference | Variant::ReferenceWithRunqlat => {
+            let tool = load.reference.context("no reference tool for this load")?;
+            attached.tools.push(start_reference(tool)?);
+            if variant == Variant::ReferenceWithRunqlat {
+                attached.tools.push(start_reference("runqlat")?);
+            }
         }
         Variant::Floor => attached._floor = Some(start_floor(&env.object, load.floor)?),
     }
