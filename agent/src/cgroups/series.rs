@@ -135,9 +135,10 @@ pub struct SeriesLabels {
     without_path: Option<Rendered>,
     /// Hash of (namespace, pod, container), to find rows that would collide.
     names: u64,
-    /// Which label sets these are: a number never given to another `SeriesLabels`, so
-    /// that text rendered with them can be told apart from text rendered with labels that
-    /// were dropped since (an address could be reused).
+    /// Which label sets these are: a number no other `SeriesLabels::new` gives (a clone
+    /// shares it, with the same text), so that text rendered with them can be told apart
+    /// from text rendered with labels that were dropped since (an address could be
+    /// reused).
     serial: u64,
 }
 

@@ -265,24 +265,30 @@ impl RowText {
     }
 }
 
+/// This scrape's rows as text, from the last scrape's: rows come sorted by id, and so do
+/// the kept texts, so a merge finds each row's text of the last scrape and drops those of
+/// rows that are gone. (Out of order, rows would only miss their kept text, never get
+/// another row's.)
+fn row_texts(last: Vec<RowText>, rows: &[Row<(), CgroupStats>]) -> Vec<RowText> {
+    let labels = series::choose(rows.iter().map(|r| r.series));
+    let mut last = last.into_iter().peekable();
+    let mut texts = Vec::with_capacity(rows.len());
+    for (row, labels) in rows.iter().zip(labels) {
+        while last.next_if(|t| t.id < row.id).is_some() {}
+        texts.push(match last.next_if(|t| t.id == row.id) {
+            Some(text) => text.update(row, labels),
+            None => RowText::new(row, labels),
+        });
+    }
+    texts
+}
+
 impl CgroupMaps {
     /// Writes the four families directly as text (`crate::render`): these are most of the
     /// samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
-        let labels = series::choose(rows.iter().map(|r| r.series));
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        // Rows come sorted by id, and so are the kept texts: a merge finds each row's text
-        // of the last scrape, and drops those of rows that are gone. (Out of order, rows
-        // would only miss their kept text, never get another row's.)
-        let mut last = std::mem::take(&mut *kept).into_iter().peekable();
-        let mut texts = Vec::with_capacity(rows.len());
-        for (row, labels) in rows.iter().zip(labels) {
-            while last.next_if(|t| t.id < row.id).is_some() {}
-            texts.push(match last.next_if(|t| t.id == row.id) {
-                Some(text) => text.update(row, labels),
-                None => RowText::new(row, labels),
-            });
-        }
+        let texts = row_texts(std::mem::take(&mut *kept), rows);
         let written = render::direct(|out| {
             let out = out.ok_or(CollectError::NotRendering)?;
             for (i, (name, help)) in FAMILIES.iter().enumerate() {
@@ -342,6 +348,47 @@ mod tests {
         for i in 0..FAMILIES.len() {
             assert_eq!(kept.family(i), fresh.family(i), "family {i}");
         }
+    }
+
+    /// The texts of a scrape, each as one string, in row order.
+    fn whole(texts: &[RowText]) -> Vec<String> {
+        texts.iter().map(|t| t.text.clone()).collect()
+    }
+
+    #[test]
+    fn kept_texts_follow_rows_that_come_and_go() {
+        let labels: Vec<SeriesLabels> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|pod| series(pod, &format!("kubepods.slice/pod-{pod}.slice/c.scope")))
+            .collect();
+        let at = |i: usize, id: u64, cpu_ns: u64| Row {
+            id,
+            ..row(&labels[i], cpu_ns, 0)
+        };
+        let fresh = |rows: &[Row<(), CgroupStats>]| whole(&row_texts(Vec::new(), rows));
+
+        let first = [at(0, 10, 1_000_000), at(1, 20, 2_000_000), at(2, 30, 3_000_000)];
+        let kept = row_texts(Vec::new(), &first);
+        assert_eq!(whole(&kept), fresh(&first));
+        let b = kept[1].text.as_ptr();
+
+        // 10 gone, 20 unchanged, 25 new, 30 moved, 40 new at the end.
+        let second = [
+            at(1, 20, 2_000_000),
+            at(3, 25, 5_000_000),
+            at(2, 30, 3_500_000),
+            at(0, 40, 1_000_000),
+        ];
+        let kept = row_texts(kept, &second);
+        assert_eq!(whole(&kept), fresh(&second));
+        assert_eq!(kept[0].text.as_ptr(), b, "20's text is kept, not rendered again");
+        assert!(kept[3].text.contains("pod=\"a\""), "40 is not 10's text");
+
+        // Everything gone, then back.
+        let kept = row_texts(kept, &[]);
+        assert!(kept.is_empty());
+        let kept = row_texts(kept, &first);
+        assert_eq!(whole(&kept), fresh(&first));
     }
 
     #[test]

@@ -356,16 +356,24 @@ impl DiskMaps {
             .collect();
         all.extend(unknown.iter().map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)));
         let labels = series::choose(all.iter().map(|(s, _, _)| *s));
-        let rows: Vec<(&series::Rendered, String, &str, CgroupDiskStats)> = labels
+        // Owned, so that the tracker lock (which the labels are borrowed under) is not
+        // held while the families are encoded; these rows are few (cgroups that did I/O).
+        let rows: Vec<(series::Rendered, (u32, u32), CgroupDiskStats)> = labels
             .into_iter()
             .zip(all.iter())
-            .map(|(l, (_, (dev, op), v))| {
-                let op = DISK_OP_NAMES.get(*op as usize).copied().unwrap_or("other");
-                (l, self.names.name(*dev), op, *v)
+            .map(|(l, (_, dims, v))| (l.clone(), *dims, *v))
+            .collect();
+        drop(all);
+        drop(tracker);
+        let rows: Vec<(series::Rendered, String, &str, CgroupDiskStats)> = rows
+            .into_iter()
+            .map(|(l, (dev, op), v)| {
+                let op = DISK_OP_NAMES.get(op as usize).copied().unwrap_or("other");
+                (l, self.names.name(dev), op, v)
             })
             .collect();
         fn labelled<'a>(
-            (l, dev, op, _): &'a (&'a series::Rendered, String, &'a str, CgroupDiskStats),
+            (l, dev, op, _): &'a (series::Rendered, String, &'a str, CgroupDiskStats),
         ) -> series::WithLabels<'a, 2> {
             l.and_all([("device", dev.as_str()), ("op", *op)])
         }
