@@ -157,9 +157,10 @@ impl TrackerState {
 
     /// `id`'s assignment and labels, after its [`Self::verdict`]: its own labels, or
     /// "other"'s for an id with no slot (not known yet). Rows use them only for tracked
-    /// ids; folded ones are exported as "other" ([`Self::other_series`]). Borrowed: a scrape's rows point into the tracker while
-    /// its lock is held, rather than clone a shared pointer per row (an atomic on a cold
-    /// line, which was most of the tracker's share of a 4,096-pod scrape).
+    /// ids; folded ones are exported as "other" ([`Self::other_series`]). Borrowed: a
+    /// scrape's rows point into the tracker while its lock is held, rather than clone a
+    /// shared pointer per row (an atomic on a cold line, which was most of the tracker's
+    /// share of a 4,096-pod scrape).
     pub fn series(&self, id: u64) -> (Assignment, &SeriesLabels) {
         match self.slots.get(&id) {
             Some(slot) => (slot.assignment, &slot.series),

@@ -192,8 +192,8 @@ struct RowText {
     serial: u64,
     with_path: bool,
     values: CgroupStats,
-    /// The row's lines of every family, one after the other; `ends[i]` is where family i's
-    /// end.
+    /// The row's lines of every family, one after the other; family i's lines end at
+    /// `ends[i]`.
     text: String,
     ends: [usize; FAMILIES.len()],
 }
