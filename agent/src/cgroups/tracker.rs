@@ -143,16 +143,16 @@ impl TrackerState {
     /// yet is folded into "other" for this scrape only; upkeep settles it (see
     /// [`Self::settle`]).
     pub fn verdict(&mut self, id: u64) -> Assignment {
-        if !self.slots.contains_key(&id) {
-            match self.resolver.labels(id) {
-                Some(labels) => self.assign(id, labels),
-                None => {
-                    self.other_used = true;
-                    return Assignment::Folded;
-                }
+        if let Some(assignment) = self.existing(id) {
+            return assignment;
+        }
+        match self.resolver.labels(id) {
+            Some(labels) => self.assign(id, labels),
+            None => {
+                self.other_used = true;
+                Assignment::Folded
             }
         }
-        self.existing(id)
     }
 
     /// `id`'s assignment and labels, after its [`Self::verdict`]: its own labels, or
@@ -178,31 +178,33 @@ impl TrackerState {
     /// is gone for good (its counts go to "other"). A walk from before the read could have
     /// missed a cgroup created in between, so it does not count.
     fn settle(&mut self, id: u64, read_at: Instant) -> Assignment {
-        if !self.slots.contains_key(&id) {
-            match self.resolver.labels_walked_since(id, read_at) {
-                Some(labels) => self.assign(id, labels),
-                None => {
-                    self.unknown += 1;
-                    self.other_used = true;
-                    self.slots.insert(
-                        id,
-                        Slot {
-                            assignment: Assignment::Folded,
-                            labels: Arc::new(CgroupLabels::other()),
-                            series: self.other.clone(),
-                            awaiting_names: false,
-                            gone: true,
-                            checked_round: self.round,
-                            holds: 0,
-                        },
-                    );
-                }
+        if let Some(assignment) = self.existing(id) {
+            return assignment;
+        }
+        match self.resolver.labels_walked_since(id, read_at) {
+            Some(labels) => self.assign(id, labels),
+            None => {
+                self.unknown += 1;
+                self.other_used = true;
+                self.slots.insert(
+                    id,
+                    Slot {
+                        assignment: Assignment::Folded,
+                        labels: Arc::new(CgroupLabels::other()),
+                        series: self.other.clone(),
+                        awaiting_names: false,
+                        gone: true,
+                        checked_round: self.round,
+                        holds: 0,
+                    },
+                );
+                Assignment::Folded
             }
         }
-        self.existing(id)
     }
 
-    fn assign(&mut self, id: u64, labels: CgroupLabels) {
+    /// Gives a new id its place (tracked, folded past the cap, or excluded) and labels.
+    fn assign(&mut self, id: u64, labels: CgroupLabels) -> Assignment {
         let assignment = if !self.included(&labels.cgroup) {
             Assignment::Excluded
         } else if self.tracked < self.config.max_tracked {
@@ -225,13 +227,14 @@ impl TrackerState {
                 holds: 0,
             },
         );
+        assignment
     }
 
-    fn existing(&mut self, id: u64) -> Assignment {
+    /// The assignment of an id that has a slot (one lookup, the scrape's common case),
+    /// looking for its pod name again while it has none; `None` for an id without one.
+    fn existing(&mut self, id: u64) -> Option<Assignment> {
         let policy = self.config.path_label;
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return Assignment::Folded;
-        };
+        let slot = self.slots.get_mut(&id)?;
         // Names can appear after the cgroup (the kubelet writes logs a moment later).
         if slot.awaiting_names && !slot.gone {
             let fresh = self.resolver.labels_for_path(slot.labels.cgroup.clone());
@@ -241,7 +244,7 @@ impl TrackerState {
                 slot.labels = Arc::new(fresh);
             }
         }
-        slot.assignment
+        Some(slot.assignment)
     }
 
     /// Whether `id` is gone, checked at most once per upkeep round and only for cgroups

@@ -28,6 +28,8 @@ pub struct Load {
     /// Rounds, as a multiple of the bench's: the disk load is the noisiest here (a loop
     /// device's worker threads share the VM's vCPUs), so it gets more.
     pub rounds_factor: usize,
+    /// The variants it runs, interleaved.
+    pub variants: &'static [Variant],
 }
 
 pub const LOADS: [Load; 3] = [
@@ -38,6 +40,12 @@ pub const LOADS: [Load; 3] = [
         floor: &[("floor_sched_switch", "sched_switch")],
         target: Some(0.5),
         rounds_factor: 1,
+        variants: &[
+            Variant::Nothing,
+            Variant::Nodelens,
+            Variant::Reference,
+            Variant::Floor,
+        ],
     },
     Load {
         name: "fio 4 KiB O_DIRECT randread, libaio depth 16, loop on /dev/shm",
@@ -49,6 +57,16 @@ pub const LOADS: [Load; 3] = [
         ],
         target: Some(1.0),
         rounds_factor: 3,
+        // The loop device's worker switches for each I/O, which nodelens's defaults
+        // measure and biolatency does not: hence the two like-with-like variants.
+        variants: &[
+            Variant::Nothing,
+            Variant::Nodelens,
+            Variant::NodelensWithoutSched,
+            Variant::Reference,
+            Variant::ReferenceWithRunqlat,
+            Variant::Floor,
+        ],
     },
     Load {
         name: "buffered reads in a 32 MiB memory cgroup",
@@ -60,6 +78,7 @@ pub const LOADS: [Load; 3] = [
         ],
         target: None,
         rounds_factor: 1,
+        variants: &[Variant::Nothing, Variant::Nodelens, Variant::Floor],
     },
 ];
 
@@ -302,6 +321,25 @@ mod tests {
         let nothing = [100.0, 200.0, 300.0];
         let variant = [110.0, 210.0, 310.0];
         assert_eq!(paired_added(&variant, &nothing), 10.0);
+    }
+
+    #[test]
+    fn every_load_runs_nothing_nodelens_and_its_reference_tool() {
+        for load in &LOADS {
+            let has = |v| load.variants.contains(&v);
+            assert!(
+                has(Variant::Nothing) && has(Variant::Nodelens),
+                "{}",
+                load.name
+            );
+            assert_eq!(
+                has(Variant::Reference),
+                load.reference.is_some(),
+                "{}",
+                load.name
+            );
+            assert!(!has(Variant::ReferenceWithRunqlat) || load.reference.is_some());
+        }
     }
 
     #[test]

@@ -360,17 +360,7 @@ struct EndToEnd {
 fn end_to_end(env: &Env, rounds: usize) -> Result<Vec<EndToEnd>> {
     let mut out = Vec::new();
     for (index, load) in LOADS.iter().enumerate() {
-        let mut variants = vec![Variant::Nothing, Variant::Nodelens];
-        if load.unit == "I/O" {
-            variants.push(Variant::NodelensWithoutSched);
-        }
-        if load.reference.is_some() {
-            variants.push(Variant::Reference);
-            if load.unit == "I/O" {
-                variants.push(Variant::ReferenceWithRunqlat);
-            }
-        }
-        variants.push(Variant::Floor);
+        let variants = load.variants;
         let mut figures: Vec<(Variant, Vec<f64>)> =
             variants.iter().map(|v| (*v, Vec::new())).collect();
         // The disk load is noisier: it gets more rounds (`rounds_factor`).
@@ -713,11 +703,7 @@ fn render(f: &Figures) -> String {
         s,
         "What applications pay, {} interleaved rounds per load ({} for the disk): ns per unit, median [min-max], and added over nothing (the median of each round's difference, so that drift between rounds cancels). The ratios are against the reference tool. On the disk load the loop device's worker thread switches for each I/O, which nodelens's defaults measure and biolatency does not: the defaults' row also gives its ratio against runqlat and biolatency together, and nodelens without its sched collector (the block probes alone) is compared with biolatency.",
         f.rounds,
-        f.rounds
-            * LOADS
-                .iter()
-                .find(|l| l.unit == "I/O")
-                .map_or(1, |l| l.rounds_factor)
+        f.rounds * LOADS.iter().map(|l| l.rounds_factor).max().unwrap_or(1)
     );
     let _ = writeln!(s);
     let _ = writeln!(
