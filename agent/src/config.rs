@@ -209,6 +209,16 @@ pub struct CgroupSettings {
         global = true
     )]
     pub path_label: Option<String>,
+    /// Which per-cgroup series to export (comma-separated): cpu, runqueue_wait,
+    /// context_switches, reclaim_stall, or all [default: cpu,runqueue_wait,reclaim_stall].
+    #[arg(
+        id = "cgroup_series",
+        long = "cgroup-series",
+        env = "NODELENS_CGROUP_SERIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub series: Option<Vec<String>>,
     /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
     #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
     pub pod_logs_dir: Option<PathBuf>,
@@ -428,6 +438,26 @@ pub enum PathLabel {
     /// Only where namespace, pod and container do not identify the cgroup.
     Auto,
     Always,
+}
+
+/// One per-cgroup series of the `cgroup` collector (`cgroups.series`): each is one metric
+/// family, `nodelens_cgroup_<name>_..._total`, and costs about 120 bytes per pod per scrape
+/// (per kind, where it has kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupSeries {
+    Cpu,
+    #[value(name = "runqueue_wait")]
+    RunqueueWait,
+    /// Off by default: two series per pod (voluntary, involuntary), a third of a busy
+    /// node's response, for what the wait series and the node-wide counters mostly tell.
+    #[value(name = "context_switches")]
+    ContextSwitches,
+    #[value(name = "reclaim_stall")]
+    ReclaimStall,
+}
+
+impl CgroupSeries {
+    pub const DEFAULT: [CgroupSeries; 3] = [Self::Cpu, Self::RunqueueWait, Self::ReclaimStall];
 }
 
 /// What happens to a system call outside the allowlist (`seccomp`).
@@ -660,6 +690,8 @@ pub struct CgroupConfig {
     pub include: Option<regex::Regex>,
     pub exclude: Option<regex::Regex>,
     pub path_label: PathLabel,
+    /// The per-cgroup series exported (each once).
+    pub series: Vec<CgroupSeries>,
     pub pod_logs_dir: PathBuf,
     pub container_logs_dir: PathBuf,
 }
@@ -684,6 +716,33 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
         field,
         detail: detail.into(),
     }
+}
+
+/// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
+fn cgroup_series(names: Option<&[String]>) -> Result<Vec<CgroupSeries>, ConfigError> {
+    let Some(names) = names else {
+        return Ok(CgroupSeries::DEFAULT.to_vec());
+    };
+    let mut chosen = Vec::new();
+    for name in names {
+        if name.trim() == "all" {
+            return Ok(CgroupSeries::value_variants().to_vec());
+        }
+        let series: CgroupSeries =
+            parse_enum("cgroups.series", name, "a per-cgroup series (or all)")?;
+        chosen.push(series);
+    }
+    if chosen.is_empty() {
+        return Err(invalid(
+            "cgroups.series",
+            "names no series (to export none, turn the cgroup collector off)",
+        ));
+    }
+    Ok(CgroupSeries::value_variants()
+        .iter()
+        .copied()
+        .filter(|s| chosen.contains(s))
+        .collect())
 }
 
 /// Parses a `ValueEnum` value, or names the field and lists what it takes.
@@ -812,6 +871,7 @@ impl Config {
                 Some(v) => parse_enum("cgroups.path_label", v, "a path label policy")?,
                 None => PathLabel::Auto,
             },
+            series: cgroup_series(c.series.as_deref())?,
             pod_logs_dir: c.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
             container_logs_dir: c
                 .container_logs_dir
@@ -1269,6 +1329,41 @@ mod tests {
         let yaml = "cgroups:\n  max: 10\n  include: '^kubepods'\n";
         let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
         assert_eq!(file.cgroups.max, Some(10));
+    }
+
+    #[test]
+    fn cgroup_series_default_all_and_mistakes() {
+        use CgroupSeries::*;
+        let series = |names: &[&str]| {
+            let mut f = flags();
+            f.cgroups.series = Some(names.iter().map(|n| n.to_string()).collect());
+            Config::resolve(f).map(|c| c.cgroups.series)
+        };
+        let c = Config::resolve(flags()).unwrap();
+        assert_eq!(c.cgroups.series, [Cpu, RunqueueWait, ReclaimStall]);
+        assert_eq!(
+            series(&["all"]).unwrap(),
+            [Cpu, RunqueueWait, ContextSwitches, ReclaimStall]
+        );
+        // Catalog order, each once, whatever the order given.
+        assert_eq!(
+            series(&["context_switches", " cpu", "cpu"]).unwrap(),
+            [Cpu, ContextSwitches]
+        );
+        let msg = field_of(series(&["cpu", "switches"]).unwrap_err());
+        assert!(
+            msg.starts_with("cgroups.series: \"switches\" is not"),
+            "{msg}"
+        );
+        assert!(msg.contains("context_switches"), "{msg}");
+        let msg = field_of(series(&[]).unwrap_err());
+        assert!(msg.starts_with("cgroups.series: names no series"), "{msg}");
+        let yaml = "cgroups:\n  series: [cpu, context_switches]\n";
+        let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
+        assert_eq!(
+            Config::validate(file).unwrap().cgroups.series,
+            [Cpu, ContextSwitches]
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl Runtime {
         let context = LoadContext {
             cgroups: Arc::new(CgroupTracker::new(resolver, config.cgroups.clone())),
             per_cgroup: config.enabled(CollectorName::Cgroup),
+            cgroup_series: config.cgroups.series.clone(),
             procfs: config.procfs.clone(),
             sysfs: config.sysfs.clone(),
             cgroup_root: root,

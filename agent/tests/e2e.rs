@@ -8,7 +8,8 @@ use common::{Agent, http, promtool_problems};
 
 /// Every family issue #2 promises (and per-pod disk I/O), with data on this machine.
 /// Per-cgroup reclaim stalls are left out: a series appears once it is non-zero, and
-/// nothing here reclaims (tests/memory.rs and tests/cluster.rs provoke it).
+/// nothing here reclaims (tests/memory.rs and tests/cluster.rs provoke it). Per-cgroup
+/// context switches are only exported when `--cgroup-series` asks (tests/pods.rs).
 const FAMILIES: &[&str] = &[
     "nodelens_runqueue_latency_seconds_bucket",
     "nodelens_runqueue_latency_seconds_sum",
@@ -25,7 +26,6 @@ const FAMILIES: &[&str] = &[
     "nodelens_events_lost_total",
     "nodelens_cgroup_cpu_seconds_total",
     "nodelens_cgroup_runqueue_wait_seconds_total",
-    "nodelens_cgroup_context_switches_total",
     "nodelens_cgroup_disk_io_bytes_total",
     "nodelens_cgroup_disk_ios_total",
     "nodelens_cgroup_disk_io_seconds_total",
@@ -94,6 +94,10 @@ fn live_output_is_complete_and_promtool_clean() {
     assert!(
         text.contains("# TYPE nodelens_cgroup_reclaim_stall_seconds_total counter"),
         "the per-cgroup reclaim family is declared"
+    );
+    assert!(
+        !text.contains("nodelens_cgroup_context_switches_total"),
+        "per-cgroup context switches are off by default"
     );
     assert!(m.value("nodelens_runqueue_latency_seconds_count") > 0.0);
     for (series, v) in m.family("nodelens_probe_up") {

@@ -195,7 +195,7 @@ fn a_full_map_counts_its_losses_and_recovers() {
     assert_eq!(lost(&later), before_more, "no more losses once drained");
     assert!(
         later
-            .family("nodelens_cgroup_context_switches_total")
+            .family("nodelens_cgroup_cpu_seconds_total")
             .iter()
             .any(|(s, _)| s.contains("nodelens-full-")),
         "the new cgroup is counted"

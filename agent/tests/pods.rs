@@ -146,7 +146,9 @@ fn value(m: &Metrics, family: &str, labels: &str) -> f64 {
 #[test]
 fn container_cpu_time_matches_proc_and_carries_pod_labels() {
     let pods = Pods::new();
-    let args = pods.agent_args();
+    let mut args = pods.agent_args();
+    // Every per-cgroup series, context switches too (off by default).
+    args.extend(["--cgroup-series".into(), "all".into()]);
     let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let a = spin_in(&pods.a, None);
     let b = spin_in(&pods.b, None);

@@ -634,6 +634,7 @@ mod tests {
                 include: None,
                 exclude: None,
                 path_label: crate::config::PathLabel::Auto,
+                series: crate::config::CgroupSeries::DEFAULT.to_vec(),
                 pod_logs_dir: "/nonexistent".into(),
                 container_logs_dir: "/nonexistent".into(),
             },

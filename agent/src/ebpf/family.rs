@@ -22,7 +22,11 @@ use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 
 use super::{btf::Btf, tracefs};
-use crate::{cgroups::tracker::CgroupTracker, config::CollectorName, metrics::CollectError};
+use crate::{
+    cgroups::tracker::CgroupTracker,
+    config::{CgroupSeries, CollectorName},
+    metrics::CollectError,
+};
 
 /// How a probe ended up attached, or `None`: one word for "not attached" everywhere
 /// (metrics, preflight, the `/` page).
@@ -179,6 +183,8 @@ pub struct LoadContext {
     /// Per-cgroup accounting is on (the `cgroup` collector is enabled). When it is off, the
     /// programs skip their per-cgroup updates altogether.
     pub per_cgroup: bool,
+    /// The per-cgroup series the `cgroup` family exports (`--cgroup-series`).
+    pub cgroup_series: Vec<CgroupSeries>,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     /// The cgroup2 mount (to see which controllers it has).

@@ -20,7 +20,7 @@ use crate::{
         series::{self, Rendered},
         tracker::{CgroupTracker, CounterTable, Row},
     },
-    config::CollectorName,
+    config::{CgroupSeries, CollectorName},
     ebpf::{
         batch,
         family::{
@@ -78,6 +78,7 @@ impl Family for Cgroup {
             tracker: ctx.cgroups.clone(),
             fill: FillGauge::default(),
             texts: Mutex::default(),
+            exported: exported(&ctx.cgroup_series),
         }))
     }
 }
@@ -91,6 +92,7 @@ struct CgroupMaps {
     fill: FillGauge,
     /// The last scrape's rows as text, sorted by id (see [`RowText`]).
     texts: Mutex<Vec<RowText>>,
+    exported: Exported,
 }
 
 impl CgroupMaps {
@@ -161,26 +163,38 @@ impl LoadedFamily for CgroupMaps {
     }
 }
 
-/// The four families, in the order they are written: each series only once it is non-zero
-/// (a cgroup that never waited or reclaimed adds no series for it).
-const FAMILIES: [(&str, &str); 4] = [
+/// The four families, in the order they are written, each with the `--cgroup-series` name
+/// that exports it: each series only once it is non-zero (a cgroup that never waited or
+/// reclaimed adds no series for it).
+const FAMILIES: [(CgroupSeries, &str, &str); 4] = [
     (
+        CgroupSeries::Cpu,
         "nodelens_cgroup_cpu_seconds_total",
         "Time the cgroup's tasks spent on a CPU, measured at sched_switch.",
     ),
     (
+        CgroupSeries::RunqueueWait,
         "nodelens_cgroup_runqueue_wait_seconds_total",
         "Time the cgroup's tasks spent runnable but waiting for a CPU.",
     ),
     (
+        CgroupSeries::ContextSwitches,
         "nodelens_cgroup_context_switches_total",
         "Context switches of the cgroup's tasks: voluntary (blocked) or involuntary (preempted).",
     ),
     (
+        CgroupSeries::ReclaimStall,
         "nodelens_cgroup_reclaim_stall_seconds_total",
         "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
     ),
 ];
+
+/// Which of [`FAMILIES`] are exported.
+type Exported = [bool; FAMILIES.len()];
+
+fn exported(series: &[CgroupSeries]) -> Exported {
+    FAMILIES.map(|(s, _, _)| series.contains(&s))
+}
 
 /// One row's sample lines, kept from scrape to scrape and rendered again only when its
 /// values or its labels change. Most cgroups of a node (pause containers, idle pods) do not
@@ -199,7 +213,7 @@ struct RowText {
 }
 
 impl RowText {
-    fn new(row: &Row<(), CgroupStats>, labels: &Rendered) -> Self {
+    fn new(row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) -> Self {
         let mut text = Self {
             id: row.id,
             serial: row.series.serial(),
@@ -208,51 +222,56 @@ impl RowText {
             text: String::new(),
             ends: [0; FAMILIES.len()],
         };
-        text.render(row, labels);
+        text.render(row, labels, exported);
         text
     }
 
     /// This row's text, rendered again (into the same buffer) unless it is still right.
-    fn update(mut self, row: &Row<(), CgroupStats>, labels: &Rendered) -> Self {
+    fn update(mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) -> Self {
         if !(self.serial == row.series.serial()
             && self.with_path == row.series.is_with_path(labels)
             && self.values == row.values)
         {
             self.serial = row.series.serial();
             self.values = row.values;
-            self.render(row, labels);
+            self.render(row, labels, exported);
         }
         self
     }
 
-    fn render(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered) {
+    /// Renders the exported families (the others get no lines).
+    fn render(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) {
         self.with_path = row.series.is_with_path(labels);
         self.text.clear();
         let l = labels.text();
         let v = &row.values;
         let secs = |ns: u64| ns as f64 / 1e9;
-        let [cpu, wait, switches, reclaim] = FAMILIES.map(|(name, _)| name);
+        let [cpu, wait, switches, reclaim] = FAMILIES.map(|(_, name, _)| name);
         let text = &mut self.text;
-        if v.cpu_ns != 0 {
+        if exported[0] && v.cpu_ns != 0 {
             Samples::into_string(text, cpu).float(l, None, secs(v.cpu_ns));
         }
         self.ends[0] = text.len();
-        if v.runqueue_wait_ns != 0 {
+        if exported[1] && v.runqueue_wait_ns != 0 {
             Samples::into_string(text, wait).float(l, None, secs(v.runqueue_wait_ns));
         }
         self.ends[1] = text.len();
-        for (kind, n) in [
-            ("voluntary", v.voluntary_switches),
-            ("involuntary", v.involuntary_switches),
-        ] {
-            if n != 0 {
-                Samples::into_string(text, switches).count(l, Some(("kind", kind)), n);
+        if exported[2] {
+            for (kind, n) in [
+                ("voluntary", v.voluntary_switches),
+                ("involuntary", v.involuntary_switches),
+            ] {
+                if n != 0 {
+                    Samples::into_string(text, switches).count(l, Some(("kind", kind)), n);
+                }
             }
         }
         self.ends[2] = text.len();
-        for (kind, ns) in [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)] {
-            if ns != 0 {
-                Samples::into_string(text, reclaim).float(l, Some(("kind", kind)), secs(ns));
+        if exported[3] {
+            for (kind, ns) in [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)] {
+                if ns != 0 {
+                    Samples::into_string(text, reclaim).float(l, Some(("kind", kind)), secs(ns));
+                }
             }
         }
         self.ends[3] = text.len();
@@ -269,29 +288,36 @@ impl RowText {
 /// the kept texts, so a merge finds each row's text of the last scrape and drops those of
 /// rows that are gone. (Out of order, rows would only miss their kept text, never get
 /// another row's.)
-fn row_texts(last: Vec<RowText>, rows: &[Row<(), CgroupStats>]) -> Vec<RowText> {
+fn row_texts(
+    last: Vec<RowText>,
+    rows: &[Row<(), CgroupStats>],
+    exported: Exported,
+) -> Vec<RowText> {
     let labels = series::choose(rows.iter().map(|r| r.series));
     let mut last = last.into_iter().peekable();
     let mut texts = Vec::with_capacity(rows.len());
     for (row, labels) in rows.iter().zip(labels) {
         while last.next_if(|t| t.id < row.id).is_some() {}
         texts.push(match last.next_if(|t| t.id == row.id) {
-            Some(text) => text.update(row, labels),
-            None => RowText::new(row, labels),
+            Some(text) => text.update(row, labels, exported),
+            None => RowText::new(row, labels, exported),
         });
     }
     texts
 }
 
 impl CgroupMaps {
-    /// Writes the four families directly as text (`crate::render`): these are most of the
-    /// samples of a node with many pods.
+    /// Writes the exported families directly as text (`crate::render`): these are most of
+    /// the samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        let texts = row_texts(std::mem::take(&mut *kept), rows);
+        let texts = row_texts(std::mem::take(&mut *kept), rows, self.exported);
         let written = render::direct(|out| {
             let out = out.ok_or(CollectError::NotRendering)?;
-            for (i, (name, help)) in FAMILIES.iter().enumerate() {
+            for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
+                if !self.exported[i] {
+                    continue;
+                }
                 let mut samples = out.counter(name, help);
                 for text in &texts {
                     samples.lines(text.family(i));
@@ -311,6 +337,9 @@ mod tests {
         cgroups::{CgroupLabels, series::SeriesLabels},
         config::PathLabel,
     };
+
+    /// Every family exported (`--cgroup-series all`).
+    const ALL: Exported = [true; FAMILIES.len()];
 
     fn series(pod: &str, path: &str) -> SeriesLabels {
         let labels = CgroupLabels {
@@ -344,7 +373,7 @@ mod tests {
 
     /// The kept text against one rendered from scratch, family by family.
     fn assert_fresh(kept: &RowText, row: &Row<(), CgroupStats>) {
-        let fresh = RowText::new(row, chosen(row));
+        let fresh = RowText::new(row, chosen(row), ALL);
         for i in 0..FAMILIES.len() {
             assert_eq!(kept.family(i), fresh.family(i), "family {i}");
         }
@@ -365,10 +394,10 @@ mod tests {
             id,
             ..row(&labels[i], cpu_ns, 0)
         };
-        let fresh = |rows: &[Row<(), CgroupStats>]| whole(&row_texts(Vec::new(), rows));
+        let fresh = |rows: &[Row<(), CgroupStats>]| whole(&row_texts(Vec::new(), rows, ALL));
 
         let first = [at(0, 10, 1_000_000), at(1, 20, 2_000_000), at(2, 30, 3_000_000)];
-        let kept = row_texts(Vec::new(), &first);
+        let kept = row_texts(Vec::new(), &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
         let b = kept[1].text.as_ptr();
 
@@ -379,15 +408,15 @@ mod tests {
             at(2, 30, 3_500_000),
             at(0, 40, 1_000_000),
         ];
-        let kept = row_texts(kept, &second);
+        let kept = row_texts(kept, &second, ALL);
         assert_eq!(whole(&kept), fresh(&second));
         assert_eq!(kept[0].text.as_ptr(), b, "20's text is kept, not rendered again");
         assert!(kept[3].text.contains("pod=\"a\""), "40 is not 10's text");
 
         // Everything gone, then back.
-        let kept = row_texts(kept, &[]);
+        let kept = row_texts(kept, &[], ALL);
         assert!(kept.is_empty());
-        let kept = row_texts(kept, &first);
+        let kept = row_texts(kept, &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
     }
 
@@ -395,7 +424,7 @@ mod tests {
     fn a_kept_row_text_changes_with_its_values_and_labels_only() {
         let unnamed = series("", "kubepods.slice/pod-x.slice/c.scope");
         let first = row(&unnamed, 2_000_000, 0);
-        let text = RowText::new(&first, chosen(&first));
+        let text = RowText::new(&first, chosen(&first), ALL);
         assert_eq!(
             text.family(0),
             "nodelens_cgroup_cpu_seconds_total{cgroup=\"kubepods.slice/pod-x.slice/c.scope\",\
@@ -407,21 +436,41 @@ mod tests {
 
         // Unchanged: the very same text, not rendered again.
         let before = text.text.as_ptr();
-        let text = text.update(&first, chosen(&first));
+        let text = text.update(&first, chosen(&first), ALL);
         assert_eq!(text.text.as_ptr(), before);
         assert_fresh(&text, &first);
 
         // A value moved, one series appeared.
         let moved = row(&unnamed, 2_500_000, 1);
-        let text = text.update(&moved, chosen(&moved));
+        let text = text.update(&moved, chosen(&moved), ALL);
         assert_fresh(&text, &moved);
         assert!(text.family(2).contains("kind=\"involuntary\"} 1\n"));
 
         // Same values, new labels (the pod got its name): rendered again.
         let named = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
         let renamed = row(&named, 2_500_000, 1);
-        let text = text.update(&renamed, chosen(&renamed));
+        let text = text.update(&renamed, chosen(&renamed), ALL);
         assert_fresh(&text, &renamed);
         assert!(text.family(0).contains("pod=\"web-1\""));
+    }
+
+    #[test]
+    fn families_not_asked_for_get_no_lines() {
+        let labels = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
+        let r = row(&labels, 2_000_000, 4);
+        let default = exported(&CgroupSeries::DEFAULT);
+        assert_eq!(default, [true, true, false, true]);
+        let text = RowText::new(&r, chosen(&r), default);
+        assert!(text.family(0).contains("pod=\"web-1\"} 0.002\n"));
+        assert_eq!(text.family(2), "", "context switches are not exported by default");
+        assert!(text.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
+        let all = RowText::new(&r, chosen(&r), ALL);
+        assert_eq!(
+            text.text.len() + all.family(2).len(),
+            all.text.len(),
+            "everything else the same"
+        );
+        let only_switches = RowText::new(&r, chosen(&r), exported(&[CgroupSeries::ContextSwitches]));
+        assert_eq!(only_switches.text, all.family(2));
     }
 }
