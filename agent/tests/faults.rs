@@ -142,30 +142,72 @@ fn agent_map(pid: u32, name: &str) -> (u64, usize, usize) {
 fn a_full_map_counts_its_losses_and_recovers() {
     let agent = Agent::start(&[]);
     let pid = agent.child.id();
-    let (id, value_size, capacity) = agent_map(pid, "CGROUP_STATS");
-    // Fill the per-cgroup map from outside with ids no cgroup has.
+    let (stats, _, capacity) = agent_map(pid, "CGROUP_STATS");
+    let (slots, _, _) = agent_map(pid, "CGROUP_SLOTS");
+    let (free, _, _) = agent_map(pid, "CGROUP_FREE_SLOTS");
+    // Fill the per-cgroup slots from outside, as the programs would, with ids no cgroup
+    // has: take every free slot, then give each to a made-up id.
     let dir = tempfile::tempdir().unwrap();
     let batch = dir.path().join("fill");
-    let value = vec!["00"; value_size].join(" ");
-    let mut lines = String::new();
-    for i in 0..capacity as u64 {
-        let key: Vec<String> = ((1u64 << 50) + i)
-            .to_le_bytes()
+    let pops = format!("map pop id {free}\n").repeat(capacity);
+    std::fs::write(&batch, pops).unwrap();
+    let out = Command::new("bpftool")
+        .args(["-j", "batch", "file"])
+        .arg(&batch)
+        .output()
+        .unwrap();
+    let popped: Vec<u32> = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            let bytes: Vec<u8> = c["output"]["value"]
+                .as_array()?
+                .iter()
+                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16))
+                .collect::<Result<_, _>>()
+                .ok()?;
+            Some(u32::from_le_bytes(bytes.try_into().ok()?))
+        })
+        .collect();
+    assert!(
+        popped.len() > capacity / 2,
+        "took {} of {capacity} slots",
+        popped.len()
+    );
+    let hex = |bytes: &[u8]| -> String {
+        bytes
             .iter()
             .map(|b| format!("{b:02x}"))
-            .collect();
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut lines = String::new();
+    for (i, slot) in popped.iter().enumerate() {
+        let cgroup_id = (1u64 << 50) + i as u64;
+        let mut value = cgroup_id.to_le_bytes().to_vec();
+        value.resize(56, 0);
         lines.push_str(&format!(
-            "map update id {id} key hex {} value hex {value}\n",
-            key.join(" ")
+            "map update id {slots} key hex {} value hex {}\nmap update id {stats} key hex {} value hex {}\n",
+            hex(&cgroup_id.to_le_bytes()),
+            hex(&slot.to_le_bytes()),
+            hex(&slot.to_le_bytes()),
+            hex(&value),
         ));
     }
     std::fs::write(&batch, lines).unwrap();
-    let _ = Command::new("bpftool")
+    let out = Command::new("bpftool")
         .arg("batch")
         .arg("file")
         .arg(&batch)
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A new cgroup's switches find no room.
     let cg = common::cgroup2_root().join(format!("nodelens-full-{}", std::process::id()));
     std::fs::create_dir_all(&cg).unwrap();
@@ -180,8 +222,9 @@ fn a_full_map_counts_its_losses_and_recovers() {
     };
     let full = agent.metrics_until(Duration::from_secs(10), "losses counted", |m| lost(m) > 0.0);
     assert!(lost(&full) > 0.0);
-    // Upkeep finds the unknown ids gone and deletes them (counting them as unknown): the
-    // map empties again, and new cgroups are counted once more.
+    // Upkeep finds the unknown ids gone and takes their slots back (counting them as
+    // unknown; a slot is free again one round later): the map empties, and new cgroups are
+    // counted once more.
     let unknown = |m: &Metrics| m.value("nodelens_cgroups_unknown_total");
     let after = agent.metrics_until(Duration::from_secs(30), "the map drains", |m| {
         unknown(m) >= capacity as f64 / 2.0

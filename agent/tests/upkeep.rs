@@ -19,11 +19,11 @@ use common::Agent;
 
 const CHURN: usize = 20_000;
 
-/// Entries in the CGROUP_STATS map, from bpftool. Tests run one at a time, so the only
-/// such map is this test's agent's.
+/// Cgroups holding a slot of CGROUP_STATS: the entries of CGROUP_SLOTS (id to slot), from
+/// bpftool. Tests run one at a time, so the only such map is this test's agent's.
 fn cgroup_stats_entries() -> usize {
     let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "name", "CGROUP_STATS"])
+        .args(["-j", "map", "dump", "name", "CGROUP_SLOTS"])
         .output()
         .expect("bpftool (cargo xtask setup --test-tools installs it)");
     assert!(

@@ -530,6 +530,24 @@ where
         delete
     }
 
+    /// Adds what reached a gone cgroup's kernel entry after upkeep took it (an update
+    /// already under way when the entry went, see `ebpf::slots`): to its final row if that
+    /// still waits for a scrape (exported once more, with it), else to "other", so that
+    /// sums stay whole and nothing goes back.
+    pub fn add_late(&self, tracker: &mut TrackerState, key: K, value: V) {
+        let mut t = self.lock();
+        if let Some((v, _, exported)) = t.finals.get_mut(&key) {
+            *v += value;
+            *exported = false;
+            return;
+        }
+        if tracker.series(key.cgroup()).0 == Assignment::Excluded {
+            return;
+        }
+        *t.retired.entry(key.dims()).or_default() += value;
+        tracker.use_other();
+    }
+
     /// The rows a scrape exports, from the kernel map's current entries: tracked cgroups
     /// one by one (final rows of gone ones included, once), and "other" per dimension. The
     /// caller reads `entries` while it holds the tracker lock (see [`Self::upkeep`]), and

@@ -16,13 +16,17 @@ const HASH: u32 = 1;
 const ARRAY: u32 = 2;
 const PERCPU_HASH: u32 = 5;
 const PERCPU_ARRAY: u32 = 6;
+const QUEUE: u32 = 22;
 const RINGBUF: u32 = 27;
 const F_NO_PREALLOC: u32 = 1;
+const F_MMAPABLE: u32 = 1 << 10;
 
-/// sizeof(struct bpf_htab), (struct bpf_array) and (struct bpf_ringbuf_map) plus their
-/// fixed extras; sizeof(struct htab_elem) without its key and value.
+/// sizeof(struct bpf_htab), (struct bpf_array), (struct bpf_queue_stack) and (struct
+/// bpf_ringbuf_map) plus their fixed extras; sizeof(struct htab_elem) without its key and
+/// value.
 const HTAB_BASE: u64 = 832;
 const ARRAY_BASE: u64 = 312;
+const QUEUE_BASE: u64 = 312;
 const RINGBUF_BASE: u64 = 304;
 const HTAB_ELEM: u64 = 48;
 const PAGE: u64 = 4096;
@@ -50,7 +54,13 @@ pub fn model(s: MapShape, cpus: u64, in_use: u64) -> u64 {
         u64::from(s.max_entries),
     );
     match s.map_type {
+        // An mmap-able array's header and values each take whole pages.
+        ARRAY if s.flags & F_MMAPABLE != 0 => {
+            ARRAY_BASE.div_ceil(PAGE) * PAGE + (e * v).div_ceil(PAGE) * PAGE
+        }
         ARRAY => ARRAY_BASE + e * v,
+        // One spare element (head == tail means empty), values not rounded up.
+        QUEUE => QUEUE_BASE + (e + 1) * u64::from(s.value_size),
         PERCPU_ARRAY => ARRAY_BASE + e * 8 + e * v * cpus,
         HASH | PERCPU_HASH => {
             let percpu = s.map_type == PERCPU_HASH;
@@ -129,6 +139,7 @@ fn data(map: &Map) -> Option<&aya::maps::MapData> {
         | Map::LruHashMap(m)
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
+        | Map::Queue(m)
         | Map::PerCpuLruHashMap(m)
         | Map::RingBuf(m) => Some(m),
         _ => None,
@@ -238,6 +249,9 @@ mod tests {
             (shape(HASH, 8, 8, 8192, 0), 0, 656_400),
             (shape(HASH, 8, 24, 16384, 0), 0, 1_573_936),
             (shape(HASH, 8, 48, 16384, 0), 0, 1_967_200),
+            (shape(HASH, 8, 4, 16384, 0), 0, 1_311_760),
+            (shape(ARRAY, 4, 56, 16384, F_MMAPABLE), 0, 921_600),
+            (shape(QUEUE, 0, 4, 16384, 0), 0, 65_852),
             (shape(PERCPU_ARRAY, 4, 568, 1, 0), 0, 1_456),
             (shape(PERCPU_ARRAY, 4, 24, 3, 0), 0, 480),
             (shape(PERCPU_ARRAY, 4, 520, 2, 0), 0, 2_408),

@@ -8,4 +8,5 @@ pub mod families;
 pub mod family;
 pub mod loader;
 pub mod map_memory;
+pub mod slots;
 pub mod tracefs;

@@ -1,18 +1,15 @@
 //! Cgroup family: per-cgroup CPU time, run-queue wait, context switches and reclaim stalls,
 //! labelled with namespace, pod and container, with bounded cardinality.
 //!
-//! It has no probes of its own. The scheduler and memory programs charge each cgroup in
-//! `CGROUP_STATS`, but only while this family is loaded: it sets `CGROUP_ACCOUNTING`, so a
-//! node that turns the `cgroup` collector off pays nothing for it. This family keeps the
-//! map (upkeep takes out the entries of gone cgroups and keeps their final values, see
-//! `cgroups::tracker`) and exports it.
+//! It has no probes of its own. The scheduler and memory programs charge each cgroup in its
+//! slot of `CGROUP_STATS`, but only while this family is loaded: it sets
+//! `CGROUP_ACCOUNTING`, so a node that turns the `cgroup` collector off pays nothing for
+//! it. This family keeps the slots (`ebpf::slots`: upkeep takes back the slots of gone
+//! cgroups and keeps their final values, see `cgroups::tracker`) and exports them.
 use std::sync::{Arc, Mutex};
 
 use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData},
-};
+use aya::Ebpf;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{
@@ -22,11 +19,11 @@ use crate::{
     },
     config::{CgroupSeries, CollectorName},
     ebpf::{
-        batch,
         family::{
             Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
             LoadedFamily, ProbeSpec, global_bytes, take_map,
         },
+        slots::CgroupSlots,
     },
     metrics::{CollectError, counter, gauge},
     render::{self, Samples},
@@ -62,7 +59,12 @@ impl Family for Cgroup {
     }
 
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
-        vec![("CGROUP_STATS", stats_capacity(ctx.max_cgroups))]
+        let slots = stats_capacity(ctx.max_cgroups);
+        vec![
+            ("CGROUP_STATS", slots),
+            ("CGROUP_SLOTS", slots),
+            ("CGROUP_FREE_SLOTS", slots),
+        ]
     }
 
     fn take(
@@ -71,9 +73,14 @@ impl Family for Cgroup {
         _attached: &Attached,
         ctx: &LoadContext,
     ) -> Result<Box<dyn LoadedFamily>, String> {
+        let slots = CgroupSlots::new(
+            take_map(ebpf, "CGROUP_SLOTS")?,
+            take_map(ebpf, "CGROUP_FREE_SLOTS")?,
+            take_map(ebpf, "CGROUP_STATS")?,
+        )?;
         Ok(Box::new(CgroupMaps {
-            stats: Mutex::new(take_map(ebpf, "CGROUP_STATS")?),
-            capacity: stats_capacity(ctx.max_cgroups),
+            capacity: slots.capacity(),
+            slots: Mutex::new(slots),
             table: CounterTable::default(),
             tracker: ctx.cgroups.clone(),
             fill: FillGauge::default(),
@@ -84,8 +91,8 @@ impl Family for Cgroup {
 }
 
 struct CgroupMaps {
-    /// Behind a lock: upkeep takes out the entries of gone cgroups.
-    stats: Mutex<HashMap<MapData, u64, CgroupStats>>,
+    /// Behind a lock: upkeep takes back the slots of gone cgroups.
+    slots: Mutex<CgroupSlots>,
     capacity: u32,
     table: CounterTable<u64, CgroupStats>,
     tracker: Arc<CgroupTracker>,
@@ -96,9 +103,8 @@ struct CgroupMaps {
 }
 
 impl CgroupMaps {
-    fn entries(&self) -> Result<Vec<(u64, CgroupStats)>, CollectError> {
-        let map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        batch::entries(&map).map_err(|e| CollectError::map("CGROUP_STATS", e))
+    fn slots(&self) -> std::sync::MutexGuard<'_, CgroupSlots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -107,7 +113,7 @@ impl LoadedFamily for CgroupMaps {
         // The map is read under the tracker lock, so that upkeep cannot move a gone
         // cgroup's values into the table in between (see `CounterTable::upkeep`).
         let mut tracker = self.tracker.lock();
-        let entries = self.entries()?;
+        let entries = self.slots().entries();
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = rows.tracker.counts();
         self.encode(&rows.rows)?;
@@ -136,22 +142,22 @@ impl LoadedFamily for CgroupMaps {
 
     fn upkeep(&self) {
         let read_at = std::time::Instant::now();
-        let entries = match self.entries() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("cgroup upkeep: {e}");
-                return;
-            }
-        };
+        // Slots taken last round go back to the free queue, with what was added to them
+        // since (see `ebpf::slots`).
+        let late = self.slots().release_waiting();
+        let entries = self.slots().entries();
         let live = entries.len() as u64;
         self.table.check_idle(&self.tracker, &entries);
-        // Lock order: tracker, then the map (as the scrape takes them).
+        // Lock order: tracker, then the slots (as the scrape takes them).
         let mut tracker = self.tracker.lock();
-        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = self
-            .table
-            .upkeep(&mut tracker, entries, read_at, |id| batch::take(&mut map, id));
-        self.fill.set(live.saturating_sub(taken.len() as u64));
+        let mut slots = self.slots();
+        for (id, added) in late {
+            self.table.add_late(&mut tracker, id, added);
+        }
+        self.table
+            .upkeep(&mut tracker, entries, read_at, |id| slots.take(*id));
+        // Slots taken this round are not free until the next: they count as filled.
+        self.fill.set(live);
     }
 
     fn health(&self) -> Health {
