@@ -205,6 +205,11 @@ pub trait Family: Sync {
     fn map_sizes(&self, _ctx: &LoadContext) -> Vec<(&'static str, u32)> {
         Vec::new()
     }
+    /// Readies its maps once the object is loaded, before any program of any family is
+    /// attached (programs may use them from their first run).
+    fn prepare(&self, _ebpf: &mut Ebpf) -> Result<(), String> {
+        Ok(())
+    }
     /// Takes its maps out of the loaded object once every probe has been tried.
     fn take(
         &self,

@@ -391,6 +391,11 @@ pub fn load(
         (None, None)
     };
 
+    for family in wanted {
+        if let Err(e) = family.prepare(&mut ebpf) {
+            tracing::error!(family = family.name().name(), "{e}");
+        }
+    }
     let mut statuses: Vec<ProbeStatus> = Vec::new();
     let mut families = Vec::with_capacity(wanted.len());
     let mut notes = Vec::new();

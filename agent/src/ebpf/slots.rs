@@ -22,7 +22,10 @@ use std::{
 };
 
 use agent_ebpf::cgroup::{CgroupSlot, CgroupStats};
-use aya::maps::{Array, HashMap, IterableMap, MapData, Queue};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, IterableMap, MapData, Queue},
+};
 
 use super::batch;
 
@@ -57,21 +60,37 @@ struct Waiting {
 }
 
 impl CgroupSlots {
-    /// Maps the slot array and fills the free queue with every slot.
-    pub fn new(
-        ids: HashMap<MapData, u64, u32>,
-        mut free: Queue<MapData, u32>,
-        stats: Array<MapData, CgroupSlot>,
-    ) -> Result<Self, String> {
-        let view = SlotView::new(stats)?;
-        for slot in 0..view.slots {
+    /// Puts every slot in the free queue. Done before the programs are attached: until
+    /// then, a program would find no free slot and count its update as lost.
+    pub fn fill_free(ebpf: &mut Ebpf) -> Result<(), String> {
+        let slots = ebpf
+            .map("CGROUP_STATS")
+            .ok_or_else(|| "map CGROUP_STATS missing from the eBPF object (a build bug)".to_owned())
+            .and_then(|m| Array::<_, CgroupSlot>::try_from(m).map_err(|e| e.to_string()))?
+            .len();
+        let mut free = ebpf
+            .map_mut("CGROUP_FREE_SLOTS")
+            .ok_or_else(|| {
+                "map CGROUP_FREE_SLOTS missing from the eBPF object (a build bug)".to_owned()
+            })
+            .and_then(|m| Queue::<_, u32>::try_from(m).map_err(|e| e.to_string()))?;
+        for slot in 0..slots {
             free.push(slot, 0)
                 .map_err(|e| format!("CGROUP_FREE_SLOTS: filling slot {slot}: {e}"))?;
         }
+        Ok(())
+    }
+
+    /// Maps the slot array (its free queue filled by [`Self::fill_free`]).
+    pub fn new(
+        ids: HashMap<MapData, u64, u32>,
+        free: Queue<MapData, u32>,
+        stats: Array<MapData, CgroupSlot>,
+    ) -> Result<Self, String> {
         Ok(Self {
             ids,
             free,
-            view,
+            view: SlotView::new(stats)?,
             waiting: Vec::new(),
         })
     }

@@ -67,6 +67,10 @@ impl Family for Cgroup {
         ]
     }
 
+    fn prepare(&self, ebpf: &mut Ebpf) -> Result<(), String> {
+        CgroupSlots::fill_free(ebpf)
+    }
+
     fn take(
         &self,
         ebpf: &mut Ebpf,
