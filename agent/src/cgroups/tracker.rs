@@ -694,6 +694,34 @@ mod tests {
     }
 
     #[test]
+    fn late_adds_go_to_the_final_row_while_it_waits_else_to_other() {
+        let root = tempfile::tempdir().unwrap();
+        let tr = tracker(root.path(), 4);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "a");
+        let b = dir(root.path(), "b");
+        let mut t = tr.lock();
+        table.rows(&mut t, vec![(a, 10), (b, 20)]);
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        std::fs::remove_dir(root.path().join("b")).unwrap();
+        round(&table, &mut t, vec![(a, 10), (b, 20)]);
+        assert_eq!(round(&table, &mut t, vec![(a, 10), (b, 20)]).len(), 2);
+        // a's final row waits for a scrape: a late add joins it.
+        table.add_late(&mut t, a, 3);
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, a), Some(13));
+        assert_eq!(value_of(&rows, b), Some(20));
+        assert_eq!(value_of(&rows, OTHER), None);
+        // Exported, the final rows go at the next round; a late add after that goes to
+        // "other", so the sum over the family never goes back.
+        round(&table, &mut t, vec![]);
+        table.add_late(&mut t, b, 2);
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, b), None);
+        assert_eq!(value_of(&rows, OTHER), Some(2));
+    }
+
+    #[test]
     fn a_cgroup_created_after_another_familys_walk_is_still_found() {
         let root = tempfile::tempdir().unwrap();
         let tr = tracker(root.path(), 10);
