@@ -448,8 +448,8 @@ pub enum CgroupSeries {
     Cpu,
     #[value(name = "runqueue_wait")]
     RunqueueWait,
-    /// Off by default: two series per pod (voluntary, involuntary), a third of a busy
-    /// node's response, for what the wait series and the node-wide counters mostly tell.
+    /// Off by default: two series per pod (voluntary, involuntary), half a busy node's
+    /// response, for what the wait series and the node-wide counters mostly tell.
     #[value(name = "context_switches")]
     ContextSwitches,
     #[value(name = "reclaim_stall")]

@@ -125,7 +125,10 @@ fn agent_map(pid: u32, name: &str) -> (u64, usize, usize) {
         .unwrap()
         .iter()
         .find(|m| {
-            m["name"].as_str().is_some_and(|n| name.starts_with(n))
+            // The kernel keeps 15 characters of a map's name.
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n == &name[..name.len().min(15)])
                 && m["id"].as_u64().is_some_and(|id| ours.contains(&id))
         })
         .map(|m| {
@@ -145,6 +148,7 @@ fn a_full_map_counts_its_losses_and_recovers() {
     let (stats, _, capacity) = agent_map(pid, "CGROUP_STATS");
     let (slots, _, _) = agent_map(pid, "CGROUP_SLOTS");
     let (free, _, _) = agent_map(pid, "CGROUP_FREE_SLOTS");
+    let (used, _, _) = agent_map(pid, "CGROUP_SLOTS_USED");
     // Fill the per-cgroup slots from outside, as the programs would, with ids no cgroup
     // has: take every free slot, then give each to a made-up id.
     let dir = tempfile::tempdir().unwrap();
@@ -183,7 +187,11 @@ fn a_full_map_counts_its_losses_and_recovers() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let mut lines = String::new();
+    // Every slot has been used now, as the programs would have counted.
+    let mut lines = format!(
+        "map update id {used} key hex 00 00 00 00 value hex {}\n",
+        hex(&(capacity as u64).to_le_bytes())
+    );
     for (i, slot) in popped.iter().enumerate() {
         let cgroup_id = (1u64 << 50) + i as u64;
         let mut value = cgroup_id.to_le_bytes().to_vec();

@@ -21,7 +21,7 @@ const CHURN: usize = 20_000;
 
 /// Cgroups holding a slot of CGROUP_STATS: the entries of CGROUP_SLOTS (id to slot), from
 /// bpftool. Tests run one at a time, so the only such map is this test's agent's.
-fn cgroup_stats_entries() -> usize {
+fn cgroup_slots_in_use() -> usize {
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "name", "CGROUP_SLOTS"])
         .output()
@@ -76,7 +76,7 @@ fn churn_and_watch(tag: &str) -> usize {
         let (done, max) = (done.clone(), max.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                max.fetch_max(cgroup_stats_entries(), Ordering::Relaxed);
+                max.fetch_max(cgroup_slots_in_use(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
@@ -88,7 +88,7 @@ fn churn_and_watch(tag: &str) -> usize {
     std::fs::remove_dir(&parent).unwrap();
     let max = max.load(Ordering::Relaxed);
     eprintln!(
-        "{tag}: {CHURN} cgroups in {:.0?}, CGROUP_STATS at most {max} entries",
+        "{tag}: {CHURN} cgroups in {:.0?}, at most {max} slots of CGROUP_STATS in use",
         started.elapsed()
     );
     max
@@ -108,7 +108,7 @@ fn churn_without_the_cgroup_collector_costs_no_map_entries() {
     let m = agent.metrics();
     assert!(
         max < 8192,
-        "CGROUP_STATS reached {max} entries with per-cgroup accounting off"
+        "{max} slots of CGROUP_STATS in use with per-cgroup accounting off"
     );
     assert!(
         m.get("nodelens_map_entries{map=\"CGROUP_STATS\"}")
@@ -130,7 +130,7 @@ fn churn_with_nobody_scraping_stays_below_half_the_map() {
     let max = churn_and_watch("on");
     assert!(
         max < capacity / 2,
-        "CGROUP_STATS reached {max} of {capacity} entries with nobody scraping"
+        "{max} of {capacity} slots of CGROUP_STATS in use with nobody scraping"
     );
     let m = agent.metrics();
     for reason in ["cgroup_map_full_sched", "cgroup_map_full_reclaim"] {

@@ -5,10 +5,14 @@
 //! The totals live in an array that the agent maps into its memory (`BPF_F_MMAPABLE`), so
 //! that a scrape reads them without a system call: reading a hash map of 4,096 cgroups took
 //! the kernel some 400 ns per entry, a third of a scrape. A hash (`CGROUP_SLOTS`) says
-//! which slot a cgroup id has; a queue (`CGROUP_FREE_SLOTS`) holds the free slots, filled
-//! by the agent. A program claims a slot for a new id from the queue; the agent's upkeep
-//! task gives back the slots of cgroups that are gone. Nothing is evicted silently: when
-//! the queue is empty, the update is counted as lost.
+//! which slot a cgroup id has; a stack (`CGROUP_FREE_SLOTS`) holds the free slots, filled
+//! by the agent with slot 0 on top. A program claims a slot for a new id from the stack;
+//! the agent's upkeep task gives back the slots of cgroups that are gone. Nothing is
+//! evicted silently: when the stack is empty, the update is counted as lost.
+//!
+//! A stack, so that slots given back are used again first: the slots ever used are then
+//! always `0..CGROUP_SLOTS_USED`, as many as the most cgroups live at once, and the agent
+//! reads (and keeps in its memory) only those, not the whole array.
 use core::ops::AddAssign;
 
 /// Default size of the per-cgroup map. User space sets it at load time from the tracked
@@ -87,10 +91,16 @@ unsafe impl aya::Pod for CgroupStats {}
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupSlot {
     /// The cgroup id, written by the program that claimed the slot once the id is its own;
-    /// 0 for a free slot (no cgroup has id 0). The agent reads it to find the live slots.
+    /// [`SLOT_NEVER_USED`] or [`SLOT_FREED`] for a free slot (no cgroup has either id). The
+    /// agent reads it to find the live slots.
     pub cgroup_id: u64,
     pub stats: CgroupStats,
 }
+
+/// `cgroup_id` of a slot no cgroup has had yet.
+pub const SLOT_NEVER_USED: u64 = 0;
+/// `cgroup_id` of a slot the agent took back (a cgroup had it).
+pub const SLOT_FREED: u64 = u64::MAX;
 
 /// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h, 5.5+).
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -105,10 +115,12 @@ pub mod programs {
         Global,
         bindings::BPF_NOEXIST,
         macros::map,
-        maps::{Array, HashMap, Queue},
+        maps::{Array, HashMap, Stack},
     };
 
-    use super::{BPF_F_MMAPABLE, CGROUP_STATS_ENTRIES, CgroupSlot, CgroupStats};
+    use super::{
+        BPF_F_MMAPABLE, CGROUP_STATS_ENTRIES, CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED,
+    };
     pub use crate::probes::kernel::atomic_add as add;
 
     #[unsafe(no_mangle)]
@@ -128,9 +140,14 @@ pub mod programs {
     static CGROUP_STATS: Array<CgroupSlot> =
         Array::with_max_entries(CGROUP_STATS_ENTRIES, BPF_F_MMAPABLE);
 
-    /// Slots no cgroup holds, zeroed: the agent fills it at load and gives back slots.
+    /// Slots no cgroup holds, with zero totals: the agent fills it at load (slot 0 on top)
+    /// and gives back slots.
     #[map]
-    static CGROUP_FREE_SLOTS: Queue<u32> = Queue::with_max_entries(CGROUP_STATS_ENTRIES, 0);
+    static CGROUP_FREE_SLOTS: Stack<u32> = Stack::with_max_entries(CGROUP_STATS_ENTRIES, 0);
+
+    /// How many slots have ever been used: they are `0..n` (see the module's doc).
+    #[map]
+    static CGROUP_SLOTS_USED: Array<u64> = Array::with_max_entries(1, 0);
 
     /// The totals of `cgroup_id`, in a slot claimed on first use; `None` when no slot is
     /// free.
@@ -150,18 +167,32 @@ pub mod programs {
     #[inline(always)]
     fn claim(cgroup_id: u64) -> Option<u32> {
         let slot = CGROUP_FREE_SLOTS.pop().ok()??;
+        let s = CGROUP_STATS.get_ptr_mut(slot)?;
+        // SAFETY: an array element the kernel returned, this program's alone while it holds
+        // the slot.
+        let id = unsafe { &raw mut (*s).cgroup_id };
+        // Never-used slots come off the stack in order (0, 1, 2, ...), each once: counting
+        // them here says which slots were ever used.
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(id) } == SLOT_NEVER_USED
+            && let Some(used) = CGROUP_SLOTS_USED.get_ptr_mut(0)
+        {
+            add(used, 1);
+        }
         if CGROUP_SLOTS
             .insert(cgroup_id, slot, u64::from(BPF_NOEXIST))
             .is_ok()
         {
-            // Named only once it is this id's, so the agent never sees two slots with one id.
-            if let Some(s) = CGROUP_STATS.get_ptr_mut(slot) {
-                // SAFETY: an array element the kernel returned.
-                unsafe { core::ptr::write_volatile(&raw mut (*s).cgroup_id, cgroup_id) };
-            }
+            // Named only once it is this id's, so the agent never sees two slots with one
+            // id.
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(id, cgroup_id) };
             return Some(slot);
         }
-        // The slot is untouched (still zero): back to the queue, for the next new cgroup.
+        // Another CPU gave the id a slot first: this one goes back on the stack, counted
+        // (so marked used), with zero totals.
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(id, SLOT_FREED) };
         let _ = CGROUP_FREE_SLOTS.push(slot, 0);
         // SAFETY: a map value the kernel returned, valid for this program run.
         CGROUP_SLOTS.get_ptr(cgroup_id).map(|slot| unsafe { *slot })

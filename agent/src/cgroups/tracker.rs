@@ -397,6 +397,9 @@ struct TableState<K: CgroupKey, V> {
     /// Totals of gone folded cgroups, and of final rows that waited too long: part of
     /// "other" forever.
     retired: HashMap<K::Dims, V>,
+    /// The keys the last upkeep took, and their assignment then: for [`CounterTable::
+    /// add_late`], which comes a round later, when the tracker may have forgotten them.
+    last_taken: HashMap<K, Assignment>,
 }
 
 impl<K, V> Default for CounterTable<K, V>
@@ -409,6 +412,7 @@ where
                 last: HashMap::default(),
                 finals: HashMap::default(),
                 retired: HashMap::default(),
+                last_taken: HashMap::default(),
             }),
         }
     }
@@ -467,6 +471,7 @@ where
     ) -> Vec<K> {
         let mut t = self.lock();
         let mut delete = Vec::new();
+        t.last_taken.clear();
         let mut last = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
         for (key, value) in entries {
             let id = key.cgroup();
@@ -479,6 +484,7 @@ where
             // Not there any more: nothing to keep (only upkeep deletes, so this is rare).
             let Some(value) = take(&key) else { continue };
             delete.push(key);
+            t.last_taken.insert(key, assignment);
             match assignment {
                 Assignment::Tracked => {
                     // Add, not set: an exiting task can recreate the entry once more.
@@ -530,10 +536,11 @@ where
         delete
     }
 
-    /// Adds what reached a gone cgroup's kernel entry after upkeep took it (an update
-    /// already under way when the entry went, see `ebpf::slots`): to its final row if that
-    /// still waits for a scrape (exported once more, with it), else to "other", so that
-    /// sums stay whole and nothing goes back.
+    /// Adds what reached a gone cgroup's kernel entry after the last upkeep took it (an
+    /// update already under way when the entry went, see `ebpf::slots`): to its final row
+    /// if that still waits for a scrape (exported once more, with it), else to "other", so
+    /// that sums stay whole and nothing goes back; nowhere for an excluded cgroup. Call it
+    /// before the next upkeep, which forgets what the last one took.
     pub fn add_late(&self, tracker: &mut TrackerState, key: K, value: V) {
         let mut t = self.lock();
         if let Some((v, _, exported)) = t.finals.get_mut(&key) {
@@ -541,11 +548,13 @@ where
             *exported = false;
             return;
         }
-        if tracker.series(key.cgroup()).0 == Assignment::Excluded {
-            return;
+        match t.last_taken.get(&key) {
+            Some(Assignment::Excluded) => {}
+            _ => {
+                *t.retired.entry(key.dims()).or_default() += value;
+                tracker.use_other();
+            }
         }
-        *t.retired.entry(key.dims()).or_default() += value;
-        tracker.use_other();
     }
 
     /// The rows a scrape exports, from the kernel map's current entries: tracked cgroups
@@ -719,6 +728,29 @@ mod tests {
         let rows = table.rows(&mut t, vec![]);
         assert_eq!(value_of(&rows, b), None);
         assert_eq!(value_of(&rows, OTHER), Some(2));
+    }
+
+    #[test]
+    fn late_adds_of_an_excluded_cgroup_go_nowhere() {
+        let root = tempfile::tempdir().unwrap();
+        let resolver = CgroupResolver::new(
+            root.path().to_owned(),
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        );
+        let mut config = tracker(root.path(), 4).lock().config.clone();
+        config.exclude = Some(regex::Regex::new("^skip").unwrap());
+        let tr = CgroupTracker::new(resolver, config);
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let x = dir(root.path(), "skip-me");
+        let mut t = tr.lock();
+        assert_eq!(value_of(&table.rows(&mut t, vec![(x, 10)]), x), None);
+        std::fs::remove_dir(root.path().join("skip-me")).unwrap();
+        round(&table, &mut t, vec![(x, 10)]);
+        assert_eq!(round(&table, &mut t, vec![(x, 10)]), [x]);
+        table.add_late(&mut t, x, 3);
+        let rows = table.rows(&mut t, vec![]);
+        assert!(rows.rows.is_empty(), "{:?}", rows.rows);
     }
 
     #[test]

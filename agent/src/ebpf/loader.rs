@@ -391,15 +391,22 @@ pub fn load(
         (None, None)
     };
 
-    for family in wanted {
-        if let Err(e) = family.prepare(&mut ebpf) {
-            tracing::error!(family = family.name().name(), "{e}");
-        }
-    }
+    // A family whose maps could not be readied is not taken: it fails as a collector,
+    // rather than export what its programs could not count.
+    let prepared: Vec<bool> = wanted
+        .iter()
+        .map(|family| match family.prepare(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(family = family.name().name(), "{e}");
+                false
+            }
+        })
+        .collect();
     let mut statuses: Vec<ProbeStatus> = Vec::new();
     let mut families = Vec::with_capacity(wanted.len());
     let mut notes = Vec::new();
-    for (family, layout) in wanted.iter().zip(&layouts) {
+    for ((family, layout), prepared) in wanted.iter().zip(&layouts).zip(prepared) {
         let first = statuses.len();
         if let Some(mode) = &layout.mode {
             tracing::info!(family = family.name().name(), "{mode}");
@@ -434,6 +441,9 @@ pub fn load(
                 log_status(&status);
                 statuses.push(status);
             }
+        }
+        if !prepared {
+            continue;
         }
         match family.take(&mut ebpf, &Attached(&statuses[first..]), &context) {
             Ok(loaded) => families.push(LoadedEntry {

@@ -17,6 +17,7 @@ const ARRAY: u32 = 2;
 const PERCPU_HASH: u32 = 5;
 const PERCPU_ARRAY: u32 = 6;
 const QUEUE: u32 = 22;
+const STACK: u32 = 23;
 const RINGBUF: u32 = 27;
 const F_NO_PREALLOC: u32 = 1;
 const F_MMAPABLE: u32 = 1 << 10;
@@ -60,7 +61,7 @@ pub fn model(s: MapShape, cpus: u64, in_use: u64) -> u64 {
         }
         ARRAY => ARRAY_BASE + e * v,
         // One spare element (head == tail means empty), values not rounded up.
-        QUEUE => QUEUE_BASE + (e + 1) * u64::from(s.value_size),
+        QUEUE | STACK => QUEUE_BASE + (e + 1) * u64::from(s.value_size),
         PERCPU_ARRAY => ARRAY_BASE + e * 8 + e * v * cpus,
         HASH | PERCPU_HASH => {
             let percpu = s.map_type == PERCPU_HASH;
@@ -140,6 +141,7 @@ fn data(map: &Map) -> Option<&aya::maps::MapData> {
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
         | Map::Queue(m)
+        | Map::Stack(m)
         | Map::PerCpuLruHashMap(m)
         | Map::RingBuf(m) => Some(m),
         _ => None,
@@ -252,6 +254,7 @@ mod tests {
             (shape(HASH, 8, 4, 16384, 0), 0, 1_311_760),
             (shape(ARRAY, 4, 56, 16384, F_MMAPABLE), 0, 921_600),
             (shape(QUEUE, 0, 4, 16384, 0), 0, 65_852),
+            (shape(STACK, 0, 4, 16384, 0), 0, 65_852),
             (shape(PERCPU_ARRAY, 4, 568, 1, 0), 0, 1_456),
             (shape(PERCPU_ARRAY, 4, 24, 3, 0), 0, 480),
             (shape(PERCPU_ARRAY, 4, 520, 2, 0), 0, 2_408),

@@ -1,33 +1,39 @@
 //! The per-cgroup totals as the programs keep them (`agent_ebpf::cgroup`): an array of
-//! slots that this process maps into its memory, a hash of cgroup id to slot, and a queue
-//! of free slots.
+//! slots that this process maps into its memory, a hash of cgroup id to slot, a stack of
+//! free slots, and how many slots were ever used.
 //!
-//! A scrape reads every live slot straight from memory: no system call, where reading a
-//! hash map of 4,096 cgroups cost the kernel some 400 ns per entry (a third of a scrape at
-//! that size). The programs add to the slots with atomic adds while they are read; each
+//! A scrape reads the live slots straight from memory, where reading a hash map of 4,096
+//! cgroups cost the kernel some 400 ns per entry (a third of a scrape at that size). It
+//! reads only the slots ever used (one system call says how many), so the pages of the
+//! array this process touches, and keeps in its RSS, are those of the most cgroups live at
+//! once, not the whole array. The programs add to the slots with atomic adds while they are read; each
 //! field is read as one aligned 64-bit load, so it is never torn, and a row's fields may be
 //! a few nanoseconds apart, as with any map read.
 //!
-//! Slots are given back by the upkeep task, in two steps. [`CgroupSlots::take`] unmaps a
-//! gone cgroup's id (so a late update claims a new slot, seen as a recreated entry) and
-//! returns its totals. A program that looked the slot up just before may still add to it,
-//! so the slot waits one upkeep round; [`CgroupSlots::release_waiting`] then returns what
-//! was added since (the caller adds it to the cgroup's final values), zeroes the slot and
-//! puts it back in the free queue. A program runs for microseconds; a round is 100 ms at
-//! the least.
+//! Slots are given back by the upkeep task, in two steps. [`CgroupSlots::take`] removes a
+//! gone cgroup's `CGROUP_SLOTS` entry (so a late update claims a new slot, seen as a
+//! recreated entry) and returns its totals. A program that looked the slot up just before
+//! may still add to it, so the slot waits: the next upkeep round that comes at least
+//! [`MIN_WAIT`] later, [`CgroupSlots::release_waiting`] zeroes it, returns what was added
+//! since (the caller adds it to the cgroup's final values) and puts it back on the free
+//! stack. A program runs for microseconds.
 use std::{
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
-use agent_ebpf::cgroup::{CgroupSlot, CgroupStats};
+use agent_ebpf::cgroup::{CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, IterableMap, MapData, Queue},
+    maps::{Array, HashMap, IterableMap, MapData, Stack},
 };
 
 use super::batch;
+
+/// How long a taken slot waits before it is zeroed and given back.
+pub const MIN_WAIT: Duration = Duration::from_secs(1);
 
 /// 64-bit words per slot: the id, then the six totals.
 const WORDS: usize = size_of::<CgroupSlot>() / 8;
@@ -43,53 +49,58 @@ const _: () = {
     assert!(offset_of!(CgroupStats, reclaim_memcg_ns) == 40);
 };
 
-/// The three maps behind the per-cgroup totals.
+/// The four maps behind the per-cgroup totals.
 pub struct CgroupSlots {
     ids: HashMap<MapData, u64, u32>,
-    free: Queue<MapData, u32>,
+    free: Stack<MapData, u32>,
+    /// How many slots were ever used: slots `0..n`.
+    used: Array<MapData, u64>,
     view: SlotView,
     /// Slots taken from gone cgroups, waiting a round before they are reused.
     waiting: Vec<Waiting>,
 }
 
-/// A slot taken by [`CgroupSlots::take`]: whose it was, and its totals when taken.
+/// A slot taken by [`CgroupSlots::take`]: whose it was, its totals and when.
 struct Waiting {
     slot: u32,
     cgroup_id: u64,
     taken: CgroupStats,
+    at: Instant,
 }
 
 impl CgroupSlots {
-    /// Puts every slot in the free queue. Done before the programs are attached: until
-    /// then, a program would find no free slot and count its update as lost.
+    /// Puts every slot on the free stack, slot 0 on top. Done before the programs are
+    /// attached: until then, a program would find no free slot and count its update as
+    /// lost.
     pub fn fill_free(ebpf: &mut Ebpf) -> Result<(), String> {
+        let missing = |name: &str| format!("map {name} missing from the eBPF object (a build bug)");
         let slots = ebpf
             .map("CGROUP_STATS")
-            .ok_or_else(|| "map CGROUP_STATS missing from the eBPF object (a build bug)".to_owned())
+            .ok_or_else(|| missing("CGROUP_STATS"))
             .and_then(|m| Array::<_, CgroupSlot>::try_from(m).map_err(|e| e.to_string()))?
             .len();
         let mut free = ebpf
             .map_mut("CGROUP_FREE_SLOTS")
-            .ok_or_else(|| {
-                "map CGROUP_FREE_SLOTS missing from the eBPF object (a build bug)".to_owned()
-            })
-            .and_then(|m| Queue::<_, u32>::try_from(m).map_err(|e| e.to_string()))?;
-        for slot in 0..slots {
+            .ok_or_else(|| missing("CGROUP_FREE_SLOTS"))
+            .and_then(|m| Stack::<_, u32>::try_from(m).map_err(|e| e.to_string()))?;
+        for slot in (0..slots).rev() {
             free.push(slot, 0)
                 .map_err(|e| format!("CGROUP_FREE_SLOTS: filling slot {slot}: {e}"))?;
         }
         Ok(())
     }
 
-    /// Maps the slot array (its free queue filled by [`Self::fill_free`]).
+    /// Maps the slot array (its free stack filled by [`Self::fill_free`]).
     pub fn new(
         ids: HashMap<MapData, u64, u32>,
-        free: Queue<MapData, u32>,
+        free: Stack<MapData, u32>,
+        used: Array<MapData, u64>,
         stats: Array<MapData, CgroupSlot>,
     ) -> Result<Self, String> {
         Ok(Self {
             ids,
             free,
+            used,
             view: SlotView::new(stats)?,
             waiting: Vec::new(),
         })
@@ -101,43 +112,53 @@ impl CgroupSlots {
 
     /// (cgroup id, totals) of every live slot, in slot order.
     pub fn entries(&self) -> Vec<(u64, CgroupStats)> {
-        (0..self.view.slots)
-            .filter(|&slot| self.view.word(slot, 0).load(Ordering::Relaxed) != 0)
-            .map(|slot| self.view.read(slot))
-            .filter(|&(id, _)| id != 0)
-            .collect()
+        let used = match self.used.get(&0, 0) {
+            Ok(n) => n.min(u64::from(self.view.slots)) as u32,
+            Err(e) => {
+                // Never expected; reading them all is right, only dearer.
+                tracing::warn!("CGROUP_SLOTS_USED: {e}");
+                self.view.slots
+            }
+        };
+        self.view.live(used)
     }
 
-    /// Unmaps `cgroup_id` and returns its totals, or `None` if it has no slot. Its slot
-    /// waits for [`Self::release_waiting`].
+    /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
+    /// slot. The slot waits for [`Self::release_waiting`].
     pub fn take(&mut self, cgroup_id: u64) -> Option<CgroupStats> {
         let slot = batch::take(&mut self.ids, &cgroup_id)?;
         // Not live any more: scrapes skip it from here on.
-        self.view.word(slot, 0).store(0, Ordering::Relaxed);
+        self.view.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
         let (_, taken) = self.view.read(slot);
         self.waiting.push(Waiting {
             slot,
             cgroup_id,
             taken,
+            at: Instant::now(),
         });
         Some(taken)
     }
 
-    /// Gives back the slots taken before this call, and returns what programs added to
-    /// them after they were taken (by cgroup id, only where non-zero).
+    /// Slots taken and not given back yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Gives back the slots taken at least [`MIN_WAIT`] ago, and returns what programs
+    /// added to them after they were taken (by cgroup id, only where non-zero).
     pub fn release_waiting(&mut self) -> Vec<(u64, CgroupStats)> {
         let mut late = Vec::new();
-        for w in std::mem::take(&mut self.waiting) {
-            let (_, now) = self.view.read(w.slot);
-            let added = now.since(w.taken);
+        let (ready, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.at.elapsed() >= MIN_WAIT);
+        self.waiting = waiting;
+        for w in ready {
+            let added = self.view.zero(w.slot).since(w.taken);
             if added != CgroupStats::default() {
                 late.push((w.cgroup_id, added));
             }
-            for word in 0..WORDS {
-                self.view.word(w.slot, word).store(0, Ordering::Relaxed);
-            }
             if let Err(e) = self.free.push(w.slot, 0) {
-                // Only if something else filled the queue; the slot is lost, not reused.
+                // Only if something else filled the stack; the slot is lost, not reused.
                 tracing::warn!(slot = w.slot, "CGROUP_FREE_SLOTS: giving a slot back: {e}");
             }
         }
@@ -150,8 +171,8 @@ struct SlotView {
     base: NonNull<AtomicU64>,
     len: usize,
     slots: u32,
-    /// Keeps the map's fd open while it is mapped.
-    _map: Array<MapData, CgroupSlot>,
+    /// Keeps the map's fd open while it is mapped (`None`: anonymous memory, in tests).
+    _map: Option<Array<MapData, CgroupSlot>>,
 }
 
 // SAFETY: the mapping is only reached through atomics, and lives as long as the view.
@@ -185,8 +206,32 @@ impl SlotView {
             base: NonNull::new(ptr.cast()).ok_or("CGROUP_STATS: mapped at address 0")?,
             len: bytes,
             slots,
-            _map: map,
+            _map: Some(map),
         })
+    }
+
+    /// `slots` slots of zeroed anonymous memory, for tests.
+    #[cfg(test)]
+    fn anonymous(slots: u32) -> Self {
+        let len = slots as usize * size_of::<CgroupSlot>();
+        // SAFETY: a fresh private anonymous mapping.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Self {
+            base: NonNull::new(ptr.cast()).unwrap(),
+            len,
+            slots,
+            _map: None,
+        }
     }
 
     /// Word `word` of slot `slot` (0 is the id).
@@ -214,9 +259,85 @@ impl SlotView {
     }
 }
 
+impl SlotView {
+    /// (cgroup id, totals) of the live slots among the first `n`.
+    fn live(&self, n: u32) -> Vec<(u64, CgroupStats)> {
+        let live = |id: u64| id != SLOT_NEVER_USED && id != SLOT_FREED;
+        (0..n.min(self.slots))
+            .filter(|&slot| live(self.word(slot, 0).load(Ordering::Relaxed)))
+            .map(|slot| self.read(slot))
+            .filter(|&(id, _)| live(id))
+            .collect()
+    }
+
+    /// Zeroes slot `slot`'s totals, marks it freed, and returns the totals it had: each
+    /// word swapped for 0, so an add that lands meanwhile is either in the result or in the
+    /// zeroed slot, never lost.
+    fn zero(&self, slot: u32) -> CgroupStats {
+        let w = |i| self.word(slot, i).swap(0, Ordering::Relaxed);
+        self.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
+        CgroupStats {
+            cpu_ns: w(1),
+            runqueue_wait_ns: w(2),
+            voluntary_switches: w(3),
+            involuntary_switches: w(4),
+            reclaim_direct_ns: w(5),
+            reclaim_memcg_ns: w(6),
+        }
+    }
+}
+
 impl Drop for SlotView {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, not used after this.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(view: &SlotView, slot: u32, cpu_ns: u64, reclaim_memcg_ns: u64) {
+        view.word(slot, 1).fetch_add(cpu_ns, Ordering::Relaxed);
+        view.word(slot, 6)
+            .fetch_add(reclaim_memcg_ns, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn words_land_in_their_fields_and_zero_returns_what_was_there() {
+        let view = SlotView::anonymous(3);
+        view.word(2, 0).store(77, Ordering::Relaxed);
+        add(&view, 2, 5, 9);
+        let (id, stats) = view.read(2);
+        assert_eq!(id, 77);
+        assert_eq!((stats.cpu_ns, stats.reclaim_memcg_ns), (5, 9));
+        assert_eq!(
+            view.read(1),
+            (0, CgroupStats::default()),
+            "neighbours untouched"
+        );
+        // What a taken slot gained since, then a zeroed slot for the next cgroup.
+        let taken = stats;
+        add(&view, 2, 1, 0);
+        let late = view.zero(2).since(taken);
+        assert_eq!(
+            late,
+            CgroupStats {
+                cpu_ns: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(view.read(2), (SLOT_FREED, CgroupStats::default()));
+        assert!(view.live(3).is_empty(), "a freed slot is not live");
+        view.word(0, 0).store(5, Ordering::Relaxed);
+        assert_eq!(view.live(3), [(5, CgroupStats::default())]);
+        assert!(view.live(0).is_empty(), "only the slots ever used are read");
+    }
+
+    #[test]
+    #[should_panic(expected = "slot 3 word 0")]
+    fn a_slot_past_the_end_is_refused() {
+        SlotView::anonymous(3).word(3, 0);
     }
 }

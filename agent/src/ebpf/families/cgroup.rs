@@ -80,6 +80,7 @@ impl Family for Cgroup {
         let slots = CgroupSlots::new(
             take_map(ebpf, "CGROUP_SLOTS")?,
             take_map(ebpf, "CGROUP_FREE_SLOTS")?,
+            take_map(ebpf, "CGROUP_SLOTS_USED")?,
             take_map(ebpf, "CGROUP_STATS")?,
         )?;
         Ok(Box::new(CgroupMaps {
@@ -158,10 +159,12 @@ impl LoadedFamily for CgroupMaps {
         for (id, added) in late {
             self.table.add_late(&mut tracker, id, added);
         }
-        self.table
+        let taken = self
+            .table
             .upkeep(&mut tracker, entries, read_at, |id| slots.take(*id));
-        // Slots taken this round are not free until the next: they count as filled.
-        self.fill.set(live);
+        // Taken slots are not free until they have waited: they count as filled.
+        self.fill
+            .set(live.saturating_sub(taken.len() as u64) + slots.waiting() as u64);
     }
 
     fn health(&self) -> Health {
