@@ -101,7 +101,7 @@ impl CgroupSlots {
             ids,
             free,
             used,
-            view: SlotView::new(stats)?,
+            view: SlotView::new(stats),
             waiting: Vec::new(),
         })
     }
@@ -111,7 +111,7 @@ impl CgroupSlots {
     }
 
     /// (cgroup id, totals) of every live slot, in slot order.
-    pub fn entries(&self) -> Vec<(u64, CgroupStats)> {
+    pub fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
         let used = match self.used.get(&0, 0) {
             Ok(n) => n.min(u64::from(self.view.slots)) as u32,
             Err(e) => {
@@ -120,7 +120,8 @@ impl CgroupSlots {
                 self.view.slots
             }
         };
-        self.view.live(used)
+        self.view.cover(used)?;
+        Ok(self.view.live(used))
     }
 
     /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
@@ -166,51 +167,55 @@ impl CgroupSlots {
     }
 }
 
-/// The slot array, mapped shared into this process.
+/// The slot array, mapped shared into this process: only its first slots, as many as have
+/// been used. The kernel maps every page of an mmap-able array's mapping up front, and they
+/// count in this process's RSS; the slots never used are not worth that.
 struct SlotView {
+    /// The map, whose fd is mapped (`None`: anonymous memory, in tests).
+    map: Option<Array<MapData, CgroupSlot>>,
+    /// Slots in the array.
+    slots: u32,
+    mapping: Option<Mapping>,
+}
+
+/// One mapping of the array's first `slots` slots.
+struct Mapping {
     base: NonNull<AtomicU64>,
     len: usize,
     slots: u32,
-    /// Keeps the map's fd open while it is mapped (`None`: anonymous memory, in tests).
-    _map: Option<Array<MapData, CgroupSlot>>,
 }
 
-// SAFETY: the mapping is only reached through atomics, and lives as long as the view.
-unsafe impl Send for SlotView {}
+// SAFETY: the mapping is only reached through atomics, and lives as long as its owner.
+unsafe impl Send for Mapping {}
 // SAFETY: as above.
-unsafe impl Sync for SlotView {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: a mapping made by `SlotView`, not reachable after this.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
 
 impl SlotView {
-    fn new(map: Array<MapData, CgroupSlot>) -> Result<Self, String> {
-        let slots = map.len();
-        let bytes = slots as usize * size_of::<CgroupSlot>();
-        // SAFETY: a fresh mapping of the map's whole value area (an mmap-able array's
-        // values start at offset 0 of its fd), checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.map().fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "CGROUP_STATS: mapping it into memory: {} (needs BPF_F_MMAPABLE, kernel 5.5+)",
-                std::io::Error::last_os_error()
-            ));
+    /// The array, none of it mapped yet (see [`Self::cover`]).
+    fn new(map: Array<MapData, CgroupSlot>) -> Self {
+        Self {
+            slots: map.len(),
+            map: Some(map),
+            mapping: None,
         }
-        Ok(Self {
-            base: NonNull::new(ptr.cast()).ok_or("CGROUP_STATS: mapped at address 0")?,
-            len: bytes,
-            slots,
-            _map: Some(map),
-        })
     }
 
-    /// `slots` slots of zeroed anonymous memory, for tests.
+    /// `slots` slots of zeroed anonymous memory, all mapped, for tests.
     #[cfg(test)]
     fn anonymous(slots: u32) -> Self {
         let len = slots as usize * size_of::<CgroupSlot>();
@@ -227,20 +232,74 @@ impl SlotView {
         };
         assert_ne!(ptr, libc::MAP_FAILED);
         Self {
-            base: NonNull::new(ptr.cast()).unwrap(),
-            len,
+            map: None,
             slots,
-            _map: None,
+            mapping: Some(Mapping {
+                base: NonNull::new(ptr.cast()).unwrap(),
+                len,
+                slots,
+            }),
         }
     }
 
-    /// Word `word` of slot `slot` (0 is the id).
+    /// Slots mapped, from the first.
+    fn mapped(&self) -> u32 {
+        self.mapping.as_ref().map_or(0, |m| m.slots)
+    }
+
+    /// Maps at least the first `n` slots (whole pages of them), in place of a smaller
+    /// mapping. Mappings only grow: a slot once used is read until the agent stops.
+    fn cover(&mut self, n: u32) -> Result<(), String> {
+        let n = n.min(self.slots);
+        if n <= self.mapped() {
+            return Ok(());
+        }
+        let Some(map) = &self.map else {
+            return Ok(());
+        };
+        let whole = self.slots as usize * size_of::<CgroupSlot>();
+        let len = (n as usize * size_of::<CgroupSlot>())
+            .next_multiple_of(page_size())
+            .min(whole);
+        // SAFETY: a fresh shared mapping of the start of the map's value area (an
+        // mmap-able array's values start at offset 0 of its fd), checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.map().fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "CGROUP_STATS: mapping {len} bytes of it into memory: {} (needs BPF_F_MMAPABLE, kernel 5.5+)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let base = NonNull::new(ptr.cast()).ok_or("CGROUP_STATS: mapped at address 0")?;
+        // The old mapping, if any, is unmapped as it is dropped here.
+        self.mapping = Some(Mapping {
+            base,
+            len,
+            slots: (len / size_of::<CgroupSlot>()) as u32,
+        });
+        Ok(())
+    }
+
+    /// Word `word` of slot `slot` (0 is the id), which must be mapped.
     fn word(&self, slot: u32, word: usize) -> &AtomicU64 {
-        assert!(slot < self.slots && word < WORDS, "slot {slot} word {word}");
-        // SAFETY: in bounds (checked above) of a mapping that lives as long as `self`,
-        // 8-byte aligned (page-aligned base, 56-byte slots), and only ever accessed as
-        // atomics here and by the kernel's atomic adds.
-        unsafe { &*self.base.as_ptr().add(slot as usize * WORDS + word) }
+        let m = self
+            .mapping
+            .as_ref()
+            .filter(|m| slot < m.slots && word < WORDS)
+            .unwrap_or_else(|| panic!("slot {slot} word {word} is not mapped"));
+        // SAFETY: in bounds (checked above) of a mapping that lives as long as `self`
+        // borrows it, 8-byte aligned (page-aligned base, 56-byte slots), and only ever
+        // accessed as atomics here and by the kernel's atomic adds.
+        unsafe { &*m.base.as_ptr().add(slot as usize * WORDS + word) }
     }
 
     fn read(&self, slot: u32) -> (u64, CgroupStats) {
@@ -260,10 +319,10 @@ impl SlotView {
 }
 
 impl SlotView {
-    /// (cgroup id, totals) of the live slots among the first `n`.
+    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones).
     fn live(&self, n: u32) -> Vec<(u64, CgroupStats)> {
         let live = |id: u64| id != SLOT_NEVER_USED && id != SLOT_FREED;
-        (0..n.min(self.slots))
+        (0..n.min(self.mapped()))
             .filter(|&slot| live(self.word(slot, 0).load(Ordering::Relaxed)))
             .map(|slot| self.read(slot))
             .filter(|&(id, _)| live(id))
@@ -284,13 +343,6 @@ impl SlotView {
             reclaim_direct_ns: w(5),
             reclaim_memcg_ns: w(6),
         }
-    }
-}
-
-impl Drop for SlotView {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, not used after this.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
@@ -336,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "slot 3 word 0")]
+    #[should_panic(expected = "slot 3 word 0 is not mapped")]
     fn a_slot_past_the_end_is_refused() {
         SlotView::anonymous(3).word(3, 0);
     }

@@ -118,7 +118,10 @@ impl LoadedFamily for CgroupMaps {
         // The map is read under the tracker lock, so that upkeep cannot move a gone
         // cgroup's values into the table in between (see `CounterTable::upkeep`).
         let mut tracker = self.tracker.lock();
-        let entries = self.slots().entries();
+        let entries = self
+            .slots()
+            .entries()
+            .map_err(|e| CollectError::map("CGROUP_STATS", e))?;
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = rows.tracker.counts();
         self.encode(&rows.rows)?;
@@ -150,7 +153,13 @@ impl LoadedFamily for CgroupMaps {
         // Slots taken last round go back to the free queue, with what was added to them
         // since (see `ebpf::slots`).
         let late = self.slots().release_waiting();
-        let entries = self.slots().entries();
+        let entries = match self.slots().entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("cgroup upkeep: {e}");
+                return;
+            }
+        };
         let live = entries.len() as u64;
         self.table.check_idle(&self.tracker, &entries);
         // Lock order: tracker, then the slots (as the scrape takes them).
