@@ -397,9 +397,6 @@ struct TableState<K: CgroupKey, V> {
     /// Totals of gone folded cgroups, and of final rows that waited too long: part of
     /// "other" forever.
     retired: HashMap<K::Dims, V>,
-    /// The keys the last upkeep took, and their assignment then: for [`CounterTable::
-    /// add_late`], which comes a round later, when the tracker may have forgotten them.
-    last_taken: HashMap<K, Assignment>,
 }
 
 impl<K, V> Default for CounterTable<K, V>
@@ -412,7 +409,6 @@ where
                 last: HashMap::default(),
                 finals: HashMap::default(),
                 retired: HashMap::default(),
-                last_taken: HashMap::default(),
             }),
         }
     }
@@ -467,11 +463,10 @@ where
         tracker: &mut TrackerState,
         entries: Vec<(K, V)>,
         read_at: Instant,
-        mut take: impl FnMut(&K) -> Option<V>,
+        mut take: impl FnMut(&K, Assignment) -> Option<V>,
     ) -> Vec<K> {
         let mut t = self.lock();
         let mut delete = Vec::new();
-        t.last_taken.clear();
         let mut last = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
         for (key, value) in entries {
             let id = key.cgroup();
@@ -482,9 +477,10 @@ where
                 continue;
             }
             // Not there any more: nothing to keep (only upkeep deletes, so this is rare).
-            let Some(value) = take(&key) else { continue };
+            let Some(value) = take(&key, assignment) else {
+                continue;
+            };
             delete.push(key);
-            t.last_taken.insert(key, assignment);
             match assignment {
                 Assignment::Tracked => {
                     // Add, not set: an exiting task can recreate the entry once more.
@@ -536,11 +532,11 @@ where
         delete
     }
 
-    /// Adds what reached a gone cgroup's kernel entry after the last upkeep took it (an
-    /// update already under way when the entry went, see `ebpf::slots`): to its final row
-    /// if that still waits for a scrape (exported once more, with it), else to "other", so
-    /// that sums stay whole and nothing goes back; nowhere for an excluded cgroup. Call it
-    /// before the next upkeep, which forgets what the last one took.
+    /// Adds what reached a gone cgroup's kernel entry after upkeep took it (an update
+    /// already under way when the entry went, see `ebpf::slots`; never for an excluded
+    /// cgroup, see [`Self::upkeep`]): to its final row if that still waits for a scrape
+    /// (exported once more, with it), else to "other", so that sums stay whole and nothing
+    /// goes back.
     pub fn add_late(&self, tracker: &mut TrackerState, key: K, value: V) {
         let mut t = self.lock();
         if let Some((v, _, exported)) = t.finals.get_mut(&key) {
@@ -548,13 +544,8 @@ where
             *exported = false;
             return;
         }
-        match t.last_taken.get(&key) {
-            Some(Assignment::Excluded) => {}
-            _ => {
-                *t.retired.entry(key.dims()).or_default() += value;
-                tracker.use_other();
-            }
-        }
+        *t.retired.entry(key.dims()).or_default() += value;
+        tracker.use_other();
     }
 
     /// The rows a scrape exports, from the kernel map's current entries: tracked cgroups
@@ -682,7 +673,7 @@ mod tests {
         entries: Vec<(u64, u64)>,
     ) -> Vec<u64> {
         let mut map: HashMap<u64, u64> = entries.iter().copied().collect();
-        table.upkeep(t, entries, Instant::now(), |k| map.remove(k))
+        table.upkeep(t, entries, Instant::now(), |k, _| map.remove(k))
     }
 
     /// One whole upkeep round: begin, upkeep with a kernel map holding exactly `entries`,
@@ -731,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn late_adds_of_an_excluded_cgroup_go_nowhere() {
+    fn take_is_told_when_a_cgroup_was_excluded() {
         let root = tempfile::tempdir().unwrap();
         let resolver = CgroupResolver::new(
             root.path().to_owned(),
@@ -743,14 +734,24 @@ mod tests {
         let tr = CgroupTracker::new(resolver, config);
         let table: CounterTable<u64, u64> = CounterTable::default();
         let x = dir(root.path(), "skip-me");
+        let a = dir(root.path(), "a");
         let mut t = tr.lock();
-        assert_eq!(value_of(&table.rows(&mut t, vec![(x, 10)]), x), None);
+        table.rows(&mut t, vec![(x, 10), (a, 1)]);
         std::fs::remove_dir(root.path().join("skip-me")).unwrap();
-        round(&table, &mut t, vec![(x, 10)]);
-        assert_eq!(round(&table, &mut t, vec![(x, 10)]), [x]);
-        table.add_late(&mut t, x, 3);
-        let rows = table.rows(&mut t, vec![]);
-        assert!(rows.rows.is_empty(), "{:?}", rows.rows);
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        let mut told = Vec::new();
+        for _ in 0..2 {
+            t.begin_round();
+            table.upkeep(&mut t, vec![(x, 10), (a, 1)], Instant::now(), |k, how| {
+                told.push((*k, how));
+                Some(0)
+            });
+            t.end_round();
+        }
+        told.sort_by_key(|(k, _)| *k);
+        let mut want = vec![(x, Assignment::Excluded), (a, Assignment::Tracked)];
+        want.sort_by_key(|(k, _)| *k);
+        assert_eq!(told, want);
     }
 
     #[test]
@@ -867,7 +868,9 @@ mod tests {
         let before = value_of(&table.rows(&mut t, vec![(a, 7)]), OTHER).unwrap();
         t.begin_round();
         let mut kernel: HashMap<u64, u64> = [(a, 7)].into_iter().collect();
-        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |k| kernel.remove(k));
+        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |k, _| {
+            kernel.remove(k)
+        });
         t.end_round();
         assert_eq!(taken, vec![a]);
         assert!(kernel.is_empty(), "the entry is out of the kernel map");
@@ -913,7 +916,7 @@ mod tests {
         round(&table, &mut t, vec![(a, 5)]);
         std::fs::remove_dir(root.path().join("a")).unwrap();
         t.begin_round();
-        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |_| None);
+        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |_, _| None);
         t.end_round();
         assert!(taken.is_empty());
         assert_eq!(value_of(&table.rows(&mut t, vec![]), OTHER), None);

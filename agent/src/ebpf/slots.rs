@@ -56,16 +56,18 @@ pub struct CgroupSlots {
     /// How many slots were ever used: slots `0..n`.
     used: Array<MapData, u64>,
     view: SlotView,
-    /// Slots taken from gone cgroups, waiting a round before they are reused.
+    /// Slots taken from gone cgroups, waiting at least [`MIN_WAIT`] before they are reused.
     waiting: Vec<Waiting>,
 }
 
-/// A slot taken by [`CgroupSlots::take`]: whose it was, its totals and when.
+/// A slot taken by [`CgroupSlots::take`]: whose it was, its totals and when, and whether
+/// what reaches it late is wanted (not for an excluded cgroup).
 struct Waiting {
     slot: u32,
     cgroup_id: u64,
     taken: CgroupStats,
     at: Instant,
+    keep_late: bool,
 }
 
 impl CgroupSlots {
@@ -90,20 +92,21 @@ impl CgroupSlots {
         Ok(())
     }
 
-    /// Maps the slot array (its free stack filled by [`Self::fill_free`]).
+    /// The four maps, the free stack filled by [`Self::fill_free`]. The array is mapped
+    /// into memory as its slots come into use, by [`Self::entries`].
     pub fn new(
         ids: HashMap<MapData, u64, u32>,
         free: Stack<MapData, u32>,
         used: Array<MapData, u64>,
         stats: Array<MapData, CgroupSlot>,
-    ) -> Result<Self, String> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             ids,
             free,
             used,
             view: SlotView::new(stats),
             waiting: Vec::new(),
-        })
+        }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -125,9 +128,19 @@ impl CgroupSlots {
     }
 
     /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
-    /// slot. The slot waits for [`Self::release_waiting`].
-    pub fn take(&mut self, cgroup_id: u64) -> Option<CgroupStats> {
+    /// slot. The slot waits for [`Self::release_waiting`], which reports what reached it
+    /// late if `keep_late`.
+    pub fn take(&mut self, cgroup_id: u64, keep_late: bool) -> Option<CgroupStats> {
         let slot = batch::take(&mut self.ids, &cgroup_id)?;
+        // A slot from the kernel's map, normally one a scan has just found; anything else
+        // (the map changed from outside) is left alone rather than trusted.
+        if let Err(e) = self.view.cover(slot.saturating_add(1)) {
+            tracing::warn!(slot, "CGROUP_SLOTS: {e}");
+        }
+        if slot >= self.view.mapped() {
+            tracing::warn!(slot, cgroup_id, "CGROUP_SLOTS: no such slot");
+            return None;
+        }
         // Not live any more: scrapes skip it from here on.
         self.view.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
         let (_, taken) = self.view.read(slot);
@@ -136,6 +149,7 @@ impl CgroupSlots {
             cgroup_id,
             taken,
             at: Instant::now(),
+            keep_late,
         });
         Some(taken)
     }
@@ -146,7 +160,7 @@ impl CgroupSlots {
     }
 
     /// Gives back the slots taken at least [`MIN_WAIT`] ago, and returns what programs
-    /// added to them after they were taken (by cgroup id, only where non-zero).
+    /// added to them after they were taken (by cgroup id, only where non-zero and wanted).
     pub fn release_waiting(&mut self) -> Vec<(u64, CgroupStats)> {
         let mut late = Vec::new();
         let (ready, waiting) = std::mem::take(&mut self.waiting)
@@ -155,7 +169,7 @@ impl CgroupSlots {
         self.waiting = waiting;
         for w in ready {
             let added = self.view.zero(w.slot).since(w.taken);
-            if added != CgroupStats::default() {
+            if w.keep_late && added != CgroupStats::default() {
                 late.push((w.cgroup_id, added));
             }
             if let Err(e) = self.free.push(w.slot, 0) {

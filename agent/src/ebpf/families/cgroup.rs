@@ -15,7 +15,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{
         series::{self, Rendered},
-        tracker::{CgroupTracker, CounterTable, Row},
+        tracker::{Assignment, CgroupTracker, CounterTable, Row},
     },
     config::{CgroupSeries, CollectorName},
     ebpf::{
@@ -82,7 +82,7 @@ impl Family for Cgroup {
             take_map(ebpf, "CGROUP_FREE_SLOTS")?,
             take_map(ebpf, "CGROUP_SLOTS_USED")?,
             take_map(ebpf, "CGROUP_STATS")?,
-        )?;
+        );
         Ok(Box::new(CgroupMaps {
             capacity: slots.capacity(),
             slots: Mutex::new(slots),
@@ -150,8 +150,8 @@ impl LoadedFamily for CgroupMaps {
 
     fn upkeep(&self) {
         let read_at = std::time::Instant::now();
-        // Slots taken last round go back to the free queue, with what was added to them
-        // since (see `ebpf::slots`).
+        // Slots taken at least a second ago go back on the free stack, with what was added
+        // to them since (see `ebpf::slots`).
         let late = self.slots().release_waiting();
         let entries = match self.slots().entries() {
             Ok(entries) => entries,
@@ -170,7 +170,9 @@ impl LoadedFamily for CgroupMaps {
         }
         let taken = self
             .table
-            .upkeep(&mut tracker, entries, read_at, |id| slots.take(*id));
+            .upkeep(&mut tracker, entries, read_at, |id, how| {
+                slots.take(*id, how != Assignment::Excluded)
+            });
         // Taken slots are not free until they have waited: they count as filled.
         self.fill
             .set(live.saturating_sub(taken.len() as u64) + slots.waiting() as u64);

@@ -295,7 +295,7 @@ impl PerCgroup {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let taken = self
             .table
-            .upkeep(&mut tracker, owned, read_at, |k| batch::take(&mut map, k));
+            .upkeep(&mut tracker, owned, read_at, |k, _| batch::take(&mut map, k));
         self.fill.set(live.saturating_sub(taken.len() as u64));
     }
 }
