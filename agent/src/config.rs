@@ -728,8 +728,19 @@ fn cgroup_series(names: Option<&[String]>) -> Result<Vec<CgroupSeries>, ConfigEr
         if name.trim() == "all" {
             return Ok(CgroupSeries::value_variants().to_vec());
         }
-        let series: CgroupSeries =
-            parse_enum("cgroups.series", name, "a per-cgroup series (or all)")?;
+        let series = CgroupSeries::from_str(name.trim(), true).map_err(|_| {
+            let known: Vec<String> = CgroupSeries::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+                .collect();
+            invalid(
+                "cgroups.series",
+                format!(
+                    "{name:?} is not a per-cgroup series (use {}, or all)",
+                    known.join(", ")
+                ),
+            )
+        })?;
         chosen.push(series);
     }
     if chosen.is_empty() {
