@@ -729,15 +729,11 @@ fn cgroup_series(names: Option<&[String]>) -> Result<Vec<CgroupSeries>, ConfigEr
             return Ok(CgroupSeries::value_variants().to_vec());
         }
         let series = CgroupSeries::from_str(name.trim(), true).map_err(|_| {
-            let known: Vec<String> = CgroupSeries::value_variants()
-                .iter()
-                .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-                .collect();
             invalid(
                 "cgroups.series",
                 format!(
                     "{name:?} is not a per-cgroup series (use {}, or all)",
-                    known.join(", ")
+                    value_names::<CgroupSeries>().join(", ")
                 ),
             )
         })?;
@@ -763,15 +759,22 @@ fn parse_enum<T: ValueEnum>(
     what: &str,
 ) -> Result<T, ConfigError> {
     T::from_str(value.trim(), true).map_err(|_| {
-        let known: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
         invalid(
             field,
-            format!("{value:?} is not {what} (use {})", known.join(", ")),
+            format!(
+                "{value:?} is not {what} (use {})",
+                value_names::<T>().join(", ")
+            ),
         )
     })
+}
+
+/// The names a `ValueEnum` takes, as written on the command line.
+fn value_names<T: ValueEnum>() -> Vec<String> {
+    T::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+        .collect()
 }
 
 impl Settings {

@@ -203,16 +203,19 @@ pub mod programs {
 mod tests {
     use super::*;
 
+    /// Every field different: 1 to 6.
+    const ONE_TO_SIX: CgroupStats = CgroupStats {
+        cpu_ns: 1,
+        runqueue_wait_ns: 2,
+        voluntary_switches: 3,
+        involuntary_switches: 4,
+        reclaim_direct_ns: 5,
+        reclaim_memcg_ns: 6,
+    };
+
     #[test]
     fn add_assign_adds_every_field() {
-        let one = CgroupStats {
-            cpu_ns: 1,
-            runqueue_wait_ns: 2,
-            voluntary_switches: 3,
-            involuntary_switches: 4,
-            reclaim_direct_ns: 5,
-            reclaim_memcg_ns: 6,
-        };
+        let one = ONE_TO_SIX;
         let mut sum = one;
         sum += one;
         assert_eq!(
@@ -230,14 +233,7 @@ mod tests {
 
     #[test]
     fn since_subtracts_every_field_and_never_wraps() {
-        let earlier = CgroupStats {
-            cpu_ns: 1,
-            runqueue_wait_ns: 2,
-            voluntary_switches: 3,
-            involuntary_switches: 4,
-            reclaim_direct_ns: 5,
-            reclaim_memcg_ns: 6,
-        };
+        let earlier = ONE_TO_SIX;
         let mut later = earlier;
         later += earlier;
         assert_eq!(later.since(earlier), earlier);

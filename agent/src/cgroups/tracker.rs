@@ -639,6 +639,10 @@ mod tests {
     use super::*;
 
     fn tracker(root: &Path, max: usize) -> CgroupTracker {
+        tracker_excluding(root, max, None)
+    }
+
+    fn tracker_excluding(root: &Path, max: usize, exclude: Option<&str>) -> CgroupTracker {
         let resolver = CgroupResolver::new(
             root.to_owned(),
             Path::new("/nonexistent"),
@@ -650,7 +654,7 @@ mod tests {
                 root: Some(root.to_owned()),
                 max_tracked: max,
                 include: None,
-                exclude: None,
+                exclude: exclude.map(|re| regex::Regex::new(re).unwrap()),
                 path_label: crate::config::PathLabel::Auto,
                 series: crate::config::CgroupSeries::DEFAULT.to_vec(),
                 pod_logs_dir: "/nonexistent".into(),
@@ -724,14 +728,7 @@ mod tests {
     #[test]
     fn take_is_told_when_a_cgroup_was_excluded() {
         let root = tempfile::tempdir().unwrap();
-        let resolver = CgroupResolver::new(
-            root.path().to_owned(),
-            Path::new("/nonexistent"),
-            Path::new("/nonexistent"),
-        );
-        let mut config = tracker(root.path(), 4).lock().config.clone();
-        config.exclude = Some(regex::Regex::new("^skip").unwrap());
-        let tr = CgroupTracker::new(resolver, config);
+        let tr = tracker_excluding(root.path(), 4, Some("^skip"));
         let table: CounterTable<u64, u64> = CounterTable::default();
         let x = dir(root.path(), "skip-me");
         let a = dir(root.path(), "a");

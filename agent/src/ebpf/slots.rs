@@ -318,28 +318,14 @@ impl SlotView {
 
     fn read(&self, slot: u32) -> (u64, CgroupStats) {
         let w = |i| self.word(slot, i).load(Ordering::Relaxed);
-        (
-            w(0),
-            CgroupStats {
-                cpu_ns: w(1),
-                runqueue_wait_ns: w(2),
-                voluntary_switches: w(3),
-                involuntary_switches: w(4),
-                reclaim_direct_ns: w(5),
-                reclaim_memcg_ns: w(6),
-            },
-        )
+        (w(0), totals(w))
     }
-}
 
-impl SlotView {
     /// (cgroup id, totals) of the live slots among the first `n` (mapped ones).
     fn live(&self, n: u32) -> Vec<(u64, CgroupStats)> {
-        let live = |id: u64| id != SLOT_NEVER_USED && id != SLOT_FREED;
         (0..n.min(self.mapped()))
-            .filter(|&slot| live(self.word(slot, 0).load(Ordering::Relaxed)))
             .map(|slot| self.read(slot))
-            .filter(|&(id, _)| live(id))
+            .filter(|&(id, _)| id != SLOT_NEVER_USED && id != SLOT_FREED)
             .collect()
     }
 
@@ -347,16 +333,20 @@ impl SlotView {
     /// word swapped for 0, so an add that lands meanwhile is either in the result or in the
     /// zeroed slot, never lost.
     fn zero(&self, slot: u32) -> CgroupStats {
-        let w = |i| self.word(slot, i).swap(0, Ordering::Relaxed);
         self.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
-        CgroupStats {
-            cpu_ns: w(1),
-            runqueue_wait_ns: w(2),
-            voluntary_switches: w(3),
-            involuntary_switches: w(4),
-            reclaim_direct_ns: w(5),
-            reclaim_memcg_ns: w(6),
-        }
+        totals(|i| self.word(slot, i).swap(0, Ordering::Relaxed))
+    }
+}
+
+/// A slot's totals from its words 1 to 6, in `CgroupStats` field order.
+fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
+    CgroupStats {
+        cpu_ns: word(1),
+        runqueue_wait_ns: word(2),
+        voluntary_switches: word(3),
+        involuntary_switches: word(4),
+        reclaim_direct_ns: word(5),
+        reclaim_memcg_ns: word(6),
     }
 }
 
