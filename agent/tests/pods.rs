@@ -440,7 +440,14 @@ fn churn_of_5000_cgroups_stays_bounded() {
     let reads = seen_disk.total();
     let node = node_reads(&after);
     eprintln!("disk: max series {max_disk_series}, {reads} reads by cgroup, {node} by the node");
-    assert!(reads >= 5000.0, "{reads} reads counted, 5,000 done");
+    // The kernel itself runs no BPF program for about 1 completion of a loop device in
+    // 10,000 here: the tracefs event fires, the program's recursion_misses stays 0, and
+    // libbpf-tools' biolatency misses the same completion, with or without nodelens (README,
+    // "eBPF", the block probes). So the node's count may trail the work done by that much.
+    assert!(
+        reads >= 5000.0 * 0.999,
+        "{reads} reads counted, 5,000 done (0.1% allowed for completions the kernel runs no program for)"
+    );
     assert_eq!(reads, node, "sum over cgroups vs the node histogram");
     // A gone cgroup keeps its place until its final export, so rounds find free places
     // as upkeep (every second here) and scrapes retire the last ones.
