@@ -39,28 +39,15 @@ pub struct CgroupStats {
 
 impl AddAssign for CgroupStats {
     fn add_assign(&mut self, rhs: Self) {
-        // Destructured, so that a new field fails to compile until it is added here too.
-        let CgroupStats {
-            cpu_ns,
-            runqueue_wait_ns,
-            voluntary_switches,
-            involuntary_switches,
-            reclaim_direct_ns,
-            reclaim_memcg_ns,
-        } = rhs;
-        self.cpu_ns += cpu_ns;
-        self.runqueue_wait_ns += runqueue_wait_ns;
-        self.voluntary_switches += voluntary_switches;
-        self.involuntary_switches += involuntary_switches;
-        self.reclaim_direct_ns += reclaim_direct_ns;
-        self.reclaim_memcg_ns += reclaim_memcg_ns;
+        *self = self.zip_with(rhs, |a, b| a + b);
     }
 }
 
 impl CgroupStats {
-    /// What was added since `earlier`, field by field (a field never goes back: 0 if it
-    /// did, rather than a wrapped huge count).
-    pub fn since(self, earlier: Self) -> Self {
+    /// `f` applied field by field to `self` and `other`. The one list of the fields for
+    /// arithmetic: destructured, so that a new field fails to compile until it is added.
+    #[inline(always)]
+    pub fn zip_with(self, other: Self, f: impl Fn(u64, u64) -> u64) -> Self {
         let CgroupStats {
             cpu_ns,
             runqueue_wait_ns,
@@ -68,17 +55,21 @@ impl CgroupStats {
             involuntary_switches,
             reclaim_direct_ns,
             reclaim_memcg_ns,
-        } = earlier;
+        } = other;
         Self {
-            cpu_ns: self.cpu_ns.saturating_sub(cpu_ns),
-            runqueue_wait_ns: self.runqueue_wait_ns.saturating_sub(runqueue_wait_ns),
-            voluntary_switches: self.voluntary_switches.saturating_sub(voluntary_switches),
-            involuntary_switches: self
-                .involuntary_switches
-                .saturating_sub(involuntary_switches),
-            reclaim_direct_ns: self.reclaim_direct_ns.saturating_sub(reclaim_direct_ns),
-            reclaim_memcg_ns: self.reclaim_memcg_ns.saturating_sub(reclaim_memcg_ns),
+            cpu_ns: f(self.cpu_ns, cpu_ns),
+            runqueue_wait_ns: f(self.runqueue_wait_ns, runqueue_wait_ns),
+            voluntary_switches: f(self.voluntary_switches, voluntary_switches),
+            involuntary_switches: f(self.involuntary_switches, involuntary_switches),
+            reclaim_direct_ns: f(self.reclaim_direct_ns, reclaim_direct_ns),
+            reclaim_memcg_ns: f(self.reclaim_memcg_ns, reclaim_memcg_ns),
         }
+    }
+
+    /// What was added since `earlier`, field by field (a field never goes back: 0 if it
+    /// did, rather than a wrapped huge count).
+    pub fn since(self, earlier: Self) -> Self {
+        self.zip_with(earlier, u64::saturating_sub)
     }
 }
 
