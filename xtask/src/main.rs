@@ -109,7 +109,10 @@ const TEST_PACKAGES: &[&str] = &[
     // A second remote_write receiver for the push tests (Prometheus is the first).
     "victoria-metrics",
     // arm64 in the kernel matrix: the cross linker (and C compiler, for ring) and qemu.
+    // The aarch64 libc headers are only a Recommends of the compiler, which apt leaves out
+    // here (--no-install-recommends): without them ring's C code does not build.
     "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
     "qemu-system-arm",
 ];
 
@@ -434,7 +437,10 @@ fn parse_arch(arch: &str) -> Result<kernels::Arch> {
 fn static_build(arch: &str, out: Option<PathBuf>) -> Result<()> {
     let arch = parse_arch(arch)?;
     if arch == kernels::Arch::Arm64 {
-        apt_install(&["gcc-aarch64-linux-gnu".to_owned()])?;
+        apt_install(&[
+            "gcc-aarch64-linux-gnu".to_owned(),
+            "libc6-dev-arm64-cross".to_owned(),
+        ])?;
         install_arm64_target()?;
     }
     let binary = kernels::build_static(arch)?;

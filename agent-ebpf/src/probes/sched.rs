@@ -7,15 +7,50 @@
 //!   `next` was put on the run queue (woken, or preempted while runnable), in the run
 //!   queue's clock, and `rq->clock` was just updated; `sched_info_arrive` clears it only
 //!   after the tracepoint. So one program on `sched_switch` does all the work, with no
-//!   wakeup programs and no pid-keyed map. A fair task's run time is the kernel's own
-//!   `sum_exec_runtime - prev_sum_exec_runtime` (what `cpu.stat` adds up); other classes
-//!   reset no such mark, so theirs is the run-queue clock between this CPU's switches.
+//!   wakeup programs and no pid-keyed map.
 //! - Wakeup programs (classic tracepoints, or a kernel without those fields): wakeups and
 //!   preemptions store a timestamp per pid, and `sched_switch` takes it back (runqlat).
 //!
+//! CPU time per cgroup, and why it adds up to what `cpu.stat`'s `usage_usec` adds up: the
+//! kernel charges a task's CPU time (`update_curr`, for every scheduling class) as
+//! `rq->clock_task` minus the task's `exec_start`, and sets `exec_start` to `clock_task`
+//! when the task gets the CPU. Both happen in `__schedule` with the clock that the
+//! tracepoint then sees, so what a task is charged between getting a CPU and leaving it is
+//! exactly the difference of `clock_task` at the two `sched_switch` events on that CPU. The
+//! program keeps `clock_task` per CPU at each switch and, at the next one, charges the
+//! difference to the leaving task's cgroup (`current` is still `prev`). That holds for
+//! every kind of switch:
+//! - blocking (voluntary) and preemption (involuntary): `prev` is charged its stretch;
+//! - a task's last switch (`TASK_DEAD`, after `do_exit`): charged like any other, to the
+//!   cgroup it ran in (`cgroup_exit` unlinks the task but keeps its `css_set` until it is
+//!   freed). An earlier version charged `sum_exec_runtime - prev_sum_exec_runtime`, but
+//!   `do_exit` moves the task's scheduling group (`sched_autogroup_exit_task`), which resets
+//!   `prev_sum_exec_runtime`: a task's last stretch was lost, all of its run time when it
+//!   had never switched out (a busy loop alone on its CPU);
+//! - the same task picked again (its slice ended, nothing else runnable): no tracepoint,
+//!   and none is needed, since the stretch simply goes on;
+//! - the idle task (pid 0): never charged; its stretch is idle time.
+//!
+//! What is kept per CPU belongs to the task that arrived at the last switch the program
+//! saw, so each switch first checks that `prev` is that task. The kernel does not always
+//! fire `sched_switch`: on the development VMs, a switch away from the guest agent's own
+//! threads has none (ftrace shows the same gaps), and a patched or future kernel may hide
+//! others. A `prev` that arrived unseen is never charged the stretch and wait of the task
+//! that left unseen (charging them to whoever switched out next put seconds of one task's
+//! wait on another cgroup). Its own wait for that arrival is lost, and the switch counted
+//! (`nodelens_events_lost_total{reason="sched_switch_unseen"}`). Its run time is exact
+//! when it is the task that left this CPU at the last seen switch and got a CPU once since
+//! (its `sum_exec_runtime` gained exactly this stretch); otherwise it is the run queue's
+//! clock since the kernel's note of its arrival (`sched_info.last_arrival`), which also
+//! counts interrupt and steal time.
+//!
+//! `clock_task` leaves out interrupt and steal time, as `cpu.stat` does. Kernels whose BTF
+//! lacks those fields (or no BTF at all) fall back to `bpf_ktime_get_ns`, which counts the
+//! interrupts that hit a running task as its time.
+//!
 //! The idle task (pid 0) is never recorded. Per-cgroup accounting costs one map update per
-//! switch: when a task leaves a CPU, its cgroup (`current`'s) is charged its run time and
-//! the wait it had before getting the CPU, kept per CPU until then.
+//! switch: when a task leaves a CPU, its cgroup is charged its run time and the wait it had
+//! before getting the CPU, kept per CPU until then.
 use crate::probes::histogram::Log2Histogram;
 
 /// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
@@ -40,13 +75,26 @@ pub struct SchedCounters {
     pub start_map_full: u64,
     /// A cgroup's statistics could not be stored because the cgroup map was full.
     pub cgroup_map_full: u64,
-    /// When this CPU last switched tasks (`bpf_ktime_get_ns`, or the run queue's clock in
-    /// kernel-timestamp mode): the task leaving at the next switch has run since then.
-    /// Per-CPU state rather than a counter; 0 until the first switch is seen.
-    pub last_switch_ns: u64,
+    /// The run clock at this CPU's last switch: `rq->clock_task` where the layout has it
+    /// (see the module doc), else `bpf_ktime_get_ns`. The task leaving at the next switch
+    /// has run for the difference. Per-CPU state rather than a counter; 0 until the first
+    /// switch is seen.
+    pub last_switch_run_clock: u64,
     /// How long the task now on this CPU waited for it. Charged to that task's cgroup when
     /// it leaves the CPU, together with its run time, in the same map update.
     pub pending_wait_ns: u64,
+    /// Which task arrived at this CPU's last switch (its `task_struct` address with tp_btf,
+    /// `1 << 32 | pid` with classic tracepoints; 0 before the first): the one the two
+    /// fields above belong to.
+    pub arrived_task: u64,
+    /// Which task left at that switch, and its `sum_exec_runtime` and `sched_info.pcount`
+    /// then: what a task that comes back without a tracepoint is charged from.
+    pub departed_task: u64,
+    pub departed_sum_exec: u64,
+    pub departed_arrivals: u64,
+    /// Switches whose `prev` was not `arrived_task`: the kernel switched without the
+    /// tracepoint in between (see the module doc).
+    pub switch_unseen: u64,
     /// Run-queue latency of every task this CPU switched in.
     pub runqueue_latency: Log2Histogram,
 }
@@ -74,11 +122,20 @@ pub struct SchedLayout {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
-    /// `task_struct.se.sum_exec_runtime` and `.prev_sum_exec_runtime`.
+    /// 1: `task_cfs_rq`, `cfs_rq_rq` and `rq_clock_task` are set, and run time is measured
+    /// with the run queue's task clock (see the module doc); 0: with `bpf_ktime_get_ns`.
+    pub task_clock: u32,
+    /// `rq.clock_task`: the clock the kernel charges run time with.
+    pub rq_clock_task: u32,
+    /// `task_struct.se.sum_exec_runtime` and `task_struct.sched_info.pcount`: a task's
+    /// totals, for a task whose arrival no tracepoint showed (see `leaving`). Set with
+    /// `task_clock`.
     pub task_sum_exec: u32,
-    pub task_prev_sum_exec: u32,
-    /// `task_struct.policy`: SCHED_NORMAL, SCHED_BATCH and SCHED_IDLE are fair.
-    pub task_policy: u32,
+    pub task_pcount: u32,
+    /// `task_struct.sched_info.last_arrival`, in the run queue's clock: when a task that
+    /// arrived unseen got the CPU (tp_btf).
+    pub task_last_arrival: u32,
+    pub _pad: u32,
     /// `sched_wakeup` / `sched_wakeup_new` format: offset of `pid`.
     pub tp_wakeup_pid: u32,
     /// `sched_switch` format: offsets of `prev_pid`, `prev_state`, `next_pid`.
@@ -103,7 +160,10 @@ mod pod {
 mod programs {
     use aya_ebpf::{
         EbpfContext, Global,
-        helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+        helpers::{
+            bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+            bpf_ktime_get_ns,
+        },
         macros::{btf_tracepoint, map, tracepoint},
         maps::{HashMap, PerCpuArray},
         programs::{BtfTracePointContext, TracePointContext},
@@ -141,11 +201,145 @@ mod programs {
     /// (TASK_REPORT_MAX) instead when the task was preempted.
     const TASK_STATE_MASK: u64 = 0xff;
 
-    /// SCHED_NORMAL, SCHED_BATCH, SCHED_IDLE: the fair class, which marks
-    /// `prev_sum_exec_runtime` each time it picks a task.
+    /// `current`'s totals, for the classic tracepoint: two reads, where the layout has the
+    /// offsets; else zeros.
     #[inline(always)]
-    fn is_fair(policy: u32) -> bool {
-        matches!(policy, 0 | 3 | 5)
+    fn current_totals(layout: &SchedLayout) -> Totals {
+        if layout.task_clock == 0 {
+            return Totals {
+                sum_exec: 0,
+                arrivals: 0,
+            };
+        }
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        // SAFETY: bpf_probe_read_kernel checks every address.
+        unsafe {
+            Totals {
+                sum_exec: kernel::read_u64(task, layout.task_sum_exec).unwrap_or(0),
+                arrivals: kernel::read_u64(task, layout.task_pcount).unwrap_or(0),
+            }
+        }
+    }
+
+    /// How long `current` has run since the kernel's note of its arrival, in the run queue's
+    /// clock, for the classic tracepoint: four reads; 0 without the offsets.
+    #[inline(always)]
+    fn current_since_arrival(layout: &SchedLayout) -> u64 {
+        if layout.task_clock == 0 {
+            return 0;
+        }
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        // SAFETY: bpf_probe_read_kernel checks every address.
+        let read = unsafe {
+            kernel::read_ptr(task, layout.task_cfs_rq)
+                .and_then(|cfs_rq| kernel::read_ptr(cfs_rq, layout.cfs_rq_rq))
+                .and_then(|rq| kernel::read_u64(rq, layout.rq_clock))
+                .and_then(|now| Ok((now, kernel::read_u64(task, layout.task_last_arrival)?)))
+        };
+        read.map_or(0, |(now, arrived)| ran_since(now, arrived))
+    }
+
+    /// `now - arrived` in the run queue's clock, 0 for an unknown arrival.
+    #[inline(always)]
+    fn ran_since(now: u64, arrived: u64) -> u64 {
+        if arrived != 0 && now > arrived {
+            now - arrived
+        } else {
+            0
+        }
+    }
+
+    /// A task's totals through its BTF-typed pointer (tp_btf).
+    #[inline(always)]
+    fn task_totals(layout: &SchedLayout, task: *const u8) -> Totals {
+        if layout.task_clock == 0 {
+            return Totals {
+                sum_exec: 0,
+                arrivals: 0,
+            };
+        }
+        // SAFETY: direct loads through a BTF-typed pointer.
+        unsafe {
+            Totals {
+                sum_exec: kernel::btf_load::<u64>(task, layout.task_sum_exec),
+                arrivals: kernel::btf_load::<u64>(task, layout.task_pcount),
+            }
+        }
+    }
+
+    /// The run clock of the CPU running `current`, for the classic tracepoint, which has no
+    /// task pointer: `current->se.cfs_rq->rq->clock_task` with three reads, where the
+    /// layout has the offsets; else `bpf_ktime_get_ns`.
+    #[inline(always)]
+    fn current_run_clock(layout: &SchedLayout) -> u64 {
+        if layout.task_clock != 0 {
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            // SAFETY: bpf_probe_read_kernel checks every address.
+            let clock = unsafe {
+                kernel::read_ptr(task, layout.task_cfs_rq)
+                    .and_then(|cfs_rq| kernel::read_ptr(cfs_rq, layout.cfs_rq_rq))
+                    .and_then(|rq| kernel::read_u64(rq, layout.rq_clock_task))
+            };
+            if let Ok(clock) = clock {
+                return clock;
+            }
+        }
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    /// `prev` as the kernel counts it when it leaves: its `sum_exec_runtime` and how many
+    /// times it got a CPU (`sched_info.pcount`); zeros where the layout cannot say.
+    #[derive(Clone, Copy)]
+    struct Totals {
+        sum_exec: u64,
+        arrivals: u64,
+    }
+
+    /// What `prev` is charged at this switch: the run time of the stretch that ends here and
+    /// the wait before it. Keeps the run clock, the arriving task and the leaving one's
+    /// totals for the next switch.
+    ///
+    /// When `prev` is not the task whose arrival this CPU saw last (counted), its wait is
+    /// lost, and its run time is known only when it is the task that left at that switch
+    /// and got a CPU exactly once since (here): then it is what its own total gained. This
+    /// is the common case on the development VMs, where a switch away from the guest
+    /// agent's threads has no tracepoint. Otherwise `None`.
+    #[inline(always)]
+    fn leaving(
+        cpu: &mut SchedCounters,
+        prev: u64,
+        prev_totals: Totals,
+        next: u64,
+        run_clock: u64,
+    ) -> Option<(u64, u64)> {
+        let since = cpu.last_switch_run_clock;
+        let waited = cpu.pending_wait_ns;
+        let arrived = cpu.arrived_task;
+        let (departed, departed_sum, departed_arrivals) = (
+            cpu.departed_task,
+            cpu.departed_sum_exec,
+            cpu.departed_arrivals,
+        );
+        cpu.last_switch_run_clock = run_clock;
+        cpu.pending_wait_ns = 0;
+        cpu.arrived_task = next;
+        cpu.departed_task = prev;
+        cpu.departed_sum_exec = prev_totals.sum_exec;
+        cpu.departed_arrivals = prev_totals.arrivals;
+        if arrived == prev {
+            let ran = if since != 0 && run_clock != 0 {
+                run_clock.saturating_sub(since)
+            } else {
+                0
+            };
+            return Some((ran, waited));
+        }
+        // 0 before this CPU's first switch: the start, not a gap.
+        if arrived != 0 {
+            cpu.switch_unseen += 1;
+        }
+        (prev == departed && departed_sum != 0 && prev_totals.arrivals == departed_arrivals + 1)
+            .then(|| (prev_totals.sum_exec.saturating_sub(departed_sum), 0))
     }
 
     #[inline(always)]
@@ -211,11 +405,27 @@ mod programs {
         }
     }
 
+    /// A task's identity in `arrived_task` when only its pid is known.
+    #[inline(always)]
+    fn classic_identity(pid: u32) -> u64 {
+        (1 << 32) | u64::from(pid)
+    }
+
     /// Wakeup-timestamp mode. Lookups per switch: this CPU's entry, the leaving task's
     /// cgroup, and the arriving task's wait start (plus an insert when the leaving task was
-    /// preempted).
+    /// preempted). `run_clock` is the CPU's run clock now and `prev_totals` what the kernel
+    /// counts of `prev` (see [`leaving`]); `since_arrival` says how long `prev` has run
+    /// since the kernel's note of its arrival, for a `prev` that arrived unseen.
     #[inline(always)]
-    fn on_switch<C: EbpfContext>(ctx: &C, prev_pid: u32, prev_runnable: bool, next_pid: u32) {
+    fn on_switch<C: EbpfContext>(
+        ctx: &C,
+        prev_pid: u32,
+        prev_runnable: bool,
+        next_pid: u32,
+        run_clock: u64,
+        prev_totals: Totals,
+        since_arrival: impl FnOnce() -> u64,
+    ) {
         let now = unsafe { bpf_ktime_get_ns() };
         let Some(cpu) = SCHED_COUNTERS.get_ptr_mut(0) else {
             return;
@@ -223,18 +433,17 @@ mod programs {
         // SAFETY: per-CPU slot, only this CPU touches it.
         let cpu = unsafe { &mut *cpu };
         count_switch(cpu, prev_runnable);
-        let ran_since = cpu.last_switch_ns;
-        let waited = cpu.pending_wait_ns;
-        cpu.last_switch_ns = now;
-        cpu.pending_wait_ns = 0;
+        let charge = leaving(
+            cpu,
+            classic_identity(prev_pid),
+            prev_totals,
+            classic_identity(next_pid),
+            run_clock,
+        );
 
         // The idle task's time is idle, not any cgroup's CPU time.
         if prev_pid != 0 {
-            let ran = if ran_since != 0 {
-                now.saturating_sub(ran_since)
-            } else {
-                0
-            };
+            let (ran, waited) = charge.unwrap_or_else(|| (since_arrival(), 0));
             charge_cgroup(cpu, ran, waited, prev_runnable);
             if prev_runnable {
                 enqueue(ctx, prev_pid, now);
@@ -270,26 +479,29 @@ mod programs {
         count_switch(cpu, prev_runnable);
         // Direct loads through BTF-typed pointers (kernel::btf_load); a NULL on the way
         // reads as 0, and a zero clock records nothing.
-        let now = unsafe {
+        let (now, run_clock) = unsafe {
             let cfs_rq: *const u8 = kernel::btf_load(prev, layout.task_cfs_rq);
             let rq: *const u8 = kernel::btf_load(cfs_rq, layout.cfs_rq_rq);
-            kernel::btf_load::<u64>(rq, layout.rq_clock)
+            (
+                kernel::btf_load::<u64>(rq, layout.rq_clock),
+                kernel::btf_load::<u64>(rq, layout.rq_clock_task),
+            )
         };
-        let ran_since = cpu.last_switch_ns;
-        let waited = cpu.pending_wait_ns;
-        cpu.last_switch_ns = now;
-        cpu.pending_wait_ns = 0;
+        let charge = leaving(
+            cpu,
+            prev as u64,
+            task_totals(layout, prev),
+            next as u64,
+            run_clock,
+        );
         if prev_pid != 0 {
-            let policy = unsafe { kernel::btf_load::<u32>(prev, layout.task_policy) };
-            let ran = if is_fair(policy) {
-                let sum = unsafe { kernel::btf_load::<u64>(prev, layout.task_sum_exec) };
-                let mark = unsafe { kernel::btf_load::<u64>(prev, layout.task_prev_sum_exec) };
-                sum.saturating_sub(mark)
-            } else if ran_since != 0 {
-                now.saturating_sub(ran_since)
-            } else {
-                0
-            };
+            let (ran, waited) = charge.unwrap_or_else(|| {
+                // Arrived unseen from elsewhere: since the kernel's note of its arrival, in
+                // the run queue's clock (which also counts interrupts and steal time).
+                // SAFETY: a direct load through the BTF-typed `prev`.
+                let arrived = unsafe { kernel::btf_load::<u64>(prev, layout.task_last_arrival) };
+                (ran_since(now, arrived), 0)
+            });
             charge_cgroup(cpu, ran, waited, prev_runnable);
         }
         let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
@@ -349,7 +561,36 @@ mod programs {
             on_switch_kernel_timestamps(&layout, prev, prev_pid, prev_runnable, next);
         } else {
             let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
-            on_switch(&ctx, prev_pid, prev_runnable, next_pid);
+            let run_clock = if layout.task_clock != 0 {
+                unsafe {
+                    let cfs_rq: *const u8 = kernel::btf_load(prev, layout.task_cfs_rq);
+                    let rq: *const u8 = kernel::btf_load(cfs_rq, layout.cfs_rq_rq);
+                    kernel::btf_load::<u64>(rq, layout.rq_clock_task)
+                }
+            } else {
+                unsafe { bpf_ktime_get_ns() }
+            };
+            on_switch(
+                &ctx,
+                prev_pid,
+                prev_runnable,
+                next_pid,
+                run_clock,
+                task_totals(&layout, prev),
+                || {
+                    if layout.task_clock == 0 {
+                        return 0;
+                    }
+                    // SAFETY: direct loads through the BTF-typed `prev`.
+                    unsafe {
+                        let cfs_rq: *const u8 = kernel::btf_load(prev, layout.task_cfs_rq);
+                        let rq: *const u8 = kernel::btf_load(cfs_rq, layout.cfs_rq_rq);
+                        let now = kernel::btf_load::<u64>(rq, layout.rq_clock);
+                        let arrived = kernel::btf_load::<u64>(prev, layout.task_last_arrival);
+                        ran_since(now, arrived)
+                    }
+                },
+            );
         }
         t.stop();
         0
@@ -396,7 +637,16 @@ mod programs {
         };
         let prev_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_prev_pid as usize)? };
         let next_pid = unsafe { ctx.read_at::<u32>(layout.tp_switch_next_pid as usize)? };
-        on_switch(ctx, prev_pid, (state & TASK_STATE_MASK) == 0, next_pid);
+        let run_clock = current_run_clock(&layout);
+        on_switch(
+            ctx,
+            prev_pid,
+            (state & TASK_STATE_MASK) == 0,
+            next_pid,
+            run_clock,
+            current_totals(&layout),
+            || current_since_arrival(&layout),
+        );
         Ok(())
     }
 }

@@ -1,14 +1,30 @@
 //! Memory family: reclaim stalls (direct and memcg, from the vmscan begin/end tracepoints)
 //! and OOM kills (`oom:mark_victim`), attributed to the victim's cgroup.
 //!
-//! OOM kills come through a ring buffer, read by a task woken by its fd. Each kill is
-//! labelled with the victim's cgroup while that still exists; a row whose cgroup is gone is
-//! exported one last time after upkeep notices, then dropped, its kills staying in the
-//! total.
+//! OOM kills come through a ring buffer, read by a task woken by its fd. What
+//! `nodelens_oom_kills_total` exports is only what user space has counted, never the
+//! kernel's count minus what was attributed so far: the two are read at different times, so
+//! such a difference gives a kill to "unknown" for a moment and then takes it back (a
+//! counter reset to Prometheus). The invariant, whatever the timing of scrapes, upkeep and
+//! ring-buffer events:
+//! - a series never decreases: rows only grow, and each kill is counted once, when its
+//!   event is read;
+//! - `cgroup="unknown"` holds the kills whose cgroup could not be found and the events the
+//!   ring buffer had no room for (the kernel counts those as it drops them), so it only
+//!   grows too;
+//! - a row leaves only once its cgroup has been gone for `OOM_ROW_RETENTION` and a scrape
+//!   has exported it since; its kills then move into `cgroup="other"`, so the node's sum
+//!   never goes back either.
+//!
+//! A kill is labelled with the victim's cgroup: from the id the kernel sent (tp_btf on
+//! 6.x), looked up with a fresh walk of the cgroup tree when the tracker has not seen it
+//! yet (a container that is OOM-killed as it starts), else from `/proc/<pid>/cgroup` while
+//! the victim is still there (5.10, classic tracepoints).
 use std::{
     collections::HashMap as StdHashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use agent_ebpf::{
@@ -208,22 +224,100 @@ impl Family for Memory {
     }
 }
 
-/// OOM kills per victim cgroup, keyed by the cgroup's path.
+/// How long an OOM row stays after its cgroup is gone: at least the window of the shipped
+/// alert (`increase(...[10m])`), so a container that is OOM-killed and replaced at once is
+/// still seen by it.
+pub const OOM_ROW_RETENTION: Duration = Duration::from_secs(15 * 60);
+
+/// OOM kills per victim cgroup, keyed by the cgroup's path, as counted from the ring
+/// buffer's events (see the module doc for the invariant).
 #[derive(Debug, Default)]
 struct OomTable {
     rows: StdHashMap<String, OomRow>,
-    /// Kills of rows removed after their cgroup was gone; still part of the node total.
-    retired_kills: u64,
+    /// Kills whose victim's cgroup could not be found.
+    unattributed: u64,
+    /// Kills of rows that left after their cgroup was gone: exported as "other".
+    retired: u64,
 }
 
 #[derive(Debug)]
 struct OomRow {
     labels: CgroupLabels,
     kills: u64,
-    /// Upkeep saw its cgroup gone; the next scrape exports it one last time.
-    gone: bool,
-    /// Exported by a scrape since `gone` was set.
+    /// When upkeep first saw its cgroup gone.
+    gone_since: Option<Instant>,
+    /// Exported by a scrape since `gone_since` was set.
     exported_gone: bool,
+}
+
+impl OomTable {
+    /// Counts one kill in the victim's row.
+    fn count(&mut self, labels: CgroupLabels) {
+        if labels.cgroup == "unknown" {
+            self.unattributed += 1;
+            return;
+        }
+        let row = self
+            .rows
+            .entry(labels.cgroup.clone())
+            .or_insert_with(|| OomRow {
+                labels,
+                kills: 0,
+                gone_since: None,
+                exported_gone: false,
+            });
+        row.kills += 1;
+    }
+
+    /// The rows to export: one per victim cgroup, "unknown" (always, so that a first
+    /// unattributed kill is an increase from 0), and "other" once rows have left.
+    /// `ring_lost` is the kernel's count of events the ring buffer had no room for.
+    fn rows(&mut self, ring_lost: u64) -> Vec<(CgroupLabels, u64)> {
+        let mut rows = Vec::with_capacity(self.rows.len() + 2);
+        for row in self.rows.values_mut() {
+            row.exported_gone |= row.gone_since.is_some();
+            rows.push((row.labels.clone(), row.kills));
+        }
+        rows.push((
+            CgroupLabels {
+                cgroup: "unknown".into(),
+                ..Default::default()
+            },
+            self.unattributed + ring_lost,
+        ));
+        if self.retired > 0 {
+            rows.push((CgroupLabels::other(), self.retired));
+        }
+        rows.sort_by(|a, b| a.0.cgroup.cmp(&b.0.cgroup));
+        rows
+    }
+
+    /// Marks rows whose cgroup is gone (`exists` says whether a path is still there), and
+    /// moves rows gone for `retention` and exported since into "other".
+    fn upkeep(&mut self, now: Instant, retention: Duration, exists: impl Fn(&str) -> bool) {
+        let done: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(_, r)| {
+                r.exported_gone && r.gone_since.is_some_and(|at| now.duration_since(at) >= retention)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in done {
+            if let Some(row) = self.rows.remove(&key) {
+                self.retired += row.kills;
+            }
+        }
+        for (path, row) in self.rows.iter_mut() {
+            if exists(path) {
+                // Recreated under the same path: the row goes on from where it was.
+                row.gone_since = None;
+                row.exported_gone = false;
+            } else if row.gone_since.is_none() {
+                row.gone_since = Some(now);
+            }
+        }
+    }
 }
 
 struct MemoryMaps {
@@ -243,38 +337,20 @@ struct MemoryMaps {
 }
 
 impl MemoryMaps {
-    fn oom_kills_total(&self) -> Result<u64, CollectError> {
+    /// Events the ring buffer had no room for, as the kernel counted them.
+    fn oom_ring_lost(&self) -> Result<u64, CollectError> {
         let per_cpu = self
             .counters
             .get(&0, 0)
             .map_err(|e| map_error("MEMORY_COUNTERS", e))?;
-        Ok(per_cpu.iter().map(|c| c.oom_kills).sum())
+        Ok(per_cpu.iter().map(|c| c.oom_ringbuf_full).sum())
     }
 
-    /// Per-cgroup kills, plus `cgroup="unknown"` for kills the ring buffer could not
-    /// attribute (the kernel's own count is the total).
-    fn oom_rows(&self, kernel_total: u64) -> Vec<(CgroupLabels, u64)> {
-        let mut table = self.oom.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows = Vec::with_capacity(table.rows.len() + 1);
-        let mut attributed = table.retired_kills;
-        for row in table.rows.values_mut() {
-            row.exported_gone |= row.gone;
-            attributed += row.kills;
-            rows.push((row.labels.clone(), row.kills));
-        }
-        let unknown = kernel_total.saturating_sub(attributed);
-        match rows.iter_mut().find(|(l, _)| l.cgroup == "unknown") {
-            Some((_, kills)) => *kills += unknown,
-            None => rows.push((
-                CgroupLabels {
-                    cgroup: "unknown".into(),
-                    ..Default::default()
-                },
-                unknown,
-            )),
-        }
-        rows.sort_by(|a, b| a.0.cgroup.cmp(&b.0.cgroup));
-        rows
+    fn oom_rows(&self, ring_lost: u64) -> Vec<(CgroupLabels, u64)> {
+        self.oom
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows(ring_lost)
     }
 }
 
@@ -296,7 +372,7 @@ impl LoadedFamily for MemoryMaps {
             }
         }
         let oom_rows = if self.oom_up {
-            Some(self.oom_rows(self.oom_kills_total()?))
+            Some(self.oom_rows(self.oom_ring_lost()?))
         } else {
             None
         };
@@ -340,25 +416,12 @@ impl LoadedFamily for MemoryMaps {
 
     fn upkeep(&self) {
         self.start_fill.set(self.start.keys().count() as u64);
-        // Rows of gone cgroups: marked here, exported once by a scrape, dropped here next.
         let root = self.cgroups.lock().resolver().root().to_owned();
-        let mut table = self.oom.lock().unwrap_or_else(|p| p.into_inner());
-        let done: Vec<String> = table
-            .rows
-            .iter()
-            .filter(|(_, r)| r.exported_gone)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in done {
-            if let Some(row) = table.rows.remove(&key) {
-                table.retired_kills += row.kills;
-            }
-        }
-        for (path, row) in table.rows.iter_mut() {
-            if path != "unknown" && !root.join(path.trim_start_matches('/')).is_dir() {
-                row.gone = true;
-            }
-        }
+        let exists = |path: &str| root.join(path.trim_start_matches('/')).is_dir();
+        self.oom
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upkeep(Instant::now(), OOM_ROW_RETENTION, exists);
     }
 
     fn health(&self) -> Health {
@@ -387,11 +450,14 @@ impl LoadedFamily for MemoryMaps {
         };
         let (oom, cgroups, procfs) = (self.oom.clone(), self.cgroups.clone(), self.procfs.clone());
         spawn_on_readable(ring, "OOM event reader", move |ring| {
+            // A cgroup the tracker has not seen is looked for with a walk that starts after
+            // this: at most one walk per wakeup, however many kills it brings.
+            let woken = Instant::now();
             while let Some(item) = ring.next() {
                 let Some(event) = parse_oom_event(&item) else {
                     continue;
                 };
-                let labels = victim_labels(&event, &cgroups, &procfs);
+                let labels = victim_labels(&event, &cgroups, &procfs, woken);
                 tracing::info!(
                     pid = event.pid,
                     cgroup_id = event.cgroup_id,
@@ -401,29 +467,25 @@ impl LoadedFamily for MemoryMaps {
                     container = %labels.container,
                     "OOM kill"
                 );
-                let mut table = oom.lock().unwrap_or_else(|p| p.into_inner());
-                table
-                    .rows
-                    .entry(labels.cgroup.clone())
-                    .or_insert_with(|| OomRow {
-                        labels,
-                        kills: 0,
-                        gone: false,
-                        exported_gone: false,
-                    })
-                    .kills += 1;
+                oom.lock().unwrap_or_else(|p| p.into_inner()).count(labels);
             }
         });
     }
 }
 
-/// The victim's labels: from the cgroup id the kernel sent (tp_btf), else from
-/// `/proc/<pid>/cgroup` if the victim is still there, else `cgroup="unknown"`.
-fn victim_labels(event: &OomEvent, cgroups: &CgroupTracker, procfs: &Path) -> CgroupLabels {
+/// The victim's labels: from the cgroup id the kernel sent (tp_btf), walking the cgroup
+/// tree unless a walk started after `woken` already looked for it; else from
+/// `/proc/<pid>/cgroup` if the victim is still there; else `cgroup="unknown"`.
+fn victim_labels(
+    event: &OomEvent,
+    cgroups: &CgroupTracker,
+    procfs: &Path,
+    woken: Instant,
+) -> CgroupLabels {
     let mut tracker = cgroups.lock();
     let resolver = tracker.resolver();
     if event.cgroup_id != 0
-        && let Some(labels) = resolver.labels(event.cgroup_id)
+        && let Some(labels) = resolver.labels_walked_since(event.cgroup_id, woken)
     {
         return labels;
     }
@@ -466,6 +528,78 @@ mod tests {
         let e = parse_oom_event(&bytes).unwrap();
         assert_eq!((e.pid, e.cgroup_id), (4242, 77));
         assert!(parse_oom_event(&bytes[..12]).is_none());
+    }
+
+    fn path(cgroup: &str) -> CgroupLabels {
+        CgroupLabels {
+            cgroup: cgroup.into(),
+            ..Default::default()
+        }
+    }
+
+    fn value(rows: &[(CgroupLabels, u64)], cgroup: &str) -> Option<u64> {
+        rows.iter().find(|(l, _)| l.cgroup == cgroup).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn unknown_only_grows_and_counts_what_the_ring_buffer_dropped() {
+        let mut table = OomTable::default();
+        assert_eq!(value(&table.rows(0), "unknown"), Some(0), "exported from 0");
+        table.count(path("unknown"));
+        assert_eq!(value(&table.rows(0), "unknown"), Some(1));
+        // An attributed kill never takes anything from "unknown".
+        table.count(path("pods/a"));
+        let rows = table.rows(2);
+        assert_eq!(value(&rows, "unknown"), Some(3), "1 unattributed + 2 dropped");
+        assert_eq!(value(&rows, "pods/a"), Some(1));
+        assert_eq!(value(&rows, "other"), None, "no row has left yet");
+    }
+
+    #[test]
+    fn a_gone_row_stays_for_the_retention_then_moves_into_other() {
+        let retention = Duration::from_secs(600);
+        let mut table = OomTable::default();
+        table.count(path("pods/a"));
+        table.count(path("pods/a"));
+        let t0 = Instant::now();
+        table.upkeep(t0, retention, |_| false);
+        // Gone, but within the retention: still exported, whatever the scrapes.
+        table.rows(0);
+        table.upkeep(t0 + retention / 2, retention, |_| false);
+        assert_eq!(value(&table.rows(0), "pods/a"), Some(2));
+        table.upkeep(t0 + retention, retention, |_| false);
+        let rows = table.rows(0);
+        assert_eq!(value(&rows, "pods/a"), None, "left after the retention");
+        assert_eq!(value(&rows, "other"), Some(2), "its kills moved, not lost");
+    }
+
+    #[test]
+    fn a_gone_row_is_exported_at_least_once_before_it_leaves() {
+        let retention = Duration::from_secs(1);
+        let mut table = OomTable::default();
+        table.count(path("pods/a"));
+        let t0 = Instant::now();
+        table.upkeep(t0, retention, |_| false);
+        // No scrape since it was marked gone: it waits, however long.
+        table.upkeep(t0 + retention * 100, retention, |_| false);
+        assert_eq!(value(&table.rows(0), "pods/a"), Some(1));
+        table.upkeep(t0 + retention * 101, retention, |_| false);
+        assert_eq!(value(&table.rows(0), "other"), Some(1));
+    }
+
+    #[test]
+    fn a_recreated_cgroup_continues_its_row() {
+        let retention = Duration::from_secs(600);
+        let mut table = OomTable::default();
+        table.count(path("pods/a"));
+        let t0 = Instant::now();
+        table.upkeep(t0, retention, |_| false);
+        table.rows(0);
+        // Back under the same path before the retention ended, and killed again.
+        table.upkeep(t0 + retention / 2, retention, |_| true);
+        table.count(path("pods/a"));
+        table.upkeep(t0 + retention * 2, retention, |_| true);
+        assert_eq!(value(&table.rows(0), "pods/a"), Some(2), "never back to 1");
     }
 }
 

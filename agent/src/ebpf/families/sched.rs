@@ -94,8 +94,51 @@ fn btf_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<Vec<(String
     ])
 }
 
+/// The run queue's task clock through the task (`task_struct.se.cfs_rq`, `cfs_rq.rq`,
+/// `rq.clock_task`), which per-cgroup CPU time is measured with in every mode (see
+/// agent-ebpf's `probes/sched.rs`); an error says which field this kernel lacks.
+fn run_clock_layout(
+    kernel: &KernelSources,
+    l: &mut SchedLayout,
+) -> Result<Vec<(String, u32)>, String> {
+    let btf = kernel.btf.clone()?;
+    let m = |s: &str, f: &str| {
+        btf.member(s, &[f])
+            .map(|m| m.offset)
+            .map_err(|e| e.to_string())
+    };
+    let se = m("task_struct", "se")?;
+    let task_cfs_rq = se + m("sched_entity", "cfs_rq")?;
+    // cfs_rq.rq exists with CONFIG_FAIR_GROUP_SCHED.
+    let cfs_rq_rq = m("cfs_rq", "rq")?;
+    let rq_clock_task = m("rq", "clock_task")?;
+    let rq_clock = m("rq", "clock")?;
+    // A task's own totals, for a task whose arrival no tracepoint showed.
+    let sum_exec = se + m("sched_entity", "sum_exec_runtime")?;
+    let sched_info = m("task_struct", "sched_info")?;
+    let pcount = sched_info + m("sched_info", "pcount")?;
+    let last_arrival = sched_info + m("sched_info", "last_arrival")?;
+    l.task_cfs_rq = task_cfs_rq;
+    l.cfs_rq_rq = cfs_rq_rq;
+    l.rq_clock_task = rq_clock_task;
+    l.rq_clock = rq_clock;
+    l.task_sum_exec = sum_exec;
+    l.task_pcount = pcount;
+    l.task_last_arrival = last_arrival;
+    l.task_clock = 1;
+    Ok(vec![
+        ("task_struct.se.cfs_rq".into(), l.task_cfs_rq),
+        ("cfs_rq.rq".into(), l.cfs_rq_rq),
+        ("rq.clock_task".into(), l.rq_clock_task),
+        ("task_struct.se.sum_exec_runtime".into(), l.task_sum_exec),
+        ("task_struct.sched_info.pcount".into(), l.task_pcount),
+        ("task_struct.sched_info.last_arrival".into(), l.task_last_arrival),
+    ])
+}
+
 /// The scheduler's own timestamps, for the kernel-timestamp mode (see agent-ebpf's
-/// `probes/sched.rs`); an error says which field this kernel lacks.
+/// `probes/sched.rs`), on top of the run clock's path; an error says which field this
+/// kernel lacks.
 fn kernel_timestamp_layout(
     kernel: &KernelSources,
     l: &mut SchedLayout,
@@ -106,23 +149,15 @@ fn kernel_timestamp_layout(
             .map(|m| m.offset)
             .map_err(|e| e.to_string())
     };
+    if l.task_clock == 0 {
+        return Err("no path to the run queue's clock".into());
+    }
     let sched_info = m("task_struct", "sched_info")?;
-    let se = m("task_struct", "se")?;
     l.task_last_queued = sched_info + m("sched_info", "last_queued")?;
-    l.task_cfs_rq = se + m("sched_entity", "cfs_rq")?;
-    // cfs_rq.rq exists with CONFIG_FAIR_GROUP_SCHED.
-    l.cfs_rq_rq = m("cfs_rq", "rq")?;
     l.rq_clock = m("rq", "clock")?;
-    l.task_sum_exec = se + m("sched_entity", "sum_exec_runtime")?;
-    l.task_prev_sum_exec = se + m("sched_entity", "prev_sum_exec_runtime")?;
-    l.task_policy = m("task_struct", "policy")?;
     Ok(vec![
         ("task_struct.sched_info.last_queued".into(), l.task_last_queued),
-        ("task_struct.se.cfs_rq".into(), l.task_cfs_rq),
-        ("cfs_rq.rq".into(), l.cfs_rq_rq),
         ("rq.clock".into(), l.rq_clock),
-        ("task_struct.se.sum_exec_runtime".into(), l.task_sum_exec),
-        ("task_struct.policy".into(), l.task_policy),
     ])
 }
 
@@ -143,7 +178,20 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
     let tracepoint = tracepoint_layout(kernel, &mut l);
     let mut offsets = btf.clone().unwrap_or_default();
     let mut fallback_probes = Vec::new();
-    let mode = match kernel_timestamp_layout(kernel, &mut l) {
+    let run_clock = match run_clock_layout(kernel, &mut l) {
+        Ok(more) if btf.is_ok() => {
+            offsets.extend(more);
+            "CPU time per cgroup from the run queue's task clock".to_owned()
+        }
+        Ok(_) => {
+            l.task_clock = 0;
+            "CPU time per cgroup from bpf_ktime_get_ns (no BTF: includes interrupt time)".to_owned()
+        }
+        Err(why) => format!(
+            "CPU time per cgroup from bpf_ktime_get_ns ({why}: includes interrupt time)"
+        ),
+    };
+    let wait = match kernel_timestamp_layout(kernel, &mut l) {
         Ok(more) if btf.is_ok() => {
             l.kernel_timestamps = 1;
             offsets.extend(more);
@@ -153,6 +201,7 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
         Ok(_) => "run-queue wait from wakeup timestamps (no BTF)".to_owned(),
         Err(why) => format!("run-queue wait from wakeup timestamps ({why})"),
     };
+    let mode = format!("{wait}; {run_clock}");
     let mut family = FamilyLayout::new(
         vec![(SCHED_LAYOUT_GLOBAL, global_bytes(&l))],
         btf.map(drop),
@@ -260,11 +309,12 @@ impl LoadedFamily for SchedMaps {
     }
 
     fn health(&self) -> Health {
-        let (mut start_full, mut cgroup_full) = (0, 0);
+        let (mut start_full, mut cgroup_full, mut unseen) = (0, 0, 0);
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
                 start_full += c.start_map_full;
                 cgroup_full += c.cgroup_map_full;
+                unseen += c.switch_unseen;
             }
         }
         Health {
@@ -272,6 +322,9 @@ impl LoadedFamily for SchedMaps {
             lost: vec![
                 ("runqueue_start_map_full", start_full),
                 ("cgroup_map_full_sched", cgroup_full),
+                // A switch the kernel made without sched_switch: the arriving task's wait
+                // and the leaving one's stretch were not recorded.
+                ("sched_switch_unseen", unseen),
             ],
             costs: self.costs.read(),
         }
@@ -326,7 +379,14 @@ mod tests {
             // se.cfs_rq, cfs_rq.rq and rq.clock: pointers and a u64, all past offset 0
             // except possibly cfs_rq.rq's neighbours; the run queue clock is never first.
             assert!(l.task_last_queued > 0 && l.task_cfs_rq > 0 && l.rq_clock > 0, "{release}");
-            assert!(l.task_prev_sum_exec > l.task_sum_exec, "{release}: prev_sum_exec_runtime follows sum_exec_runtime");
+            // Run time is measured with the task clock, which rq keeps right after clock.
+            assert_eq!(l.task_clock, 1, "{release}");
+            assert!(l.rq_clock_task > l.rq_clock, "{release}: rq.clock_task follows rq.clock");
+            // sched_info: pcount, run_delay, last_arrival, last_queued, in that order.
+            assert!(
+                l.task_pcount < l.task_last_arrival && l.task_last_arrival < l.task_last_queued,
+                "{release}: sched_info's fields in order"
+            );
         }
     }
 
