@@ -3,7 +3,8 @@
 //! wakeups and switches, O_DIRECT reads from a disk, memcg reclaim where a cgroup2 memory
 //! controller allows it), and reports per probe the attach type, the events seen and the
 //! cost per event from the kernel's BPF statistics. With a filesystem to write to, it also
-//! checks per-cgroup disk attribution against the cgroups' own `io.stat`. It also renders
+//! checks per-cgroup disk attribution against the cgroups' own `io.stat`. It checks per-cgroup
+//! CPU time against `cpu.stat` on workloads whose tasks exit, share a CPU or stop. It also renders
 //! one scrape of /metrics to a file.
 use std::{
     collections::HashMap,
@@ -72,6 +73,21 @@ pub struct Exercise {
     /// without `--exercise-filesystem`.
     #[serde(default)]
     pub attribution: Vec<AttributionRow>,
+    /// Per-cgroup CPU time as nodelens counted it against the cgroups' `cpu.stat`, for
+    /// workloads whose tasks exit, share a CPU or stop.
+    #[serde(default)]
+    pub cpu_accounting: Vec<CpuAccountingRow>,
+}
+
+/// One cgroup's CPU time: nodelens's `nodelens_cgroup_cpu_seconds_total` against the
+/// cgroup's own `cpu.stat` `usage_usec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuAccountingRow {
+    /// What ran in the cgroup.
+    pub workload: String,
+    pub cgroup: String,
+    pub nodelens_seconds: f64,
+    pub cpu_stat_seconds: f64,
 }
 
 /// One cgroup's I/O in one direction on the filesystem's device: nodelens's per-cgroup
@@ -312,6 +328,136 @@ impl Attribution {
     }
 }
 
+/// Busy-loop lengths, in seconds: one alone on the machine first, then nine at once, more
+/// than there are CPUs on the machines the matrix boots, so that they share.
+const ALONE_LOOP_SECONDS: u32 = 1;
+const SHARED_LOOP_SECONDS: [u32; 9] = [1, 1, 2, 2, 2, 3, 3, 3, 3];
+
+/// Cgroups whose CPU time the exercise compares with `cpu.stat`, and the stopped loop,
+/// killed once they have been compared.
+struct CpuAccounting {
+    cgroups: Vec<(String, ExerciseCgroup)>,
+    stopped: Option<std::process::Child>,
+}
+
+impl ExerciseCgroup {
+    /// Starts a shell command inside the cgroup, without waiting.
+    fn spawn(&self, command: &str) -> Result<std::process::Child, String> {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {command}",
+            self.dir.display()
+        );
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("sh: {e}"))
+    }
+
+    /// `cpu.stat` `usage_usec`, in seconds.
+    fn cpu_usage_seconds(&self) -> f64 {
+        std::fs::read_to_string(self.dir.join("cpu.stat"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0.0, |usec| usec / 1e6)
+    }
+}
+
+impl CpuAccounting {
+    fn rows(&self, scrape: &str) -> Vec<CpuAccountingRow> {
+        self.cgroups
+            .iter()
+            .map(|(workload, cg)| CpuAccountingRow {
+                workload: workload.clone(),
+                cgroup: cg.label.clone(),
+                nodelens_seconds: sample(
+                    scrape,
+                    "nodelens_cgroup_cpu_seconds_total",
+                    &[("cgroup", cg.label.as_str())],
+                ),
+                cpu_stat_seconds: cg.cpu_usage_seconds(),
+            })
+            .collect()
+    }
+
+    fn remove(mut self) {
+        if let Some(mut child) = self.stopped.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (_, cg) in self.cgroups {
+            let _ = std::fs::remove_dir(&cg.dir);
+        }
+    }
+}
+
+/// CPU work whose per-cgroup accounting is easy to get wrong, each in its own cgroup: a
+/// shell loop of 1,000 short processes; ten busy loops that exit, one alone and nine at
+/// once (sharing the CPUs); and a busy loop stopped with SIGSTOP after half a second of
+/// CPU. Their CPU time is compared with `cpu.stat` after the scrape.
+fn cpu_accounting_work(cgroup2: &Path) -> (String, CpuAccounting) {
+    let mut work = CpuAccounting {
+        cgroups: Vec::new(),
+        stopped: None,
+    };
+    let done = (|| -> Result<(), String> {
+        let short = ExerciseCgroup::create(cgroup2, "cpu-short")?;
+        let ran = short.run("sh -c 'for i in $(seq 1000); do /bin/true; done'");
+        work.cgroups.push(("1,000 short processes".into(), short));
+        ran?;
+        let busy = |seconds: u32| format!("timeout {seconds} sh -c 'while :; do :; done'");
+        let alone = ExerciseCgroup::create(cgroup2, "cpu-alone")?;
+        let _ = alone.run(&busy(ALONE_LOOP_SECONDS));
+        work.cgroups
+            .push((format!("a {ALONE_LOOP_SECONDS} s loop alone"), alone));
+        let mut children = Vec::new();
+        for (i, seconds) in SHARED_LOOP_SECONDS.iter().enumerate() {
+            let cg = ExerciseCgroup::create(cgroup2, &format!("cpu-shared{i}"))?;
+            children.push(cg.spawn(&busy(*seconds))?);
+            work.cgroups
+                .push((format!("a {seconds} s loop among nine"), cg));
+        }
+        for mut child in children {
+            let _ = child.wait();
+        }
+        let stopped = ExerciseCgroup::create(cgroup2, "cpu-stopped")?;
+        let child = stopped.spawn("sh -c 'while :; do :; done'");
+        work.cgroups
+            .push(("a loop stopped with SIGSTOP".into(), stopped));
+        let child = child?;
+        let pid = child.id();
+        work.stopped = Some(child);
+        let used = |cg: &ExerciseCgroup| cg.cpu_usage_seconds();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while let Some((_, cg)) = work.cgroups.last()
+            && used(cg) < 0.5
+        {
+            if std::time::Instant::now() > deadline {
+                return Err("the loop to stop did not get half a second of CPU in 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).ok_or("no pid")?,
+            rustix::process::Signal::STOP,
+        )
+        .map_err(|e| format!("SIGSTOP: {e}"))?;
+        Ok(())
+    })();
+    let what = match done {
+        Ok(()) => format!(
+            "{} cgroups: 1,000 short processes, {} busy loops that exit, a stopped loop",
+            work.cgroups.len(),
+            1 + SHARED_LOOP_SECONDS.len()
+        ),
+        Err(e) => format!("stopped early: {e}"),
+    };
+    (what, work)
+}
+
 /// The value of the one sample of `family` whose labels include all of `labels`, 0 when
 /// there is none (a series appears once it is non-zero).
 fn sample(scrape: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
@@ -401,6 +547,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
             possible_cpus: 0,
             map_memory: Vec::new(),
             attribution: Vec::new(),
+            cpu_accounting: Vec::new(),
         };
     };
     let offsets = l.offsets.clone();
@@ -453,6 +600,11 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         workloads.push(("disk attribution".into(), what));
         done
     });
+    let cpu_accounting = cgroup_root(config).map(|root| {
+        let (what, work) = cpu_accounting_work(&root);
+        workloads.push(("cpu accounting".into(), what));
+        work
+    });
     // Let completions and the last switches land, and keep the maps as the agent would.
     std::thread::sleep(Duration::from_millis(200));
     l.upkeep();
@@ -495,6 +647,13 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
     if let Some(Ok(a)) = attribution_cgroups {
         a.remove();
     }
+    let cpu_accounting = cpu_accounting.map_or_else(Vec::new, |work| {
+        let rows = scrape
+            .as_ref()
+            .map_or_else(|_| Vec::new(), |t| work.rows(t));
+        work.remove();
+        rows
+    });
     if let Some(path) = &options.metrics_out {
         let written = scrape
             .clone()
@@ -515,6 +674,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         possible_cpus,
         map_memory: map_memory_rows(l, possible_cpus),
         attribution,
+        cpu_accounting,
     }
 }
 
@@ -593,6 +753,28 @@ pub fn render_text(e: &Exercise) -> String {
                 s,
                 "{:<8} {:<6} {:>14} {:>14} {:>10} {:>10}",
                 r.role, r.op, r.nodelens_bytes, r.io_stat_bytes, r.nodelens_ios, r.io_stat_ios
+            );
+        }
+    }
+    if !e.cpu_accounting.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nPER-CGROUP CPU, nodelens against cpu.stat\n{:<30} {:>12} {:>12} {:>8}",
+            "WORKLOAD", "NODELENS S", "CPU.STAT S", "OFF"
+        );
+        for r in &e.cpu_accounting {
+            let off = if r.cpu_stat_seconds > 0.0 {
+                format!(
+                    "{:+.2}%",
+                    (r.nodelens_seconds / r.cpu_stat_seconds - 1.0) * 100.0
+                )
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                s,
+                "{:<30} {:>12.6} {:>12.6} {:>8}",
+                r.workload, r.nodelens_seconds, r.cpu_stat_seconds, off
             );
         }
     }

@@ -4,8 +4,13 @@
 mod common;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -116,13 +121,15 @@ fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
         Some(9),
         "dd should be OOM-killed, got {status:?}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let after = agent.metrics();
-    assert_eq!(total(&after) - before, 1.0, "exactly one OOM kill");
     let series = format!(
         "nodelens_oom_kills_total{{cgroup=\"{}\"}}",
         cg.v2.file_name().unwrap().to_string_lossy()
     );
+    // The kill reaches user space through a ring buffer: wait for it to be counted.
+    let after = agent.metrics_until(Duration::from_secs(10), "the kill counted", |m| {
+        m.get(&series).is_some()
+    });
+    assert_eq!(total(&after) - before, 1.0, "exactly one OOM kill");
     assert_eq!(
         after.get(&series),
         Some(1.0),
@@ -149,4 +156,134 @@ fn oom_kill_in_a_limited_cgroup_is_counted_exactly_once() {
         line.contains(&format!("cgroup_id={inode}")),
         "victim cgroup {inode}: {line}"
     );
+}
+
+/// What a scraper polling every 10 ms saw of `nodelens_oom_kills_total`.
+#[derive(Default)]
+struct OomWatch {
+    /// The last value of every series.
+    last: BTreeMap<String, f64>,
+    /// Every series that went back or left, with the two values.
+    violations: Vec<String>,
+    /// The highest value the "unknown" row ever had.
+    max_unknown: f64,
+    scrapes: u64,
+}
+
+impl OomWatch {
+    fn see(&mut self, m: &common::Metrics) {
+        self.scrapes += 1;
+        let now: BTreeMap<String, f64> = m
+            .family("nodelens_oom_kills_total")
+            .into_iter()
+            .map(|(s, v)| (s.to_owned(), v))
+            .collect();
+        for (series, before) in &self.last {
+            match now.get(series) {
+                Some(v) if v < before => self
+                    .violations
+                    .push(format!("{series} went back from {before} to {v}")),
+                None => self
+                    .violations
+                    .push(format!("{series} left while at {before}")),
+                _ => {}
+            }
+        }
+        if let Some(v) = now.get("nodelens_oom_kills_total{cgroup=\"unknown\"}") {
+            self.max_unknown = self.max_unknown.max(*v);
+        }
+        self.last = now;
+    }
+}
+
+#[test]
+fn forty_oom_kills_each_counted_once_in_its_own_cgroup_while_no_series_goes_back() {
+    let agent = Arc::new(Agent::start(&[]));
+    // One v1 memory cgroup holds the limit for every kill (hybrid host); the identities the
+    // probes see are cgroup2 directories: one made before the first kill, and twenty made
+    // just before their only process is killed (a container that OOMs as it starts).
+    let limit = TestCgroup::new("nodelens-oom40", 32 << 20);
+    let steady = limit.v2.clone();
+    let fresh_dir = |i: usize| {
+        common::cgroup2_root().join(format!("nodelens-oom40-fresh{i}-{}", std::process::id()))
+    };
+    let watch = Arc::new(Mutex::new(OomWatch::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let (agent, watch, stop) = (agent.clone(), watch.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let m = agent.metrics();
+                watch.lock().unwrap().see(&m);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut fresh = Vec::new();
+    for i in 0..40 {
+        let v2 = if i % 2 == 1 {
+            let dir = fresh_dir(i);
+            std::fs::create_dir(&dir).expect("create a fresh cgroup2 directory");
+            fresh.push(dir.clone());
+            dir
+        } else {
+            steady.clone()
+        };
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=256M count=1 status=none",
+            limit.v1.display(),
+            v2.display()
+        );
+        let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "kill {i}: dd should be OOM-killed"
+        );
+    }
+    let name = |dir: &Path| dir.file_name().unwrap().to_string_lossy().into_owned();
+    let mut expected: BTreeMap<String, f64> = fresh
+        .iter()
+        .map(|d| {
+            (
+                format!("nodelens_oom_kills_total{{cgroup=\"{}\"}}", name(d)),
+                1.0,
+            )
+        })
+        .collect();
+    expected.insert(
+        format!("nodelens_oom_kills_total{{cgroup=\"{}\"}}", name(&steady)),
+        20.0,
+    );
+    let m = agent.metrics_until(Duration::from_secs(20), "all 40 kills counted", |m| {
+        expected.iter().all(|(s, v)| m.get(s) == Some(*v))
+    });
+    stop.store(true, Ordering::Relaxed);
+    scraper.join().expect("the scraper");
+    let watch = watch.lock().unwrap();
+    eprintln!("{} scrapes during 40 kills", watch.scrapes);
+    assert!(watch.scrapes > 40, "the scraper polled through the kills");
+    assert!(
+        watch.violations.is_empty(),
+        "OOM series went back or left:\n{}",
+        watch.violations.join("\n")
+    );
+    assert_eq!(watch.max_unknown, 0.0, "no kill ever went to \"unknown\"");
+    // Nothing but these 21 rows and "unknown" moved.
+    let others: BTreeSet<&str> = m
+        .family("nodelens_oom_kills_total")
+        .into_iter()
+        .filter(|(s, v)| *v > 0.0 && !expected.contains_key(*s))
+        .map(|(s, _)| s)
+        .collect();
+    assert!(others.is_empty(), "kills counted elsewhere: {others:?}");
+    let oom_control = common::read(limit.v1.join("memory.oom_control"));
+    assert!(
+        oom_control.contains("oom_kill 40"),
+        "the kernel counted 40 kills in the limited cgroup: {oom_control}"
+    );
+    for dir in &fresh {
+        let _ = std::fs::remove_dir(dir);
+    }
 }

@@ -1086,6 +1086,7 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
     let mut report = render(&runs);
     report.push_str(&many_cpu_summary(&runs));
     report.push_str(&attribution_table(&runs));
+    report.push_str(&cpu_accounting_table(&runs));
     report.push_str(&lockdown_table(&lockdowns));
     for why in &skipped {
         let _ = writeln!(report, "Left out: {why}.");
@@ -1281,6 +1282,80 @@ fn attribution_table(runs: &[(String, serde_json::Value)]) -> String {
     s
 }
 
+/// Per-cgroup CPU time against `cpu.stat` (tasks that exit, share a CPU or stop): every
+/// workload's within 1%.
+fn check_cpu_accounting(column: &str, report: &serde_json::Value) -> Vec<String> {
+    let rows = report["exercise"]["cpu_accounting"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let why = || {
+        report["exercise"]["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w[0] == "cpu accounting")
+            .and_then(|w| w[1].as_str())
+            .unwrap_or("the exercise did not run it")
+            .to_owned()
+    };
+    if rows.len() < 12 {
+        return vec![format!(
+            "{column}: {} of 12 per-cgroup CPU workloads ran: {}",
+            rows.len(),
+            why()
+        )];
+    }
+    rows.iter()
+        .filter_map(|r| {
+            let ours = r["nodelens_seconds"].as_f64().unwrap_or(0.0);
+            let kernel = r["cpu_stat_seconds"].as_f64().unwrap_or(0.0);
+            ((ours - kernel).abs() > kernel * 0.01 || kernel <= 0.0).then(|| {
+                format!(
+                    "{column}: {}: nodelens {ours:.6} s of CPU, cpu.stat {kernel:.6} s",
+                    r["workload"].as_str().unwrap_or("?")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The CPU accounting rows of every run: the largest difference per run.
+fn cpu_accounting_table(runs: &[(String, serde_json::Value)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Per-cgroup CPU time against the cgroups' own cpu.stat (12 cgroups: 1,000 short processes, ten busy loops that exit, one alone and nine sharing the CPUs, a loop stopped with SIGSTOP):"
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| run | cgroups | CPU seconds, nodelens | cpu.stat | largest difference |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (column, report) in runs {
+        let rows = report["exercise"]["cpu_accounting"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let n = |r: &serde_json::Value, key: &str| r[key].as_f64().unwrap_or(0.0);
+        let ours: f64 = rows.iter().map(|r| n(r, "nodelens_seconds")).sum();
+        let kernel: f64 = rows.iter().map(|r| n(r, "cpu_stat_seconds")).sum();
+        let worst = rows
+            .iter()
+            .filter(|r| n(r, "cpu_stat_seconds") > 0.0)
+            .map(|r| (n(r, "nodelens_seconds") / n(r, "cpu_stat_seconds") - 1.0).abs() * 100.0)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            s,
+            "| {column} | {} | {ours:.3} | {kernel:.3} | {worst:.3}% |",
+            rows.len()
+        );
+    }
+    s
+}
+
 /// Total charged and modeled map memory of a run, in bytes.
 fn map_memory(report: &serde_json::Value) -> (f64, f64) {
     let rows = report["exercise"]["map_memory"]
@@ -1460,6 +1535,7 @@ fn boot_each(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Res
                 }
             }
             failures.extend(check_attribution(&column, mode, &run.report));
+            failures.extend(check_cpu_accounting(&column, &run.report));
             if run.exit != 0 {
                 failures.push(format!(
                     "{column}: preflight --exercise exited {}: {}",
