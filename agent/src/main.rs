@@ -207,11 +207,6 @@ fn run(config: Config) -> ExitCode {
             "privileges after attaching"
         );
         runtime.agent.set_posture(posture);
-        // Test hook for tests/privileges.rs: a program load from inside the agent must fail
-        // now. Nothing else reads this variable.
-        if std::env::var_os("NODELENS_TEST_TRY_BPF_PROG_LOAD").is_some() {
-            tracing::warn!("test hook: BPF_PROG_LOAD after lock-down: {}", security::try_prog_load());
-        }
         // Denied system calls are logged by whoever looks first: a scrape, or this.
         tokio::spawn(async {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));

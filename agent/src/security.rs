@@ -417,33 +417,84 @@ pub fn allowlist() -> Vec<i64> {
     calls
 }
 
-/// Tries to load a two-instruction tracepoint program, as an attacker inside the agent
-/// would; returns what happened. Only for the test that proves it fails after lock-down
-/// (`NODELENS_TEST_TRY_BPF_PROG_LOAD`, see main.rs).
-pub fn try_prog_load() -> String {
-    // BPF_MOV64_IMM(r0, 0); BPF_EXIT_INSN()
-    let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&5u32.to_ne_bytes()); // BPF_PROG_TYPE_TRACEPOINT
-    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a zeroed bpf_attr with the program-load fields set; the pointers
-    // outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
-    if fd >= 0 {
-        // SAFETY: the kernel just returned this descriptor.
-        unsafe { libc::close(fd as i32) };
-        format!("loaded (fd {fd})")
-    } else {
-        format!("refused: {}", std::io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tries to load a two-instruction tracepoint program, as an attacker inside the agent
+    /// would; returns what happened.
+    fn try_prog_load() -> String {
+        // BPF_MOV64_IMM(r0, 0); BPF_EXIT_INSN()
+        let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+        let license = c"GPL";
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&5u32.to_ne_bytes()); // BPF_PROG_TYPE_TRACEPOINT
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        // SAFETY: attr is a zeroed bpf_attr with the program-load fields set; the pointers
+        // outlive the call.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this descriptor.
+            unsafe { libc::close(fd as i32) };
+            format!("loaded (fd {fd})")
+        } else {
+            format!("refused: {}", std::io::Error::last_os_error())
+        }
+    }
+
+    /// The filter applies to the whole process and stays: the check runs in a child process,
+    /// this test binary run again for the one ignored test below.
+    #[test]
+    fn after_lock_down_a_program_load_fails_with_eperm_and_is_counted() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "security::tests::child_installs_the_filter_and_loads_a_program",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("NODELENS_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran its check: {text}");
+    }
+
+    #[test]
+    #[ignore = "run by after_lock_down_a_program_load_fails_with_eperm_and_is_counted"]
+    fn child_installs_the_filter_and_loads_a_program() {
+        assert!(
+            std::env::var_os("NODELENS_SECCOMP_CHILD").is_some(),
+            "only as the child of the test above: the filter cannot be removed"
+        );
+        // SAFETY: no_new_privs lets an unprivileged process install a filter; it only
+        // affects this process.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+            0
+        );
+        install_filter(SeccompMode::Errno).unwrap();
+        let outcome = try_prog_load();
+        assert!(
+            outcome.starts_with("refused") && outcome.contains("Operation not permitted"),
+            "{outcome}"
+        );
+        let counted = denied();
+        assert!(
+            counted
+                .iter()
+                .any(|&(nr, n)| nr == libc::SYS_bpf as usize && n >= 1),
+            "bpf() counted as denied: {counted:?}"
+        );
+    }
 
     #[test]
     fn reads_thread_privileges_from_status() {

@@ -404,15 +404,18 @@ fn workload_for_every_panel() {
         .unwrap();
     assert!(status.success());
     reclaim_in_a_limited_cgroup();
-    std::thread::sleep(Duration::from_secs(6));
 }
 
+/// Polls every dashboard query until it returns data: the workload's samples reach
+/// Prometheus at the next scrape or push, and rate() needs two of them.
 fn assert_every_dashboard_query_has_data(cluster: &Cluster, repo: &Path) {
-    for (title, expr) in dashboard_queries(repo) {
-        let result = cluster.query(&expr);
-        assert!(
-            !result.is_empty(),
-            "dashboard panel {title:?} has no data: {expr}"
+    let queries = dashboard_queries(repo);
+    assert!(!queries.is_empty(), "the dashboard has queries");
+    for (title, expr) in queries {
+        common::wait_for(
+            &format!("data for dashboard panel {title:?}: {expr}"),
+            Duration::from_secs(60),
+            || !cluster.query(&expr).is_empty(),
         );
     }
 }

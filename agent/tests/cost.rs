@@ -146,6 +146,8 @@ fn runqueue_events_are_within_two_percent_of_runqlats() {
         .args(["--switch", "2", "-t", "12s", "--quiet"])
         .spawn()
         .expect("stress-ng");
+    // Not a wait for a condition: the load gets going before the window both tools count
+    // over; what is compared is only what happens inside that window.
     std::thread::sleep(Duration::from_secs(1));
     let count = |m: &Metrics| m.value("nodelens_runqueue_latency_seconds_count");
     // One report after 5 s, then runqlat exits.

@@ -6,6 +6,18 @@ use std::time::Duration;
 
 use common::{Agent, LoopDevice, Metrics, run};
 
+/// nodelens's count of requests against the device's own. On the development VMs the
+/// kernel runs no BPF program for about one completion in 10,000 (README, the block
+/// probes; libbpf-tools' biolatency misses the same ones), so a count may trail the
+/// device's by one request in a test this size; it never leads.
+fn assert_requests(what: &str, ours: f64, device: f64) {
+    assert!(device > 0.0, "{what}: the device saw none");
+    assert!(
+        ours <= device && ours >= device - 1.0,
+        "{what}: nodelens {ours}, /sys/block stat {device}"
+    );
+}
+
 fn series(m: &Metrics, family: &str, dev: &str, op: &str) -> f64 {
     m.get(&format!("{family}{{device=\"{dev}\",op=\"{op}\"}}"))
         .unwrap_or(0.0)
@@ -44,19 +56,14 @@ fn loop_device_writes_reads_flushes_and_discards_are_measured() {
     eprintln!(
         "writes: eBPF {writes} requests {bytes} bytes; /sys/block stat {sys_writes} requests {sys_bytes} bytes"
     );
-    assert!(sys_writes > 0.0);
+    assert_requests("write requests", writes, sys_writes);
+    // Bytes: all of them, or all but one request's (see assert_requests).
+    let request = sys_bytes / sys_writes;
     assert!(
-        (writes / sys_writes - 1.0).abs() <= 0.10,
-        "write requests {writes} vs {sys_writes}"
+        bytes <= sys_bytes && bytes >= sys_bytes - request,
+        "bytes {bytes} vs the device's sectors {sys_bytes}"
     );
-    assert!(
-        (bytes / (32.0 * 1048576.0) - 1.0).abs() <= 0.10,
-        "bytes {bytes} vs 32 MiB written"
-    );
-    assert!(
-        (bytes / sys_bytes - 1.0).abs() <= 0.10,
-        "bytes {bytes} vs sectors {sys_bytes}"
-    );
+    assert_eq!(sys_bytes, 32.0 * 1048576.0, "the device wrote 32 MiB");
 
     // Reads, a flush (fsync on the device) and a discard each land in their own op.
     let input = format!("if={}", lo.path().display());
@@ -107,7 +114,7 @@ fn loop_device_writes_reads_flushes_and_discards_are_measured() {
         delta("discard"),
         d2 - d0
     );
-    assert!(delta("read") > 0.0, "reads land in op=read");
+    assert_requests("read requests", delta("read"), r2 - r0);
     assert!(
         delta("flush") >= 1.0 || delta("discard") >= 1.0,
         "a flush or discard is seen"

@@ -82,7 +82,10 @@ fn live_output_is_complete_and_promtool_clean() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // Completions land a moment after dd returns.
+    agent.metrics_until(Duration::from_secs(10), "every family with a sample", |m| {
+        FAMILIES.iter().all(|f| !m.family(f).is_empty())
+    });
     let text = agent.scrape();
     let m = common::Metrics::parse(&text);
     for family in FAMILIES {

@@ -140,7 +140,9 @@ fn agent_works_with_only_bpf_and_perfmon() {
     let _ = child.wait();
     assert!(ready, "agent never became ready with only BPF and PERFMON");
     let m = common::Metrics::parse(&String::from_utf8(scrape.unwrap().2).unwrap());
-    for (series, v) in m.family("nodelens_probe_up") {
+    let up = m.family("nodelens_probe_up");
+    assert!(!up.is_empty(), "probes are listed");
+    for (series, v) in up {
         assert_eq!(v, 1.0, "{series} should attach with BPF and PERFMON alone");
     }
     assert!(m.value("nodelens_runqueue_latency_seconds_count") > 0.0);

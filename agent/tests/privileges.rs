@@ -43,12 +43,11 @@ fn after_attaching_no_thread_holds_a_capability_and_the_filter_is_on() {
     // The work goes on: eBPF counters keep growing, with scrapes, upkeep and per-cgroup
     // accounting all under the filter (kill mode: a missing entry would end the process).
     let first = agent.metrics();
-    std::thread::sleep(Duration::from_millis(1500));
-    let second = agent.metrics();
     let count = "nodelens_runqueue_latency_seconds_count";
-    assert!(
-        second.value(count) > first.value(count),
-        "run-queue events keep coming"
+    let second = agent.metrics_until(
+        Duration::from_secs(10),
+        "run-queue events keep coming",
+        |m| m.value(count) > first.value(count),
     );
     let info = second.family("nodelens_security_info");
     assert_eq!(info.len(), 1, "{info:?}");
@@ -64,39 +63,6 @@ fn after_attaching_no_thread_holds_a_capability_and_the_filter_is_on() {
     let (code, stderr) = agent.terminate(Duration::from_secs(5));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("privileges after attaching"), "{stderr}");
-}
-
-#[test]
-fn a_program_load_from_inside_the_agent_fails_after_lock_down() {
-    // errno mode: the filter answers EPERM and the agent logs and counts the call.
-    let child = std::process::Command::new(common::BIN)
-        .args([
-            "--listen-address",
-            &format!("127.0.0.1:{}", common::free_port()),
-        ])
-        .args(["--seccomp", "errno", "--collectors-enabled", "sched,bpf"])
-        .env("NODELENS_TEST_TRY_BPF_PROG_LOAD", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let agent = Agent {
-        addr: String::new(),
-        child,
-    };
-    std::thread::sleep(Duration::from_secs(3));
-    let (code, stderr) = agent.terminate(Duration::from_secs(5));
-    assert_eq!(code, Some(0), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("BPF_PROG_LOAD after lock-down"))
-        .unwrap_or_else(|| panic!("the hook ran: {stderr}"));
-    assert!(
-        line.contains("refused") && line.contains("Operation not permitted"),
-        "{line}"
-    );
-    // The denial is logged as a seccomp denial, by syscall number.
-    assert!(stderr.contains("seccomp denied system call"), "{stderr}");
 }
 
 #[test]

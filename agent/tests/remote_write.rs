@@ -154,7 +154,7 @@ fn disk_reads(disk: &LoopDevice, count: u32) {
     );
 }
 
-/// Pushes to `receiver` (which also scrapes the agent) for 30 s, then checks the pushed
+/// Pushes to `receiver` (which also scrapes the agent) until the reads are in both, then checks the pushed
 /// data: node basics with the external label, run-queue buckets, per-cgroup series, and
 /// histogram_quantile over the pushed buckets equal to the same over the scraped ones.
 fn pushed_matches_scraped(kind: Kind) {
@@ -171,7 +171,6 @@ fn pushed_matches_scraped(kind: Kind) {
         "node=push-test,cluster=lab",
     ]);
     let receiver = Receiver::start_at(kind, &receiver_addr, Some(&agent.addr));
-    let started = Instant::now();
     disk_reads(&disk, 512);
     common::wait_for("pushed node basics", Duration::from_secs(30), || {
         receiver
@@ -190,8 +189,27 @@ fn pushed_matches_scraped(kind: Kind) {
         .unwrap()
         * 1024.0;
     assert_eq!(mem_total, proc_total, "MemTotal as /proc/meminfo says");
-    // Push for 30 s in all, as a user would before looking.
-    std::thread::sleep(Duration::from_secs(30).saturating_sub(started.elapsed()));
+    let device = &disk.dev;
+    let quantile = |job: &str| {
+        receiver.value(&format!(
+            "histogram_quantile(0.9, sum by (le) (nodelens_disk_io_latency_seconds_bucket{{device=\"{device}\",op=\"read\",job=\"{job}\"}}))"
+        ))
+    };
+    let count = |job: &str| {
+        receiver.value(&format!(
+            "sum(nodelens_disk_io_latency_seconds_count{{device=\"{device}\",op=\"read\",job=\"{job}\"}})"
+        ))
+    };
+    // The reads are done: once a push and a scrape both carry all of them, the two agree.
+    common::wait_for(
+        "every read in both the pushed and the scraped series",
+        Duration::from_secs(60),
+        || {
+            count("nodelens").is_some_and(|c| c >= 512.0)
+                && count("nodelens") == count("scraped")
+                && quantile("nodelens") == quantile("scraped")
+        },
+    );
     assert!(
         !receiver
             .query("nodelens_runqueue_latency_seconds_bucket{job=\"nodelens\"}")
@@ -204,22 +222,6 @@ fn pushed_matches_scraped(kind: Kind) {
             .is_empty(),
         "per-cgroup series pushed"
     );
-    let device = &disk.dev;
-    let quantile = |job: &str| {
-        receiver.value(&format!(
-            "histogram_quantile(0.9, sum by (le) (nodelens_disk_io_latency_seconds_bucket{{device=\"{device}\",op=\"read\",job=\"{job}\"}}))"
-        ))
-    };
-    let count = |job: &str| {
-        receiver.value(&format!(
-            "sum(nodelens_disk_io_latency_seconds_count{{device=\"{device}\",op=\"read\",job=\"{job}\"}})"
-        ))
-    };
-    assert!(
-        count("nodelens").is_some_and(|c| c >= 512.0),
-        "every read, pushed"
-    );
-    assert_eq!(count("nodelens"), count("scraped"));
     let (pushed, scraped) = (quantile("nodelens"), quantile("scraped"));
     assert!(pushed.is_some_and(|q| q > 0.0), "{pushed:?}");
     assert_eq!(pushed, scraped, "p90 from pushed and from scraped buckets");
@@ -275,25 +277,32 @@ fn an_outage_loses_nothing_while_the_queue_has_room() {
         receiver.value("nodelens_build_info").is_some()
     });
     receiver.stop();
-    std::thread::sleep(Duration::from_secs(60));
-    assert!(agent_value(&agent, "nodelens_remote_write_queue_samples") > 0.0);
-    assert!(
-        agent_value(
-            &agent,
-            "nodelens_remote_write_samples_total{result=\"retried\"}"
-        ) > 0.0
+    // An outage of at least 15 rounds, with requests failing and being retried.
+    let stopped_at = agent_value(&agent, "nodelens_remote_write_rounds_total");
+    common::wait_for(
+        "15 rounds queued while the receiver is down",
+        Duration::from_secs(60),
+        || {
+            let m = agent.metrics();
+            m.value("nodelens_remote_write_rounds_total") >= stopped_at + 15.0
+                && m.value("nodelens_remote_write_queue_samples") > 0.0
+                && m.value("nodelens_remote_write_samples_total{result=\"retried\"}") > 0.0
+        },
     );
     receiver.run();
     common::wait_for("the queue to drain", Duration::from_secs(60), || {
         agent_value(&agent, "nodelens_remote_write_queue_samples") < 2_000.0
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Every round up to now reaches the receiver, the last ones a moment later.
     let rounds = agent_value(&agent, "nodelens_remote_write_rounds_total");
-    let times = raw_times(&receiver, "nodelens_build_info", "10m");
-    assert!(
-        rounds - times.len() as f64 <= 2.0,
-        "{} of {rounds} rounds arrived",
-        times.len()
+    let mut times = Vec::new();
+    common::wait_for(
+        "every round at the receiver",
+        Duration::from_secs(30),
+        || {
+            times = raw_times(&receiver, "nodelens_build_info", "10m");
+            rounds - times.len() as f64 <= 2.0
+        },
     );
     let worst = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
     // One round per second; a late tick on a loaded machine stretches one gap, but a lost
@@ -332,16 +341,35 @@ fn with_a_small_queue_the_dropped_count_matches_the_missing_samples() {
         receiver.value("nodelens_build_info").is_some()
     });
     receiver.stop();
-    std::thread::sleep(Duration::from_secs(20));
+    // Until the 2,000-sample queue has overflowed.
+    common::wait_for("the queue to overflow", Duration::from_secs(60), || {
+        agent_value(
+            &agent,
+            "nodelens_remote_write_samples_total{result=\"dropped\"}",
+        ) > 0.0
+    });
     receiver.run();
     common::wait_for("the queue to drain", Duration::from_secs(60), || {
         agent_value(&agent, "nodelens_remote_write_queue_samples") < 1.0
     });
-    // Let the last round land, then freeze the agent's counters by stopping it.
-    std::thread::sleep(Duration::from_secs(2));
+    // Freeze the agent's counters by stopping it, then wait for its last rounds to land.
     let m = agent.metrics();
     let (code, _) = agent.terminate(Duration::from_secs(5));
     assert_eq!(code, Some(0));
+    let sent_so_far = m.value("nodelens_remote_write_samples_total{result=\"sent\"}");
+    common::wait_for(
+        "the last sent round at the receiver",
+        Duration::from_secs(30),
+        || {
+            let held: usize = receiver
+                .query("{job=\"nodelens\"}[10m]")
+                .iter()
+                .map(|series| series["values"].as_array().map_or(0, Vec::len))
+                .sum();
+            let per_round = receiver.value("count({job=\"nodelens\"})").unwrap_or(0.0);
+            held as f64 >= sent_so_far - per_round
+        },
+    );
     let rounds = m.value("nodelens_remote_write_rounds_total");
     let sent = m.value("nodelens_remote_write_samples_total{result=\"sent\"}");
     let dropped = m.value("nodelens_remote_write_samples_total{result=\"dropped\"}");

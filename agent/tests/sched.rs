@@ -69,18 +69,45 @@ fn stop(children: Vec<Child>) {
     }
 }
 
+/// Two scrapes with at least `events` run-queue events between them: a window sized by
+/// what happened in it rather than by the clock.
+fn window(agent: &Agent, events: f64) -> (Metrics, Metrics) {
+    let count = |m: &Metrics| m.value("nodelens_runqueue_latency_seconds_count");
+    let first = agent.metrics();
+    let start = count(&first);
+    let last = agent.metrics_until(
+        Duration::from_secs(30),
+        &format!("{events} run-queue events"),
+        |m| count(m) - start >= events,
+    );
+    (first, last)
+}
+
+/// user + system ticks of a process, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = common::read(format!("/proc/{pid}/stat"));
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_ascii_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
+}
+
 #[test]
 fn runqueue_latency_grows_and_shifts_up_when_a_cpu_is_saturated() {
     let agent = Agent::start(&[]);
-    let idle0 = agent.metrics();
-    std::thread::sleep(Duration::from_secs(2));
-    let idle1 = agent.metrics();
+    let (idle0, idle1) = window(&agent, 500.0);
 
     let busy = pinned_busy_loops(4);
-    std::thread::sleep(Duration::from_millis(300));
-    let busy0 = agent.metrics();
-    std::thread::sleep(Duration::from_secs(2));
-    let busy1 = agent.metrics();
+    // The saturated window starts once every loop has run.
+    common::wait_for("every busy loop to run", Duration::from_secs(10), || {
+        busy.iter().all(|c| cpu_ticks(c.id()) > 0)
+    });
+    let (busy0, busy1) = window(&agent, 500.0);
     stop(busy);
 
     let (idle_events, idle_slow) = fraction_above(&idle0, &idle1, 0.001);
@@ -149,18 +176,40 @@ fn context_switches_agree_with_proc_stat() {
     assert_switches_match_proc_stat(&agent);
 }
 
+/// The nodelens families of a scrape, once every probe is up.
+fn nodelens_families(agent: &Agent) -> std::collections::BTreeSet<String> {
+    let m = agent.metrics_until(Duration::from_secs(10), "the run-queue histogram", |m| {
+        m.get("nodelens_runqueue_latency_seconds_count")
+            .is_some_and(|c| c > 0.0)
+    });
+    m.names()
+        .into_iter()
+        .filter(|n| n.starts_with("nodelens_"))
+        .collect()
+}
+
 #[test]
 fn classic_tracepoint_fallback_gives_the_same_families_and_numbers() {
+    let btf = Agent::start(&[]);
+    let with_btf = nodelens_families(&btf);
+    drop(btf);
     let mounted = common::mount_tracefs();
     let agent = Agent::start(&["--probe-attach", "tracepoint"]);
     let m = agent.metrics();
-    for (series, v) in m.family("nodelens_probe_up") {
+    let up = m.family("nodelens_probe_up");
+    assert!(!up.is_empty(), "probes are listed");
+    for (series, v) in up {
         assert!(
             series.contains("attach=\"tracepoint\"") && v == 1.0,
             "{series} {v}"
         );
     }
-    assert!(m.value("nodelens_runqueue_latency_seconds_count") > 0.0);
+    let classic = nodelens_families(&agent);
+    assert!(!with_btf.is_empty(), "the tp_btf run has families");
+    assert_eq!(
+        classic, with_btf,
+        "classic tracepoints give the families tp_btf gives"
+    );
     assert_switches_match_proc_stat(&agent);
     drop(agent);
     if mounted {
@@ -180,7 +229,9 @@ fn missing_tracefs_is_reported_not_fatal() {
     let agent = Agent::start(&["--probe-attach", "tracepoint"]);
     let text = agent.scrape();
     let m = Metrics::parse(&text);
-    for (series, v) in m.family("nodelens_probe_up") {
+    let up = m.family("nodelens_probe_up");
+    assert!(!up.is_empty(), "probes are listed, as not attached");
+    for (series, v) in up {
         assert!(
             series.contains("attach=\"none\"") && v == 0.0,
             "{series} {v}"

@@ -2,9 +2,10 @@
 //! seconds with libFuzzer on the pinned nightly, with debug assertions (overflow checks)
 //! and no sanitizer: the parsers are safe Rust, where a panic is the bug to find, and
 //! AddressSanitizer would triple the build time (ring's C code and every dependency).
-//! `cargo xtask fuzz --seconds 600 btf` runs one target. Corpora grow under
-//! target/fuzz/corpus (seeded from agent/fuzz/seeds and the test fixtures). A crash fails
-//! the run, and its input is copied to agent/fuzz/regressions/<target>/, where the unit
+//! `cargo xtask fuzz --seconds 600 btf` runs one target. `--jobs` targets run at once
+//! (two by default: one per core here). Each run starts from the corpus kept in the repo
+//! (agent/fuzz/seeds, the test fixtures and the kept regressions) plus what earlier runs
+//! found under target/fuzz/corpus. A crash fails the run, and its input is copied to agent/fuzz/regressions/<target>/, where the unit
 //! test in `agent/src/fuzzing.rs` replays it on every `cargo test` from then on.
 use std::{
     path::{Path, PathBuf},
@@ -51,7 +52,7 @@ pub fn install_cargo_fuzz() -> Result<()> {
     run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
-pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
+pub fn fuzz(seconds: u64, only: &[String], jobs: usize) -> Result<()> {
     install_cargo_fuzz()?;
     let nightly = pinned_nightly()?;
     let mut targets = targets()?;
@@ -83,51 +84,34 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
     )?;
     let out = workspace_root().join("target/fuzz");
     let mut crashes = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
+    let jobs = jobs.max(1);
+    for (batch, group) in targets.chunks(jobs).enumerate() {
         step(&format!(
-            "fuzzing {target} for {seconds} s ({}/{})",
-            i + 1,
+            "fuzzing {} for {seconds} s ({} of {} targets)",
+            group.join(" and "),
+            batch * jobs + group.len(),
             targets.len()
         ));
-        let corpus = out.join("corpus").join(target);
-        let artifacts = out.join("artifacts").join(target);
-        std::fs::create_dir_all(&corpus)?;
-        std::fs::create_dir_all(&artifacts)?;
-        let mut seeds: Vec<PathBuf> = vec![fuzz_dir().join("seeds").join(target)];
-        seeds.extend(
-            FIXTURE_SEEDS
-                .iter()
-                .filter(|(t, _)| t == target)
-                .map(|(_, dir)| workspace_root().join(dir)),
-        );
-        seeds.push(fuzz_dir().join("regressions").join(target));
-        let status = Command::new("cargo")
-            .arg(format!("+{nightly}"))
-            .args([
-                "fuzz",
-                "run",
-                "-O",
-                "--debug-assertions",
-                "--sanitizer",
-                "none",
+        let mut running = Vec::new();
+        for target in group {
+            let artifacts = out.join("artifacts").join(target);
+            running.push((
                 target,
-            ])
-            .arg(&corpus)
-            .args(seeds.iter().filter(|d| d.is_dir()))
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .arg("-rss_limit_mb=2048")
-            .arg("-print_final_stats=1")
-            .current_dir(workspace_root().join("agent"))
-            .status()
-            .context("cargo fuzz run")?;
-        if !status.success() {
-            let kept = keep_crashes(target, &artifacts)?;
-            if kept.is_empty() {
-                bail!("cargo fuzz run {target} failed without a crash input ({status}): see above");
+                artifacts.clone(),
+                start(target, seconds, &out, &artifacts)?,
+            ));
+        }
+        for (target, artifacts, mut child) in running {
+            let status = child.wait().context("cargo fuzz run")?;
+            if !status.success() {
+                let kept = keep_crashes(target, &artifacts)?;
+                if kept.is_empty() {
+                    bail!(
+                        "cargo fuzz run {target} failed without a crash input ({status}): see above"
+                    );
+                }
+                crashes.extend(kept);
             }
-            crashes.extend(kept);
         }
     }
     if !crashes.is_empty() {
@@ -141,6 +125,44 @@ pub fn fuzz(seconds: u64, only: &[String]) -> Result<()> {
         targets.len()
     ));
     Ok(())
+}
+
+/// Starts libFuzzer on `target` for `seconds`: its corpus under `out`, seeded from the
+/// repository's seeds, fixtures and regressions.
+fn start(target: &str, seconds: u64, out: &Path, artifacts: &Path) -> Result<std::process::Child> {
+    let nightly = pinned_nightly()?;
+    let corpus = out.join("corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(artifacts)?;
+    let mut seeds: Vec<PathBuf> = vec![fuzz_dir().join("seeds").join(target)];
+    seeds.extend(
+        FIXTURE_SEEDS
+            .iter()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, dir)| workspace_root().join(dir)),
+    );
+    seeds.push(fuzz_dir().join("regressions").join(target));
+    Command::new("cargo")
+        .arg(format!("+{nightly}"))
+        .args([
+            "fuzz",
+            "run",
+            "-O",
+            "--debug-assertions",
+            "--sanitizer",
+            "none",
+            target,
+        ])
+        .arg(&corpus)
+        .args(seeds.iter().filter(|d| d.is_dir()))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg("-rss_limit_mb=2048")
+        .arg("-print_final_stats=1")
+        .current_dir(workspace_root().join("agent"))
+        .spawn()
+        .context("cargo fuzz run")
 }
 
 /// Copies libFuzzer's crash inputs into agent/fuzz/regressions/<target>/.

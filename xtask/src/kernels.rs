@@ -958,8 +958,17 @@ fn debian_kernels_for(
 /// provoked in the guests; they must still attach.)
 const ALSO_EXERCISED: &[&str] = &["sched_wakeup_new"];
 
-/// Runs the matrix: every architecture, or only `only`'s guests (the host runs anyway).
-pub fn kernels(only: Option<Arch>) -> Result<()> {
+/// The kernels a matrix run boots, downloaded, and what it leaves out and why.
+pub struct Prepared {
+    debian: Vec<DebianKernel>,
+    skipped: Vec<String>,
+    /// Whether arm64 guests boot (the cross toolchain is there and they were asked for).
+    pub arm64: bool,
+}
+
+/// Downloads the kernels of every architecture, or only `only`'s: the part of the matrix
+/// that needs the network, not the CPU, so it can run while the static binaries build.
+pub fn prepare(only: Option<Arch>) -> Result<Prepared> {
     let mut skipped = Vec::new();
     // arm64 needs the cross toolchain, which setup installs; without it, arm64 is left out
     // and the report says why.
@@ -968,24 +977,12 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
         && crate::cmd_output("aarch64-linux-gnu-gcc", &["--version"]).is_some();
     if !cross_ready && only.is_none_or(|o| o == Arch::Arm64) {
         skipped.push(format!(
-            "arm64: no cross toolchain (rustup target add {}; apt-get install gcc-aarch64-linux-gnu)",
+            "arm64: no cross toolchain (rustup target add {}; apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)",
             Arch::Arm64.rust_target()
         ));
     }
     let wanted =
         |arch: Arch| only.is_none_or(|o| o == arch) && (arch == Arch::Amd64 || cross_ready);
-    let nodelens = build_static(Arch::Amd64)?;
-    let nodelens_arm64 = if wanted(Arch::Arm64) {
-        let started = std::time::Instant::now();
-        let binary = build_static(Arch::Arm64)?;
-        step(&format!(
-            "arm64 cross build: {} s",
-            started.elapsed().as_secs()
-        ));
-        binary
-    } else {
-        PathBuf::new()
-    };
     let mut debian = if wanted(Arch::Amd64) {
         debian_kernels()?
     } else {
@@ -999,11 +996,54 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
             &mut skipped,
         )?);
     }
+    Ok(Prepared {
+        debian,
+        skipped,
+        arm64: wanted(Arch::Arm64),
+    })
+}
+
+/// Runs the matrix: every architecture, or only `only`'s guests (the host runs anyway).
+pub fn kernels(only: Option<Arch>) -> Result<()> {
+    let prepared = prepare(only)?;
+    let nodelens = build_static(Arch::Amd64)?;
+    let nodelens_arm64 = if prepared.arm64 {
+        let started = std::time::Instant::now();
+        let binary = build_static(Arch::Arm64)?;
+        step(&format!(
+            "arm64 cross build: {} s",
+            started.elapsed().as_secs()
+        ));
+        Some(binary)
+    } else {
+        None
+    };
+    run(prepared, &nodelens, nodelens_arm64.as_deref())
+}
+
+/// Boots the prepared kernels with the static binaries given (amd64 always, arm64 when its
+/// guests are prepared), and the host kernel, and checks every run.
+pub fn run(prepared: Prepared, nodelens: &Path, nodelens_arm64: Option<&Path>) -> Result<()> {
+    let Prepared {
+        debian,
+        mut skipped,
+        arm64,
+    } = prepared;
+    let debian: Vec<DebianKernel> = if arm64 && nodelens_arm64.is_none() {
+        skipped.push("arm64: no arm64 binary was built".into());
+        debian
+            .into_iter()
+            .filter(|k| k.arch == Arch::Amd64)
+            .collect()
+    } else {
+        debian
+    };
+    let nodelens_arm64 = nodelens_arm64.map(Path::to_path_buf).unwrap_or_default();
     // (column name, report)
     let mut runs: Vec<(String, serde_json::Value)> = Vec::new();
 
     step("host kernel: nodelens preflight --exercise");
-    let host = Command::new(&nodelens)
+    let host = Command::new(nodelens)
         .args(["preflight", "--exercise", "--json", "--log-level", "warn"])
         .output()?;
     let host_report: serde_json::Value =
@@ -1023,7 +1063,7 @@ pub fn kernels(only: Option<Arch>) -> Result<()> {
     let stop = AtomicBool::new(false);
     let (amd64, arm64) = std::thread::scope(|scope| {
         let arm64 = scope.spawn(|| boot_all(&arm64, &nodelens_arm64, &stop));
-        let amd64 = boot_all(&amd64, &nodelens, &stop);
+        let amd64 = boot_all(&amd64, nodelens, &stop);
         let arm64 = arm64
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the arm64 guests' thread panicked")));

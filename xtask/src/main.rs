@@ -16,6 +16,7 @@ mod fuzz;
 mod import_graph;
 mod kernels;
 mod soak;
+mod test;
 
 #[derive(Parser)]
 #[command(about = "nodelens development tasks")]
@@ -46,8 +47,20 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up (with test tools), then check formatting and lints and run every test.
-    Test,
+    /// The tests. Quick tier (default): setup, lint, unit and integration tests against the
+    /// running kernel. `--full` (what CI runs) adds the soak, the kernel matrix, fuzzing
+    /// and the short bench. Ends with a table of every stage's time and outcome.
+    Test {
+        /// Also run the soak, the kernel matrix, fuzzing and the short bench.
+        #[arg(long)]
+        full: bool,
+        /// Only the integration tests, this many times (flakiness, measured).
+        #[arg(long, value_name = "N")]
+        repeat: Option<u32>,
+        /// With --repeat: while stress-ng keeps both CPUs and the disk busy.
+        #[arg(long, requires = "repeat")]
+        under_load: bool,
+    },
     /// cargo fmt --check and cargo clippy -D warnings.
     Lint,
     /// Prove every probe on Debian's 5.10, 6.1 and 6.12 kernels under qemu (amd64 and
@@ -66,6 +79,9 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Targets fuzzed at once (one core each).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
         /// Only these targets (default: all).
         targets: Vec<String>,
     },
@@ -86,9 +102,20 @@ enum Task {
     },
 }
 
-/// Debian packages the tests and the bench use: promtool (prometheus), node_exporter (the
-/// peer we compare with), bpftool, stress-ng, fio, and losetup/taskset/blkdiscard
-/// (util-linux).
+/// Which test tools setup installs besides the toolchain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tools {
+    /// None: enough to build and run the agent.
+    None,
+    /// What the quick tier of `cargo xtask test` needs: the integration tests' tools.
+    Quick,
+    /// Everything: also the kernel matrix's (qemu, the arm64 cross toolchain) and fuzzing's.
+    Full,
+}
+
+/// Debian packages the integration tests and the bench use: promtool (prometheus),
+/// node_exporter (the peer we compare with), bpftool, stress-ng, fio, and
+/// losetup/taskset/blkdiscard (util-linux).
 const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-node-exporter",
@@ -97,17 +124,22 @@ const TEST_PACKAGES: &[&str] = &[
     "fio",
     "util-linux",
     "iproute2",
-    "qemu-system-x86",
-    "busybox-static",
-    "xz-utils",
-    // Decompressors for Debian's kernel images (BTF fixtures): zstd, and lz4 for 5.10.
-    "zstd",
-    "lz4",
     // The reference eBPF tools the bench and the accuracy tests compare with: runqlat,
     // biolatency.
     "libbpf-tools",
     // A second remote_write receiver for the push tests (Prometheus is the first).
     "victoria-metrics",
+];
+
+/// Debian packages the kernel matrix adds (and `btf-fixtures`): qemu, a static busybox for
+/// the guests, the decompressors of Debian's kernel images (zstd, and lz4 for 5.10), and
+/// the arm64 cross toolchain.
+const MATRIX_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
+    "lz4",
     // arm64 in the kernel matrix: the cross linker (and C compiler, for ring) and qemu.
     // The aarch64 libc headers are only a Recommends of the compiler, which apt leaves out
     // here (--no-install-recommends): without them ring's C code does not build.
@@ -131,22 +163,39 @@ const NPM_TOOLS: &[&str] = &["@kubernetes-models/prometheus-operator", "js-yaml"
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup { test_tools } => setup(test_tools),
+        Task::Setup { test_tools } => setup(if test_tools { Tools::Full } else { Tools::None }),
         Task::Run { args } => run(&args),
-        Task::Test => test(),
+        Task::Test {
+            full,
+            repeat,
+            under_load,
+        } => test::test(test::Options {
+            full,
+            repeat,
+            under_load,
+        }),
         Task::Lint => lint(),
-        Task::Static { arch, out } => setup(false).and_then(|()| static_build(&arch, out)),
-        Task::Kernels { arch } => setup(true)
+        Task::Static { arch, out } => setup(Tools::None).and_then(|()| static_build(&arch, out)),
+        Task::Kernels { arch } => setup(Tools::Full)
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
             .and_then(|()| kernels::kernels(arch.as_deref().map(parse_arch).transpose()?)),
-        Task::BtfFixtures => setup(true).and_then(|()| btf_fixtures::btf_fixtures()),
-        Task::Fuzz { seconds, targets } => setup(true).and_then(|()| fuzz::fuzz(seconds, &targets)),
-        Task::Soak { minutes } => setup(true)
+        Task::BtfFixtures => setup(Tools::Full).and_then(|()| btf_fixtures::btf_fixtures()),
+        Task::Fuzz {
+            seconds,
+            jobs,
+            targets,
+        } => setup(Tools::Full).and_then(|()| fuzz::fuzz(seconds, &targets, jobs)),
+        Task::Soak { minutes } => setup(Tools::Quick)
             .and_then(|()| require_root("the soak loads eBPF programs and creates cgroups"))
-            .and_then(|()| soak::soak(minutes)),
-        Task::Bench { short } => setup(true)
+            .and_then(|()| soak::soak(minutes, None)),
+        Task::Bench { short } => setup(Tools::Quick)
             .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
-            .and_then(|()| bench::bench(bench::Options { short })),
+            .and_then(|()| {
+                bench::bench(bench::Options {
+                    short,
+                    nodelens: None,
+                })
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,7 +250,7 @@ pub(crate) fn today() -> String {
         .unwrap_or_default()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     cmd_output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
 }
 
@@ -369,7 +418,7 @@ fn install_pinned_nightly(pinned: &str) -> Result<()> {
     Ok(())
 }
 
-fn setup(test_tools: bool) -> Result<()> {
+pub(crate) fn setup(tools: Tools) -> Result<()> {
     step("checking the pinned nightly toolchain (builds the eBPF programs)");
     if cmd_output("rustup", &["--version"]).is_none() {
         bail!("rustup not found: install it from your distribution or rustup.rs");
@@ -406,14 +455,15 @@ fn setup(test_tools: bool) -> Result<()> {
                 .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")),
         )?;
     }
-    if test_tools {
-        apt_install(
-            &TEST_PACKAGES
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )?;
+    if tools != Tools::None {
+        let mut packages: Vec<String> = TEST_PACKAGES.iter().map(|s| s.to_string()).collect();
+        if tools == Tools::Full {
+            packages.extend(MATRIX_PACKAGES.iter().map(|s| s.to_string()));
+        }
+        apt_install(&packages)?;
         install_manifest_tools()?;
+    }
+    if tools == Tools::Full {
         fuzz::install_cargo_fuzz()?;
         // Without it the kernel matrix leaves arm64 out and says so in its report.
         if let Err(e) = install_arm64_target() {
@@ -541,7 +591,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    setup(false)?;
+    setup(Tools::None)?;
     step("building nodelens (release)");
     cargo(&["build", "--release", "--package", "nodelens"])?;
     let binary = workspace_root().join("target/release/nodelens");
@@ -565,7 +615,7 @@ fn run(args: &[String]) -> Result<()> {
     run_cmd(cmd.args(args))
 }
 
-fn lint() -> Result<()> {
+pub(crate) fn lint() -> Result<()> {
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
     step("cargo clippy -D warnings");
@@ -602,60 +652,4 @@ fn lint() -> Result<()> {
     )?;
     step("module imports form no circles (agent/src)");
     import_graph::check(&workspace_root().join("agent/src"))
-}
-
-fn test() -> Result<()> {
-    setup(true)?;
-    if !is_root() {
-        bail!(
-            "the integration tests load eBPF programs and create cgroups: run as root (sudo -E cargo xtask test)"
-        );
-    }
-    lint()?;
-    // The kernel's own BTF is hidden from the unit tests (a tmpfs over /sys/kernel/btf in a
-    // private mount namespace): layout tests must pass on fixtures alone, on any host.
-    step("unit tests, with /sys/kernel/btf hidden");
-    run_cmd(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg("mount -t tmpfs nodelens-no-btf /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && cargo test --package nodelens --lib && exec cargo test --package xtask --bins")
-            .current_dir(workspace_root()),
-    )?;
-    cargo(&["test", "--package", "agent-ebpf", "--lib"])?;
-    // The bench's clean-up of killed runs makes cgroups and loop devices: root only.
-    cargo(&[
-        "test",
-        "--package",
-        "xtask",
-        "--bins",
-        "--",
-        "--ignored",
-        "leftovers",
-    ])?;
-    // Integration tests share kernel state (probes, tracefs, CPUs): one at a time.
-    step("integration tests against the running kernel (as root, serialized)");
-    run_cmd(
-        Command::new("cargo")
-            .args([
-                "test",
-                "--package",
-                "nodelens",
-                "--test",
-                "*",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("NODELENS_TOOLS_DIR", tools_dir())
-            .current_dir(workspace_root()),
-    )?;
-    step("fuzzing: every parser of outside input, 30 s per target");
-    fuzz::fuzz(30, &[])?;
-    step("soak: 3 minutes under churn, scheduler, disk and reclaim load");
-    soak::soak(3)?;
-    step(
-        "kernel matrix: every probe on Debian's 5.10, 6.1 and 6.12 under qemu (amd64 and arm64), and the host",
-    );
-    kernels::kernels(None)?;
-    step("bench, short mode: checks that it completes and produces every figure");
-    bench::bench(bench::Options { short: true })
 }

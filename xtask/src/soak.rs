@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     bench::{self, LoopDevice, MemoryCgroup},
-    run_cmd, step, workspace_root,
+    step, workspace_root,
 };
 
 /// One scrape's samples: series -> value, and the family types.
@@ -193,18 +193,17 @@ struct Figures {
     churned: u64,
 }
 
-pub fn soak(minutes: u64) -> Result<()> {
+/// Soaks the static amd64 agent at `nodelens` (`cargo xtask test --full` builds it once for
+/// the soak, the matrix and the bench), or one built here.
+pub fn soak(minutes: u64, nodelens: Option<&Path>) -> Result<()> {
     if minutes < 2 {
         bail!("--minutes must be at least 2 (the first minute is warm-up)");
     }
     bench::leftovers::clear();
-    step("building nodelens (release)");
-    run_cmd(
-        Command::new("cargo")
-            .args(["build", "--release", "--package", "nodelens"])
-            .current_dir(workspace_root()),
-    )?;
-    let nodelens = workspace_root().join("target/release/nodelens");
+    let nodelens = match nodelens {
+        Some(built) => built.to_path_buf(),
+        None => crate::kernels::build_static(crate::kernels::Arch::Amd64)?,
+    };
     let device = LoopDevice::new(256)?;
     let memcg = MemoryCgroup::new(32 << 20)?;
     let addr = bench::free_addr()?;

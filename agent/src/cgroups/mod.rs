@@ -53,12 +53,51 @@ impl CgroupLabels {
     }
 }
 
+/// Where the cgroup code reads the time: the real clock, or, in unit tests, one they move
+/// by hand, so that tests of "waited long enough" never sleep.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    /// `None`: the real clock. `Some`: a start and how far the test moved it, in ns.
+    manual: Option<(Instant, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
+}
+
+impl Clock {
+    pub fn real() -> Clock {
+        Clock { manual: None }
+    }
+
+    /// A clock that stands still until [`Self::advance`] moves it.
+    #[cfg(test)]
+    pub fn manual() -> Clock {
+        Clock {
+            manual: Some((Instant::now(), Default::default())),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn advance(&self, by: Duration) {
+        if let Some((_, ns)) = &self.manual {
+            ns.fetch_add(by.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        match &self.manual {
+            None => Instant::now(),
+            Some((start, ns)) => {
+                *start + Duration::from_nanos(ns.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CgroupResolver {
     root: PathBuf,
     paths: HashMap<u64, String>,
     walked: Option<Instant>,
     names: PodNames,
+    clock: Clock,
 }
 
 impl CgroupResolver {
@@ -68,7 +107,20 @@ impl CgroupResolver {
             paths: HashMap::new(),
             walked: None,
             names: PodNames::new(pods_dir, containers_dir),
+            clock: Clock::real(),
         }
+    }
+
+    /// Reads the time from `clock` from now on (tests).
+    #[cfg(test)]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time, from this resolver's clock.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     pub fn root(&self) -> &Path {
@@ -77,7 +129,7 @@ impl CgroupResolver {
 
     /// Rebuilds id → path from the cgroup2 tree.
     fn walk(&mut self) {
-        self.walked = Some(Instant::now());
+        self.walked = Some(self.clock.now());
         let mut paths = HashMap::with_capacity(self.paths.len().max(64));
         let mut stack: Vec<(PathBuf, usize)> = vec![(self.root.clone(), 0)];
         while let Some((dir, depth)) = stack.pop() {
@@ -113,7 +165,11 @@ impl CgroupResolver {
         if let Some(p) = self.paths.get(&id) {
             return Some(p.clone());
         }
-        if self.walked.is_none_or(|at| at.elapsed() >= REWALK_INTERVAL) {
+        let now = self.clock.now();
+        if self
+            .walked
+            .is_none_or(|at| now.duration_since(at) >= REWALK_INTERVAL)
+        {
             self.walk();
             return self.paths.get(&id).cloned();
         }

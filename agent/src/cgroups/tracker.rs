@@ -490,7 +490,7 @@ where
                             *exported = false;
                         }
                         None => {
-                            t.finals.insert(key, (value, Instant::now(), false));
+                            t.finals.insert(key, (value, tracker.resolver.now(), false));
                             tracker.hold(id);
                         }
                     }
@@ -516,10 +516,13 @@ where
         }
         // Nobody scrapes: move final rows that waited too long into "other", so that their
         // values stay exported and their tracked places come free.
+        let now = tracker.resolver.now();
         let expired: Vec<K> = t
             .finals
             .iter()
-            .filter(|(_, (_, since, exported))| !exported && since.elapsed() >= tracker.final_wait)
+            .filter(|(_, (_, since, exported))| {
+                !exported && now.duration_since(*since) >= tracker.final_wait
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
@@ -643,11 +646,22 @@ mod tests {
     }
 
     fn tracker_excluding(root: &Path, max: usize, exclude: Option<&str>) -> CgroupTracker {
+        tracker_with_clock(root, max, exclude, crate::cgroups::Clock::manual())
+    }
+
+    /// A tracker whose clock only moves when the test moves it.
+    fn tracker_with_clock(
+        root: &Path,
+        max: usize,
+        exclude: Option<&str>,
+        clock: crate::cgroups::Clock,
+    ) -> CgroupTracker {
         let resolver = CgroupResolver::new(
             root.to_owned(),
             Path::new("/nonexistent"),
             Path::new("/nonexistent"),
-        );
+        )
+        .with_clock(clock);
         CgroupTracker::new(
             resolver,
             CgroupConfig {
@@ -677,7 +691,8 @@ mod tests {
         entries: Vec<(u64, u64)>,
     ) -> Vec<u64> {
         let mut map: HashMap<u64, u64> = entries.iter().copied().collect();
-        table.upkeep(t, entries, Instant::now(), |k, _| map.remove(k))
+        let read_at = t.resolver().now();
+        table.upkeep(t, entries, read_at, |k, _| map.remove(k))
     }
 
     /// One whole upkeep round: begin, upkeep with a kernel map holding exactly `entries`,
@@ -739,7 +754,8 @@ mod tests {
         let mut told = Vec::new();
         for _ in 0..2 {
             t.begin_round();
-            table.upkeep(&mut t, vec![(x, 10), (a, 1)], Instant::now(), |k, how| {
+            let read_at = t.resolver().now();
+            table.upkeep(&mut t, vec![(x, 10), (a, 1)], read_at, |k, how| {
                 told.push((*k, how));
                 Some(0)
             });
@@ -754,7 +770,8 @@ mod tests {
     #[test]
     fn a_cgroup_created_after_another_familys_walk_is_still_found() {
         let root = tempfile::tempdir().unwrap();
-        let tr = tracker(root.path(), 10);
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
         let (first, second): (CounterTable<u64, u64>, CounterTable<u64, u64>) =
             (CounterTable::default(), CounterTable::default());
         let a = dir(root.path(), "a");
@@ -763,7 +780,7 @@ mod tests {
         // One family's upkeep walks the tree for `a`...
         upkeep(&first, &mut t, vec![(a, 1)]);
         // ...then a pod starts, and the next family reads its map in the same round.
-        std::thread::sleep(Duration::from_millis(5));
+        clock.advance(Duration::from_millis(5));
         let b = dir(root.path(), "b");
         upkeep(&second, &mut t, vec![(b, 1)]);
         t.end_round();
@@ -865,9 +882,8 @@ mod tests {
         let before = value_of(&table.rows(&mut t, vec![(a, 7)]), OTHER).unwrap();
         t.begin_round();
         let mut kernel: HashMap<u64, u64> = [(a, 7)].into_iter().collect();
-        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |k, _| {
-            kernel.remove(k)
-        });
+        let read_at = t.resolver().now();
+        let taken = table.upkeep(&mut t, vec![(a, 5)], read_at, |k, _| kernel.remove(k));
         t.end_round();
         assert_eq!(taken, vec![a]);
         assert!(kernel.is_empty(), "the entry is out of the kernel map");
@@ -913,7 +929,8 @@ mod tests {
         round(&table, &mut t, vec![(a, 5)]);
         std::fs::remove_dir(root.path().join("a")).unwrap();
         t.begin_round();
-        let taken = table.upkeep(&mut t, vec![(a, 5)], Instant::now(), |_, _| None);
+        let read_at = t.resolver().now();
+        let taken = table.upkeep(&mut t, vec![(a, 5)], read_at, |_, _| None);
         t.end_round();
         assert!(taken.is_empty());
         assert_eq!(value_of(&table.rows(&mut t, vec![]), OTHER), None);
@@ -922,7 +939,8 @@ mod tests {
     #[test]
     fn without_scrapes_final_rows_move_into_other_and_free_their_places() {
         let root = tempfile::tempdir().unwrap();
-        let tr = tracker(root.path(), 100);
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 100, None, clock.clone());
         let table: CounterTable<u64, u64> = CounterTable::default();
         let mut t = tr.lock();
         t.final_wait = Duration::from_millis(20);
@@ -939,7 +957,7 @@ mod tests {
             assert_eq!(round(&table, &mut t, vec![(id, i + 1)]), vec![id]);
             total += i + 1;
         }
-        std::thread::sleep(Duration::from_millis(30));
+        clock.advance(Duration::from_millis(30));
         round(&table, &mut t, vec![]);
         assert_eq!(table.finals_waiting(), 0);
         assert_eq!(t.counts().0, 0, "every tracked place is free again");

@@ -155,7 +155,7 @@ mod tests {
     /// A killed soak's cgroup with a process still in it, and a killed bench's loop device,
     /// are cleared (needs root, cgroup2 and loop devices, like the bench itself).
     #[test]
-    #[ignore = "needs root; run by cargo xtask test"]
+    #[ignore = "needs root; run by cargo xtask test (unit tests stage)"]
     fn a_killed_runs_cgroup_and_loop_device_are_cleared() {
         let dead = 4_000_000_000u32;
         let cgroup = super::super::cgroup2_root()
@@ -172,7 +172,20 @@ mod tests {
             ])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The process is in the cgroup once the shell has moved itself.
+        let procs = cgroup.join("c1/cgroup.procs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sleeper never entered its cgroup"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let image = PathBuf::from(format!("/dev/shm/nodelens-bench-{dead}.img"));
         std::fs::File::create(&image)
             .unwrap()
@@ -189,7 +202,13 @@ mod tests {
         clear();
 
         assert!(!cgroup.exists(), "the cgroup is removed");
-        assert!(sleeper.wait().is_ok(), "its process was killed");
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = sleeper.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "its process was killed: {status:?}"
+        );
         assert!(!image.exists(), "the image is removed");
         let left = Command::new("losetup")
             .arg("-j")

@@ -12,7 +12,7 @@
 //! 4. Scale: the same with 4,096 pods' cgroups, kubelet paths and names (`scale.rs`).
 //! 5. Kernel memory of the maps: charged here, modeled for 192 CPUs.
 //!
-//! `--short` (used by `cargo xtask test`) runs every step with short loads, two rounds and
+//! `--short` (used by `cargo xtask test --full`) runs every step with short loads, two rounds and
 //! fewer scrapes, to prove that the bench works and produces every figure.
 use std::{
     collections::BTreeMap,
@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, step, workspace_root};
+use crate::{step, workspace_root};
 
 mod end_to_end;
 pub mod leftovers;
@@ -52,6 +52,9 @@ const NODE_EXPORTER_ARGS: &[&str] = &[
 
 pub struct Options {
     pub short: bool,
+    /// The static amd64 agent to measure (`cargo xtask test --full` builds it once for the
+    /// soak, the matrix and the bench); built here when `None`.
+    pub nodelens: Option<PathBuf>,
 }
 
 /// A child process killed on drop.
@@ -357,14 +360,23 @@ struct EndToEnd {
     rounds: Vec<(Variant, Vec<f64>)>,
 }
 
-fn end_to_end(env: &Env, rounds: usize) -> Result<Vec<EndToEnd>> {
+/// Rounds of `load`: the disk load is noisier and gets more (`rounds_factor`), except in
+/// the short bench, which only checks that every figure is produced.
+fn load_rounds(load: &end_to_end::Load, rounds: usize, short: bool) -> usize {
+    if short {
+        rounds
+    } else {
+        rounds * load.rounds_factor
+    }
+}
+
+fn end_to_end(env: &Env, rounds: usize, short: bool) -> Result<Vec<EndToEnd>> {
     let mut out = Vec::new();
     for (index, load) in LOADS.iter().enumerate() {
         let variants = load.variants;
         let mut figures: Vec<(Variant, Vec<f64>)> =
             variants.iter().map(|v| (*v, Vec::new())).collect();
-        // The disk load is noisier: it gets more rounds (`rounds_factor`).
-        let rounds = rounds * load.rounds_factor;
+        let rounds = load_rounds(load, rounds, short);
         for round in 0..rounds {
             // Each round starts with the next variant, so none always runs first.
             for k in 0..variants.len() {
@@ -494,9 +506,13 @@ fn wait_for_tracked(agent: &Daemon, n: usize) -> Result<()> {
     }
 }
 
-/// The newest eBPF object build.rs made, for the floor programs.
-fn ebpf_object() -> Result<PathBuf> {
-    let build = workspace_root().join("target/release/build");
+/// The newest eBPF object build.rs made for the binary at `nodelens` (its build directory
+/// is beside it), for the floor programs.
+fn ebpf_object(nodelens: &Path) -> Result<PathBuf> {
+    let build = nodelens
+        .parent()
+        .context("the agent binary has no directory")?
+        .join("build");
     std::fs::read_dir(&build)?
         .flatten()
         .map(|e| e.path().join("out/agent-ebpf"))
@@ -512,11 +528,13 @@ pub fn bench(opts: Options) -> Result<()> {
         (8, 5, 500, 256)
     };
     leftovers::clear();
-    step("building nodelens (release)");
-    cargo(&["build", "--release", "--package", "nodelens"])?;
+    let nodelens = match opts.nodelens {
+        Some(built) => built,
+        None => crate::kernels::build_static(crate::kernels::Arch::Amd64)?,
+    };
     let env = Env {
-        nodelens: workspace_root().join("target/release/nodelens"),
-        object: ebpf_object()?,
+        object: ebpf_object(&nodelens)?,
+        nodelens,
         // Sparse, in memory: reading its holes costs no RAM but page cache, which the
         // reclaim load's memory cgroup has to reclaim.
         loop_device: LoopDevice::new(2048)?,
@@ -526,7 +544,7 @@ pub fn bench(opts: Options) -> Result<()> {
     };
 
     step(&format!("end to end: {rounds} interleaved rounds per load"));
-    let e2e = end_to_end(&env, rounds)?;
+    let e2e = end_to_end(&env, rounds, opts.short)?;
     step("per-probe cost: self-measured and kernel BPF statistics");
     let costs = probe_costs(&env)?;
 
@@ -622,7 +640,7 @@ pub fn bench(opts: Options) -> Result<()> {
     let mut missing: Vec<String> = Vec::new();
     for e in &e2e {
         for (v, f) in &e.rounds {
-            if f.len() != rounds * LOADS[e.load].rounds_factor
+            if f.len() != load_rounds(&LOADS[e.load], rounds, opts.short)
                 || f.iter().any(|x| !x.is_finite() || *x <= 0.0)
             {
                 missing.push(format!(
@@ -703,7 +721,11 @@ fn render(f: &Figures) -> String {
         s,
         "What applications pay, {} interleaved rounds per load ({} for the disk): ns per unit, median [min-max], and added over nothing (the median of each round's difference, so that drift between rounds cancels). The ratios are against the reference tool. On the disk load the loop device's worker thread switches for each I/O, which nodelens's defaults measure and biolatency does not: the defaults' row also gives its ratio against runqlat and biolatency together, and nodelens without its sched collector (the block probes alone) is compared with biolatency.",
         f.rounds,
-        f.rounds * LOADS.iter().map(|l| l.rounds_factor).max().unwrap_or(1)
+        LOADS
+            .iter()
+            .map(|l| load_rounds(l, f.rounds, f.short))
+            .max()
+            .unwrap_or(f.rounds)
     );
     let _ = writeln!(s);
     let _ = writeln!(
