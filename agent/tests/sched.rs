@@ -49,24 +49,31 @@ fn fraction_above(before: &Metrics, after: &Metrics, threshold: f64) -> (f64, f6
     )
 }
 
-/// Busy loops pinned to CPU 0: more runnable tasks than the CPU can run at once.
-fn pinned_busy_loops(n: usize) -> Vec<Child> {
-    (0..n)
-        .map(|_| {
-            Command::new("taskset")
-                .args(["-c", "0", "sh", "-c", "while :; do :; done"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("taskset (util-linux)")
-        })
-        .collect()
+/// Busy loops, killed on drop (a failed assertion must not leave them spinning).
+struct BusyLoops(Vec<Child>);
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
-fn stop(children: Vec<Child>) {
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+/// Busy loops pinned to CPU 0: more runnable tasks than the CPU can run at once.
+fn pinned_busy_loops(n: usize) -> BusyLoops {
+    BusyLoops(
+        (0..n)
+            .map(|_| {
+                Command::new("taskset")
+                    .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("taskset (util-linux)")
+            })
+            .collect(),
+    )
 }
 
 /// Two scrapes with at least `events` run-queue events between them: a window sized by
@@ -86,15 +93,18 @@ fn window(agent: &Agent, events: f64) -> (Metrics, Metrics) {
 /// user + system ticks of a process, from /proc/<pid>/stat.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = common::read(format!("/proc/{pid}/stat"));
-    let fields: Vec<u64> = stat
+    // After the command's closing parenthesis: state, ppid, ... utime is the 12th field.
+    let fields: Vec<&str> = stat
         .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_ascii_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect()
-        })
+        .map(|(_, rest)| rest.split_ascii_whitespace().collect())
         .unwrap_or_default();
-    fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 #[test]
@@ -105,10 +115,10 @@ fn runqueue_latency_grows_and_shifts_up_when_a_cpu_is_saturated() {
     let busy = pinned_busy_loops(4);
     // The saturated window starts once every loop has run.
     common::wait_for("every busy loop to run", Duration::from_secs(10), || {
-        busy.iter().all(|c| cpu_ticks(c.id()) > 0)
+        busy.0.iter().all(|c| cpu_ticks(c.id()) > 0)
     });
     let (busy0, busy1) = window(&agent, 500.0);
-    stop(busy);
+    drop(busy);
 
     let (idle_events, idle_slow) = fraction_above(&idle0, &idle1, 0.001);
     let (busy_events, busy_slow) = fraction_above(&busy0, &busy1, 0.001);
