@@ -94,6 +94,16 @@ fn btf_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<Vec<(String
     ])
 }
 
+/// `struct_name.field`'s offset in this kernel's BTF; an error names what is missing.
+fn member_offset(kernel: &KernelSources, struct_name: &str, field: &str) -> Result<u32, String> {
+    kernel
+        .btf
+        .clone()?
+        .member(struct_name, &[field])
+        .map(|m| m.offset)
+        .map_err(|e| e.to_string())
+}
+
 /// The run queue's task clock through the task (`task_struct.se.cfs_rq`, `cfs_rq.rq`,
 /// `rq.clock_task`), which per-cgroup CPU time is measured with in every mode (see
 /// agent-ebpf's `probes/sched.rs`); an error says which field this kernel lacks.
@@ -101,12 +111,7 @@ fn run_clock_layout(
     kernel: &KernelSources,
     l: &mut SchedLayout,
 ) -> Result<Vec<(String, u32)>, String> {
-    let btf = kernel.btf.clone()?;
-    let m = |s: &str, f: &str| {
-        btf.member(s, &[f])
-            .map(|m| m.offset)
-            .map_err(|e| e.to_string())
-    };
+    let m = |s: &str, f: &str| member_offset(kernel, s, f);
     let se = m("task_struct", "se")?;
     let task_cfs_rq = se + m("sched_entity", "cfs_rq")?;
     // cfs_rq.rq exists with CONFIG_FAIR_GROUP_SCHED.
@@ -143,12 +148,7 @@ fn kernel_timestamp_layout(
     kernel: &KernelSources,
     l: &mut SchedLayout,
 ) -> Result<Vec<(String, u32)>, String> {
-    let btf = kernel.btf.clone()?;
-    let m = |s: &str, f: &str| {
-        btf.member(s, &[f])
-            .map(|m| m.offset)
-            .map_err(|e| e.to_string())
-    };
+    let m = |s: &str, f: &str| member_offset(kernel, s, f);
     if l.task_clock == 0 {
         return Err("no path to the run queue's clock".into());
     }
