@@ -17,6 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cgroups::born::BornInside,
     ebpf::{family::AttachKind, loader::Loaded, map_memory::possible_cpus},
     runtime::{Runtime, cgroup_root},
 };
@@ -340,121 +341,12 @@ struct CpuAccounting {
     stopped: Option<BornInside>,
 }
 
-/// `struct clone_args` of clone3(2), as the kernel defines it (`cgroup` since 5.7).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `CLONE_INTO_CGROUP` (libc's constant is a truncated `c_int`).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// `sh -c command`, born in a cgroup (clone3 with `CLONE_INTO_CGROUP`), so that every
-/// nanosecond of its life is the cgroup's. A process that moves itself in (`echo $$ >
-/// cgroup.procs`, or a write between fork and exec) brings the stretch it was running
-/// when it moved, which the kernel charges partly to the cgroup it came from and a
-/// switch-based count wholly to the new one: a few ms under the kernel matrix's emulated
-/// CPUs, enough to put a short loop 1% off. Killed and reaped on drop unless reaped.
-struct BornInside {
-    pid: libc::pid_t,
-    reaped: bool,
-}
-
-impl BornInside {
-    fn spawn(cgroup: &Path, command: &str) -> Result<BornInside, String> {
-        use std::{ffi::CString, os::fd::AsRawFd};
-        let dir =
-            std::fs::File::open(cgroup).map_err(|e| format!("open {}: {e}", cgroup.display()))?;
-        // Everything the child needs is made before the clone: between clone and exec, a
-        // child of a multi-threaded process may only make raw system calls. Its output
-        // goes nowhere (preflight's standard output is its report).
-        let script = CString::new(format!("exec >/dev/null 2>&1; {command}"))
-            .map_err(|_| "a command with a NUL byte".to_owned())?;
-        let argv: [*const libc::c_char; 4] = [
-            c"sh".as_ptr(),
-            c"-c".as_ptr(),
-            script.as_ptr(),
-            std::ptr::null(),
-        ];
-        let args = CloneArgs {
-            flags: CLONE_INTO_CGROUP,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: dir.as_raw_fd() as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 with a valid clone_args; the child only calls execv and _exit.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            // SAFETY: in the child: exec, or leave without running any of the parent's code.
-            unsafe {
-                libc::execv(c"/bin/sh".as_ptr(), argv.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        if pid < 0 {
-            return Err(format!(
-                "clone3 into {} (needs Linux 5.7): {}",
-                cgroup.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(BornInside {
-            pid: pid as libc::pid_t,
-            reaped: false,
-        })
-    }
-
-    fn id(&self) -> u32 {
-        self.pid as u32
-    }
-
-    /// Waits for the exit; whether it exited with status 0.
-    fn wait(&mut self) -> Result<bool, String> {
-        let mut status = 0;
-        // SAFETY: our own child, not reaped yet.
-        let rc = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        self.reaped = true;
-        if rc != self.pid {
-            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
-        }
-        Ok(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
-    }
-}
-
-impl Drop for BornInside {
-    fn drop(&mut self) {
-        if !self.reaped {
-            // SAFETY: our own child, not reaped yet, so the pid is still ours.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
-        }
-    }
-}
-
 impl ExerciseCgroup {
     /// Starts a shell command born inside the cgroup (see [`BornInside`]), without
-    /// waiting.
+    /// waiting. Its output goes nowhere: preflight's standard output is its report.
     fn spawn(&self, command: &str) -> Result<BornInside, String> {
-        BornInside::spawn(&self.dir, command)
+        let script = format!("exec >/dev/null 2>&1; {command}");
+        BornInside::spawn(&self.dir, "/bin/sh", &["sh", "-c", &script])
     }
 
     /// Runs a command born in the cgroup and waits for it.

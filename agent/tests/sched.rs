@@ -186,12 +186,32 @@ fn context_switches_agree_with_proc_stat() {
     assert_switches_match_proc_stat(&agent);
 }
 
-/// The nodelens families of a scrape, once every probe is up.
+/// The nodelens families of a scrape, once the scheduler and the disk have been seen: a
+/// family's series appear with their first event, so a little O_DIRECT reading first.
 fn nodelens_families(agent: &Agent) -> std::collections::BTreeSet<String> {
-    let m = agent.metrics_until(Duration::from_secs(10), "the run-queue histogram", |m| {
-        m.get("nodelens_runqueue_latency_seconds_count")
-            .is_some_and(|c| c > 0.0)
-    });
+    common::run(
+        "dd",
+        &[
+            &format!("if={}", common::BIN),
+            "of=/dev/null",
+            "bs=4k",
+            "count=16",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    let m = agent.metrics_until(
+        Duration::from_secs(10),
+        "the run-queue and disk histograms, per node and per cgroup",
+        |m| {
+            m.get("nodelens_runqueue_latency_seconds_count")
+                .is_some_and(|c| c > 0.0)
+                && !m
+                    .family("nodelens_disk_io_latency_seconds_count")
+                    .is_empty()
+                && !m.family("nodelens_cgroup_disk_ios_total").is_empty()
+        },
+    );
     m.names()
         .into_iter()
         .filter(|n| n.starts_with("nodelens_"))

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod born;
 pub mod kubernetes;
 pub mod series;
 pub mod tracker;

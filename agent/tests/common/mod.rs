@@ -547,23 +547,6 @@ pub fn schedstat(pid: i32) -> Schedstat {
     }
 }
 
-/// `struct clone_args` of clone3(2), as the kernel defines it (5.7+ for `cgroup`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// The calling thread runs on one CPU until this is dropped.
 pub struct ThreadPin {
     before: libc::cpu_set_t,
@@ -598,78 +581,27 @@ impl Drop for ThreadPin {
     }
 }
 
-/// clone3's flag (libc's constant is a truncated `c_int`).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// A child process born in a cgroup; killed and reaped on drop unless already reaped.
+/// A child process born in a cgroup (nodelens's own `BornInside`: clone3 into the
+/// cgroup), killed and reaped on drop unless reaped.
 pub struct Workload {
     pub pid: i32,
-    reaped: bool,
+    inner: nodelens::cgroups::born::BornInside,
 }
 
 impl Workload {
-    pub fn spawn_into(cgroup: &std::path::Path, argv: &[&str]) -> Workload {
-        use std::{ffi::CString, os::fd::AsRawFd};
-        let dir = std::fs::File::open(cgroup).expect("open the cgroup directory");
-        // Everything the child needs is made before the clone: between clone and exec, a
-        // child of a multi-threaded process may only make raw system calls.
-        let args: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
-        let mut pointers: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        pointers.push(std::ptr::null());
-        let clone = CloneArgs {
-            flags: CLONE_INTO_CGROUP,
-            exit_signal: libc::SIGCHLD as u64,
-            cgroup: dir.as_raw_fd() as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 with a valid clone_args; the child only calls execv and _exit.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &clone as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if pid == 0 {
-            // SAFETY: in the child: exec, or leave without running any of the parent's code.
-            unsafe {
-                libc::execv(pointers[0], pointers.as_ptr());
-                libc::_exit(127);
-            }
-        }
-        assert!(
-            pid > 0,
-            "clone3 into {}: {}",
-            cgroup.display(),
-            std::io::Error::last_os_error()
-        );
+    pub fn spawn_into(cgroup: &Path, argv: &[&str]) -> Workload {
+        let inner = nodelens::cgroups::born::BornInside::spawn(cgroup, argv[0], argv)
+            .unwrap_or_else(|e| panic!("{e}"));
         Workload {
-            pid: pid as i32,
-            reaped: false,
+            pid: inner.id() as i32,
+            inner,
         }
     }
 
     /// Waits for the exit and reads the schedstat of the exited process while it is a
     /// zombie (all of its switches done, its entry still there), then reaps it.
     pub fn exited_schedstat(mut self) -> Schedstat {
-        // SAFETY: a zeroed siginfo_t is valid; waitid only writes it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waits for our own child without reaping it (WNOWAIT).
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "waitid({}): {}",
-            self.pid,
-            std::io::Error::last_os_error()
-        );
+        self.inner.wait_exited().unwrap_or_else(|e| panic!("{e}"));
         let stat = schedstat(self.pid);
         self.reap_success();
         stat
@@ -677,27 +609,7 @@ impl Workload {
 
     /// Reaps the process, which must have exited with status 0.
     pub fn reap_success(&mut self) {
-        let mut status = 0;
-        // SAFETY: our own child.
-        let rc = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        self.reaped = true;
-        assert_eq!(rc, self.pid, "waitpid: {}", std::io::Error::last_os_error());
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "workload {} failed: status {status:#x}",
-            self.pid
-        );
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        if !self.reaped {
-            // SAFETY: our own child, not reaped yet, so the pid is still ours.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
-        }
+        let ok = self.inner.wait().unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok, "workload {} failed", self.pid);
     }
 }
