@@ -391,18 +391,7 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
 /// Disk I/O so every node's disk histograms have data, reclaim for the reclaim panels,
 /// then a few intervals.
 fn workload_for_every_panel() {
-    let status = Command::new("dd")
-        .args([
-            &format!("if={}", common::BIN),
-            "of=/dev/null",
-            "bs=4k",
-            "count=64",
-            "iflag=direct",
-            "status=none",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::direct_reads(64);
     reclaim_in_a_limited_cgroup();
 }
 

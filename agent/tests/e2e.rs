@@ -70,18 +70,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn live_output_is_complete_and_promtool_clean() {
     let agent = Agent::start(&[]);
     // A little real disk I/O, so the block histograms have a series.
-    let status = std::process::Command::new("dd")
-        .args([
-            &format!("if={}", common::BIN),
-            "of=/dev/null",
-            "bs=4k",
-            "count=16",
-            "iflag=direct",
-            "status=none",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::direct_reads(16);
     // Completions land a moment after dd returns.
     agent.metrics_until(Duration::from_secs(10), "every family with a sample", |m| {
         FAMILIES.iter().all(|f| !m.family(f).is_empty())

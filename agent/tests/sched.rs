@@ -196,17 +196,7 @@ fn context_switches_agree_with_proc_stat() {
 /// The nodelens families of a scrape, once the scheduler and the disk have been seen: a
 /// family's series appear with their first event, so a little O_DIRECT reading first.
 fn nodelens_families(agent: &Agent) -> std::collections::BTreeSet<String> {
-    common::run(
-        "dd",
-        &[
-            &format!("if={}", common::BIN),
-            "of=/dev/null",
-            "bs=4k",
-            "count=16",
-            "iflag=direct",
-            "status=none",
-        ],
-    );
+    common::direct_reads(16);
     let m = agent.metrics_until(
         Duration::from_secs(10),
         "the run-queue and disk histograms, per node and per cgroup",

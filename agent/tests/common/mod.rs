@@ -473,6 +473,22 @@ impl Drop for LoopDevice {
     }
 }
 
+/// `blocks` 4 KiB reads of the agent's own binary with O_DIRECT: real disk I/O on the root
+/// device, so the block families (node and per cgroup) get their series.
+pub fn direct_reads(blocks: u32) {
+    run(
+        "dd",
+        &[
+            &format!("if={BIN}"),
+            "of=/dev/null",
+            "bs=4k",
+            &format!("count={blocks}"),
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+}
+
 /// Runs a command and fails the test if it fails.
 pub fn run(cmd: &str, args: &[&str]) {
     let status = Command::new(cmd)
