@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod btf_fixtures;
+mod clean_root;
 mod fuzz;
 mod import_graph;
 mod kernels;
@@ -32,6 +33,14 @@ enum Task {
         /// Also install the Debian tools the tests use (promtool, bpftool, stress-ng, ...).
         #[arg(long)]
         test_tools: bool,
+    },
+    /// Prove the install steps on a clean Debian 12 root (debootstrap): setup --test-tools
+    /// and both static builds, with only what a new machine has (as root; about half an
+    /// hour). Run it whenever setup's package lists change.
+    CleanRoot {
+        /// Keep the root (target/clean-root) afterwards, to look inside.
+        #[arg(long)]
+        keep: bool,
     },
     /// Build the static agent for an architecture (amd64 or arm64, the Debian and Docker
     /// names) the way the kernel matrix does, cross-compiling arm64; copy it to --out.
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
             under_load,
         }),
         Task::Lint => lint(),
+        Task::CleanRoot { keep } => clean_root::clean_root(keep),
         Task::Static { arch, out } => setup(Tools::None).and_then(|()| static_build(&arch, out)),
         Task::Kernels { arch } => setup(Tools::Full)
             .and_then(|()| require_root("the kernel matrix loads eBPF programs"))
@@ -226,6 +236,15 @@ fn cmd_output(program: &str, args: &[&str]) -> Option<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+fn cmd_succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
@@ -236,7 +255,7 @@ pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn require_root(why: &str) -> Result<()> {
+pub(crate) fn require_root(why: &str) -> Result<()> {
     if !is_root() {
         bail!("{why}: run as root (sudo -E cargo xtask ...)");
     }
@@ -264,7 +283,7 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 /// Installs missing Debian packages, or stops with the exact command to run.
-fn apt_install(packages: &[String]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[String]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .map(String::as_str)
@@ -525,6 +544,14 @@ pub(crate) fn tools_dir() -> PathBuf {
 }
 
 fn install_manifest_tools() -> Result<()> {
+    // Debian splits venv (and the pip it seeds) out of python3, and a machine whose Node.js
+    // is not a separate build may have no npm: both are Debian packages then.
+    if !cmd_succeeds("python3", &["-c", "import ensurepip, venv"]) {
+        apt_install(&["python3-venv".to_owned()])?;
+    }
+    if !cmd_succeeds("npm", &["--version"]) {
+        apt_install(&["npm".to_owned()])?;
+    }
     let dir = tools_dir();
     let venv = dir.join("py");
     let missing: Vec<&str> = PYPI_TOOLS
