@@ -297,7 +297,7 @@ fn bpf_rules() -> Result<Vec<seccompiler::SeccompRule>, String> {
 }
 
 /// Every system call the serving agent makes (besides `bpf`, limited to [`BPF_COMMANDS`]), measured with `strace -f -c` under scrapes,
-/// cgroup churn, disk and reclaim load (README, Security posture). Numbers come from libc,
+/// cgroup churn, disk and reclaim load (docs/kubernetes.md, Security posture). Numbers come from libc,
 /// so the list holds for each architecture; calls x86_64 has and aarch64 does not (`open`,
 /// `poll`, ...) are added there only.
 pub fn allowlist() -> Vec<i64> {

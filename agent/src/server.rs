@@ -224,7 +224,7 @@ impl Server {
                 );
                 // Rendered inline on the event loop: the reads are of /proc, /sys and BPF maps
                 // (memory, never disk), about a millisecond on a node with few pods and some
-                // 9 ms at 4,096 (README, Performance). Prometheus scrapes one at a time, and
+                // 9 ms at 4,096 (docs/performance.md). Prometheus scrapes one at a time, and
                 // handing each scrape to another thread would cost more at the usual sizes.
                 match self.render(format) {
                     Ok(body) => metrics_response(body, format, gzip),

@@ -40,8 +40,10 @@ const TOLERANCE: f64 = 0.01;
 ///   switch away from the guest agent's threads): the task that arrived then is charged
 ///   its stretch by the kernel's own mark, but its wait for that arrival is lost, and
 ///   counted in `nodelens_events_lost_total{reason="sched_switch_unseen"}`. Each such
-///   switch, counted node-wide, allows [`UNSEEN_SWITCH_WAIT_SECONDS`] more: a loop preempted
-///   by one of those threads waits while it runs, some tens of µs.
+///   switch, counted node-wide, allows one of the task's own waits more: its mean wait per
+///   arrival by its schedstat, at least [`UNSEEN_SWITCH_WAIT_SECONDS`] (a loop preempted by
+///   one of those threads on an idle machine waits some tens of µs; on one loaded with
+///   stress-ng and builds, a wait is milliseconds, and the loss with it).
 ///
 /// The workloads are pinned from birth, because the one difference that no allowance per
 /// switch covers is a task migrated while it waits (the load balancer): the kernel adds the
@@ -52,7 +54,7 @@ struct WaitAllowance {
     per_switch_seconds: f64,
 }
 
-/// See [`WaitAllowance`].
+/// The least wait allowed per unseen switch (see [`WaitAllowance`]).
 const UNSEEN_SWITCH_WAIT_SECONDS: f64 = 500e-6;
 
 const UNSEEN: &str = "nodelens_events_lost_total{reason=\"sched_switch_unseen\"}";
@@ -135,18 +137,40 @@ struct Check {
     series: String,
     kernel: f64,
     allowance: f64,
-    /// A wait: each unseen switch allows more (see [`WaitAllowance`]).
-    is_wait: bool,
+    /// For a wait, what each unseen switch allows more (see [`WaitAllowance`]); 0 for CPU.
+    per_unseen_switch: f64,
 }
 
 impl Check {
-    fn new(what: impl Into<String>, series: String, kernel: f64, allowance: f64) -> Check {
+    /// CPU time against `cpu.stat`.
+    fn cpu(what: impl Into<String>, series: String, kernel: f64) -> Check {
         Check {
             what: what.into(),
-            is_wait: series.starts_with(WAIT),
             series,
             kernel,
-            allowance,
+            allowance: 0.0,
+            per_unseen_switch: 0.0,
+        }
+    }
+
+    /// Run-queue wait against the task's schedstat.
+    fn wait(
+        what: impl Into<String>,
+        series: String,
+        stat: Schedstat,
+        wait: &WaitAllowance,
+    ) -> Check {
+        let mean_wait = if stat.switches_in > 0.0 {
+            stat.wait_seconds / stat.switches_in
+        } else {
+            0.0
+        };
+        Check {
+            what: what.into(),
+            series,
+            kernel: stat.wait_seconds,
+            allowance: wait.for_task(stat),
+            per_unseen_switch: mean_wait.max(UNSEEN_SWITCH_WAIT_SECONDS),
         }
     }
 
@@ -154,12 +178,7 @@ impl Check {
     fn verdict(&self, m: &Metrics) -> Option<String> {
         let ours = m.get(&self.series).unwrap_or(0.0);
         let diff = (ours - self.kernel).abs();
-        let unseen = if self.is_wait {
-            m.get(UNSEEN).unwrap_or(0.0) * UNSEEN_SWITCH_WAIT_SECONDS
-        } else {
-            0.0
-        };
-        let allowance = self.allowance + unseen;
+        let allowance = self.allowance + m.get(UNSEEN).unwrap_or(0.0) * self.per_unseen_switch;
         let ok = diff <= self.kernel * TOLERANCE + allowance;
         (!ok).then(|| {
             format!(
@@ -250,17 +269,16 @@ fn exiting_loops(checks: &mut Vec<Check>, cgroups: &mut Vec<TestCgroup>, wait: &
     assert_eq!(done.len(), 10, "ten loops ran");
     for (cg, stat) in done {
         let name = cg.name.clone();
-        checks.push(Check::new(
+        checks.push(Check::cpu(
             format!("{name} CPU (cpu.stat)"),
             cg.series(CPU),
             cg.usage_seconds(),
-            0.0,
         ));
-        checks.push(Check::new(
+        checks.push(Check::wait(
             format!("{name} run-queue wait (schedstat)"),
             cg.series(WAIT),
-            stat.wait_seconds,
-            wait.for_task(stat),
+            stat,
+            wait,
         ));
         cgroups.push(cg);
     }
@@ -273,11 +291,10 @@ fn short_processes(checks: &mut Vec<Check>, cgroups: &mut Vec<TestCgroup>) {
         .reap_success();
     let kernel = cg.usage_seconds();
     assert!(kernel > 0.05, "1,000 processes used {kernel} s of CPU");
-    checks.push(Check::new(
+    checks.push(Check::cpu(
         "1,000 short processes CPU (cpu.stat)",
         cg.series(CPU),
         kernel,
-        0.0,
     ));
     cgroups.push(cg);
 }
@@ -304,17 +321,16 @@ fn stopped_loop(
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
     });
     let stat = schedstat(pid);
-    checks.push(Check::new(
+    checks.push(Check::cpu(
         "stopped loop CPU (cpu.stat)",
         cg.series(CPU),
         cg.usage_seconds(),
-        0.0,
     ));
-    checks.push(Check::new(
+    checks.push(Check::wait(
         "stopped loop run-queue wait (schedstat)",
         cg.series(WAIT),
-        stat.wait_seconds,
-        wait.for_task(stat),
+        stat,
+        wait,
     ));
     cgroups.push(cg);
     child

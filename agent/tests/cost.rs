@@ -88,7 +88,10 @@ fn cgroup_cpu_time_is_within_one_percent_of_cpu_stat() {
         let ours = cpu_seconds(&m, &cg.rel());
         let kernel = cg.usage_seconds();
         eprintln!("{}: nodelens {ours:.4} s, cpu.stat {kernel:.4} s", cg.rel());
-        assert!(kernel > 0.5, "{}: the load ran ({kernel} s)", cg.rel());
+        // That the load ran at all: 3 s of a loop gets at least this much CPU even with
+        // stress-ng beside it, and 1% of it is still a millisecond, far above the
+        // nanosecond clocks both sides count with.
+        assert!(kernel > 0.1, "{}: the load ran ({kernel} s)", cg.rel());
         assert!(
             (ours - kernel).abs() <= kernel * 0.01,
             "{}: nodelens {ours} s vs cpu.stat usage_usec {kernel} s",

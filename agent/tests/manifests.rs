@@ -77,24 +77,45 @@ fn core_objects_match_the_kubernetes_schemas() {
     assert_eq!(text.matches("passed").count(), files.len(), "{text}");
 }
 
+/// The two monitoring choices for prometheus-operator users, each with its monitor.
+const MONITORING_CHOICES: [(&str, &str); 2] = [
+    ("servicemonitor", "ServiceMonitor"),
+    ("podmonitor", "PodMonitor"),
+];
+
 #[test]
-fn monitoring_objects_match_the_prometheus_operator_schemas() {
-    let dir = manifests().join("monitoring");
-    let k: Value = load(&dir.join("kustomization.yaml"));
-    let files: Vec<PathBuf> = k["resources"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|r| dir.join(r.as_str().unwrap()))
-        .collect();
-    let (ok, text) = run(Command::new("node")
-        .arg(repo().join("xtask/scripts/validate-prometheus-operator.mjs"))
-        .arg(tools().join("npm/node_modules"))
-        .args(&files));
-    assert!(ok, "prometheus-operator schemas:\n{text}");
-    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
-        assert!(text.contains(&format!("{kind}/nodelens valid")), "{text}");
+fn each_monitoring_choice_renders_exactly_one_monitor_and_passes_the_operator_schemas() {
+    for (choice, monitor) in MONITORING_CHOICES {
+        let dir = manifests().join("monitoring").join(choice);
+        let objects = render(&dir);
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| k.ends_with("Monitor")).count(),
+            1,
+            "{choice}: {kinds:?}"
+        );
+        assert!(
+            kinds.contains(&monitor) && kinds.contains(&"PrometheusRule"),
+            "{choice}: {kinds:?}"
+        );
+        let rendered = repo()
+            .join("target/overlays/monitoring")
+            .join(format!("{choice}.yaml"));
+        std::fs::create_dir_all(rendered.parent().unwrap()).unwrap();
+        let (ok, text) = run(Command::new("kubectl").arg("kustomize").arg(&dir));
+        assert!(ok, "{text}");
+        std::fs::write(&rendered, text).unwrap();
+        let (ok, text) = run(Command::new("node")
+            .arg(repo().join("xtask/scripts/validate-prometheus-operator.mjs"))
+            .arg(tools().join("npm/node_modules"))
+            .arg(&rendered));
+        assert!(ok, "prometheus-operator schemas:\n{text}");
+        for kind in [monitor, "PrometheusRule"] {
+            assert!(text.contains(&format!("{kind}/nodelens valid")), "{text}");
+        }
     }
+    // No kustomization applies both at once.
+    assert!(!manifests().join("monitoring/kustomization.yaml").exists());
 }
 
 #[test]
@@ -113,9 +134,9 @@ fn dockerfile_is_hadolint_clean() {
     assert!(ok, "hadolint:\n{text}");
 }
 
-/// checkov findings the README lists as inherent to a node agent, with the reason.
+/// checkov findings docs/kubernetes.md lists as inherent to a node agent, with the reason.
 fn documented_exceptions() -> Vec<String> {
-    common::read(repo().join("README.md"))
+    common::read(repo().join("docs/kubernetes.md"))
         .lines()
         .filter_map(|l| l.strip_prefix("| `CKV"))
         .filter_map(|l| l.split('`').next())
@@ -129,7 +150,7 @@ fn checkov_findings_are_fixed_or_documented() {
     assert_checkov_clean(&manifests(), &["--skip-path", "components"]);
 }
 
-/// checkov over a directory or file finds nothing beyond the README's documented list.
+/// checkov over a directory or file finds nothing beyond the documented list.
 fn assert_checkov_clean(target: &Path, extra: &[&str]) {
     let out = Command::new(tool("checkov"))
         .args([
@@ -167,7 +188,7 @@ fn assert_checkov_clean(target: &Path, extra: &[&str]) {
     let documented = documented_exceptions();
     assert!(
         !documented.is_empty(),
-        "the README lists no checkov exceptions"
+        "docs/kubernetes.md lists no checkov exceptions"
     );
     let undocumented: Vec<&String> = failed
         .iter()
@@ -175,7 +196,7 @@ fn assert_checkov_clean(target: &Path, extra: &[&str]) {
         .collect();
     assert!(
         undocumented.is_empty(),
-        "fix these checkov findings or document them in the README: {undocumented:?}"
+        "fix these checkov findings or document them in docs/kubernetes.md: {undocumented:?}"
     );
 }
 
@@ -306,7 +327,7 @@ fn alert_rules_check_and_their_unit_tests_pass() {
     assert!(ok, "promtool test rules:\n{text}");
     // The PrometheusRule ships the very same groups.
     let plain: Value = load(&rules);
-    let operator = load(&manifests().join("monitoring/prometheusrule.yaml"));
+    let operator = load(&manifests().join("monitoring/rules/prometheusrule.yaml"));
     assert_eq!(
         plain["groups"], operator["spec"]["groups"],
         "rules.yml and prometheusrule.yaml differ"
@@ -376,27 +397,29 @@ fn the_web_tls_component_mounts_the_config_and_switches_probes_to_https() {
     let example = manifests().join("components/web-tls/web.yml");
     assert!(common::read(&example).contains("client_auth_type: RequireAndVerifyClientCert"));
 
-    let monitoring = render_with_component(
-        &manifests().join("monitoring"),
-        &manifests().join("monitoring/components/web-tls"),
-    );
-    for (kind, endpoints) in [
-        ("ServiceMonitor", "endpoints"),
-        ("PodMonitor", "podMetricsEndpoints"),
-    ] {
+    for (choice, kind) in MONITORING_CHOICES {
+        let monitoring = render_with_component(
+            &manifests().join("monitoring").join(choice),
+            &manifests().join("monitoring/components/web-tls"),
+        );
+        let endpoints = if kind == "PodMonitor" {
+            "podMetricsEndpoints"
+        } else {
+            "endpoints"
+        };
         let endpoint = &find(&monitoring, kind)["spec"][endpoints][0];
         assert_eq!(endpoint["scheme"], "https", "{kind}");
         assert!(
             endpoint["tlsConfig"]["keySecret"]["name"].is_string(),
             "{kind}"
         );
+        let rendered = repo().join("target/overlays/monitoring/components/web-tls/rendered.yaml");
+        let (ok, text) = run(Command::new("node")
+            .arg(repo().join("xtask/scripts/validate-prometheus-operator.mjs"))
+            .arg(tools().join("npm/node_modules"))
+            .arg(&rendered));
+        assert!(ok, "prometheus-operator schemas:\n{text}");
     }
-    let rendered = repo().join("target/overlays/monitoring/components/web-tls/rendered.yaml");
-    let (ok, text) = run(Command::new("node")
-        .arg(repo().join("xtask/scripts/validate-prometheus-operator.mjs"))
-        .arg(tools().join("npm/node_modules"))
-        .arg(&rendered));
-    assert!(ok, "prometheus-operator schemas:\n{text}");
 }
 
 /// `kubectl kustomize` of a directory, parsed.

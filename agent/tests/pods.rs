@@ -478,8 +478,9 @@ fn churn_of_5000_cgroups_stays_bounded() {
     eprintln!("disk: max series {max_disk_series}, {reads} reads by cgroup, {node} by the node");
     // The kernel itself runs no BPF program for about 1 completion of a loop device in
     // 10,000 here: the tracefs event fires, the program's recursion_misses stays 0, and
-    // libbpf-tools' biolatency misses the same completion, with or without nodelens (README,
-    // "eBPF", the block probes). So the node's count may trail the work done by that much.
+    // libbpf-tools' biolatency misses the same completion, with or without nodelens
+    // (docs/metrics.md, the disk families). So the node's count may trail the work done by
+    // that much.
     assert!(
         reads >= 5000.0 * 0.999,
         "{reads} reads counted, 5,000 done (0.1% allowed for completions the kernel runs no program for)"

@@ -151,7 +151,7 @@ pub fn btf_fixtures() -> Result<()> {
     )
 }
 
-/// Where the fixtures live, for the README.
+/// Where the fixtures live, for the docs.
 #[allow(dead_code)]
 pub fn fixtures_dir() -> PathBuf {
     workspace_root().join("agent/tests/fixtures/btf")

@@ -1224,7 +1224,7 @@ fn render(runs: &[(String, serde_json::Value)]) -> String {
 /// Per-cgroup disk I/O must match the cgroups' own `io.stat` within 2%, bytes and requests,
 /// for the writer (buffered writes the flusher wrote back: only the bio's blkcg names the
 /// writer) and the O_DIRECT reader. With classic tracepoints the owner is the issuing task,
-/// so writeback goes to the flusher's cgroup, as the README says: only the reader is held
+/// so writeback goes to the flusher's cgroup, as docs/metrics.md says: only the reader is held
 /// to io.stat there.
 fn check_attribution(column: &str, mode: &str, report: &serde_json::Value) -> Vec<String> {
     let rows = report["exercise"]["attribution"]
@@ -1273,7 +1273,7 @@ fn check_attribution(column: &str, mode: &str, report: &serde_json::Value) -> Ve
         let requests_off = ours.1 > kernel.1 + 1.0 || ours.1 < kernel.1 * 0.8;
         // With classic tracepoints the owner is the task that issues the request, and a
         // request the block layer dispatches later from its kblockd worker is charged to
-        // that worker: most of the reads, not all, are the reader's (README).
+        // that worker: most of the reads, not all, are the reader's (docs/metrics.md).
         let bytes_off = if mode == "tracepoint" {
             ours.0 < kernel.0 * 0.8 || ours.0 > kernel.0 * 1.02
         } else {

@@ -14,6 +14,7 @@ mod bench;
 mod btf_fixtures;
 mod clean_root;
 mod fuzz;
+mod image;
 mod import_graph;
 mod kernels;
 mod soak;
@@ -50,6 +51,10 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Build the container image without a docker engine: both static binaries under one
+    /// OCI index, as an OCI layout (target/image/oci) and an oci-archive
+    /// (target/image/nodelens-<version>.oci.tar); prints its digest and the push command.
+    Image,
     /// Set up, build in release mode and run the agent as root on the default port.
     Run {
         /// Arguments passed to `nodelens`, after `--`.
@@ -157,6 +162,10 @@ const MATRIX_PACKAGES: &[&str] = &[
     "qemu-system-arm",
 ];
 
+/// Debian packages the full tier's image test uses: skopeo reads the archive as a user
+/// would, containerd (with runc) runs it as the kubelet would.
+const IMAGE_PACKAGES: &[&str] = &["skopeo", "containerd", "runc"];
+
 /// PyPI tools for the manifest checks, installed in a venv under target/tools/py.
 const PYPI_TOOLS: &[(&str, &str)] = &[
     ("kubernetes-validate", "kubernetes-validate"),
@@ -184,6 +193,7 @@ fn main() -> ExitCode {
             under_load,
         }),
         Task::Lint => lint(),
+        Task::Image => setup(Tools::None).and_then(|()| image::image()),
         Task::CleanRoot { keep } => clean_root::clean_root(keep),
         Task::Static { arch, out } => setup(Tools::None).and_then(|()| static_build(&arch, out)),
         Task::Kernels { arch } => setup(Tools::Full)
@@ -478,6 +488,7 @@ pub(crate) fn setup(tools: Tools) -> Result<()> {
         let mut packages: Vec<String> = TEST_PACKAGES.iter().map(|s| s.to_string()).collect();
         if tools == Tools::Full {
             packages.extend(MATRIX_PACKAGES.iter().map(|s| s.to_string()));
+            packages.extend(IMAGE_PACKAGES.iter().map(|s| s.to_string()));
         }
         apt_install(&packages)?;
         install_manifest_tools()?;

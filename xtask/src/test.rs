@@ -6,7 +6,7 @@
 //!   It ends by naming what it did not run.
 //! - The full tier (`cargo xtask test --full`, what CI runs): the quick tier, then one static
 //!   release build of the agent for each architecture (the kernels download meanwhile:
-//!   network, not CPU), the soak, the kernel matrix and fuzzing, and the short bench last,
+//!   network, not CPU), the image made of them and run under containerd, the soak, the kernel matrix and fuzzing, and the short bench last,
 //!   alone on the machine, since it measures time. Each long stage runs even if an earlier
 //!   one failed.
 //!
@@ -25,8 +25,8 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
-    Tools, bench, cargo, fuzz, is_root, kernels, lint, run_cmd, setup, soak, step, tools_dir,
-    workspace_root,
+    Tools, bench, cargo, fuzz, image, is_root, kernels, lint, run_cmd, setup, soak, step,
+    tools_dir, workspace_root,
 };
 
 pub struct Options {
@@ -112,7 +112,7 @@ fn minutes(d: Duration) -> String {
 }
 
 /// What the full tier adds, named at the end of a quick run.
-const FULL_ONLY: &str = "the soak, the kernel matrix (Debian 5.10, 6.1, 6.12 under qemu, amd64 and arm64), fuzzing and the short bench";
+const FULL_ONLY: &str = "the image under containerd, the soak, the kernel matrix (Debian 5.10, 6.1, 6.12 under qemu, amd64 and arm64), fuzzing and the short bench";
 
 pub fn test(opts: Options) -> Result<()> {
     if !is_root() {
@@ -184,6 +184,44 @@ fn full_tier(stages: &mut Stages) {
         Some((a, b, p)) => (Some(a), b, Some(p)),
         None => (None, None, None),
     };
+    let archive = stages.run("image: an OCI archive of both static builds", || {
+        let Some(amd64) = &amd64 else {
+            bail!("not run: the static builds failed");
+        };
+        let mut binaries = vec![image::Binary {
+            arch: kernels::Arch::Amd64,
+            path: amd64.clone(),
+        }];
+        if let Some(arm64) = &arm64 {
+            binaries.push(image::Binary {
+                arch: kernels::Arch::Arm64,
+                path: arm64.clone(),
+            });
+        }
+        image::assemble(&binaries)
+    });
+    stages.run(
+        "the image under containerd, as the DaemonSet runs it",
+        || {
+            let Some(archive) = &archive else {
+                bail!("not run: no image");
+            };
+            run_cmd(
+                Command::new("cargo")
+                    .args([
+                        "test",
+                        "--package",
+                        "nodelens",
+                        "--test",
+                        "image",
+                        "--",
+                        "--ignored",
+                    ])
+                    .env("NODELENS_IMAGE_ARCHIVE", archive)
+                    .current_dir(workspace_root()),
+            )
+        },
+    );
     stages.run("soak, 3 minutes", || soak::soak(3, amd64.as_deref()));
     stages.run("kernel matrix", || match (prepared, &amd64) {
         (Some(prepared), Some(amd64)) => kernels::run(prepared, amd64, arm64.as_deref()),

@@ -196,7 +196,7 @@ pub struct LoadContext {
 
 /// A probe family, before loading.
 pub trait Family: Sync {
-    /// One name everywhere: the collector that enables it, its modules, its README row.
+    /// One name everywhere: the collector that enables it, its modules, its docs/metrics.md rows.
     fn name(&self) -> CollectorName;
     fn probes(&self) -> &'static [ProbeSpec];
     /// Offsets and flags its programs need, from this kernel.

@@ -380,7 +380,7 @@ impl DiskMaps {
         counts(
             out,
             "nodelens_cgroup_disk_io_bytes_total",
-            "Bytes of the cgroup's completed block requests, per whole disk and operation. Who owns a request: see the README (the bio's cgroup on cgroup v2 with the io controller, else the issuing task's).",
+            "Bytes of the cgroup's completed block requests, per whole disk and operation. Who owns a request: see docs/metrics.md (the bio's cgroup on cgroup v2 with the io controller, else the issuing task's).",
             rows.iter()
                 .filter(|r| r.3.bytes != 0)
                 .map(|r| (labelled(r), r.3.bytes)),

@@ -1,0 +1,521 @@
+//! The prometheus-operator path: Debian's Prometheus scrapes a real agent with the scrape
+//! configuration that prometheus-operator generates for the shipped ServiceMonitor and
+//! PodMonitor. Kubernetes discovery is replaced by a static target carrying the same
+//! `__meta_kubernetes_*` labels the endpoints and pod roles would give it; the relabel
+//! rules are the operator's, generated from the shipped objects (selector, port, jobLabel,
+//! honorLabels, relabelings), so that the test follows them when they change.
+//!
+//! The rules are those of prometheus-operator's `pkg/prometheus/promcfg.go`
+//! (`generateServiceMonitorConfig`, `generatePodMonitorConfig`; the order is the same from
+//! v0.75 to v0.93). The sharding rules it appends last are left out: with one shard they
+//! keep every target.
+//!
+//! A workload pod (kubelet-shaped cgroups and log directories) uses CPU, reads from disk,
+//! stalls in reclaim and is OOM-killed, so that every per-pod panel and alert has data.
+//! Checked: per-pod series carry the workload's namespace, pod and container; no
+//! `exported_*` label appears; a series about no pod has no pod label; node and instance
+//! are the node's name; every per-pod dashboard query and per-pod alert expression returns
+//! the workload's pod.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::{Value as Json, json};
+use serde_yaml::Value;
+
+const NODE: &str = "node-a";
+/// The agent's own pod, as the operator's target labels would name it.
+const AGENT_POD: &str = "nodelens-x7k2p";
+const NAMESPACE: &str = "shop";
+const POD: &str = "cart-5f7d9c-q2w4e";
+const CONTAINER: &str = "app";
+const UID: &str = "3e8a1c52-7b4d-4f0e-9a6c-1d2e3f4a5b6c";
+const CID: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn yaml(path: &str) -> Value {
+    serde_yaml::from_str(&common::read(repo().join(path))).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+/// The operator's `sanitizeLabelName`: anything outside `[a-zA-Z0-9_]` becomes `_`.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// A user relabeling (camelCase, as in the CRD) as Prometheus YAML (`generateRelabelConfig`
+/// writes only the keys that are set, and lowercases the action).
+fn user_relabeling(r: &Value) -> Json {
+    let mut out = serde_json::Map::new();
+    for (from, to) in [
+        ("sourceLabels", "source_labels"),
+        ("separator", "separator"),
+        ("targetLabel", "target_label"),
+        ("regex", "regex"),
+        ("modulus", "modulus"),
+        ("replacement", "replacement"),
+        ("action", "action"),
+    ] {
+        if let Some(v) = r.get(from) {
+            let mut v = serde_json::to_value(v).unwrap();
+            if to == "action" {
+                v = json!(s(&r[from]).to_lowercase());
+            }
+            out.insert(to.into(), v);
+        }
+    }
+    Json::Object(out)
+}
+
+/// `matchLabels` of a selector as the operator's keep rules (`role` is `service` for a
+/// ServiceMonitor, `pod` for a PodMonitor): one per key, keys sorted.
+fn selector_rules(selector: &Value, role: &str) -> Vec<Json> {
+    let mut labels: Vec<(String, String)> = selector["matchLabels"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (s(k).to_owned(), s(v).to_owned()))
+        .collect();
+    assert!(!labels.is_empty());
+    labels.sort();
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let k = sanitize(k);
+            json!({
+                "action": "keep",
+                "source_labels": [
+                    format!("__meta_kubernetes_{role}_label_{k}"),
+                    format!("__meta_kubernetes_{role}_labelpresent_{k}"),
+                ],
+                "regex": format!("({v});true"),
+            })
+        })
+        .collect()
+}
+
+/// The scrape job prometheus-operator generates for the shipped ServiceMonitor's first
+/// endpoint (role endpoints), with the target's discovery labels.
+fn service_monitor_job(target: &str) -> Json {
+    let monitor = yaml("manifests/monitoring/servicemonitor/servicemonitor.yaml");
+    let service = yaml("manifests/service-headless.yaml");
+    let spec = &monitor["spec"];
+    let endpoint = &spec["endpoints"][0];
+    let port = s(&endpoint["port"]);
+    let ns = s(&monitor["metadata"]["namespace"]);
+    let name = s(&monitor["metadata"]["name"]);
+    let mut rules =
+        vec![json!({"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"})];
+    rules.extend(selector_rules(&spec["selector"], "service"));
+    rules.extend([
+        json!({"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": port}),
+        json!({"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"}),
+        json!({"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"}),
+        json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}),
+        json!({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"}),
+        json!({"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}),
+        json!({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"}),
+    ]);
+    if let Some(job_label) = spec["jobLabel"].as_str() {
+        rules.push(json!({"source_labels": [format!("__meta_kubernetes_service_label_{}", sanitize(job_label))], "target_label": "job", "regex": "(.+)", "replacement": "${1}"}));
+    }
+    rules.push(json!({"target_label": "endpoint", "replacement": port}));
+    rules.extend(
+        endpoint["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(user_relabeling),
+    );
+
+    // What the endpoints role gives an endpoint backed by the agent's pod.
+    let mut labels = json!({
+        "__meta_kubernetes_namespace": ns,
+        "__meta_kubernetes_service_name": s(&service["metadata"]["name"]),
+        "__meta_kubernetes_endpoint_port_name": port,
+        "__meta_kubernetes_endpoint_address_target_kind": "Pod",
+        "__meta_kubernetes_endpoint_address_target_name": AGENT_POD,
+        "__meta_kubernetes_pod_name": AGENT_POD,
+        "__meta_kubernetes_pod_container_name": "nodelens",
+        "__meta_kubernetes_pod_node_name": NODE,
+        "__meta_kubernetes_pod_phase": "Running",
+    });
+    for (k, v) in service["metadata"]["labels"].as_mapping().unwrap() {
+        let k = sanitize(s(k));
+        labels[format!("__meta_kubernetes_service_label_{k}")] = json!(s(v));
+        labels[format!("__meta_kubernetes_service_labelpresent_{k}")] = json!("true");
+    }
+    json!({
+        "job_name": format!("serviceMonitor/{ns}/{name}/0"),
+        "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
+        "static_configs": [{"targets": [target], "labels": labels}],
+        "relabel_configs": rules,
+    })
+}
+
+/// The scrape job prometheus-operator generates for the shipped PodMonitor's first
+/// endpoint (role pod), with the target's discovery labels.
+fn pod_monitor_job(target: &str) -> Json {
+    let monitor = yaml("manifests/monitoring/podmonitor/podmonitor.yaml");
+    let daemonset = yaml("manifests/daemonset.yaml");
+    let spec = &monitor["spec"];
+    let endpoint = &spec["podMetricsEndpoints"][0];
+    let port = s(&endpoint["port"]);
+    let ns = s(&monitor["metadata"]["namespace"]);
+    let name = s(&monitor["metadata"]["name"]);
+    let mut rules = vec![
+        json!({"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}),
+        json!({"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}),
+    ];
+    rules.extend(selector_rules(&spec["selector"], "pod"));
+    rules.extend([
+        json!({"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port}),
+        json!({"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"}),
+        json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}),
+        json!({"target_label": "job", "replacement": format!("{ns}/{name}")}),
+    ]);
+    if let Some(job_label) = spec["jobLabel"].as_str() {
+        rules.push(json!({"source_labels": [format!("__meta_kubernetes_pod_label_{}", sanitize(job_label))], "target_label": "job", "regex": "(.+)", "replacement": "${1}"}));
+    }
+    rules.push(json!({"target_label": "endpoint", "replacement": port}));
+    rules.extend(
+        endpoint["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(user_relabeling),
+    );
+
+    // What the pod role gives the agent's pod's metrics port.
+    let mut labels = json!({
+        "__meta_kubernetes_namespace": ns,
+        "__meta_kubernetes_pod_name": AGENT_POD,
+        "__meta_kubernetes_pod_container_name": "nodelens",
+        "__meta_kubernetes_pod_container_port_name": port,
+        "__meta_kubernetes_pod_node_name": NODE,
+        "__meta_kubernetes_pod_phase": "Running",
+    });
+    for (k, v) in daemonset["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap()
+    {
+        let k = sanitize(s(k));
+        labels[format!("__meta_kubernetes_pod_label_{k}")] = json!(s(v));
+        labels[format!("__meta_kubernetes_pod_labelpresent_{k}")] = json!("true");
+    }
+    json!({
+        "job_name": format!("podMonitor/{ns}/{name}/0"),
+        "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
+        "static_configs": [{"targets": [target], "labels": labels}],
+        "relabel_configs": rules,
+    })
+}
+
+/// A kubelet-shaped pod: container cgroup (systemd driver, containerd) and the kubelet's
+/// log directories for its names; removed on drop.
+struct WorkloadPod {
+    created: Vec<PathBuf>,
+    container: PathBuf,
+    logs: tempfile::TempDir,
+}
+
+impl WorkloadPod {
+    fn new() -> WorkloadPod {
+        let root = common::cgroup2_root();
+        let uid = UID.replace('-', "_");
+        let rel = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{CID}.scope"
+        );
+        let mut created = Vec::new();
+        let mut path = root.clone();
+        for part in Path::new(&rel) {
+            path.push(part);
+            if !path.exists() {
+                std::fs::create_dir(&path).expect("create cgroup");
+                created.push(path.clone());
+            }
+        }
+        let logs = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(
+            logs.path()
+                .join(format!("pods/{NAMESPACE}_{POD}_{UID}/{CONTAINER}")),
+        )
+        .unwrap();
+        std::fs::create_dir_all(logs.path().join("containers")).unwrap();
+        std::fs::write(
+            logs.path().join(format!(
+                "containers/{POD}_{NAMESPACE}_{CONTAINER}-{CID}.log"
+            )),
+            "",
+        )
+        .unwrap();
+        WorkloadPod {
+            created,
+            container: path,
+            logs,
+        }
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--pod-logs-dir".into(),
+            self.logs.path().join("pods").display().to_string(),
+            "--container-logs-dir".into(),
+            self.logs.path().join("containers").display().to_string(),
+            "--node-name".into(),
+            NODE.into(),
+        ]
+    }
+
+    /// CPU, disk reads, reclaim and one OOM kill, all in the container: the limit in a v1
+    /// memory cgroup on this hybrid host, the identity in the cgroup2 container cgroup.
+    fn work(&self) {
+        let v1 = Path::new("/sys/fs/cgroup/memory")
+            .join(format!("nodelens-operator-{}", std::process::id()));
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
+        let file = tempfile::Builder::new()
+            .prefix("nodelens-operator-")
+            .tempfile_in("/var/tmp")
+            .unwrap();
+        let f = file.path().display();
+        let script = format!(
+            "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none || exit 1; \
+             echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs || exit 1; \
+             i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; \
+             dd if={bin} of=/dev/null bs=4k count=256 iflag=direct status=none || exit 1; \
+             dd if={f} of=/dev/null bs=1M status=none || exit 1; \
+             dd if=/dev/zero of=/dev/null bs=256M count=1 status=none; \
+             [ $? -eq 137 ]",
+            self.container.display(),
+            v1.display(),
+            bin = common::BIN,
+        );
+        let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+        let _ = std::fs::remove_dir(&v1);
+        assert!(
+            status.success(),
+            "the workload (CPU, disk, reclaim, then an OOM kill) failed: {status}"
+        );
+    }
+}
+
+impl Drop for WorkloadPod {
+    fn drop(&mut self) {
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+struct Prometheus {
+    addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(job: Json) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": [job],
+        });
+        // JSON is YAML.
+        std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let child = common::prometheus(dir.path(), &addr, &[]);
+        Prometheus {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn query(&self, promql: &str) -> Vec<Json> {
+        let Ok((code, _, body)) = common::http(
+            &self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}", common::url_encode(promql)),
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        let v: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+        assert!(code == 200 || code == 503, "{promql}: {code} {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a result row is the workload's pod.
+fn is_workload(row: &Json) -> bool {
+    row["metric"]["namespace"] == NAMESPACE && row["metric"]["pod"] == POD
+}
+
+/// Every dashboard query that groups by pod, with the dashboard's variables filled in.
+fn per_pod_dashboard_queries() -> Vec<(String, String)> {
+    let dash: Json = serde_json::from_str(&common::read(
+        repo().join("manifests/grafana/nodelens-dashboard.json"),
+    ))
+    .unwrap();
+    let mut queries = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = s_json(&target["expr"]);
+            if expr.contains("pod") {
+                queries.push((
+                    s_json(&panel["title"]).to_owned(),
+                    expr.replace("$instance", NODE)
+                        .replace("$__rate_interval", "30s"),
+                ));
+            }
+        }
+    }
+    queries
+}
+
+fn s_json(v: &Json) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// Every alert whose summary names a pod, its expression with each threshold (`> n`)
+/// made `>= 0`: what is checked here is where the labels come from, not the thresholds
+/// (manifests/prometheus/rules_test.yml tests those).
+fn per_pod_alert_expressions() -> Vec<(String, String)> {
+    let rules = yaml("manifests/monitoring/rules/prometheusrule.yaml");
+    let threshold = |expr: &str| -> String {
+        let mut out = String::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("> ") {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let end = after
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(after.len());
+            if end > 0 {
+                out.push_str(">= 0");
+            } else {
+                out.push_str("> ");
+            }
+            rest = &after[end..];
+        }
+        out.push_str(rest);
+        out
+    };
+    rules["spec"]["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .filter(|r| {
+            r["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("$labels.pod"))
+        })
+        .map(|r| (s(&r["alert"]).to_owned(), threshold(s(&r["expr"]))))
+        .collect()
+}
+
+fn check_monitor(job: impl Fn(&str) -> Json) {
+    common::require_root();
+    let pod = WorkloadPod::new();
+    let args = pod.agent_args();
+    let agent = common::Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let prometheus = Prometheus::start(job(&agent.addr));
+    common::wait_for(
+        "Prometheus scrapes the agent (up 1)",
+        Duration::from_secs(60),
+        || prometheus.query("up").iter().any(|r| r["value"][1] == "1"),
+    );
+    pod.work();
+
+    // Every per-pod dashboard query and per-pod alert returns the workload's pod.
+    let dashboard = per_pod_dashboard_queries();
+    assert!(dashboard.len() >= 5, "per-pod panels: {dashboard:?}");
+    let alerts = per_pod_alert_expressions();
+    assert!(alerts.len() >= 2, "per-pod alerts: {alerts:?}");
+    for (what, expr) in dashboard.iter().chain(&alerts) {
+        common::wait_for(
+            &format!("{what:?} returns {NAMESPACE}/{POD}: {expr}"),
+            Duration::from_secs(60),
+            || prometheus.query(expr).iter().any(is_workload),
+        );
+    }
+    // The dashboard's node variable lists this node.
+    let nodes = prometheus.query("group by (instance) (nodelens_build_info)");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["metric"]["instance"], NODE);
+
+    // Every series: the agent is node and instance; no exported_* label; a pod label only
+    // on the workload's series, never the agent's pod.
+    let all = prometheus.query("{__name__=~\".+\", __name__!~\"up|scrape_.+\"}");
+    assert!(all.len() > 100, "{} series", all.len());
+    let mut about_no_pod = 0;
+    for row in &all {
+        let m = row["metric"].as_object().unwrap();
+        assert!(
+            !m.keys().any(|k| k.starts_with("exported_")),
+            "an exported_ label: {m:?}"
+        );
+        assert_eq!(m.get("instance"), Some(&json!(NODE)), "{m:?}");
+        assert_eq!(m.get("node"), Some(&json!(NODE)), "{m:?}");
+        match m.get("pod") {
+            Some(p) => {
+                assert_eq!(p, POD, "a pod label that is not the workload's: {m:?}");
+                assert_eq!(m.get("namespace"), Some(&json!(NAMESPACE)), "{m:?}");
+            }
+            None => {
+                assert!(
+                    !m.contains_key("namespace") && !m.contains_key("container"),
+                    "{m:?}"
+                );
+                if m.get("cgroup").is_some() {
+                    about_no_pod += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        about_no_pod > 0,
+        "per-cgroup series about no pod were checked"
+    );
+    let workload_cpu = prometheus.query(&format!(
+        "nodelens_cgroup_cpu_seconds_total{{namespace=\"{NAMESPACE}\",pod=\"{POD}\",container=\"{CONTAINER}\"}}"
+    ));
+    assert_eq!(workload_cpu.len(), 1, "{workload_cpu:?}");
+}
+
+#[test]
+fn the_service_monitor_keeps_the_workloads_pod_labels() {
+    check_monitor(service_monitor_job);
+}
+
+#[test]
+fn the_pod_monitor_keeps_the_workloads_pod_labels() {
+    check_monitor(pod_monitor_job);
+}
