@@ -187,20 +187,27 @@ impl Drop for Cluster {
 }
 
 /// Prometheus scraping the three node IPs with the shipped scrape config's relabelling:
-/// targets are given as kubelet addresses (<IP>:10250), as the node role discovers them.
+/// targets are given as kubelet addresses (<IP>:10250) with the node name, as the node role
+/// discovers them.
 fn prometheus_config(repo: &Path, mode: Mode) -> String {
     let shipped: serde_yaml::Value = serde_yaml::from_str(&common::read(
         repo.join("manifests/prometheus/scrape-config.yml"),
     ))
     .unwrap();
     let job = &shipped["scrape_configs"][0];
-    let targets: Vec<String> = (1..=NODES)
-        .map(|i| format!("{}:10250", node_ip(i)))
+    // What the node role discovers: each node's kubelet address and its name.
+    let static_configs: Vec<Json> = (1..=NODES)
+        .map(|i| {
+            serde_json::json!({
+                "targets": [format!("{}:10250", node_ip(i))],
+                "labels": {"__meta_kubernetes_node_name": format!("node-{i}")},
+            })
+        })
         .collect();
     let scrape_configs = match mode {
         Mode::Scrape => serde_json::json!([{
             "job_name": job["job_name"].as_str().unwrap(),
-            "static_configs": [{"targets": targets}],
+            "static_configs": static_configs,
             "relabel_configs": serde_json::to_value(&job["relabel_configs"]).unwrap(),
         }]),
         Mode::Push => serde_json::json!([]),
@@ -297,11 +304,10 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
     common::wait_for("Prometheus ready", Duration::from_secs(30), || {
         common::http(&cluster.prom_addr, "GET", "/-/ready", &[]).is_ok_and(|r| r.0 == 200)
     });
-    let want: Vec<String> = (1..=NODES)
-        .map(|i| format!("{}:9560", node_ip(i)))
-        .collect();
+    // instance is the node's name, as pushed (the shipped scrape config sets it).
+    let want: Vec<String> = (1..=NODES).map(|i| format!("node-{i}")).collect();
     common::wait_for(
-        "up == 1 on the three node addresses",
+        "up == 1 on the three nodes",
         Duration::from_secs(30),
         || {
             let up = cluster.up();
@@ -334,7 +340,7 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
     let mut victim = cluster.agents[1].take().unwrap();
     let _ = victim.kill();
     let _ = victim.wait();
-    let dead = format!("{}:9560", node_ip(2));
+    let dead = "node-2".to_owned();
     common::wait_for(
         "up == 0 for the killed agent",
         Duration::from_secs(20),

@@ -130,10 +130,9 @@ impl Container<'_> {
         if security["readOnlyRootFilesystem"].as_bool() == Some(true) {
             args.push("--read-only".into());
         }
-        args.push(format!(
-            "--user={}",
-            security["runAsUser"].as_i64().unwrap_or(0)
-        ));
+        // ctr (containerd 1.6) has no --user; the image names none, so it runs as root,
+        // which is what the manifest asks for.
+        assert_eq!(security["runAsUser"].as_i64(), Some(0));
         for cap in security["capabilities"]["drop"].as_sequence().unwrap() {
             args.push(format!("--cap-drop=CAP_{}", str_of(cap)));
         }
@@ -190,6 +189,15 @@ impl Container<'_> {
             path.display()
         );
         path
+    }
+}
+
+/// A directory (the test's cgroup) removed however the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -312,9 +320,12 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
             common::http(&format!("127.0.0.1:{port}"), "GET", "/metrics", &[]).ok()?;
         (status == 200).then(|| Metrics::parse(&String::from_utf8_lossy(&body)))
     };
-    let mut last = None;
+    let ready = || {
+        common::http(&format!("127.0.0.1:{port}"), "GET", "/readyz", &[])
+            .is_ok_and(|(status, _, _)| status == 200)
+    };
     wait_for(
-        "the agent in the image serves /metrics",
+        "the agent in the image is ready (every probe attempted)",
         Duration::from_secs(60),
         || {
             if let Ok(Some(status)) = task.try_wait() {
@@ -323,13 +334,12 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
                     common::read(&log_path)
                 );
             }
-            last = scrape();
-            last.is_some()
+            ready()
         },
     );
 
     // Every core probe attached.
-    let m = last.unwrap();
+    let m = scrape().expect("/metrics of the ready agent");
     for core in [
         "sched_switch",
         "block_rq_issue",
@@ -349,6 +359,7 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
     // DaemonSet's cgroup mount.
     let cgroup = cgroup2_root().join(format!("nodelens-image-{}", std::process::id()));
     std::fs::create_dir_all(&cgroup).unwrap();
+    let _remove = RemoveOnDrop(cgroup.clone());
     let label = cgroup
         .strip_prefix(cgroup2_root())
         .unwrap()
@@ -357,7 +368,7 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
     let mut work = Workload::spawn_into(
         &cgroup,
         &[
-            "sh",
+            "/bin/sh",
             "-c",
             "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
         ],
@@ -369,7 +380,6 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
         Duration::from_secs(30),
         || scrape().is_some_and(|m| m.get(&series).is_some_and(|v| v > 0.0)),
     );
-    let _ = std::fs::remove_dir(&cgroup);
 
     // After attaching, the agent holds no capability.
     let tasks = containerd.ctr_output(&["tasks", "list"]).unwrap();

@@ -453,6 +453,19 @@ fn check_monitor(job: impl Fn(&str) -> Json) {
         || prometheus.query("up").iter().any(|r| r["value"][1] == "1"),
     );
     pod.work();
+    // Disk reads that go on while the queries run: the per-pod disk alert divides two
+    // rates, which are 0/0 (no result) once a pod has stopped reading.
+    let _reader = common::Workload::spawn_into(
+        &pod.container,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "while :; do dd if={} of=/dev/null bs=4k count=16 iflag=direct status=none; sleep 0.2; done",
+                common::BIN
+            ),
+        ],
+    );
 
     // Every per-pod dashboard query and per-pod alert returns the workload's pod.
     let dashboard = per_pod_dashboard_queries();
