@@ -178,7 +178,12 @@ impl Check {
     fn verdict(&self, m: &Metrics) -> Option<String> {
         let ours = m.get(&self.series).unwrap_or(0.0);
         let diff = (ours - self.kernel).abs();
-        let allowance = self.allowance + m.get(UNSEEN).unwrap_or(0.0) * self.per_unseen_switch;
+        // The unseen switches are counted node-wide, not per task: a busy node's count times
+        // a mean wait could excuse anything, so they never excuse more than a quarter of the
+        // task's wait.
+        let unseen =
+            (m.get(UNSEEN).unwrap_or(0.0) * self.per_unseen_switch).min(self.kernel * 0.25);
+        let allowance = self.allowance + unseen;
         let ok = diff <= self.kernel * TOLERANCE + allowance;
         (!ok).then(|| {
             format!(

@@ -1,9 +1,13 @@
 //! The image that `cargo xtask image` built, run under a real containerd the way the
 //! DaemonSet runs it: the init container's preflight, then the agent, from the same image,
 //! with the manifest's command, environment (its ConfigMap), host paths, read-only root
-//! filesystem, host network, capabilities (all dropped but BPF and PERFMON) and
-//! containerd's default seccomp profile. Everything is read from manifests/, so the test
-//! follows the DaemonSet when it changes.
+//! filesystem, capabilities (all dropped but BPF and PERFMON), limits and containerd's
+//! default seccomp profile. Everything is read from manifests/, so the test follows the
+//! DaemonSet when it changes.
+//!
+//! One difference: the pod's network. The DaemonSet uses a pod network with a hostPort;
+//! ctr has no CNI, so the container shares the host's network here. The agent reads the
+//! host through its hostPath mounts either way.
 //!
 //! It needs the archive (`NODELENS_IMAGE_ARCHIVE`), containerd, runc and ctr, so it is
 //! ignored by default; `cargo xtask test --full` builds the image and runs it.
@@ -87,12 +91,61 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // The containers' root filesystems are mounts under the state directory.
-        let _ = Command::new("umount")
-            .arg("--recursive")
-            .arg(self.dir.join("state"))
-            .output();
+        // The cgroups containerd made for the namespace, in every hierarchy.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(NAMESPACE));
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(NAMESPACE));
+        // Whatever containerd left mounted under its directories (the containers' root
+        // filesystems), deepest first.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut inside: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&self.dir))
+            .collect();
+        inside.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in inside {
+            let _ = Command::new("umount").arg(point).output();
+        }
     }
+}
+
+/// The capabilities containerd 1.6 gives a container by default (`oci.WithDefaultSpec`).
+/// ctr's `--cap-drop` takes names, not `ALL`, so dropping all means dropping these.
+const CONTAINERD_DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// A Kubernetes quantity of bytes (`128Mi`) or of CPU (`250m`).
+fn quantity(v: &Value) -> f64 {
+    let s = str_of(v);
+    for (suffix, factor) in [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("m", 0.001),
+    ] {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.parse::<f64>().unwrap() * factor;
+        }
+    }
+    s.parse().unwrap()
 }
 
 fn manifest(name: &str) -> Value {
@@ -133,12 +186,37 @@ impl Container<'_> {
         // ctr (containerd 1.6) has no --user; the image names none, so it runs as root,
         // which is what the manifest asks for.
         assert_eq!(security["runAsUser"].as_i64(), Some(0));
+        let added: Vec<String> = security["capabilities"]["add"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| format!("CAP_{}", str_of(c)))
+            .collect();
         for cap in security["capabilities"]["drop"].as_sequence().unwrap() {
-            args.push(format!("--cap-drop=CAP_{}", str_of(cap)));
+            if str_of(cap) == "ALL" {
+                for default in CONTAINERD_DEFAULT_CAPS {
+                    if !added.iter().any(|a| a == default) {
+                        args.push(format!("--cap-drop={default}"));
+                    }
+                }
+            } else {
+                args.push(format!("--cap-drop=CAP_{}", str_of(cap)));
+            }
         }
-        for cap in security["capabilities"]["add"].as_sequence().unwrap() {
-            args.push(format!("--cap-add=CAP_{}", str_of(cap)));
+        for cap in &added {
+            args.push(format!("--cap-add={cap}"));
         }
+        let limits = &self.spec["resources"]["limits"];
+        args.push(format!(
+            "--memory-limit={}",
+            quantity(&limits["memory"]) as u64
+        ));
+        let period = 100_000u64;
+        args.push(format!("--cpu-period={period}"));
+        args.push(format!(
+            "--cpu-quota={}",
+            (quantity(&limits["cpu"]) * period as f64) as u64
+        ));
         for (k, v) in &self.env {
             args.push(format!("--env={k}={v}"));
         }
@@ -180,6 +258,7 @@ impl Container<'_> {
             .unwrap_or_else(|| panic!("no volume {name}"));
         let host = &volume["hostPath"];
         let path = PathBuf::from(str_of(&host["path"]));
+        // As the kubelet does (and, like it, leaves the directory).
         if host["type"].as_str() == Some("DirectoryOrCreate") {
             std::fs::create_dir_all(&path).unwrap();
         }
@@ -201,15 +280,19 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn cap_eff(pid: &str) -> u64 {
+/// A capability set of a process (`CapEff`, `CapBnd`, ...) from its status.
+fn capabilities(pid: &str, set: &str) -> u64 {
     let status = common::read(format!("/proc/{pid}/status"));
     let hex = status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .expect("CapEff in status")
+        .find_map(|l| l.strip_prefix(&format!("{set}:")))
+        .unwrap_or_else(|| panic!("{set} in /proc/{pid}/status"))
         .trim();
     u64::from_str_radix(hex, 16).unwrap()
 }
+
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
 
 #[test]
 #[ignore = "needs the archive of `cargo xtask image` in NODELENS_IMAGE_ARCHIVE, containerd and runc; cargo xtask test --full runs it"]
@@ -390,9 +473,15 @@ fn the_image_runs_under_containerd_as_the_daemonset_runs_it() {
         .unwrap_or_else(|| panic!("the agent's task in {tasks}"))
         .to_owned();
     assert_eq!(
-        cap_eff(&pid),
+        capabilities(&pid, "CapEff"),
         0,
         "CapEff of the agent in the image (pid {pid})"
+    );
+    // And the container never had more than the two it asks for.
+    assert_eq!(
+        capabilities(&pid, "CapBnd"),
+        (1 << CAP_PERFMON) | (1 << CAP_BPF),
+        "the container's bounding set: BPF and PERFMON only"
     );
 
     let _ = containerd.ctr().args(["task", "kill", "nodelens"]).output();

@@ -20,22 +20,15 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
+use common::kubelet::{CONTAINER, NAMESPACE, NODE, POD, WorkloadPod};
 use serde_json::{Value as Json, json};
 use serde_yaml::Value;
 
-const NODE: &str = "node-a";
 /// The agent's own pod, as the operator's target labels would name it.
 const AGENT_POD: &str = "nodelens-x7k2p";
-const NAMESPACE: &str = "shop";
-const POD: &str = "cart-5f7d9c-q2w4e";
-const CONTAINER: &str = "app";
-const UID: &str = "3e8a1c52-7b4d-4f0e-9a6c-1d2e3f4a5b6c";
-const CID: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -109,11 +102,51 @@ fn selector_rules(selector: &Value, role: &str) -> Vec<Json> {
         .collect()
 }
 
+/// The test generates rules for these fields only: a monitor using another (targetLabels,
+/// metricRelabelings, attachMetadata, ...) must be modelled here first.
+fn assert_modelled(monitor: &Value, endpoints: &str, spec_keys: &[&str]) {
+    const ENDPOINT_KEYS: &[&str] = &[
+        "port",
+        "interval",
+        "scrapeTimeout",
+        "honorLabels",
+        "relabelings",
+        "scheme",
+        "tlsConfig",
+    ];
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| s(k).to_owned())
+            .collect()
+    };
+    for key in keys(&monitor["spec"]) {
+        assert!(
+            spec_keys.contains(&key.as_str()),
+            "spec.{key} is not modelled by this test"
+        );
+    }
+    let list = monitor["spec"][endpoints].as_sequence().unwrap();
+    assert_eq!(list.len(), 1, "one endpoint");
+    for key in keys(&list[0]) {
+        assert!(
+            ENDPOINT_KEYS.contains(&key.as_str()),
+            "{endpoints}[0].{key} is not modelled by this test"
+        );
+    }
+}
+
 /// The scrape job prometheus-operator generates for the shipped ServiceMonitor's first
 /// endpoint (role endpoints), with the target's discovery labels.
 fn service_monitor_job(target: &str) -> Json {
     let monitor = yaml("manifests/monitoring/servicemonitor/servicemonitor.yaml");
     let service = yaml("manifests/service-headless.yaml");
+    assert_modelled(
+        &monitor,
+        "endpoints",
+        &["jobLabel", "selector", "namespaceSelector", "endpoints"],
+    );
     let spec = &monitor["spec"];
     let endpoint = &spec["endpoints"][0];
     let port = s(&endpoint["port"]);
@@ -175,6 +208,16 @@ fn service_monitor_job(target: &str) -> Json {
 fn pod_monitor_job(target: &str) -> Json {
     let monitor = yaml("manifests/monitoring/podmonitor/podmonitor.yaml");
     let daemonset = yaml("manifests/daemonset.yaml");
+    assert_modelled(
+        &monitor,
+        "podMetricsEndpoints",
+        &[
+            "jobLabel",
+            "selector",
+            "namespaceSelector",
+            "podMetricsEndpoints",
+        ],
+    );
     let spec = &monitor["spec"];
     let endpoint = &spec["podMetricsEndpoints"][0];
     let port = s(&endpoint["port"]);
@@ -227,103 +270,6 @@ fn pod_monitor_job(target: &str) -> Json {
         "static_configs": [{"targets": [target], "labels": labels}],
         "relabel_configs": rules,
     })
-}
-
-/// A kubelet-shaped pod: container cgroup (systemd driver, containerd) and the kubelet's
-/// log directories for its names; removed on drop.
-struct WorkloadPod {
-    created: Vec<PathBuf>,
-    container: PathBuf,
-    logs: tempfile::TempDir,
-}
-
-impl WorkloadPod {
-    fn new() -> WorkloadPod {
-        let root = common::cgroup2_root();
-        let uid = UID.replace('-', "_");
-        let rel = format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{CID}.scope"
-        );
-        let mut created = Vec::new();
-        let mut path = root.clone();
-        for part in Path::new(&rel) {
-            path.push(part);
-            if !path.exists() {
-                std::fs::create_dir(&path).expect("create cgroup");
-                created.push(path.clone());
-            }
-        }
-        let logs = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(
-            logs.path()
-                .join(format!("pods/{NAMESPACE}_{POD}_{UID}/{CONTAINER}")),
-        )
-        .unwrap();
-        std::fs::create_dir_all(logs.path().join("containers")).unwrap();
-        std::fs::write(
-            logs.path().join(format!(
-                "containers/{POD}_{NAMESPACE}_{CONTAINER}-{CID}.log"
-            )),
-            "",
-        )
-        .unwrap();
-        WorkloadPod {
-            created,
-            container: path,
-            logs,
-        }
-    }
-
-    fn agent_args(&self) -> Vec<String> {
-        vec![
-            "--pod-logs-dir".into(),
-            self.logs.path().join("pods").display().to_string(),
-            "--container-logs-dir".into(),
-            self.logs.path().join("containers").display().to_string(),
-            "--node-name".into(),
-            NODE.into(),
-        ]
-    }
-
-    /// CPU, disk reads, reclaim and one OOM kill, all in the container: the limit in a v1
-    /// memory cgroup on this hybrid host, the identity in the cgroup2 container cgroup.
-    fn work(&self) {
-        let v1 = Path::new("/sys/fs/cgroup/memory")
-            .join(format!("nodelens-operator-{}", std::process::id()));
-        std::fs::create_dir_all(&v1).unwrap();
-        std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
-        let file = tempfile::Builder::new()
-            .prefix("nodelens-operator-")
-            .tempfile_in("/var/tmp")
-            .unwrap();
-        let f = file.path().display();
-        let script = format!(
-            "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none || exit 1; \
-             echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs || exit 1; \
-             i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; \
-             dd if={bin} of=/dev/null bs=4k count=256 iflag=direct status=none || exit 1; \
-             dd if={f} of=/dev/null bs=1M status=none || exit 1; \
-             dd if=/dev/zero of=/dev/null bs=256M count=1 status=none; \
-             [ $? -eq 137 ]",
-            self.container.display(),
-            v1.display(),
-            bin = common::BIN,
-        );
-        let status = Command::new("sh").args(["-c", &script]).status().unwrap();
-        let _ = std::fs::remove_dir(&v1);
-        assert!(
-            status.success(),
-            "the workload (CPU, disk, reclaim, then an OOM kill) failed: {status}"
-        );
-    }
-}
-
-impl Drop for WorkloadPod {
-    fn drop(&mut self) {
-        for dir in self.created.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }
 
 struct Prometheus {
@@ -453,19 +399,7 @@ fn check_monitor(job: impl Fn(&str) -> Json) {
         || prometheus.query("up").iter().any(|r| r["value"][1] == "1"),
     );
     pod.work();
-    // Disk reads that go on while the queries run: the per-pod disk alert divides two
-    // rates, which are 0/0 (no result) once a pod has stopped reading.
-    let _reader = common::Workload::spawn_into(
-        &pod.container,
-        &[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "while :; do dd if={} of=/dev/null bs=4k count=16 iflag=direct status=none; sleep 0.2; done",
-                common::BIN
-            ),
-        ],
-    );
+    let _reader = pod.keep_reading();
 
     // Every per-pod dashboard query and per-pod alert returns the workload's pod.
     let dashboard = per_pod_dashboard_queries();

@@ -146,6 +146,12 @@ fn build_root(root: &Path) -> Result<Mounts> {
         started.elapsed().as_secs()
     ));
     fs::write(root.join("etc/apt/sources.list"), SOURCES_LIST)?;
+    // No service starts in the root when a package is installed (prometheus and
+    // victoria-metrics ship init scripts): they would listen on the host's network and keep
+    // the root's mounts busy.
+    let policy = root.join("usr/sbin/policy-rc.d");
+    fs::write(&policy, "#!/bin/sh\nexit 101\n")?;
+    fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))
         .context("copying /etc/resolv.conf into the root")?;
     copy_machine_certificates(root)?;
@@ -185,7 +191,7 @@ fn copy_machine_certificates(root: &Path) -> Result<()> {
     fs::create_dir_all(&target)?;
     if let Ok(entries) = fs::read_dir(source) {
         for entry in entries.flatten() {
-            fs::copy(entry.path(), target.join(entry.file_name()))?;
+            copy_tree(&entry.path(), &target.join(entry.file_name()))?;
         }
     }
     let status = Command::new("chroot")
@@ -264,14 +270,19 @@ fn in_root(root: &Path, command: &str) -> Result<()> {
     run_cmd(cmd.args(["sh", "-c"]).arg(format!("cd /src && {command}")))
 }
 
-/// /proc, /sys and /dev in the root while it is used; unmounted when dropped.
+/// /proc, /sys and /dev in the root while it is used; unmounted when dropped, after the
+/// processes still running in the root are killed.
 struct Mounts {
+    root: PathBuf,
     points: Vec<PathBuf>,
 }
 
 impl Mounts {
     fn mount(root: &Path) -> Result<Mounts> {
-        let mut mounts = Mounts { points: Vec::new() };
+        let mut mounts = Mounts {
+            root: root.to_owned(),
+            points: Vec::new(),
+        };
         for (what, args) in [
             ("proc", &["-t", "proc", "proc"][..]),
             ("sys", &["-t", "sysfs", "sysfs"][..]),
@@ -279,19 +290,50 @@ impl Mounts {
         ] {
             let point = root.join(what);
             run_cmd(Command::new("mount").args(args).arg(&point))?;
-            mounts.points.push(point);
+            mounts.points.push(point.clone());
+            // A slave: what happens under it in the root (an unmount) never reaches the
+            // host, even where the host's /dev is a shared mount.
+            run_cmd(Command::new("mount").arg("--make-rslave").arg(&point))?;
         }
         Ok(mounts)
+    }
+
+    /// Kills every process whose root directory is inside the root (a daemon a package
+    /// started despite policy-rc.d, a build left behind), so that nothing keeps the
+    /// mounts busy.
+    fn kill_processes_inside(&self) {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if fs::read_link(entry.path().join("root")).is_ok_and(|r| r.starts_with(&self.root)) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 }
 
 impl Drop for Mounts {
     fn drop(&mut self) {
+        self.kill_processes_inside();
         for point in self.points.iter().rev() {
-            let _ = Command::new("umount")
+            let ok = Command::new("umount")
                 .arg("--recursive")
                 .arg(point)
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                step(&format!(
+                    "warning: cannot unmount {}: unmount it before removing the root (umount -R {})",
+                    point.display(),
+                    point.display()
+                ));
+            }
         }
     }
 }
@@ -303,17 +345,22 @@ fn remove_root(root: &Path) -> Result<()> {
         return Ok(());
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    let prefix = root.to_string_lossy().into_owned();
-    let mut inside: Vec<&str> = mountinfo
+    // Mount points are the fifth field, with spaces escaped as \040.
+    let mut inside: Vec<String> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|point| point.starts_with(&prefix))
+        .map(|point| point.replace("\\040", " "))
+        .filter(|point| Path::new(point).starts_with(root))
         .collect();
     // Deepest first.
     inside.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in &inside {
-        run_cmd(Command::new("umount").arg("--recursive").arg(point))
-            .with_context(|| format!("unmounting {point} before removing the old root"))?;
+        run_cmd(
+            Command::new("umount")
+                .arg("--recursive")
+                .arg(point.as_str()),
+        )
+        .with_context(|| format!("unmounting {point} before removing the old root"))?;
     }
     step(&format!("removing the old root {}", root.display()));
     // --one-file-system: should a mount survive, rm stops at it instead of going through.

@@ -7,8 +7,10 @@
 //! (`target/image/nodelens-<version>.oci.tar`) that skopeo pushes and containerd imports.
 //!
 //! It is reproducible: every timestamp is the commit time of HEAD, tar headers carry no
-//! owner names, gzip no time, and JSON keys are sorted, so two builds of one commit give
-//! the same digest.
+//! owner names, gzip no time, and JSON keys are sorted, so two builds of one commit in the
+//! same checkout give the same digest. (The binaries carry the build's source paths, so a
+//! checkout elsewhere, or another machine, may give other binaries and another digest.)
+//! A build from a work tree with changes is labelled `<commit>-dirty`.
 //!
 //! The Dockerfile builds the same image from the binaries this leaves in
 //! `target/image/<arch>/nodelens`, with the same labels ([`LABELS`]; a unit test keeps the
@@ -119,10 +121,21 @@ pub fn assemble(binaries: &[Binary]) -> Result<PathBuf> {
         .output()?
         .stdout
         .is_empty();
+    let mut source = source;
     if dirty {
-        step("note: the work tree has changes: the image is built from them, labelled with HEAD");
+        step(
+            "note: the work tree has changes: the image is built from them, labelled <HEAD>-dirty",
+        );
+        source.revision.push_str("-dirty");
     }
     let out = workspace_root().join("target/image");
+    // Binaries of another build must not stay behind for the Dockerfile.
+    for arch in [kernels::Arch::Amd64, kernels::Arch::Arm64] {
+        let stale = out.join(arch.debian());
+        if stale.exists() {
+            fs::remove_dir_all(&stale)?;
+        }
+    }
     // Where the Dockerfile takes the binaries from.
     let mut copies = Vec::new();
     for binary in binaries {
@@ -215,7 +228,7 @@ pub fn write_image(binaries: &[Binary], source: &Source, out: &Path) -> Result<B
         let diff_id = sha256(&tar);
         let gz = gzip(&tar)?;
         let layer = put_blob(&blobs, LAYER, &gz)?;
-        let config = json!({
+        let mut config = json!({
             "architecture": binary.arch.debian(),
             "os": "linux",
             "created": created,
@@ -227,6 +240,9 @@ pub fn write_image(binaries: &[Binary], source: &Source, out: &Path) -> Result<B
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "history": [{"created": created, "created_by": "cargo xtask image"}],
         });
+        if let Some(variant) = platform(binary.arch).get("variant") {
+            config["variant"] = variant.clone();
+        }
         let config = put_blob(&blobs, CONFIG, &serde_json::to_vec(&config)?)?;
         let manifest = json!({
             "schemaVersion": 2,

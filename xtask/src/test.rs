@@ -192,12 +192,13 @@ fn full_tier(stages: &mut Stages) {
             arch: kernels::Arch::Amd64,
             path: amd64.clone(),
         }];
-        if let Some(arm64) = &arm64 {
-            binaries.push(image::Binary {
-                arch: kernels::Arch::Arm64,
-                path: arm64.clone(),
-            });
-        }
+        let Some(arm64) = &arm64 else {
+            bail!("no arm64 build: the image must hold both platforms");
+        };
+        binaries.push(image::Binary {
+            arch: kernels::Arch::Arm64,
+            path: arm64.clone(),
+        });
         image::assemble(&binaries)
     });
     stages.run(

@@ -3,6 +3,8 @@
 //! it they fail loudly rather than skip.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod kubelet;
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
