@@ -263,36 +263,6 @@ fn programs() -> Vec<u64> {
         .collect()
 }
 
-/// Memory reclaim inside one cgroup, so the per-pod reclaim panel has data: 64 MiB read
-/// through the page cache in a 16 MiB cgroup (v1 memory controller on this hybrid host, a
-/// cgroup2 directory for the identity), from a file written with O_DIRECT so none of it is
-/// cached before.
-fn reclaim_in_a_limited_cgroup() {
-    let dir = tempfile::Builder::new()
-        .prefix("nodelens-cluster-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let name = format!("nodelens-cluster-reclaim-{}", std::process::id());
-    let v1 = Path::new("/sys/fs/cgroup/memory").join(&name);
-    let v2 = common::cgroup2_root().join(&name);
-    std::fs::create_dir_all(&v1).unwrap();
-    std::fs::create_dir_all(&v2).unwrap();
-    std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
-    let file = dir.path().join("fill");
-    let script = format!(
-        "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none && \
-         echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && \
-         exec dd if={f} of=/dev/null bs=1M status=none",
-        v1.display(),
-        v2.display(),
-        f = file.display()
-    );
-    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
-    let _ = std::fs::remove_dir(&v1);
-    let _ = std::fs::remove_dir(&v2);
-    assert!(status.success(), "reclaim workload failed");
-}
-
 #[test]
 fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -398,7 +368,8 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
 /// then a few intervals.
 fn workload_for_every_panel() {
     common::direct_reads(64);
-    reclaim_in_a_limited_cgroup();
+    // So the per-pod reclaim panel has data.
+    drop(common::reclaim_in_a_limited_cgroup("cluster"));
 }
 
 /// Polls every dashboard query until it returns data: the workload's samples reach

@@ -214,7 +214,9 @@ fn every_served_family_is_documented_with_its_type_and_labels_and_nothing_else_i
     args.extend(pod.agent_args());
     let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     pod.work();
-    let _reclaimed = reclaim_outside_any_pod();
+    // Reclaim in a cgroup that is no pod's too, so that the per-cgroup reclaim family has
+    // its `cgroup` label; the cgroup stays until the end, so that the agent names it.
+    let _reclaimed = common::reclaim_in_a_limited_cgroup("docs");
     let with_pod = |text: &str, family: &str| {
         text.lines().any(|l| {
             l.starts_with(&format!("{family}{{"))
@@ -231,8 +233,8 @@ fn every_served_family_is_documented_with_its_type_and_labels_and_nothing_else_i
                 text = agent.scrape();
                 text.contains("nodelens_remote_write_rounds_total")
                     && text.contains(&format!(
-                        "nodelens_cgroup_reclaim_stall_seconds_total{{cgroup=\"nodelens-docs-reclaim-{}\"",
-                        std::process::id()
+                        "nodelens_cgroup_reclaim_stall_seconds_total{{cgroup=\"{}\"",
+                        _reclaimed.name()
                     ))
                     && [
                         "nodelens_cgroup_cpu_seconds_total",
@@ -299,46 +301,6 @@ fn every_served_family_is_documented_with_its_type_and_labels_and_nothing_else_i
         "docs/metrics.md:\n{}",
         problems.join("\n")
     );
-}
-
-/// Memory reclaim in a cgroup that is no pod's, so that the per-cgroup reclaim family has
-/// its `cgroup` label too: 64 MiB read through the page cache in a 16 MiB v1 memory cgroup,
-/// from a cgroup2 directory of its own. The directories stay until the guard is dropped, so
-/// that the agent names the cgroup.
-fn reclaim_outside_any_pod() -> RemovedOnDrop {
-    let name = format!("nodelens-docs-reclaim-{}", std::process::id());
-    let v1 = Path::new("/sys/fs/cgroup/memory").join(&name);
-    let v2 = common::cgroup2_root().join(&name);
-    std::fs::create_dir_all(&v1).unwrap();
-    std::fs::create_dir_all(&v2).unwrap();
-    std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
-    let file = tempfile::Builder::new()
-        .prefix("nodelens-docs-")
-        .tempfile_in("/var/tmp")
-        .unwrap();
-    let f = file.path().display();
-    let script = format!(
-        "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none && \
-         echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && \
-         exec dd if={f} of=/dev/null bs=1M status=none",
-        v1.display(),
-        v2.display(),
-    );
-    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
-    let guard = RemovedOnDrop(vec![v1, v2]);
-    assert!(status.success(), "reclaim outside any pod failed");
-    guard
-}
-
-/// Directories (cgroups) removed however the test ends.
-struct RemovedOnDrop(Vec<PathBuf>);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }
 
 /// Families that appear only after an event this test does not cause; each must still be

@@ -223,7 +223,7 @@ fn forty_oom_kills_each_counted_once_in_its_own_cgroup_while_no_series_goes_back
             }
         })
     };
-    let mut fresh = RemovedOnDrop(Vec::new());
+    let mut fresh = common::Cgroups(Vec::new());
     for i in 0..40 {
         let v2 = if i % 2 == 1 {
             let dir = fresh_dir(i);
@@ -300,15 +300,4 @@ fn forty_oom_kills_each_counted_once_in_its_own_cgroup_while_no_series_goes_back
         oom_control.contains("oom_kill 40"),
         "the kernel counted 40 kills in the limited cgroup: {oom_control}"
     );
-}
-
-/// Directories (cgroups) removed however the test ends.
-struct RemovedOnDrop(Vec<PathBuf>);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }

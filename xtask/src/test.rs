@@ -87,12 +87,19 @@ impl Stages {
     }
 
     fn table(&self, total: Duration) -> String {
+        let width = self
+            .0
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let mut s = String::new();
-        let _ = writeln!(s, "\n{:<44} {:>9}  RESULT", "STAGE", "WALL");
+        let _ = writeln!(s, "\n{:<width$} {:>9}  RESULT", "STAGE", "WALL");
         for stage in &self.0 {
             let _ = writeln!(
                 s,
-                "{:<44} {:>9}  {}",
+                "{:<width$} {:>9}  {}",
                 stage.name,
                 minutes(stage.wall),
                 match &stage.outcome {
@@ -101,7 +108,7 @@ impl Stages {
                 }
             );
         }
-        let _ = writeln!(s, "{:<44} {:>9}", "total", minutes(total));
+        let _ = writeln!(s, "{:<width$} {:>9}", "total", minutes(total));
         s
     }
 }

@@ -631,3 +631,55 @@ impl Workload {
         assert!(ok, "workload {} failed", self.pid);
     }
 }
+
+/// Memory reclaim inside one cgroup that is no pod's: 64 MiB read through the page cache in
+/// a 16 MiB cgroup (the limit in a v1 memory cgroup on this hybrid host, the identity a
+/// cgroup2 directory), from a file written with O_DIRECT so that none of it is cached
+/// before. The directories stay until the returned guard is dropped, so that the agent
+/// can name the cgroup.
+pub fn reclaim_in_a_limited_cgroup(tag: &str) -> Cgroups {
+    let name = format!("nodelens-{tag}-reclaim-{}", std::process::id());
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(&name);
+    let v2 = cgroup2_root().join(&name);
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    let guard = Cgroups(vec![v1.clone(), v2.clone()]);
+    std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
+    let file = tempfile::Builder::new()
+        .prefix("nodelens-reclaim-")
+        .tempfile_in("/var/tmp")
+        .unwrap();
+    let script = format!(
+        "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none && \
+         echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && \
+         exec dd if={f} of=/dev/null bs=1M status=none",
+        v1.display(),
+        v2.display(),
+        f = file.path().display()
+    );
+    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(status.success(), "reclaim workload failed");
+    guard
+}
+
+/// Cgroup directories removed however the test ends; the last is the cgroup2 one.
+pub struct Cgroups(pub Vec<PathBuf>);
+
+impl Cgroups {
+    /// The cgroup2 directory's path relative to the cgroup2 root, as the agent labels it.
+    pub fn name(&self) -> String {
+        let v2 = self.0.last().expect("a cgroup2 directory");
+        v2.strip_prefix(cgroup2_root())
+            .unwrap_or(v2)
+            .display()
+            .to_string()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
