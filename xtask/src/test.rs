@@ -6,9 +6,9 @@
 //!   It ends by naming what it did not run.
 //! - The full tier (`cargo xtask test --full`, what CI runs): the quick tier, then one static
 //!   release build of the agent for each architecture (the kernels download meanwhile:
-//!   network, not CPU), the image made of them and run under containerd, the soak, the kernel matrix and fuzzing, and the short bench last,
-//!   alone on the machine, since it measures time. Each long stage runs even if an earlier
-//!   one failed.
+//!   network, not CPU), the image made of them and run under containerd, the soak, the
+//!   kernel matrix and fuzzing, and the short bench last, alone on the machine, since it
+//!   measures time. Each long stage runs even if an earlier one failed.
 //!
 //! Every stage prints its wall time, and the run ends with a table of every stage, its
 //! time and its outcome.
