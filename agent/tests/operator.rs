@@ -102,6 +102,39 @@ fn selector_rules(selector: &Value, role: &str) -> Vec<Json> {
         .collect()
 }
 
+/// The operator's last rules of both monitor kinds: `job` from the `jobLabel` of the
+/// discovered object (`role` is `service` or `pod`), `endpoint`, then the user's
+/// relabelings.
+fn last_rules(rules: &mut Vec<Json>, spec: &Value, endpoint: &Value, role: &str) {
+    if let Some(job_label) = spec["jobLabel"].as_str() {
+        rules.push(json!({
+            "source_labels": [format!("__meta_kubernetes_{role}_label_{}", sanitize(job_label))],
+            "target_label": "job",
+            "regex": "(.+)",
+            "replacement": "${1}",
+        }));
+    }
+    let port = s(&endpoint["port"]);
+    rules.push(json!({"target_label": "endpoint", "replacement": port}));
+    rules.extend(
+        endpoint["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(user_relabeling),
+    );
+}
+
+/// The discovery labels of a Kubernetes object's labels (`role` is `service` or `pod`):
+/// `__meta_kubernetes_<role>_label_<name>` and `..._labelpresent_<name>`.
+fn add_object_labels(labels: &mut Json, object_labels: &Value, role: &str) {
+    for (k, v) in object_labels.as_mapping().unwrap() {
+        let k = sanitize(s(k));
+        labels[format!("__meta_kubernetes_{role}_label_{k}")] = json!(s(v));
+        labels[format!("__meta_kubernetes_{role}_labelpresent_{k}")] = json!("true");
+    }
+}
+
 /// The test generates rules for these fields only: a monitor using another (targetLabels,
 /// metricRelabelings, attachMetadata, ...) must be modelled here first.
 fn assert_modelled(monitor: &Value, endpoints: &str, spec_keys: &[&str]) {
@@ -166,17 +199,7 @@ fn service_monitor_job(target: &str) -> Json {
         json!({"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"}),
         json!({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"}),
     ]);
-    if let Some(job_label) = spec["jobLabel"].as_str() {
-        rules.push(json!({"source_labels": [format!("__meta_kubernetes_service_label_{}", sanitize(job_label))], "target_label": "job", "regex": "(.+)", "replacement": "${1}"}));
-    }
-    rules.push(json!({"target_label": "endpoint", "replacement": port}));
-    rules.extend(
-        endpoint["relabelings"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(user_relabeling),
-    );
+    last_rules(&mut rules, spec, endpoint, "service");
 
     // What the endpoints role gives an endpoint backed by the agent's pod.
     let mut labels = json!({
@@ -190,11 +213,7 @@ fn service_monitor_job(target: &str) -> Json {
         "__meta_kubernetes_pod_node_name": NODE,
         "__meta_kubernetes_pod_phase": "Running",
     });
-    for (k, v) in service["metadata"]["labels"].as_mapping().unwrap() {
-        let k = sanitize(s(k));
-        labels[format!("__meta_kubernetes_service_label_{k}")] = json!(s(v));
-        labels[format!("__meta_kubernetes_service_labelpresent_{k}")] = json!("true");
-    }
+    add_object_labels(&mut labels, &service["metadata"]["labels"], "service");
     json!({
         "job_name": format!("serviceMonitor/{ns}/{name}/0"),
         "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
@@ -235,17 +254,7 @@ fn pod_monitor_job(target: &str) -> Json {
         json!({"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}),
         json!({"target_label": "job", "replacement": format!("{ns}/{name}")}),
     ]);
-    if let Some(job_label) = spec["jobLabel"].as_str() {
-        rules.push(json!({"source_labels": [format!("__meta_kubernetes_pod_label_{}", sanitize(job_label))], "target_label": "job", "regex": "(.+)", "replacement": "${1}"}));
-    }
-    rules.push(json!({"target_label": "endpoint", "replacement": port}));
-    rules.extend(
-        endpoint["relabelings"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(user_relabeling),
-    );
+    last_rules(&mut rules, spec, endpoint, "pod");
 
     // What the pod role gives the agent's pod's metrics port.
     let mut labels = json!({
@@ -256,66 +265,17 @@ fn pod_monitor_job(target: &str) -> Json {
         "__meta_kubernetes_pod_node_name": NODE,
         "__meta_kubernetes_pod_phase": "Running",
     });
-    for (k, v) in daemonset["spec"]["template"]["metadata"]["labels"]
-        .as_mapping()
-        .unwrap()
-    {
-        let k = sanitize(s(k));
-        labels[format!("__meta_kubernetes_pod_label_{k}")] = json!(s(v));
-        labels[format!("__meta_kubernetes_pod_labelpresent_{k}")] = json!("true");
-    }
+    add_object_labels(
+        &mut labels,
+        &daemonset["spec"]["template"]["metadata"]["labels"],
+        "pod",
+    );
     json!({
         "job_name": format!("podMonitor/{ns}/{name}/0"),
         "honor_labels": endpoint["honorLabels"].as_bool().unwrap_or(false),
         "static_configs": [{"targets": [target], "labels": labels}],
         "relabel_configs": rules,
     })
-}
-
-struct Prometheus {
-    addr: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(job: Json) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = json!({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [job],
-        });
-        // JSON is YAML.
-        std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let child = common::prometheus(dir.path(), &addr, &[]);
-        Prometheus {
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn query(&self, promql: &str) -> Vec<Json> {
-        let Ok((code, _, body)) = common::http(
-            &self.addr,
-            "GET",
-            &format!("/api/v1/query?query={}", common::url_encode(promql)),
-            &[],
-        ) else {
-            return Vec::new();
-        };
-        let v: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
-        assert!(code == 200 || code == 503, "{promql}: {code} {v}");
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Whether a result row is the workload's pod.
@@ -392,7 +352,7 @@ fn check_monitor(job: impl Fn(&str) -> Json) {
     let pod = WorkloadPod::new();
     let args = pod.agent_args();
     let agent = common::Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let prometheus = Prometheus::start(job(&agent.addr));
+    let prometheus = common::ScrapingPrometheus::start(json!([job(&agent.addr)]));
     common::wait_for(
         "Prometheus scrapes the agent (up 1)",
         Duration::from_secs(60),

@@ -7,7 +7,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -185,63 +185,29 @@ fn start(config: &Path, ca: &Path, client: Option<(&Path, &Path)>) -> Agent {
     );
 }
 
-/// A Prometheus scraping one target with the given scrape options (`scheme`,
-/// `tls_config`, `basic_auth`); killed on drop.
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
+/// Prometheus scraping one target with the given scrape options (`scheme`, `tls_config`,
+/// `basic_auth`).
+fn prometheus_scraping(target: &str, mut job: serde_json::Value) -> common::ScrapingPrometheus {
+    job["job_name"] = "nodelens".into();
+    job["static_configs"] = serde_json::json!([{"targets": [target]}]);
+    common::ScrapingPrometheus::start(serde_json::json!([job]))
 }
 
-impl Prometheus {
-    fn scraping(target: &str, job: serde_json::Value) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let mut job = job;
-        job["job_name"] = "nodelens".into();
-        job["static_configs"] = serde_json::json!([{"targets": [target]}]);
-        let config = serde_json::json!({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [job],
-        });
-        std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let child = common::prometheus(dir.path(), &addr, &[]);
-        Prometheus {
-            child,
-            addr,
-            _dir: dir,
+/// `up` of the target and the number of series of `metric` it scraped, once the target
+/// was scraped at least once (or after 20 s).
+fn scraped(prometheus: &common::ScrapingPrometheus, metric: &str) -> (f64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = prometheus
+            .query("up")
+            .first()
+            .and_then(|r| r["value"][1].as_str()?.parse().ok())
+            .unwrap_or(-1.0);
+        let series = prometheus.query(metric).len();
+        if up == 1.0 && series > 0 || Instant::now() > deadline {
+            return (up, series);
         }
-    }
-
-    /// `up` of the target and the number of series of `metric` it scraped, once the
-    /// target was scraped at least once (or after 20 s).
-    fn scraped(&self, metric: &str) -> (f64, usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let query = |q: &str| -> Vec<serde_json::Value> {
-                common::http(&self.addr, "GET", &format!("/api/v1/query?query={q}"), &[])
-                    .ok()
-                    .and_then(|(_, _, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v["data"]["result"].as_array().cloned())
-                    .unwrap_or_default()
-            };
-            let up = query("up")
-                .first()
-                .and_then(|r| r["value"][1].as_str()?.parse().ok())
-                .unwrap_or(-1.0);
-            let series = query(metric).len();
-            if up == 1.0 && series > 0 || Instant::now() > deadline {
-                return (up, series);
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -305,7 +271,7 @@ fn tls_with_basic_auth_is_scraped_and_wrong_credentials_are_refused() {
     assert!(String::from_utf8_lossy(&body).contains("HTTPS server"));
 
     // A real Prometheus scrapes it over TLS with basic auth.
-    let prometheus = Prometheus::scraping(
+    let prometheus = prometheus_scraping(
         &agent.addr,
         serde_json::json!({
             "scheme": "https",
@@ -313,7 +279,7 @@ fn tls_with_basic_auth_is_scraped_and_wrong_credentials_are_refused() {
             "basic_auth": {"username": "prometheus", "password": "s3cret"},
         }),
     );
-    let (up, series) = prometheus.scraped("nodelens_runqueue_latency_seconds_bucket");
+    let (up, series) = scraped(&prometheus, "nodelens_runqueue_latency_seconds_bucket");
     assert_eq!(up, 1.0, "Prometheus scraped over TLS with basic auth");
     assert!(series > 10, "{series} bucket series");
     drop(prometheus);
@@ -391,14 +357,14 @@ fn mutual_tls_requires_a_verified_certificate_with_an_allowed_name() {
         .is_err(),
         "a certificate of the right CA with a name not in client_allowed_sans: refused"
     );
-    let prometheus = Prometheus::scraping(
+    let prometheus = prometheus_scraping(
         &agent.addr,
         serde_json::json!({
             "scheme": "https",
             "tls_config": {"ca_file": ca, "cert_file": crt, "key_file": key, "server_name": "localhost"},
         }),
     );
-    let (up, series) = prometheus.scraped("nodelens_build_info");
+    let (up, series) = scraped(&prometheus, "nodelens_build_info");
     assert_eq!(up, 1.0, "Prometheus scraped over mutual TLS");
     assert_eq!(series, 1);
 }

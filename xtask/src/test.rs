@@ -17,7 +17,7 @@
 //! stress-ng keeps both CPUs and the disk busy: how flaky the suite is, measured.
 use std::{
     fmt::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -139,7 +139,7 @@ pub fn test(opts: Options) -> Result<()> {
     }
     stages.run("lint", lint);
     stages.run("unit tests", unit_tests);
-    stages.run("integration tests", || integration_tests(&[]));
+    stages.run("integration tests", integration_tests);
     if opts.full {
         full_tier(&mut stages);
     }
@@ -214,20 +214,7 @@ fn full_tier(stages: &mut Stages) {
             let Some(archive) = &archive else {
                 bail!("not run: no image");
             };
-            run_cmd(
-                Command::new("cargo")
-                    .args([
-                        "test",
-                        "--package",
-                        "nodelens",
-                        "--test",
-                        "image",
-                        "--",
-                        "--ignored",
-                    ])
-                    .env("NODELENS_IMAGE_ARCHIVE", archive)
-                    .current_dir(workspace_root()),
-            )
+            nodelens_tests("image", &["--ignored"], Some(archive))
         },
     );
     stages.run("soak, 3 minutes", || soak::soak(3, amd64.as_deref()));
@@ -291,23 +278,30 @@ fn unit_tests() -> Result<()> {
 
 /// Every integration test binary, one test at a time (they share kernel state: probes,
 /// tracefs, CPUs), all of them even when one fails.
-fn integration_tests(extra: &[&str]) -> Result<()> {
-    run_cmd(
-        Command::new("cargo")
-            .args([
-                "test",
-                "--package",
-                "nodelens",
-                "--no-fail-fast",
-                "--test",
-                "*",
-                "--",
-                "--test-threads=1",
-            ])
-            .args(extra)
-            .env("NODELENS_TOOLS_DIR", tools_dir())
-            .current_dir(workspace_root()),
-    )
+fn integration_tests() -> Result<()> {
+    nodelens_tests("*", &[], None)
+}
+
+/// `cargo test` of the agent's integration test binaries matching `test`, one test at a
+/// time, with the test tools' directory and, for the image test, the image's archive.
+fn nodelens_tests(test: &str, test_args: &[&str], image_archive: Option<&Path>) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "test",
+        "--package",
+        "nodelens",
+        "--no-fail-fast",
+        "--test",
+        test,
+    ])
+    .args(["--", "--test-threads=1"])
+    .args(test_args)
+    .env("NODELENS_TOOLS_DIR", tools_dir())
+    .current_dir(workspace_root());
+    if let Some(archive) = image_archive {
+        cmd.env("NODELENS_IMAGE_ARCHIVE", archive);
+    }
+    run_cmd(&mut cmd)
 }
 
 /// stress-ng keeping both CPUs and the disk busy until dropped.
@@ -366,7 +360,7 @@ fn repeat(n: u32, under_load: bool) -> Result<()> {
                 ""
             }
         );
-        stages.run(&name, || integration_tests(&[]));
+        stages.run(&name, integration_tests);
         drop(load);
     }
     eprintln!("{}", stages.table(started.elapsed()));

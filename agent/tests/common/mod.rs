@@ -683,3 +683,53 @@ impl Drop for Cgroups {
         }
     }
 }
+
+/// Debian's Prometheus scraping every second with the given scrape jobs, its API on a free
+/// loopback port; killed on drop.
+pub struct ScrapingPrometheus {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl ScrapingPrometheus {
+    pub fn start(scrape_configs: serde_json::Value) -> ScrapingPrometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": scrape_configs,
+        });
+        // JSON is YAML.
+        std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = prometheus(dir.path(), &addr, &[]);
+        ScrapingPrometheus {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query's result rows; none while Prometheus is still starting (no answer,
+    /// or 503), so that callers poll it.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let Ok((code, _, body)) = http(
+            &self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert!(code == 200 || code == 503, "{promql}: {code} {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for ScrapingPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
