@@ -178,11 +178,14 @@ impl Check {
     fn verdict(&self, m: &Metrics) -> Option<String> {
         let ours = m.get(&self.series).unwrap_or(0.0);
         let diff = (ours - self.kernel).abs();
-        // The unseen switches are counted node-wide, not per task: a busy node's count times
-        // a mean wait could excuse anything, so they never excuse more than a quarter of the
-        // task's wait.
-        let unseen =
-            (m.get(UNSEEN).unwrap_or(0.0) * self.per_unseen_switch).min(self.kernel * 0.25);
+        // Each unseen switch excuses at least [`UNSEEN_SWITCH_WAIT_SECONDS`] (what a loop
+        // alone on an idle CPU loses to one). The larger allowance of a task's own mean
+        // wait, for a loaded machine, is bounded: the unseen switches are counted node-wide,
+        // not per task, and a busy node's count times a mean wait could excuse anything, so
+        // that part never excuses more than a quarter of the task's wait.
+        let unseen_switches = m.get(UNSEEN).unwrap_or(0.0);
+        let unseen = (unseen_switches * UNSEEN_SWITCH_WAIT_SECONDS)
+            .max((unseen_switches * self.per_unseen_switch).min(self.kernel * 0.25));
         let allowance = self.allowance + unseen;
         let ok = diff <= self.kernel * TOLERANCE + allowance;
         (!ok).then(|| {
