@@ -17,6 +17,13 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use crate::ebpf::{families, family::FamilySettings};
+pub use crate::{
+    cgroups::settings::{CgroupConfig, PathLabel},
+    collectors::CollectorName,
+    ebpf::loader::ProbeAttach,
+};
+
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9560";
 pub const DEFAULT_MAX_CGROUPS: usize = 4096;
 pub const DEFAULT_MAP_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -377,89 +384,6 @@ fn labels_from_map_or_list<'de, D: serde::Deserializer<'de>>(
     }))
 }
 
-/// A collector, by the name `--collectors-enabled` and `--collectors-disabled` take. The
-/// order here is the order they run in a scrape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CollectorName {
-    Cpu,
-    Stat,
-    Meminfo,
-    Loadavg,
-    Pressure,
-    Vmstat,
-    Uname,
-    Diskstats,
-    Filesystem,
-    /// eBPF: run-queue latency and context switches.
-    Sched,
-    /// eBPF: block I/O latency and size (`block` is accepted as its former name).
-    #[value(alias = "block")]
-    Disk,
-    /// eBPF: reclaim stalls and OOM kills.
-    Memory,
-    /// eBPF: per-cgroup (per-pod) accounting.
-    Cgroup,
-    /// The probes' own cost and map health.
-    Bpf,
-    Process,
-}
-
-impl CollectorName {
-    /// The name users write; a test checks that clap parses each one back.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Stat => "stat",
-            Self::Meminfo => "meminfo",
-            Self::Loadavg => "loadavg",
-            Self::Pressure => "pressure",
-            Self::Vmstat => "vmstat",
-            Self::Uname => "uname",
-            Self::Diskstats => "diskstats",
-            Self::Filesystem => "filesystem",
-            Self::Sched => "sched",
-            Self::Disk => "disk",
-            Self::Memory => "memory",
-            Self::Cgroup => "cgroup",
-            Self::Bpf => "bpf",
-            Self::Process => "process",
-        }
-    }
-
-    pub fn all() -> &'static [CollectorName] {
-        Self::value_variants()
-    }
-}
-
-/// Whether per-cgroup series carry the cgroup path (`cgroups.path_label`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PathLabel {
-    /// Only where namespace, pod and container do not identify the cgroup.
-    Auto,
-    Always,
-}
-
-/// One per-cgroup series of the `cgroup` collector (`cgroups.series`): each is one metric
-/// family, `nodelens_cgroup_<name>_..._total`, and costs about 120 bytes per pod per scrape
-/// (per kind, where it has kinds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CgroupSeries {
-    Cpu,
-    #[value(name = "runqueue_wait")]
-    RunqueueWait,
-    /// Off by default: two series per pod (voluntary, involuntary), half a busy node's
-    /// response, for what the wait series and the node-wide counters mostly tell.
-    #[value(name = "context_switches")]
-    ContextSwitches,
-    #[value(name = "reclaim_stall")]
-    ReclaimStall,
-}
-
-impl CgroupSeries {
-    pub const DEFAULT: [CgroupSeries; 3] = [Self::Cpu, Self::RunqueueWait, Self::ReclaimStall];
-}
-
 /// What happens to a system call outside the allowlist (`seccomp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
@@ -487,17 +411,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which attach types the loader may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProbeAttach {
-    /// Prefer `tp_btf`, fall back to classic tracepoints.
-    Auto,
-    #[value(name = "tp_btf")]
-    BtfOnly,
-    #[value(name = "tracepoint")]
-    TracepointOnly,
-}
-
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -521,6 +434,8 @@ pub struct Config {
     pub remote_write: Option<RemoteWriteConfig>,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
+    /// The families' own settings, as each family validated them.
+    pub family_settings: FamilySettings,
 }
 
 /// Push settings, validated.
@@ -681,21 +596,6 @@ impl RemoteWriteConfig {
     }
 }
 
-/// Per-cgroup attribution settings.
-#[derive(Debug, Clone)]
-pub struct CgroupConfig {
-    /// `None`: find the cgroup2 mount in /proc/self/mountinfo.
-    pub root: Option<PathBuf>,
-    pub max_tracked: usize,
-    pub include: Option<regex::Regex>,
-    pub exclude: Option<regex::Regex>,
-    pub path_label: PathLabel,
-    /// The per-cgroup series exported (each once).
-    pub series: Vec<CgroupSeries>,
-    pub pod_logs_dir: PathBuf,
-    pub container_logs_dir: PathBuf,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config: cannot read {path}: {source} (check the --config path)")]
@@ -716,40 +616,6 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
         field,
         detail: detail.into(),
     }
-}
-
-/// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
-fn cgroup_series(names: Option<&[String]>) -> Result<Vec<CgroupSeries>, ConfigError> {
-    let Some(names) = names else {
-        return Ok(CgroupSeries::DEFAULT.to_vec());
-    };
-    let mut chosen = Vec::new();
-    for name in names {
-        if name.trim() == "all" {
-            return Ok(CgroupSeries::value_variants().to_vec());
-        }
-        let series = CgroupSeries::from_str(name.trim(), true).map_err(|_| {
-            invalid(
-                "cgroups.series",
-                format!(
-                    "{name:?} is not a per-cgroup series (use {}, or all)",
-                    value_names::<CgroupSeries>().join(", ")
-                ),
-            )
-        })?;
-        chosen.push(series);
-    }
-    if chosen.is_empty() {
-        return Err(invalid(
-            "cgroups.series",
-            "names no series (to export none, turn the cgroup collector off)",
-        ));
-    }
-    Ok(CgroupSeries::value_variants()
-        .iter()
-        .copied()
-        .filter(|s| chosen.contains(s))
-        .collect())
 }
 
 /// Parses a `ValueEnum` value, or names the field and lists what it takes.
@@ -855,6 +721,7 @@ impl Config {
     }
 
     fn validate(s: Settings) -> Result<Self, ConfigError> {
+        let family_settings = family_settings(&to_value(&s))?;
         let listen = s
             .listen_address
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
@@ -885,7 +752,6 @@ impl Config {
                 Some(v) => parse_enum("cgroups.path_label", v, "a path label policy")?,
                 None => PathLabel::Auto,
             },
-            series: cgroup_series(c.series.as_deref())?,
             pod_logs_dir: c.pod_logs_dir.unwrap_or_else(|| "/var/log/pods".into()),
             container_logs_dir: c
                 .container_logs_dir
@@ -932,11 +798,13 @@ impl Config {
             remote_write,
             log_level,
             log_format,
+            family_settings,
         })
     }
 
-    pub fn enabled(&self, collector: CollectorName) -> bool {
-        self.collectors.contains(&collector)
+    /// Whether the collector called `name` is enabled.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.collectors.iter().any(|c| c.name() == name)
     }
 
     /// Checks that the host paths are usable, so that a wrong mount fails at startup with a
@@ -1053,6 +921,20 @@ fn pattern(
         .transpose()
 }
 
+/// Every family's own settings, each read and checked by its family.
+fn family_settings(merged: &serde_json::Value) -> Result<FamilySettings, ConfigError> {
+    let mut settings = FamilySettings::default();
+    for family in families::ALL {
+        let value = family
+            .settings(merged)
+            .map_err(|e| invalid(e.field, e.detail))?;
+        if let Some(value) = value {
+            settings.insert(family.name(), value);
+        }
+    }
+    Ok(settings)
+}
+
 fn select_collectors(
     enabled: Option<&[String]>,
     disabled: &[String],
@@ -1063,7 +945,7 @@ fn select_collectors(
         names
             .iter()
             .map(|name| {
-                CollectorName::from_str(name.trim(), false).map_err(|_| {
+                CollectorName::parse(name).ok_or_else(|| {
                     let known: Vec<&str> = CollectorName::all().iter().map(|c| c.name()).collect();
                     invalid(
                         field,
@@ -1078,8 +960,7 @@ fn select_collectors(
         .transpose()?;
     let disabled = parse("collectors.disabled", disabled)?;
     Ok(CollectorName::all()
-        .iter()
-        .copied()
+        .into_iter()
         .filter(|c| enabled.as_ref().is_none_or(|e| e.contains(c)))
         .filter(|c| !disabled.contains(c))
         .collect())
@@ -1130,13 +1011,10 @@ mod tests {
                 "process"
             ]
         );
-        for c in CollectorName::all() {
-            assert_eq!(CollectorName::from_str(c.name(), false), Ok(*c));
-        }
-        assert_eq!(
-            CollectorName::from_str("block", false),
-            Ok(CollectorName::Disk)
-        );
+        let mut f = flags();
+        f.collectors.enabled = Some(vec!["block".into()]);
+        let c = Config::resolve(f).unwrap();
+        assert!(c.enabled("disk"), "the former name still works");
     }
 
     #[test]
@@ -1267,10 +1145,13 @@ mod tests {
         let mut f = flags();
         f.collectors.enabled = Some(vec!["cpu".into(), "meminfo".into(), "sched".into()]);
         f.collectors.disabled = Some(vec!["meminfo".into()]);
-        assert_eq!(
-            Config::resolve(f).unwrap().collectors,
-            [CollectorName::Cpu, CollectorName::Sched]
-        );
+        let names: Vec<&str> = Config::resolve(f)
+            .unwrap()
+            .collectors
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(names, ["cpu", "sched"]);
     }
 
     #[test]
@@ -1347,14 +1228,23 @@ mod tests {
 
     #[test]
     fn cgroup_series_default_all_and_mistakes() {
-        use CgroupSeries::*;
+        use crate::ebpf::families::cgroup::{CgroupSeries::*, CgroupSettings, NAME};
+        let chosen = |c: Config| {
+            c.family_settings
+                .get::<CgroupSettings>(NAME)
+                .expect("the cgroup family's settings")
+                .series
+                .clone()
+        };
         let series = |names: &[&str]| {
             let mut f = flags();
             f.cgroups.series = Some(names.iter().map(|n| n.to_string()).collect());
-            Config::resolve(f).map(|c| c.cgroups.series)
+            Config::resolve(f).map(chosen)
         };
-        let c = Config::resolve(flags()).unwrap();
-        assert_eq!(c.cgroups.series, [Cpu, RunqueueWait, ReclaimStall]);
+        assert_eq!(
+            chosen(Config::resolve(flags()).unwrap()),
+            [Cpu, RunqueueWait, ReclaimStall]
+        );
         assert_eq!(
             series(&["all"]).unwrap(),
             [Cpu, RunqueueWait, ContextSwitches, ReclaimStall]
@@ -1375,7 +1265,7 @@ mod tests {
         let yaml = "cgroups:\n  series: [cpu, context_switches]\n";
         let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
         assert_eq!(
-            Config::validate(file).unwrap().cgroups.series,
+            chosen(Config::validate(file).unwrap()),
             [Cpu, ContextSwitches]
         );
     }
@@ -1401,7 +1291,7 @@ mod tests {
         let c = Config::resolve(f).unwrap();
         assert_eq!(c.listen_address.port(), 1234, "flag beats file");
         assert_eq!(c.log_format, LogFormat::Json, "file beats default");
-        assert!(!c.enabled(CollectorName::Filesystem));
+        assert!(!c.enabled("filesystem"));
         assert_eq!(
             c.cgroups.max_tracked, 7,
             "nested file keys survive the merge"
@@ -1434,7 +1324,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.settings.cgroups.max, Some(9));
         let c = Config::resolve(cli.settings).unwrap();
-        assert!(!c.enabled(CollectorName::Cpu) && !c.enabled(CollectorName::Disk));
+        assert!(!c.enabled("cpu") && !c.enabled("disk"));
     }
 
     #[test]

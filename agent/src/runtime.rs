@@ -13,11 +13,11 @@ use crate::{
     agent::{self, AgentState},
     cgroups::{self, CgroupResolver, tracker::CgroupTracker},
     collectors::{self, HostPaths},
-    config::{CollectorName, Config},
+    config::Config,
     ebpf::{
         families,
         family::{Family, LoadContext},
-        loader::{self, FamilyCollector, Probes},
+        loader::{self, Probes},
     },
     metrics::Collector,
     node::NodeIdentity,
@@ -59,8 +59,8 @@ impl Runtime {
         );
         let context = LoadContext {
             cgroups: Arc::new(CgroupTracker::new(resolver, config.cgroups.clone())),
-            per_cgroup: config.enabled(CollectorName::Cgroup),
-            cgroup_series: config.cgroups.series.clone(),
+            per_cgroup: config.enabled(families::cgroup::NAME),
+            settings: config.family_settings.clone(),
             procfs: config.procfs.clone(),
             sysfs: config.sysfs.clone(),
             cgroup_root: root,
@@ -73,19 +73,11 @@ impl Runtime {
             procfs: config.procfs.clone(),
             rootfs: config.rootfs.clone(),
         };
-        let collectors: Vec<Box<dyn Collector>> = config
+        let mut collectors: Vec<Box<dyn Collector>> = config
             .collectors
             .iter()
-            .map(|&name| {
-                collectors::build(name, &paths, &probes).unwrap_or_else(|| {
-                    Box::new(FamilyCollector {
-                        name,
-                        probes: probes.clone(),
-                    })
-                })
-            })
+            .map(|&name| collectors::build(name, &paths, &probes))
             .collect();
-        let mut collectors = collectors;
         let remote_write = config.remote_write.as_ref().map(|_| {
             let stats = Arc::new(remote_write::Stats::default());
             collectors.push(Box::new(remote_write::RemoteWriteCollector(stats.clone())));
@@ -104,7 +96,8 @@ impl Runtime {
 
     /// The probe families of the enabled collectors.
     pub fn families(&self) -> Vec<&'static dyn Family> {
-        loader::families_for(&self.config.collectors)
+        let names: Vec<&str> = self.config.collectors.iter().map(|c| c.name()).collect();
+        loader::families_for(&names)
     }
 
     /// Loads and attaches the enabled families (blocking: run it off the event loop).

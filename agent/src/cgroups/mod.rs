@@ -10,6 +10,7 @@ use std::{
 pub mod born;
 pub mod kubernetes;
 pub mod series;
+pub mod settings;
 pub mod tracker;
 
 use kubernetes::PodNames;

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
 use super::CgroupLabels;
-use crate::config::PathLabel;
+use super::settings::PathLabel;
 
 /// One label set, rendered: `head` is every pair but the last value, written as the text
 /// format has it (`container="app",namespace="team-a",pod`), and `tail` that last value,

@@ -31,8 +31,8 @@ use std::{
 
 use rustc_hash::FxHashMap as HashMap;
 
+use super::settings::{CgroupConfig, PathLabel};
 use super::{CgroupLabels, CgroupResolver, exists_at, kubernetes, series::SeriesLabels};
-use crate::config::{CgroupConfig, PathLabel};
 
 /// How long a gone tracked cgroup's final row waits for a scrape before its values move
 /// into "other".
@@ -669,8 +669,7 @@ mod tests {
                 max_tracked: max,
                 include: None,
                 exclude: exclude.map(|re| regex::Regex::new(re).unwrap()),
-                path_label: crate::config::PathLabel::Auto,
-                series: crate::config::CgroupSeries::DEFAULT.to_vec(),
+                path_label: PathLabel::Auto,
                 pod_logs_dir: "/nonexistent".into(),
                 container_logs_dir: "/nonexistent".into(),
             },

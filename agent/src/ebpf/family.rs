@@ -6,6 +6,8 @@
 //! which implements [`Family`] and [`LoadedFamily`] here. The loader, the upkeep task, the
 //! scrape and preflight only ever see these two traits.
 use std::{
+    any::Any,
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc,
@@ -22,11 +24,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 
 use super::{btf::Btf, tracefs};
-use crate::{
-    cgroups::tracker::CgroupTracker,
-    config::{CgroupSeries, CollectorName},
-    metrics::CollectError,
-};
+use crate::{cgroups::tracker::CgroupTracker, metrics::CollectError};
 
 /// How a probe ended up attached, or `None`: one word for "not attached" everywhere
 /// (metrics, preflight, the `/` page).
@@ -183,8 +181,8 @@ pub struct LoadContext {
     /// Per-cgroup accounting is on (the `cgroup` collector is enabled). When it is off, the
     /// programs skip their per-cgroup updates altogether.
     pub per_cgroup: bool,
-    /// The per-cgroup series the `cgroup` family exports (`--cgroup-series`).
-    pub cgroup_series: Vec<CgroupSeries>,
+    /// Each family's own settings, as it validated them ([`Family::settings`]).
+    pub settings: FamilySettings,
     pub procfs: PathBuf,
     pub sysfs: PathBuf,
     /// The cgroup2 mount (to see which controllers it has).
@@ -194,10 +192,55 @@ pub struct LoadContext {
     pub kernel_bpf_stats: bool,
 }
 
+/// A family's settings, as the family validated them.
+pub type SettingsValue = Arc<dyn Any + Send + Sync>;
+
+/// Every family's validated settings, by family name: what [`Family::settings`] returned.
+#[derive(Clone, Default)]
+pub struct FamilySettings(BTreeMap<&'static str, SettingsValue>);
+
+impl FamilySettings {
+    pub fn insert(&mut self, family: &'static str, value: SettingsValue) {
+        self.0.insert(family, value);
+    }
+
+    /// `family`'s settings, when it has some of type `T`.
+    pub fn get<T: Any>(&self, family: &str) -> Option<&T> {
+        self.0.get(family)?.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for FamilySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// A setting a family refused: the file key (flags and variables are named after it) and
+/// what is wrong with the value, with the fix. `config` prints it on one line, exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub field: &'static str,
+    pub detail: String,
+}
+
 /// A probe family, before loading.
 pub trait Family: Sync {
-    /// One name everywhere: the collector that enables it, its modules, its docs/metrics.md rows.
-    fn name(&self) -> CollectorName;
+    /// One name everywhere: the collector that enables it (`--collectors-enabled`), its
+    /// modules, its settings, its docs/metrics.md rows.
+    fn name(&self) -> &'static str;
+    /// Former names `--collectors-enabled` still accepts.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Its own settings: read from the merged settings (flags over file, as JSON keyed by
+    /// the file keys), checked, and returned for its `take` to find in
+    /// [`LoadContext::settings`]. Its keys are declared in `config::Settings`, so that they
+    /// are flags, variables and file keys like every other; only the family knows what
+    /// they mean.
+    fn settings(&self, _merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
+        Ok(None)
+    }
     fn probes(&self) -> &'static [ProbeSpec];
     /// Offsets and flags its programs need, from this kernel.
     fn layout(&self, kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout;

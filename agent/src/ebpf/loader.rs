@@ -27,19 +27,27 @@ use super::{
     map_memory::MapMemory,
     tracefs,
 };
-use crate::{
-    config::{CollectorName, ProbeAttach},
-    metrics::{CollectError, Collector},
-};
+use crate::metrics::{CollectError, Collector};
 
 /// The programs, built from `agent-ebpf` by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
+/// Which attach types the loader may use (`probe_attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeAttach {
+    /// Prefer `tp_btf`, fall back to classic tracepoints.
+    Auto,
+    #[value(name = "tp_btf")]
+    BtfOnly,
+    #[value(name = "tracepoint")]
+    TracepointOnly,
+}
+
 /// A loaded family and the name that enabled it.
 pub struct LoadedEntry {
-    pub name: CollectorName,
+    pub name: &'static str,
     pub family: Box<dyn LoadedFamily>,
 }
 
@@ -97,7 +105,7 @@ impl std::fmt::Debug for Probes {
 }
 
 impl Probes {
-    pub fn family(&self, name: CollectorName) -> Option<&dyn LoadedFamily> {
+    pub fn family(&self, name: &str) -> Option<&dyn LoadedFamily> {
         self.loaded
             .get()?
             .families
@@ -202,13 +210,13 @@ pub fn spawn_upkeep(probes: Arc<Probes>, interval: Duration) {
 /// A family's metrics in the scrape: the collector named like the family.
 #[derive(Debug)]
 pub struct FamilyCollector {
-    pub name: CollectorName,
+    pub name: &'static str,
     pub probes: Arc<Probes>,
 }
 
 impl Collector for FamilyCollector {
     fn name(&self) -> &'static str {
-        self.name.name()
+        self.name
     }
 
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
@@ -285,7 +293,7 @@ fn enable_bpf_stats() -> (Result<(), String>, Option<OwnedFd>) {
 }
 
 /// The families of these collectors, in registration order.
-pub fn families_for(names: &[CollectorName]) -> Vec<&'static dyn Family> {
+pub fn families_for(names: &[&str]) -> Vec<&'static dyn Family> {
     families::ALL
         .iter()
         .copied()
@@ -398,7 +406,7 @@ pub fn load(
         .map(|family| match family.prepare(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(family = family.name().name(), "{e}");
+                tracing::error!(family = family.name(), "{e}");
                 false
             }
         })
@@ -409,8 +417,8 @@ pub fn load(
     for ((family, layout), prepared) in wanted.iter().zip(&layouts).zip(prepared) {
         let first = statuses.len();
         if let Some(mode) = &layout.mode {
-            tracing::info!(family = family.name().name(), "{mode}");
-            notes.push(format!("{}: {mode}", family.name().name()));
+            tracing::info!(family = family.name(), "{mode}");
+            notes.push(format!("{}: {mode}", family.name()));
         }
         let mut groups: Vec<&str> = family.probes().iter().map(|p| p.group).collect();
         groups.dedup();
@@ -450,7 +458,7 @@ pub fn load(
                 name: family.name(),
                 family: loaded,
             }),
-            Err(e) => tracing::error!(family = family.name().name(), "{e}"),
+            Err(e) => tracing::error!(family = family.name(), "{e}"),
         }
     }
     Loaded {

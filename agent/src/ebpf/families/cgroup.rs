@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
 use aya::Ebpf;
+use clap::ValueEnum;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::{
@@ -17,11 +18,10 @@ use crate::{
         series::{self, Rendered},
         tracker::{Assignment, CgroupTracker, CounterTable, Row},
     },
-    config::{CgroupSeries, CollectorName},
     ebpf::{
         family::{
             Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            LoadedFamily, ProbeSpec, global_bytes, take_map,
+            LoadedFamily, ProbeSpec, SettingError, SettingsValue, global_bytes, take_map,
         },
         slots::CgroupSlots,
     },
@@ -31,6 +31,91 @@ use crate::{
 
 pub struct Cgroup;
 
+/// The collector name.
+pub const NAME: &str = "cgroup";
+
+/// One per-cgroup series (`cgroups.series`): each is one metric family,
+/// `nodelens_cgroup_<name>_..._total`, and costs about 120 bytes per pod per scrape (per
+/// kind, where it has kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupSeries {
+    Cpu,
+    #[value(name = "runqueue_wait")]
+    RunqueueWait,
+    /// Off by default: two series per pod (voluntary, involuntary), half a busy node's
+    /// response, for what the wait series and the node-wide counters mostly tell.
+    #[value(name = "context_switches")]
+    ContextSwitches,
+    #[value(name = "reclaim_stall")]
+    ReclaimStall,
+}
+
+impl CgroupSeries {
+    pub const DEFAULT: [CgroupSeries; 3] = [Self::Cpu, Self::RunqueueWait, Self::ReclaimStall];
+}
+
+/// The family's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupSettings {
+    /// The per-cgroup series exported (each once, in catalog order).
+    pub series: Vec<CgroupSeries>,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        Self {
+            series: CgroupSeries::DEFAULT.to_vec(),
+        }
+    }
+}
+
+/// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
+fn series_setting(merged: &serde_json::Value) -> Result<CgroupSettings, SettingError> {
+    let invalid = |detail: String| SettingError {
+        field: "cgroups.series",
+        detail,
+    };
+    let names = match merged.pointer("/cgroups/series") {
+        None | Some(serde_json::Value::Null) => return Ok(CgroupSettings::default()),
+        Some(serde_json::Value::Array(names)) => names,
+        Some(other) => return Err(invalid(format!("{other} is not a list of series names"))),
+    };
+    let known = || {
+        CgroupSeries::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut chosen = Vec::new();
+    for name in names {
+        let name = name.as_str().unwrap_or_default().trim();
+        if name == "all" {
+            chosen = CgroupSeries::value_variants().to_vec();
+            break;
+        }
+        let series = CgroupSeries::from_str(name, true).map_err(|_| {
+            invalid(format!(
+                "{name:?} is not a per-cgroup series (use {}, or all)",
+                known()
+            ))
+        })?;
+        chosen.push(series);
+    }
+    if chosen.is_empty() {
+        return Err(invalid(
+            "names no series (to export none, turn the cgroup collector off)".into(),
+        ));
+    }
+    let series = CgroupSeries::value_variants()
+        .iter()
+        .copied()
+        .filter(|s| chosen.contains(s))
+        .collect();
+    Ok(CgroupSettings { series })
+}
+
 /// Size of the per-cgroup map for a cap on exported cgroups: room for the cap, the cgroups
 /// folded into "other", and gone ones waiting for upkeep.
 pub fn stats_capacity(max_tracked: usize) -> u32 {
@@ -38,8 +123,12 @@ pub fn stats_capacity(max_tracked: usize) -> u32 {
 }
 
 impl Family for Cgroup {
-    fn name(&self) -> CollectorName {
-        CollectorName::Cgroup
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
+        Ok(Some(Arc::new(series_setting(merged)?)))
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -90,7 +179,13 @@ impl Family for Cgroup {
             tracker: ctx.cgroups.clone(),
             fill: FillGauge::default(),
             texts: Mutex::default(),
-            exported: exported(&ctx.cgroup_series),
+            exported: exported(
+                &ctx.settings
+                    .get::<CgroupSettings>(NAME)
+                    .cloned()
+                    .unwrap_or_default()
+                    .series,
+            ),
         }))
     }
 }
@@ -359,7 +454,7 @@ mod tests {
     use super::*;
     use crate::{
         cgroups::{CgroupLabels, series::SeriesLabels},
-        config::PathLabel,
+        cgroups::settings::PathLabel,
     };
 
     /// Every family exported (`--cgroup-series all`).

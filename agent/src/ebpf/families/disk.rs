@@ -33,7 +33,6 @@ use crate::{
         series,
         tracker::{CgroupKey, CgroupTracker, CounterTable, Row},
     },
-    config::CollectorName,
     ebpf::{
         batch,
         families::cgroup::stats_capacity,
@@ -191,8 +190,12 @@ pub fn layout(kernel: &KernelSources, io_on_cgroup2: bool) -> (DiskLayout, Famil
 }
 
 impl Family for Disk {
-    fn name(&self) -> CollectorName {
-        CollectorName::Disk
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["block"]
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -348,7 +351,7 @@ impl DiskMaps {
                 cgroup: "unknown".into(),
                 ..Default::default()
             },
-            crate::config::PathLabel::Always,
+            crate::cgroups::settings::PathLabel::Always,
         );
         let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = rows
             .iter()

@@ -43,11 +43,11 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     cgroups::{
+        settings::PathLabel,
         CgroupLabels,
         series::{self, SeriesLabels},
         tracker::CgroupTracker,
     },
-    config::{CollectorName, PathLabel},
     ebpf::{
         events::spawn_on_readable,
         family::{
@@ -182,8 +182,8 @@ pub fn layout(kernel: &KernelSources) -> (MemoryLayout, FamilyLayout) {
 }
 
 impl Family for Memory {
-    fn name(&self) -> CollectorName {
-        CollectorName::Memory
+    fn name(&self) -> &'static str {
+        "memory"
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {

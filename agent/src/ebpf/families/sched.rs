@@ -17,7 +17,6 @@ use aya::{
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
-    config::CollectorName,
     ebpf::family::{
         AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
         LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
@@ -214,8 +213,8 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
 }
 
 impl Family for Sched {
-    fn name(&self) -> CollectorName {
-        CollectorName::Sched
+    fn name(&self) -> &'static str {
+        "sched"
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
