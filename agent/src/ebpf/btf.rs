@@ -38,6 +38,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("BTF struct {strukt} has none of the fields {fields:?}")]
     NoField { strukt: String, fields: Vec<String> },
+    #[error("struct {0} is not in the family's KernelReads (a build bug: declare it)")]
+    Undeclared(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -322,34 +324,27 @@ pub mod fixtures {
 
     use super::*;
 
-    /// Structs whose members nodelens resolves, on any kernel.
-    pub const STRUCTS: &[&str] = &[
-        "task_struct",
-        "sched_info",
-        "sched_entity",
-        "cfs_rq",
-        "rq",
-        "request",
-        "request_queue",
-        "gendisk",
-        "bio",
-        "blkcg_gq",
-        "blkcg",
-        "cgroup_subsys_state",
-        "css_set",
-        "cgroup",
-        "kernfs_node",
-    ];
+    /// Structs whose members some family resolves (its `KernelReads`), on any kernel.
+    pub fn structs() -> Vec<&'static str> {
+        declared(|r| r.structs)
+    }
 
-    /// Tracepoints whose BTF prototypes nodelens reads.
-    pub const TRACEPOINTS: &[&str] = &[
-        "sched_switch",
-        "sched_wakeup",
-        "sched_wakeup_new",
-        "block_rq_issue",
-        "block_rq_complete",
-        "mark_victim",
-    ];
+    /// Tracepoints whose BTF prototypes some family reads.
+    pub fn tracepoints() -> Vec<&'static str> {
+        declared(|r| r.tracepoints)
+    }
+
+    fn declared(
+        part: fn(&crate::ebpf::family::KernelReads) -> &'static [&'static str],
+    ) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = crate::ebpf::families::ALL
+            .iter()
+            .flat_map(|f| part(&f.kernel_reads()).iter().copied())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 
     pub fn dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btf")
@@ -375,25 +370,26 @@ pub mod fixtures {
             .unwrap_or_else(|e| panic!("fixture {release}.btf: {e}"))
     }
 
-    /// Writes a BTF blob holding `STRUCTS` (every member, named member types reduced to byte
+    /// Writes a BTF blob holding [`structs`] (every member, named member types reduced to byte
     /// arrays of their size, anonymous structs and unions kept) and the `btf_trace_*`
-    /// prototypes of `TRACEPOINTS` (struct pointer arguments point at those structs, or at
+    /// prototypes of [`tracepoints`] (struct pointer arguments point at those structs, or at
     /// empty ones of the same name).
     pub fn prune(full: &Btf) -> Vec<u8> {
         let mut w = Writer::default();
         let u8_id = w.int("unsigned char", 1);
         let index_id = w.int("unsigned int", 4);
+        let wanted = structs();
         let mut structs: HashMap<String, u32> = HashMap::new();
-        for name in STRUCTS {
+        for name in wanted {
             if let Some((id, _)) = full
                 .all()
-                .find(|(_, t)| t.kind == KIND_STRUCT && full.name(t.name_off) == *name)
+                .find(|(_, t)| t.kind == KIND_STRUCT && full.name(t.name_off) == name)
             {
                 let new = w.copy_struct(full, id, u8_id, index_id);
-                structs.insert((*name).to_owned(), new);
+                structs.insert(name.to_owned(), new);
             }
         }
-        for event in TRACEPOINTS {
+        for event in tracepoints() {
             let want = format!("btf_trace_{event}");
             let Some((_, typedef)) = full
                 .all()
@@ -613,7 +609,7 @@ pub mod fixtures {
             let full = Btf::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
             let pruned = prune(&full);
             let check = Btf::parse(&pruned).unwrap();
-            for s in STRUCTS {
+            for s in structs() {
                 if let (Ok(a), Ok(b)) = (
                     full.member(s, &["pid", "__data_len", "id", "kn"]),
                     check.member(s, &["pid", "__data_len", "id", "kn"]),

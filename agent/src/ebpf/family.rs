@@ -23,7 +23,10 @@ use aya::{
 use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 
-use super::{btf::Btf, tracefs};
+use super::{
+    btf::{Btf, BtfError, Member},
+    tracefs,
+};
 use crate::{cgroups::tracker::CgroupTracker, metrics::CollectError};
 
 /// How a probe ended up attached, or `None`: one word for "not attached" everywhere
@@ -102,14 +105,77 @@ impl Attached<'_> {
     }
 }
 
-/// Where offsets come from on this kernel: its BTF (read once, see `kernel.rs`) and the
-/// tracepoint format files.
-pub struct KernelSources<'a> {
-    pub btf: Result<&'a Btf<'a>, String>,
-    pub tracefs: Option<&'a std::path::Path>,
+/// What a family reads from the kernel: the BTF structs whose members it resolves, and the
+/// tracepoints whose BTF prototype or `format` file it reads. The family's layout can read
+/// nothing else (see [`KernelSources`]), so this list is complete, and the BTF test fixtures
+/// are pruned to the union of every family's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelReads {
+    pub structs: &'static [&'static str],
+    /// Tracepoint names (`sched_switch`), whichever attach type reads them.
+    pub tracepoints: &'static [&'static str],
 }
 
-impl KernelSources<'_> {
+/// This kernel's BTF as one family may read it: only the structs and tracepoints of its
+/// [`KernelReads`]. Reading anything else is an error that names the struct, so a family
+/// that forgets a declaration fails its layout tests at once.
+#[derive(Clone, Copy)]
+pub struct FamilyBtf<'a> {
+    btf: &'a Btf<'a>,
+    reads: KernelReads,
+}
+
+impl FamilyBtf<'_> {
+    fn declared(&self, strukt: &str) -> Result<(), BtfError> {
+        if self.reads.structs.contains(&strukt) {
+            Ok(())
+        } else {
+            Err(BtfError::Undeclared(strukt.to_owned()))
+        }
+    }
+
+    pub fn member(&self, strukt: &str, candidates: &[&str]) -> Result<Member, BtfError> {
+        self.declared(strukt)?;
+        self.btf.member(strukt, candidates)
+    }
+
+    pub fn has_member(&self, strukt: &str, field: &str) -> bool {
+        self.declared(strukt).is_ok() && self.btf.has_member(strukt, field)
+    }
+
+    pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
+        if !self.reads.tracepoints.contains(&event) {
+            tracing::error!("tracepoint {event} is not in the family's KernelReads (a build bug)");
+            return None;
+        }
+        self.btf.tracepoint_args(event)
+    }
+}
+
+/// Where offsets come from on this kernel, for one family: its BTF (read once, see
+/// `kernel.rs`) and the tracepoint format files, each limited to the family's
+/// [`KernelReads`].
+pub struct KernelSources<'a> {
+    pub btf: Result<FamilyBtf<'a>, String>,
+    pub tracefs: Option<&'a std::path::Path>,
+    reads: KernelReads,
+}
+
+impl<'a> KernelSources<'a> {
+    /// The kernel as `family` may read it.
+    pub fn for_family(
+        family: &dyn Family,
+        btf: Result<&'a Btf<'a>, String>,
+        tracefs: Option<&'a std::path::Path>,
+    ) -> Self {
+        let reads = family.kernel_reads();
+        Self {
+            btf: btf.map(|btf| FamilyBtf { btf, reads }),
+            tracefs,
+            reads,
+        }
+    }
+
     /// A `format` file field's offset, or why not.
     pub fn tp_field(
         &self,
@@ -117,6 +183,11 @@ impl KernelSources<'_> {
         event: &str,
         field: &str,
     ) -> Result<tracefs::Field, String> {
+        if !self.reads.tracepoints.contains(&event) {
+            return Err(format!(
+                "tracepoint {event} is not in the family's KernelReads (a build bug)"
+            ));
+        }
         let dir = self.tracefs.ok_or(tracefs::NOT_MOUNTED)?;
         tracefs::field(dir, category, event, field)
     }
@@ -242,6 +313,10 @@ pub trait Family: Sync {
         Ok(None)
     }
     fn probes(&self) -> &'static [ProbeSpec];
+    /// What its layout reads from the kernel's BTF and tracepoints.
+    fn kernel_reads(&self) -> KernelReads {
+        KernelReads::default()
+    }
     /// Offsets and flags its programs need, from this kernel.
     fn layout(&self, kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout;
     /// Map sizes to set before loading, where the default does not fit.
@@ -392,4 +467,49 @@ where
         .take_map(name)
         .ok_or_else(|| format!("map {name} missing from the eBPF object (a build bug)"))?;
     M::try_from(map).map_err(|e| format!("map {name}: {}", reason(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf::{
+        btf::fixtures,
+        families::{cgroup::Cgroup, sched::Sched},
+    };
+
+    #[test]
+    fn a_family_reads_only_what_it_declared() {
+        let (release, bytes) = fixtures::all().into_iter().next().expect("a BTF fixture");
+        let btf = Btf::parse(&bytes).unwrap();
+        let sched = KernelSources::for_family(&Sched, Ok(&btf), None);
+        let sched_btf = sched.btf.as_ref().unwrap();
+        assert!(sched_btf.member("task_struct", &["pid"]).is_ok(), "{release}");
+        // The cgroup family declares no kernel reads: the same lookups are refused.
+        let cgroup = KernelSources::for_family(&Cgroup, Ok(&btf), None);
+        let cgroup_btf = cgroup.btf.as_ref().unwrap();
+        let refused = cgroup_btf.member("task_struct", &["pid"]).unwrap_err();
+        assert!(refused.to_string().contains("task_struct is not in the family's KernelReads"));
+        assert!(!cgroup_btf.has_member("task_struct", "pid"));
+        assert_eq!(cgroup_btf.tracepoint_args("sched_switch"), None);
+        let tp = cgroup.tp_field("sched", "sched_switch", "prev_pid").unwrap_err();
+        assert!(tp.contains("not in the family's KernelReads"), "{tp}");
+    }
+
+    #[test]
+    fn the_fixtures_hold_every_declared_struct() {
+        let wanted = fixtures::structs();
+        assert!(wanted.contains(&"task_struct") && wanted.contains(&"request"));
+        for (release, bytes) in fixtures::all() {
+            let btf = Btf::parse(&bytes).unwrap();
+            for strukt in &wanted {
+                // Every kernel the fixtures cover has these structs (a member of each
+                // resolves); a family's new struct needs `cargo xtask btf-fixtures`.
+                let found = btf.member(strukt, &["__nonexistent__"]).unwrap_err();
+                assert!(
+                    matches!(found, crate::ebpf::btf::BtfError::NoField { .. }),
+                    "{release}: {strukt}: {found}"
+                );
+            }
+        }
+    }
 }

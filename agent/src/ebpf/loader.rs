@@ -330,13 +330,13 @@ pub fn load(
             .as_deref()
             .map_err(Clone::clone)
             .and_then(|b| Btf::parse(b).map_err(|e| e.to_string()));
-        let sources = KernelSources {
-            btf: own.as_ref().map_err(Clone::clone),
-            tracefs: tracefs_dir.as_deref(),
-        };
         wanted
             .iter()
-            .map(|f| f.layout(&sources, &context))
+            .map(|f| {
+                let btf = own.as_ref().map_err(Clone::clone);
+                let sources = KernelSources::for_family(*f, btf, tracefs_dir.as_deref());
+                f.layout(&sources, &context)
+            })
             .collect()
     };
     let aya_btf = btf_bytes

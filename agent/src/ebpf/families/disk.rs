@@ -38,7 +38,7 @@ use crate::{
         families::cgroup::stats_capacity,
         family::{
             Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+            KernelReads, LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, counts, family, histogram},
@@ -196,6 +196,24 @@ impl Family for Disk {
 
     fn aliases(&self) -> &'static [&'static str] {
         &["block"]
+    }
+
+    fn kernel_reads(&self) -> KernelReads {
+        KernelReads {
+            // The request's size, op and disk; the path from its bio to the owning cgroup.
+            structs: &[
+                "request",
+                "request_queue",
+                "gendisk",
+                "bio",
+                "blkcg_gq",
+                "blkcg",
+                "cgroup_subsys_state",
+                "cgroup",
+                "kernfs_node",
+            ],
+            tracepoints: &["block_rq_issue", "block_rq_complete"],
+        }
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -518,10 +536,7 @@ mod tests {
         let bytes = fixtures::load(release);
         let btf = Btf::parse(&bytes).unwrap();
         let (l, family) = layout(
-            &KernelSources {
-                btf: Ok(&btf),
-                tracefs: None,
-            },
+            &KernelSources::for_family(&Disk, Ok(&btf), None),
             true,
         );
         assert_eq!(family.btf, Ok(()), "{release}");

@@ -52,8 +52,7 @@ use crate::{
         events::spawn_on_readable,
         family::{
             AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources,
-            LoadContext,
-            LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+            KernelReads, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, family, histogram},
@@ -184,6 +183,14 @@ pub fn layout(kernel: &KernelSources) -> (MemoryLayout, FamilyLayout) {
 impl Family for Memory {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn kernel_reads(&self) -> KernelReads {
+        KernelReads {
+            // Only mark_victim reads offsets: the victim's pid and its cgroup's id.
+            structs: &["task_struct", "css_set", "cgroup", "kernfs_node"],
+            tracepoints: &["mark_victim"],
+        }
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -618,10 +625,7 @@ mod layout_tests {
         ] {
             let bytes = fixtures::load(release);
             let btf = Btf::parse(&bytes).unwrap();
-            let (l, family) = layout(&KernelSources {
-                btf: Ok(&btf),
-                tracefs: None,
-            });
+            let (l, family) = layout(&KernelSources::for_family(&Memory, Ok(&btf), None));
             assert_eq!(family.btf, Ok(()), "{release}");
             assert_eq!(l.oom_arg_is_task, 1, "{release}");
             assert_eq!(

@@ -18,10 +18,18 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     ebpf::family::{
-        AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
+        AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelReads, KernelSources,
+        LoadContext,
         LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
     },
     metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
+};
+
+/// The task's pid and state, the run queue's clock through the task, the scheduler's own
+/// timestamps; the switch and wakeup tracepoints' format fields.
+const KERNEL_READS: KernelReads = KernelReads {
+    structs: &["task_struct", "sched_info", "sched_entity", "cfs_rq", "rq"],
+    tracepoints: &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
 };
 
 /// Run-queue latency buckets: 2^10 ns (about 1 µs) up to 2^36 ns (about 69 s).
@@ -217,6 +225,10 @@ impl Family for Sched {
         "sched"
     }
 
+    fn kernel_reads(&self) -> KernelReads {
+        KERNEL_READS
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         PROBES
     }
@@ -338,10 +350,7 @@ mod tests {
     fn resolve(release: &str) -> (SchedLayout, FamilyLayout) {
         let bytes = fixtures::load(release);
         let btf = Btf::parse(&bytes).unwrap();
-        layout(&KernelSources {
-            btf: Ok(&btf),
-            tracefs: None,
-        })
+        layout(&KernelSources::for_family(&Sched, Ok(&btf), None))
     }
 
     #[test]
@@ -391,10 +400,7 @@ mod tests {
 
     #[test]
     fn without_btf_or_tracefs_each_attach_type_says_why() {
-        let (_, family) = layout(&KernelSources {
-            btf: Err("no BTF here".into()),
-            tracefs: None,
-        });
+        let (_, family) = layout(&KernelSources::for_family(&Sched, Err("no BTF here".into()), None));
         assert_eq!(family.btf, Err("no BTF here".into()));
         assert!(family.tracepoint.unwrap_err().contains("tracefs not mounted"));
     }
