@@ -8,9 +8,7 @@
 //! one scrape of /metrics to a file.
 use std::{
     collections::HashMap,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -18,7 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cgroups::born::BornInside,
-    ebpf::{family::AttachKind, loader::Loaded, map_memory::possible_cpus},
+    ebpf::{
+        family::{AttachKind, ExerciseContext},
+        loader::Loaded,
+        map_memory::possible_cpus,
+    },
     runtime::{Runtime, cgroup_root},
 };
 
@@ -40,6 +42,10 @@ pub struct ProbeExercise {
     pub attach: AttachKind,
     /// Program runs during the exercise.
     pub events: u64,
+    /// A core probe, or one a workload that ran is meant to make fire (its family's
+    /// exercise says which): without events, it does not work on this kernel.
+    #[serde(default)]
+    pub expect_events: bool,
     /// Run time per run, as the programs measured themselves (1 run in 64 timed); `None`
     /// without events.
     pub ns_per_event: Option<f64>,
@@ -107,43 +113,6 @@ pub struct AttributionRow {
     pub io_stat_ios: u64,
 }
 
-/// Scheduler work: pairs of threads that wake each other through channels (one pair per two
-/// CPUs, at least two pairs, so that every CPU switches tasks of this one cgroup at once),
-/// and thread creation.
-fn sched_work() -> String {
-    let round_trips = 5_000;
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pairs = (cpus / 2).max(2);
-    let mut handles = Vec::new();
-    for _ in 0..pairs {
-        let (to_peer, from_main) = mpsc::channel::<u32>();
-        let (to_main, from_peer) = mpsc::channel::<u32>();
-        let peer = std::thread::spawn(move || {
-            while let Ok(v) = from_main.recv() {
-                if to_main.send(v + 1).is_err() {
-                    break;
-                }
-            }
-        });
-        let driver = std::thread::spawn(move || {
-            for i in 0..round_trips {
-                if to_peer.send(i).is_err() || from_peer.recv().is_err() {
-                    break;
-                }
-            }
-        });
-        handles.push(peer);
-        handles.push(driver);
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    format!(
-        "{} thread round trips through channels, {pairs} pairs on {cpus} CPUs",
-        pairs * round_trips as usize
-    )
-}
-
 /// The first whole disk in sysfs: not a loop, RAM, zram or optical device, with a size.
 fn find_disk(sysfs: &Path) -> Option<PathBuf> {
     let mut names: Vec<String> = std::fs::read_dir(sysfs.join("block"))
@@ -164,75 +133,6 @@ fn find_disk(sysfs: &Path) -> Option<PathBuf> {
         .collect();
     names.sort();
     names.first().map(|n| PathBuf::from("/dev").join(n))
-}
-
-/// Block work: up to 256 O_DIRECT reads of 4 KiB from the start of a disk or file. Reads
-/// only.
-fn block_work(device: &Path) -> Result<String, String> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(device)
-        .map_err(|e| format!("cannot open {} with O_DIRECT: {e}", device.display()))?;
-    // O_DIRECT needs a buffer aligned to the logical block size: 4096 covers every disk.
-    let mut backing = vec![0u8; 8192];
-    let offset = backing.as_ptr().align_offset(4096);
-    let buf = &mut backing[offset..offset + 4096];
-    let mut reads = 0;
-    for i in 0..256u64 {
-        match file.read_at(buf, i * 4096) {
-            Ok(n) if n > 0 => reads += 1,
-            Ok(_) => break,
-            Err(e) => return Err(format!("read from {}: {e}", device.display())),
-        }
-    }
-    Ok(format!(
-        "{reads} O_DIRECT reads of 4 KiB from {}",
-        device.display()
-    ))
-}
-
-/// Memory work: buffered reads of 48 MiB from the disk inside a cgroup limited to 8 MiB, so
-/// the memcg must reclaim. Needs a cgroup2 memory controller, `sh` and `dd`.
-fn reclaim_work(cgroup2: &Path, device: &Path) -> Result<String, String> {
-    let controllers =
-        std::fs::read_to_string(cgroup2.join("cgroup.controllers")).unwrap_or_default();
-    if !controllers.split_whitespace().any(|c| c == "memory") {
-        return Err(format!(
-            "no memory controller in {} (cgroup v1 host)",
-            cgroup2.display()
-        ));
-    }
-    let _ = std::fs::write(cgroup2.join("cgroup.subtree_control"), "+memory");
-    let dir = cgroup2.join(format!("nodelens-exercise-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let result = (|| {
-        std::fs::write(dir.join("memory.max"), "8388608")
-            .map_err(|e| format!("memory.max: {e}"))?;
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec dd if={} of=/dev/null bs=1048576 count=48",
-            dir.display(),
-            device.display()
-        );
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| format!("sh: {e}"))?;
-        if status.success() {
-            Ok(format!(
-                "48 MiB buffered reads from {} in an 8 MiB memory cgroup",
-                device.display()
-            ))
-        } else {
-            Err(format!("dd in the memory cgroup failed: {status}"))
-        }
-    })();
-    std::thread::sleep(Duration::from_millis(50));
-    let _ = std::fs::remove_dir(&dir);
-    result
 }
 
 /// A cgroup the attribution check made: its directory and its `cgroup` label.
@@ -554,38 +454,29 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
     let offsets = l.offsets.clone();
     let before = stats_by_probe(l);
 
-    let mut workloads = vec![("scheduler".to_owned(), sched_work())];
     let device = options.device.clone().or_else(|| find_disk(&config.sysfs));
-    // A disk the sandbox will not let us open directly can still be read through a file
-    // on it: our own executable, with O_DIRECT.
-    let block = device
-        .as_deref()
-        .map(block_work)
-        .unwrap_or_else(|| Err("no disk found in sysfs".into()))
-        .or_else(|disk_err| {
-            let exe = std::env::current_exe()
-                .map_err(|e| format!("{disk_err}; no executable path: {e}"))?;
-            block_work(&exe).map_err(|e| format!("{disk_err}; {e}"))
-        });
-    workloads.push((
-        "block".into(),
-        block.unwrap_or_else(|e| format!("not run: {e}")),
-    ));
-    match &device {
-        Some(dev) => {
-            let reclaim = match cgroup_root(config) {
-                Some(root) => reclaim_work(&root, dev),
-                None => Err("no cgroup2 mount".into()),
+    let cgroup2 = cgroup_root(config);
+    let context = ExerciseContext {
+        device: device.as_deref(),
+        cgroup_root: cgroup2.as_deref(),
+    };
+    // Each loaded family makes its own probes fire.
+    let mut workloads = Vec::new();
+    let mut expect_events: Vec<&'static str> = Vec::new();
+    let loaded = crate::runtime::Runtime::all_families()
+        .into_iter()
+        .filter(|f| l.families.iter().any(|e| e.name == f.name()));
+    for family in loaded {
+        for w in family.exercise(&context) {
+            let what = match w.outcome {
+                Ok(did) => {
+                    expect_events.extend(w.fires);
+                    did
+                }
+                Err(why) => format!("not run: {why}"),
             };
-            workloads.push((
-                "memory reclaim".into(),
-                reclaim.unwrap_or_else(|e| format!("not provoked: {e}")),
-            ));
+            workloads.push((w.name.to_owned(), what));
         }
-        None => workloads.push((
-            "memory reclaim".into(),
-            "not provoked: no disk to read".into(),
-        )),
     }
     let attribution_cgroups = options.filesystem.as_deref().map(|fs| {
         let done = cgroup_root(config)
@@ -616,6 +507,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         .iter()
         .map(|s| {
             let (r0, t0) = before.get(s.name).copied().unwrap_or_default();
+            let expected = s.core || expect_events.contains(&s.name);
             let (r1, t1) = after.get(s.name).copied().unwrap_or_default();
             let events = r1.saturating_sub(r0);
             ProbeExercise {
@@ -623,6 +515,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
                 attach: s.attach,
                 events,
                 ns_per_event: (events > 0 && t1 > t0).then(|| (t1 - t0) / events as f64 * 1e9),
+                expect_events: expected,
                 reason: s.note.clone().unwrap_or_default(),
             }
         })

@@ -838,7 +838,8 @@ fn promtool_problems(metrics: &str) -> Result<Vec<String>> {
     .collect())
 }
 
-/// A probe's row in the table: (attach, events, ns/event, core).
+/// A probe's row in the table: (attach, events, ns/event, must see events: a core probe, or
+/// one its family's exercise makes fire).
 type Cell = (String, u64, Option<f64>, bool);
 
 fn cells(report: &serde_json::Value) -> BTreeMap<String, Cell> {
@@ -853,7 +854,8 @@ fn cells(report: &serde_json::Value) -> BTreeMap<String, Cell> {
                     p["attach"].as_str().unwrap_or("").to_owned(),
                     p["events"].as_u64().unwrap_or(0),
                     p["ns_per_event"].as_f64(),
-                    core_probes(report).contains(p["probe"].as_str().unwrap_or("")),
+                    p["expect_events"].as_bool() == Some(true)
+                        || core_probes(report).contains(p["probe"].as_str().unwrap_or("")),
                 ),
             )
         })
@@ -952,11 +954,6 @@ fn debian_kernels_for(
     }
     Ok(out)
 }
-
-/// Probes the matrix requires to see events besides the core ones: the exercise creates
-/// threads, so sched_wakeup_new must fire too. (OOM kills and direct reclaim are not
-/// provoked in the guests; they must still attach.)
-const ALSO_EXERCISED: &[&str] = &["sched_wakeup_new"];
 
 /// The kernels a matrix run boots, downloaded, and what it leaves out and why.
 pub struct Prepared {
@@ -1088,15 +1085,15 @@ pub fn run(prepared: Prepared, nodelens: &Path, nodelens_arm64: Option<&Path>) -
     retries.extend(more.retries);
     runs.extend(booted);
 
-    // Every probe attaches on every run; core probes (and the exercised extras) see events.
+    // Every probe attaches on every run; core probes, and those the families' exercises
+    // make fire, see events.
     for (column, report) in &runs {
         let c = cells(report);
         if c.is_empty() {
             failures.push(format!("{column}: the report lists no probes"));
         }
-        for (probe, (attach, events, _, core)) in &c {
-            let needs_events = *core || ALSO_EXERCISED.contains(&probe.as_str());
-            if attach == "none" || (needs_events && *events == 0) {
+        for (probe, (attach, events, _, needs_events)) in &c {
+            if attach == "none" || (*needs_events && *events == 0) {
                 failures.push(format!("{column}: {probe} {attach} with {events} events"));
             }
         }

@@ -295,6 +295,27 @@ pub struct SettingError {
     pub detail: String,
 }
 
+/// What a family's exercise may use.
+#[derive(Debug, Clone, Copy)]
+pub struct ExerciseContext<'a> {
+    /// A disk to read from: `--exercise-device`, or the first disk in sysfs.
+    pub device: Option<&'a std::path::Path>,
+    /// The cgroup2 hierarchy, where the agent may create a cgroup.
+    pub cgroup_root: Option<&'a std::path::Path>,
+}
+
+/// One piece of work a family's exercise did.
+#[derive(Debug)]
+pub struct Workload {
+    /// Its row in the report (`scheduler`, `block`).
+    pub name: &'static str,
+    /// What it did, or why it could not run.
+    pub outcome: Result<String, String>,
+    /// The probes that must see events when it ran: with none, the probe does not work on
+    /// this kernel (`preflight --exercise` and the kernel matrix fail on it).
+    pub fires: &'static [&'static str],
+}
+
 /// A probe family, before loading.
 pub trait Family: Sync {
     /// One name everywhere: the collector that enables it (`--collectors-enabled`), its
@@ -321,6 +342,11 @@ pub trait Family: Sync {
     fn layout(&self, kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout;
     /// Map sizes to set before loading, where the default does not fit.
     fn map_sizes(&self, _ctx: &LoadContext) -> Vec<(&'static str, u32)> {
+        Vec::new()
+    }
+    /// Work that makes its probes fire, for `preflight --exercise` (which the kernel matrix
+    /// runs in every guest): run with every family loaded, before the report is made.
+    fn exercise(&self, _ctx: &ExerciseContext) -> Vec<Workload> {
         Vec::new()
     }
     /// Readies its maps once the object is loaded, before any program of any family is
@@ -483,15 +509,24 @@ mod tests {
         let btf = Btf::parse(&bytes).unwrap();
         let sched = KernelSources::for_family(&Sched, Ok(&btf), None);
         let sched_btf = sched.btf.as_ref().unwrap();
-        assert!(sched_btf.member("task_struct", &["pid"]).is_ok(), "{release}");
+        assert!(
+            sched_btf.member("task_struct", &["pid"]).is_ok(),
+            "{release}"
+        );
         // The cgroup family declares no kernel reads: the same lookups are refused.
         let cgroup = KernelSources::for_family(&Cgroup, Ok(&btf), None);
         let cgroup_btf = cgroup.btf.as_ref().unwrap();
         let refused = cgroup_btf.member("task_struct", &["pid"]).unwrap_err();
-        assert!(refused.to_string().contains("task_struct is not in the family's KernelReads"));
+        assert!(
+            refused
+                .to_string()
+                .contains("task_struct is not in the family's KernelReads")
+        );
         assert!(!cgroup_btf.has_member("task_struct", "pid"));
         assert_eq!(cgroup_btf.tracepoint_args("sched_switch"), None);
-        let tp = cgroup.tp_field("sched", "sched_switch", "prev_pid").unwrap_err();
+        let tp = cgroup
+            .tp_field("sched", "sched_switch", "prev_pid")
+            .unwrap_err();
         assert!(tp.contains("not in the family's KernelReads"), "{tp}");
     }
 

@@ -38,7 +38,7 @@ use crate::{
         families::cgroup::stats_capacity,
         family::{
             Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            KernelReads, LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+            KernelReads, LoadedFamily, ExerciseContext, Workload, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, counts, family, histogram},
@@ -214,6 +214,25 @@ impl Family for Disk {
             ],
             tracepoints: &["block_rq_issue", "block_rq_complete"],
         }
+    }
+
+    fn exercise(&self, ctx: &ExerciseContext) -> Vec<Workload> {
+        // A disk the sandbox will not let us open directly can still be read through a
+        // file on it: our own executable, with O_DIRECT.
+        let outcome = ctx
+            .device
+            .map(block_work)
+            .unwrap_or_else(|| Err("no disk found in sysfs".into()))
+            .or_else(|disk_err| {
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("{disk_err}; no executable path: {e}"))?;
+                block_work(&exe).map_err(|e| format!("{disk_err}; {e}"))
+            });
+        vec![Workload {
+            name: "block",
+            outcome,
+            fires: &["block_rq_issue", "block_rq_complete"],
+        }]
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -525,6 +544,33 @@ impl LoadedFamily for DiskMaps {
             costs: self.costs.read(),
         }
     }
+}
+
+/// Block work: up to 256 O_DIRECT reads of 4 KiB from the start of a disk or file. Reads
+/// only.
+fn block_work(device: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(device)
+        .map_err(|e| format!("cannot open {} with O_DIRECT: {e}", device.display()))?;
+    // O_DIRECT needs a buffer aligned to the logical block size: 4096 covers every disk.
+    let mut backing = vec![0u8; 8192];
+    let offset = backing.as_ptr().align_offset(4096);
+    let buf = &mut backing[offset..offset + 4096];
+    let mut reads = 0;
+    for i in 0..256u64 {
+        match file.read_at(buf, i * 4096) {
+            Ok(n) if n > 0 => reads += 1,
+            Ok(_) => break,
+            Err(e) => return Err(format!("read from {}: {e}", device.display())),
+        }
+    }
+    Ok(format!(
+        "{reads} O_DIRECT reads of 4 KiB from {}",
+        device.display()
+    ))
 }
 
 #[cfg(test)]

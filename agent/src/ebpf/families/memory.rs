@@ -52,7 +52,7 @@ use crate::{
         events::spawn_on_readable,
         family::{
             AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources,
-            KernelReads, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+            KernelReads, LoadContext, LoadedFamily, ProbeCosts, ExerciseContext, Workload, ProbeSpec, global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, family, histogram},
@@ -191,6 +191,22 @@ impl Family for Memory {
             structs: &["task_struct", "css_set", "cgroup", "kernfs_node"],
             tracepoints: &["mark_victim"],
         }
+    }
+
+    fn exercise(&self, ctx: &ExerciseContext) -> Vec<Workload> {
+        let outcome = match (ctx.cgroup_root, ctx.device) {
+            (Some(root), Some(dev)) => reclaim_work(root, dev),
+            (None, _) => Err("no cgroup2 mount".into()),
+            (_, None) => Err("no disk to read".into()),
+        };
+        vec![Workload {
+            name: "memory reclaim",
+            outcome,
+            // Not required: whether a memcg at its limit reclaims through the tracepoints
+            // (rather than dropping clean cache on the fast path) depends on the kernel, and
+            // OOM kills are not provoked. The probes must still attach.
+            fires: &[],
+        }]
     }
 
     fn probes(&self) -> &'static [ProbeSpec] {
@@ -521,6 +537,48 @@ fn parse_oom_event(bytes: &[u8]) -> Option<OomEvent> {
         _pad: 0,
         cgroup_id,
     })
+}
+
+/// Memory work: buffered reads of 48 MiB from the disk inside a cgroup limited to 8 MiB, so
+/// the memcg must reclaim. Needs a cgroup2 memory controller, `sh` and `dd`.
+fn reclaim_work(cgroup2: &std::path::Path, device: &std::path::Path) -> Result<String, String> {
+    let controllers =
+        std::fs::read_to_string(cgroup2.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err(format!(
+            "no memory controller in {} (cgroup v1 host)",
+            cgroup2.display()
+        ));
+    }
+    let _ = std::fs::write(cgroup2.join("cgroup.subtree_control"), "+memory");
+    let dir = cgroup2.join(format!("nodelens-exercise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let result = (|| {
+        std::fs::write(dir.join("memory.max"), "8388608")
+            .map_err(|e| format!("memory.max: {e}"))?;
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec dd if={} of=/dev/null bs=1048576 count=48",
+            dir.display(),
+            device.display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("sh: {e}"))?;
+        if status.success() {
+            Ok(format!(
+                "48 MiB buffered reads from {} in an 8 MiB memory cgroup",
+                device.display()
+            ))
+        } else {
+            Err(format!("dd in the memory cgroup failed: {status}"))
+        }
+    })();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let _ = std::fs::remove_dir(&dir);
+    result
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use crate::{
     ebpf::family::{
         AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelReads, KernelSources,
-        LoadContext,
-        LoadedFamily, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+        ExerciseContext, LoadContext, LoadedFamily, Workload, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
     },
     metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
 };
@@ -229,6 +228,15 @@ impl Family for Sched {
         KERNEL_READS
     }
 
+    fn exercise(&self, _ctx: &ExerciseContext) -> Vec<Workload> {
+        vec![Workload {
+            name: "scheduler",
+            outcome: Ok(sched_work()),
+            // Its threads block and wake each other, and are created.
+            fires: &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
+        }]
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         PROBES
     }
@@ -340,6 +348,43 @@ impl LoadedFamily for SchedMaps {
             costs: self.costs.read(),
         }
     }
+}
+
+/// Scheduler work: pairs of threads that wake each other through channels (one pair per two
+/// CPUs, at least two pairs, so that every CPU switches tasks of this one cgroup at once),
+/// and thread creation.
+fn sched_work() -> String {
+    let round_trips = 5_000;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pairs = (cpus / 2).max(2);
+    let mut handles = Vec::new();
+    for _ in 0..pairs {
+        let (to_peer, from_main) = std::sync::mpsc::channel::<u32>();
+        let (to_main, from_peer) = std::sync::mpsc::channel::<u32>();
+        let peer = std::thread::spawn(move || {
+            while let Ok(v) = from_main.recv() {
+                if to_main.send(v + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let driver = std::thread::spawn(move || {
+            for i in 0..round_trips {
+                if to_peer.send(i).is_err() || from_peer.recv().is_err() {
+                    break;
+                }
+            }
+        });
+        handles.push(peer);
+        handles.push(driver);
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    format!(
+        "{} thread round trips through channels, {pairs} pairs on {cpus} CPUs",
+        pairs * round_trips as usize
+    )
 }
 
 #[cfg(test)]
