@@ -100,6 +100,23 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 // SAFETY: #[repr(C)] plain u64 data.
 unsafe impl aya::Pod for CgroupSlot {}
 
+/// The names of this family's maps and programs in the object, shared with user space
+/// (`take_map`, `ProbeSpec`): each is the identifier of a static or a function in
+/// `programs`, and the agent's unit tests check every one against the built object.
+pub mod names {
+    pub const CGROUP_SLOTS: &str = "CGROUP_SLOTS";
+    pub const CGROUP_STATS: &str = "CGROUP_STATS";
+    pub const CGROUP_FREE_SLOTS: &str = "CGROUP_FREE_SLOTS";
+    pub const CGROUP_SLOTS_USED: &str = "CGROUP_SLOTS_USED";
+    /// Every map of the family.
+    pub const MAPS: &[&str] = &[
+        CGROUP_SLOTS,
+        CGROUP_STATS,
+        CGROUP_FREE_SLOTS,
+        CGROUP_SLOTS_USED,
+    ];
+}
+
 #[cfg(target_arch = "bpf")]
 pub mod programs {
     use aya_ebpf::{

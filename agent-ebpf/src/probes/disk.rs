@@ -221,6 +221,33 @@ mod pod {
     unsafe impl aya::Pod for super::DiskLayout {}
 }
 
+/// The names of this family's maps and programs in the object, shared with user space
+/// (`take_map`, `ProbeSpec`): each is the identifier of a static or a function in
+/// `programs`, and the agent's unit tests check every one against the built object.
+pub mod names {
+    pub const DISK_INFLIGHT: &str = "DISK_INFLIGHT";
+    pub const DISK_HISTOGRAMS: &str = "DISK_HISTOGRAMS";
+    pub const DISK_ZERO: &str = "DISK_ZERO";
+    pub const DISK_COUNTERS: &str = "DISK_COUNTERS";
+    pub const CGROUP_DISK: &str = "CGROUP_DISK";
+    pub const DISK_ADDRESS: &str = "DISK_ADDRESS";
+    pub const DISK_COST: &str = "DISK_COST";
+    pub const BLOCK_RQ_ISSUE_BTF: &str = "block_rq_issue_btf";
+    pub const BLOCK_RQ_COMPLETE_BTF: &str = "block_rq_complete_btf";
+    pub const BLOCK_RQ_ISSUE_TP: &str = "block_rq_issue_tp";
+    pub const BLOCK_RQ_COMPLETE_TP: &str = "block_rq_complete_tp";
+    /// Every map of the family.
+    pub const MAPS: &[&str] = &[
+        DISK_INFLIGHT,
+        DISK_HISTOGRAMS,
+        DISK_ZERO,
+        DISK_COUNTERS,
+        CGROUP_DISK,
+        DISK_ADDRESS,
+        DISK_COST,
+    ];
+}
+
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{

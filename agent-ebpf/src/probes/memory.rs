@@ -64,6 +64,35 @@ mod pod {
     unsafe impl aya::Pod for super::MemoryLayout {}
 }
 
+/// The names of this family's maps and programs in the object, shared with user space
+/// (`take_map`, `ProbeSpec`): each is the identifier of a static or a function in
+/// `programs`, and the agent's unit tests check every one against the built object.
+pub mod names {
+    pub const RECLAIM_START: &str = "RECLAIM_START";
+    pub const RECLAIM_LATENCY: &str = "RECLAIM_LATENCY";
+    pub const MEMORY_COUNTERS: &str = "MEMORY_COUNTERS";
+    pub const MEMORY_COST: &str = "MEMORY_COST";
+    pub const OOM_EVENTS: &str = "OOM_EVENTS";
+    pub const DIRECT_RECLAIM_BEGIN_BTF: &str = "direct_reclaim_begin_btf";
+    pub const DIRECT_RECLAIM_END_BTF: &str = "direct_reclaim_end_btf";
+    pub const MEMCG_RECLAIM_BEGIN_BTF: &str = "memcg_reclaim_begin_btf";
+    pub const MEMCG_RECLAIM_END_BTF: &str = "memcg_reclaim_end_btf";
+    pub const DIRECT_RECLAIM_BEGIN_TP: &str = "direct_reclaim_begin_tp";
+    pub const DIRECT_RECLAIM_END_TP: &str = "direct_reclaim_end_tp";
+    pub const MEMCG_RECLAIM_BEGIN_TP: &str = "memcg_reclaim_begin_tp";
+    pub const MEMCG_RECLAIM_END_TP: &str = "memcg_reclaim_end_tp";
+    pub const MARK_VICTIM_BTF: &str = "mark_victim_btf";
+    pub const MARK_VICTIM_TP: &str = "mark_victim_tp";
+    /// Every map of the family.
+    pub const MAPS: &[&str] = &[
+        RECLAIM_START,
+        RECLAIM_LATENCY,
+        MEMORY_COUNTERS,
+        MEMORY_COST,
+        OOM_EVENTS,
+    ];
+}
+
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{

@@ -156,6 +156,23 @@ mod pod {
     unsafe impl aya::Pod for super::SchedLayout {}
 }
 
+/// The names of this family's maps and programs in the object, shared with user space
+/// (`take_map`, `ProbeSpec`): each is the identifier of a static or a function in
+/// `programs`, and the agent's unit tests check every one against the built object.
+pub mod names {
+    pub const RUNQUEUE_START: &str = "RUNQUEUE_START";
+    pub const SCHED_COUNTERS: &str = "SCHED_COUNTERS";
+    pub const SCHED_COST: &str = "SCHED_COST";
+    pub const SCHED_WAKEUP_BTF: &str = "sched_wakeup_btf";
+    pub const SCHED_WAKEUP_NEW_BTF: &str = "sched_wakeup_new_btf";
+    pub const SCHED_SWITCH_BTF: &str = "sched_switch_btf";
+    pub const SCHED_WAKEUP_TP: &str = "sched_wakeup_tp";
+    pub const SCHED_WAKEUP_NEW_TP: &str = "sched_wakeup_new_tp";
+    pub const SCHED_SWITCH_TP: &str = "sched_switch_tp";
+    /// Every map of the family.
+    pub const MAPS: &[&str] = &[RUNQUEUE_START, SCHED_COUNTERS, SCHED_COST];
+}
+
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{

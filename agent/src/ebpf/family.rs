@@ -334,6 +334,9 @@ pub trait Family: Sync {
         Ok(None)
     }
     fn probes(&self) -> &'static [ProbeSpec];
+    /// Its maps' names in the object (agent-ebpf's `names::MAPS`), checked against the
+    /// built object by a unit test.
+    fn maps(&self) -> &'static [&'static str];
     /// What its layout reads from the kernel's BTF and tracepoints.
     fn kernel_reads(&self) -> KernelReads {
         KernelReads::default()

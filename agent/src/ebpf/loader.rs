@@ -622,7 +622,31 @@ fn attach_one(
 
 #[cfg(test)]
 mod tests {
-    use super::HighWater;
+    use super::{EBPF_OBJECT, HighWater, families};
+
+    #[test]
+    fn every_name_a_family_uses_is_in_the_object() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built eBPF object parses");
+        assert!(!families::ALL.is_empty());
+        for family in families::ALL {
+            for map in family.maps() {
+                assert!(
+                    object.maps.contains_key(*map),
+                    "{}: no map {map} in the object",
+                    family.name()
+                );
+            }
+            for spec in family.probes() {
+                for program in [spec.btf_program, spec.tracepoint_program] {
+                    assert!(
+                        object.programs.contains_key(program),
+                        "{}: no program {program} in the object",
+                        family.name()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_dipping_estimate_is_held_until_it_passes_its_highest() {

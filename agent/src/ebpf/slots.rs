@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_ebpf::cgroup::{CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED};
+use agent_ebpf::cgroup::{CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED, names};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap, MapData, Stack},
@@ -77,13 +77,13 @@ impl CgroupSlots {
     pub fn fill_free(ebpf: &mut Ebpf) -> Result<(), String> {
         let missing = |name: &str| format!("map {name} missing from the eBPF object (a build bug)");
         let slots = ebpf
-            .map("CGROUP_STATS")
-            .ok_or_else(|| missing("CGROUP_STATS"))
+            .map(names::CGROUP_STATS)
+            .ok_or_else(|| missing(names::CGROUP_STATS))
             .and_then(|m| Array::<_, CgroupSlot>::try_from(m).map_err(|e| e.to_string()))?
             .len();
         let mut free = ebpf
-            .map_mut("CGROUP_FREE_SLOTS")
-            .ok_or_else(|| missing("CGROUP_FREE_SLOTS"))
+            .map_mut(names::CGROUP_FREE_SLOTS)
+            .ok_or_else(|| missing(names::CGROUP_FREE_SLOTS))
             .and_then(|m| Stack::<_, u32>::try_from(m).map_err(|e| e.to_string()))?;
         for slot in (0..slots).rev() {
             free.push(slot, 0)

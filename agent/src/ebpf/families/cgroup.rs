@@ -8,7 +8,7 @@
 //! cgroups and keeps their final values, see `cgroups::tracker`) and exports them.
 use std::sync::{Arc, Mutex};
 
-use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
+use agent_ebpf::cgroup::{names, CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
 use aya::Ebpf;
 use clap::ValueEnum;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -131,6 +131,10 @@ impl Family for Cgroup {
         Ok(Some(Arc::new(series_setting(merged)?)))
     }
 
+    fn maps(&self) -> &'static [&'static str] {
+        names::MAPS
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         &[]
     }
@@ -150,9 +154,9 @@ impl Family for Cgroup {
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
         let slots = stats_capacity(ctx.max_cgroups);
         vec![
-            ("CGROUP_STATS", slots),
-            ("CGROUP_SLOTS", slots),
-            ("CGROUP_FREE_SLOTS", slots),
+            (names::CGROUP_STATS, slots),
+            (names::CGROUP_SLOTS, slots),
+            (names::CGROUP_FREE_SLOTS, slots),
         ]
     }
 
@@ -167,10 +171,10 @@ impl Family for Cgroup {
         ctx: &LoadContext,
     ) -> Result<Box<dyn LoadedFamily>, String> {
         let slots = CgroupSlots::new(
-            take_map(ebpf, "CGROUP_SLOTS")?,
-            take_map(ebpf, "CGROUP_FREE_SLOTS")?,
-            take_map(ebpf, "CGROUP_SLOTS_USED")?,
-            take_map(ebpf, "CGROUP_STATS")?,
+            take_map(ebpf, names::CGROUP_SLOTS)?,
+            take_map(ebpf, names::CGROUP_FREE_SLOTS)?,
+            take_map(ebpf, names::CGROUP_SLOTS_USED)?,
+            take_map(ebpf, names::CGROUP_STATS)?,
         );
         Ok(Box::new(CgroupMaps {
             capacity: slots.capacity(),
@@ -216,7 +220,7 @@ impl LoadedFamily for CgroupMaps {
         let entries = self
             .slots()
             .entries()
-            .map_err(|e| CollectError::map("CGROUP_STATS", e))?;
+            .map_err(|e| CollectError::map(names::CGROUP_STATS, e))?;
         let rows = self.table.rows(&mut tracker, entries);
         let (tracked, evictions, unknown) = rows.tracker.counts();
         self.encode(&rows.rows)?;
@@ -275,7 +279,7 @@ impl LoadedFamily for CgroupMaps {
 
     fn health(&self) -> Health {
         Health {
-            maps: vec![self.fill.fill("CGROUP_STATS", self.capacity)],
+            maps: vec![self.fill.fill(names::CGROUP_STATS, self.capacity)],
             lost: Vec::new(),
             costs: Vec::new(),
         }

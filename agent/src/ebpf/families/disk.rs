@@ -15,6 +15,7 @@ use std::{
 };
 
 use agent_ebpf::{
+    disk::names,
     disk::{
         COST_COMPLETE, COST_ISSUE, CgroupDiskKey, CgroupDiskStats, DISK_HISTOGRAM_ENTRIES,
         DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskKey, DiskLayout,
@@ -64,16 +65,16 @@ const PROBES: &[ProbeSpec] = &[
         name: "block_rq_issue",
         category: "block",
         group: "block",
-        btf_program: "block_rq_issue_btf",
-        tracepoint_program: "block_rq_issue_tp",
+        btf_program: names::BLOCK_RQ_ISSUE_BTF,
+        tracepoint_program: names::BLOCK_RQ_ISSUE_TP,
         core: true,
     },
     ProbeSpec {
         name: "block_rq_complete",
         category: "block",
         group: "block",
-        btf_program: "block_rq_complete_btf",
-        tracepoint_program: "block_rq_complete_tp",
+        btf_program: names::BLOCK_RQ_COMPLETE_BTF,
+        tracepoint_program: names::BLOCK_RQ_COMPLETE_TP,
         core: true,
     },
 ];
@@ -235,6 +236,10 @@ impl Family for Disk {
         }]
     }
 
+    fn maps(&self) -> &'static [&'static str] {
+        names::MAPS
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         PROBES
     }
@@ -244,7 +249,7 @@ impl Family for Disk {
     }
 
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
-        vec![("CGROUP_DISK", stats_capacity(ctx.max_cgroups))]
+        vec![(names::CGROUP_DISK, stats_capacity(ctx.max_cgroups))]
     }
 
     fn take(
@@ -254,12 +259,12 @@ impl Family for Disk {
         ctx: &LoadContext,
     ) -> Result<Box<dyn LoadedFamily>, String> {
         Ok(Box::new(DiskMaps {
-            histograms: take_map(ebpf, "DISK_HISTOGRAMS")?,
-            counters: take_map(ebpf, "DISK_COUNTERS")?,
-            costs: ProbeCosts::new(take_map(ebpf, "DISK_COST")?, &COST_SLOTS),
+            histograms: take_map(ebpf, names::DISK_HISTOGRAMS)?,
+            counters: take_map(ebpf, names::DISK_COUNTERS)?,
+            costs: ProbeCosts::new(take_map(ebpf, names::DISK_COST)?, &COST_SLOTS),
             per_cgroup: if ctx.per_cgroup {
                 Some(PerCgroup {
-                    map: Mutex::new(take_map(ebpf, "CGROUP_DISK")?),
+                    map: Mutex::new(take_map(ebpf, names::CGROUP_DISK)?),
                     capacity: stats_capacity(ctx.max_cgroups),
                     table: CounterTable::default(),
                     tracker: ctx.cgroups.clone(),
@@ -315,7 +320,7 @@ impl PerCgroup {
         &self,
     ) -> Result<(Vec<(CgroupDiskKey, CgroupDiskStats)>, Vec<(CgroupDiskKey, CgroupDiskStats)>), CollectError> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let all = batch::entries(&map).map_err(|e| CollectError::map("CGROUP_DISK", e))?;
+        let all = batch::entries(&map).map_err(|e| CollectError::map(names::CGROUP_DISK, e))?;
         Ok(all.into_iter().partition(|(k, _)| k.cgroup != 0))
     }
 
@@ -453,9 +458,9 @@ impl LoadedFamily for DiskMaps {
         }
         let mut rows: Vec<(String, &'static str, Log2Histogram, Log2Histogram)> = Vec::new();
         for item in self.histograms.iter() {
-            let (key, per_cpu) = item.map_err(|e| map_error("DISK_HISTOGRAMS", e))?;
+            let (key, per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
             let mut total = *per_cpu.iter().next().ok_or_else(|| {
-                CollectError::map("DISK_HISTOGRAMS", "an entry with no per-CPU values")
+                CollectError::map(names::DISK_HISTOGRAMS, "an entry with no per-CPU values")
             })?;
             for h in per_cpu.iter().skip(1) {
                 total.latency.merge(&h.latency);
@@ -529,10 +534,10 @@ impl LoadedFamily for DiskMaps {
         // DISK_INFLIGHT is an array: it has no fill level, only slots taken over.
         let mut maps = vec![
             self.histogram_fill
-                .fill("DISK_HISTOGRAMS", DISK_HISTOGRAM_ENTRIES),
+                .fill(names::DISK_HISTOGRAMS, DISK_HISTOGRAM_ENTRIES),
         ];
         if let Some(pc) = &self.per_cgroup {
-            maps.push(pc.fill.fill("CGROUP_DISK", pc.capacity));
+            maps.push(pc.fill.fill(names::CGROUP_DISK, pc.capacity));
         }
         Health {
             maps,

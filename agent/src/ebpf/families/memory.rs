@@ -28,6 +28,7 @@ use std::{
 };
 
 use agent_ebpf::{
+    memory::names,
     histogram::Log2Histogram,
     memory::{
         COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
@@ -84,33 +85,33 @@ const PROBES: &[ProbeSpec] = &[
     vmscan(
         "mm_vmscan_direct_reclaim_begin",
         "direct_reclaim",
-        "direct_reclaim_begin_btf",
-        "direct_reclaim_begin_tp",
+        names::DIRECT_RECLAIM_BEGIN_BTF,
+        names::DIRECT_RECLAIM_BEGIN_TP,
     ),
     vmscan(
         "mm_vmscan_direct_reclaim_end",
         "direct_reclaim",
-        "direct_reclaim_end_btf",
-        "direct_reclaim_end_tp",
+        names::DIRECT_RECLAIM_END_BTF,
+        names::DIRECT_RECLAIM_END_TP,
     ),
     vmscan(
         "mm_vmscan_memcg_reclaim_begin",
         "memcg_reclaim",
-        "memcg_reclaim_begin_btf",
-        "memcg_reclaim_begin_tp",
+        names::MEMCG_RECLAIM_BEGIN_BTF,
+        names::MEMCG_RECLAIM_BEGIN_TP,
     ),
     vmscan(
         "mm_vmscan_memcg_reclaim_end",
         "memcg_reclaim",
-        "memcg_reclaim_end_btf",
-        "memcg_reclaim_end_tp",
+        names::MEMCG_RECLAIM_END_BTF,
+        names::MEMCG_RECLAIM_END_TP,
     ),
     ProbeSpec {
         name: "mark_victim",
         category: "oom",
         group: "mark_victim",
-        btf_program: "mark_victim_btf",
-        tracepoint_program: "mark_victim_tp",
+        btf_program: names::MARK_VICTIM_BTF,
+        tracepoint_program: names::MARK_VICTIM_TP,
         core: false,
     },
 ];
@@ -209,6 +210,10 @@ impl Family for Memory {
         }]
     }
 
+    fn maps(&self) -> &'static [&'static str] {
+        names::MAPS
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         PROBES
     }
@@ -224,11 +229,11 @@ impl Family for Memory {
         ctx: &LoadContext,
     ) -> Result<Box<dyn LoadedFamily>, String> {
         Ok(Box::new(MemoryMaps {
-            reclaim: take_map(ebpf, "RECLAIM_LATENCY")?,
-            counters: take_map(ebpf, "MEMORY_COUNTERS")?,
-            costs: ProbeCosts::new(take_map(ebpf, "MEMORY_COST")?, &COST_SLOTS),
-            start: take_map(ebpf, "RECLAIM_START")?,
-            ring: Mutex::new(Some(take_map(ebpf, "OOM_EVENTS")?)),
+            reclaim: take_map(ebpf, names::RECLAIM_LATENCY)?,
+            counters: take_map(ebpf, names::MEMORY_COUNTERS)?,
+            costs: ProbeCosts::new(take_map(ebpf, names::MEMORY_COST)?, &COST_SLOTS),
+            start: take_map(ebpf, names::RECLAIM_START)?,
+            ring: Mutex::new(Some(take_map(ebpf, names::OOM_EVENTS)?)),
             direct_up: attached.all_up(&[
                 "mm_vmscan_direct_reclaim_begin",
                 "mm_vmscan_direct_reclaim_end",
@@ -365,7 +370,7 @@ impl MemoryMaps {
         let per_cpu = self
             .counters
             .get(&0, 0)
-            .map_err(|e| map_error("MEMORY_COUNTERS", e))?;
+            .map_err(|e| map_error(names::MEMORY_COUNTERS, e))?;
         Ok(per_cpu.iter().map(|c| c.oom_ringbuf_full).sum())
     }
 
@@ -388,7 +393,7 @@ impl LoadedFamily for MemoryMaps {
                 let per_cpu = self
                     .reclaim
                     .get(&kind, 0)
-                    .map_err(|e| map_error("RECLAIM_LATENCY", e))?;
+                    .map_err(|e| map_error(names::RECLAIM_LATENCY, e))?;
                 let mut total = Log2Histogram::zeroed();
                 per_cpu.iter().for_each(|h| total.merge(h));
                 stalls.push((RECLAIM_KIND_NAMES[kind as usize], total));
@@ -457,7 +462,7 @@ impl LoadedFamily for MemoryMaps {
             }
         }
         Health {
-            maps: vec![self.start_fill.fill("RECLAIM_START", RECLAIM_START_ENTRIES)],
+            maps: vec![self.start_fill.fill(names::RECLAIM_START, RECLAIM_START_ENTRIES)],
             lost: vec![
                 ("reclaim_start_map_full", start_full),
                 ("oom_ringbuf_full", ring_full),

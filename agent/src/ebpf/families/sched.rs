@@ -4,6 +4,7 @@
 //! tracepoints, or a kernel without those fields). The programs also charge each cgroup's
 //! CPU time, wait and switches (see the `cgroup` family, which exports them).
 use agent_ebpf::{
+    sched::names,
     histogram::{HISTOGRAM_SLOTS, Log2Histogram},
     sched::{
         COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL,
@@ -43,24 +44,24 @@ const PROBES: &[ProbeSpec] = &[
         name: "sched_switch",
         category: "sched",
         group: "sched_switch",
-        btf_program: "sched_switch_btf",
-        tracepoint_program: "sched_switch_tp",
+        btf_program: names::SCHED_SWITCH_BTF,
+        tracepoint_program: names::SCHED_SWITCH_TP,
         core: true,
     },
     ProbeSpec {
         name: "sched_wakeup",
         category: "sched",
         group: "sched_wakeup",
-        btf_program: "sched_wakeup_btf",
-        tracepoint_program: "sched_wakeup_tp",
+        btf_program: names::SCHED_WAKEUP_BTF,
+        tracepoint_program: names::SCHED_WAKEUP_TP,
         core: true,
     },
     ProbeSpec {
         name: "sched_wakeup_new",
         category: "sched",
         group: "sched_wakeup_new",
-        btf_program: "sched_wakeup_new_btf",
-        tracepoint_program: "sched_wakeup_new_tp",
+        btf_program: names::SCHED_WAKEUP_NEW_BTF,
+        tracepoint_program: names::SCHED_WAKEUP_NEW_TP,
         core: false,
     },
 ];
@@ -237,6 +238,10 @@ impl Family for Sched {
         }]
     }
 
+    fn maps(&self) -> &'static [&'static str] {
+        names::MAPS
+    }
+
     fn probes(&self) -> &'static [ProbeSpec] {
         PROBES
     }
@@ -256,9 +261,9 @@ impl Family for Sched {
         let self_sufficient = attached.attach("sched_switch") == Some(AttachKind::TpBtf)
             && !attached.listed("sched_wakeup");
         Ok(Box::new(SchedMaps {
-            counters: take_map(ebpf, "SCHED_COUNTERS")?,
-            start: take_map(ebpf, "RUNQUEUE_START")?,
-            costs: ProbeCosts::new(take_map(ebpf, "SCHED_COST")?, &COST_SLOTS),
+            counters: take_map(ebpf, names::SCHED_COUNTERS)?,
+            start: take_map(ebpf, names::RUNQUEUE_START)?,
+            costs: ProbeCosts::new(take_map(ebpf, names::SCHED_COST)?, &COST_SLOTS),
             runqueue_complete: attached.up("sched_switch")
                 && (self_sufficient || attached.all_up(&WAKEUP_PROBES)),
             switch_up: attached.up("sched_switch"),
@@ -282,7 +287,7 @@ impl LoadedFamily for SchedMaps {
         let counters = self
             .counters
             .get(&0, 0)
-            .map_err(|e| map_error("SCHED_COUNTERS", e))?;
+            .map_err(|e| map_error(names::SCHED_COUNTERS, e))?;
         let (mut voluntary, mut involuntary) = (0u64, 0u64);
         let mut latency = Log2Histogram::zeroed();
         for c in counters.iter() {
@@ -337,7 +342,7 @@ impl LoadedFamily for SchedMaps {
             }
         }
         Health {
-            maps: vec![self.start_fill.fill("RUNQUEUE_START", RUNQUEUE_START_ENTRIES)],
+            maps: vec![self.start_fill.fill(names::RUNQUEUE_START, RUNQUEUE_START_ENTRIES)],
             lost: vec![
                 ("runqueue_start_map_full", start_full),
                 ("cgroup_map_full_sched", cgroup_full),
