@@ -239,6 +239,14 @@ impl CgroupResolver {
     }
 }
 
+impl CgroupResolver {
+    /// Whether a cgroup is at `path` (relative to the hierarchy's root), whatever its id:
+    /// what rows kept by path (OOM kills) call "still there".
+    pub fn path_exists(&self, path: &str) -> bool {
+        self.root().join(path.trim_start_matches('/')).is_dir()
+    }
+}
+
 /// Whether the cgroup `id` is still at `path`: the directory is there with the same inode
 /// (cgroup ids are inode numbers, never reused while the machine runs).
 pub fn exists_at(path: &Path, id: u64) -> bool {

@@ -374,6 +374,11 @@ pub trait LoadedFamily: Send + Sync {
     /// their values), refreshes fill levels. The loader's upkeep task calls
     /// it on a timer, whether or not anyone scrapes.
     fn upkeep(&self) {}
+    /// Its per-cgroup maps, which the loader's upkeep round sweeps inside the tracker's
+    /// round (see `ebpf::per_cgroup`), whether or not anyone scrapes.
+    fn cgroup_maps(&self) -> Vec<&dyn Sweep> {
+        Vec::new()
+    }
     /// Fill levels and losses, for the `bpf` collector.
     fn health(&self) -> Health {
         Health::default()
@@ -381,6 +386,11 @@ pub trait LoadedFamily: Send + Sync {
     /// Starts tasks that wait for kernel events (ring buffers). Called once, inside the
     /// agent's async runtime; `preflight` never calls it.
     fn spawn_event_readers(&self) {}
+}
+
+/// One upkeep pass over a per-cgroup map (`ebpf::per_cgroup`), as the loader drives it.
+pub trait Sweep: Send + Sync {
+    fn sweep(&self);
 }
 
 /// One bounded map's fill level.

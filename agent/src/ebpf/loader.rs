@@ -170,6 +170,9 @@ impl Loaded {
         self.context.cgroups.lock().begin_round();
         for entry in &self.families {
             entry.family.upkeep();
+            for map in entry.family.cgroup_maps() {
+                map.sweep();
+            }
         }
         self.context.cgroups.lock().end_round();
         self.map_memory.refresh();

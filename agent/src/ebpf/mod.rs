@@ -1,5 +1,6 @@
 //! The eBPF side in user space: what a probe family is (`family`), the families themselves
-//! (`families/`, one module each), loading and upkeep (`loader`), and the kernel facts they
+//! (`families/`, one module each), loading and upkeep (`loader`), per-cgroup maps and their
+//! sweep (`per_cgroup`), and the kernel facts they
 //! read (BTF, tracefs format files).
 pub mod batch;
 pub mod btf;
@@ -8,5 +9,6 @@ pub mod families;
 pub mod family;
 pub mod loader;
 pub mod map_memory;
+pub mod per_cgroup;
 pub mod slots;
 pub mod tracefs;

@@ -8,7 +8,7 @@
 //! cgroups and keeps their final values, see `cgroups::tracker`) and exports them.
 use std::sync::{Arc, Mutex};
 
-use agent_ebpf::cgroup::{names, CGROUP_ACCOUNTING_GLOBAL, CGROUP_STATS_ENTRIES, CgroupStats};
+use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CgroupStats, names};
 use aya::Ebpf;
 use clap::ValueEnum;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -16,13 +16,14 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{
         series::{self, Rendered},
-        tracker::{Assignment, CgroupTracker, CounterTable, Row},
+        tracker::{Assignment, Row},
     },
     ebpf::{
         family::{
-            Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            LoadedFamily, ProbeSpec, SettingError, SettingsValue, global_bytes, take_map,
+            Attached, Family, FamilyLayout, Health, KernelSources, LoadContext, LoadedFamily,
+            ProbeSpec, SettingError, Sweep, SettingsValue, global_bytes, take_map,
         },
+        per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::CgroupSlots,
     },
     metrics::{CollectError, counter, gauge},
@@ -116,11 +117,6 @@ fn series_setting(merged: &serde_json::Value) -> Result<CgroupSettings, SettingE
     Ok(CgroupSettings { series })
 }
 
-/// Size of the per-cgroup map for a cap on exported cgroups: room for the cap, the cgroups
-/// folded into "other", and gone ones waiting for upkeep.
-pub fn stats_capacity(max_tracked: usize) -> u32 {
-    (max_tracked.saturating_mul(4) as u32).max(CGROUP_STATS_ENTRIES)
-}
 
 impl Family for Cgroup {
     fn name(&self) -> &'static str {
@@ -152,7 +148,7 @@ impl Family for Cgroup {
     }
 
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
-        let slots = stats_capacity(ctx.max_cgroups);
+        let slots = capacity_for(ctx.max_cgroups);
         vec![
             (names::CGROUP_STATS, slots),
             (names::CGROUP_SLOTS, slots),
@@ -176,12 +172,9 @@ impl Family for Cgroup {
             take_map(ebpf, names::CGROUP_SLOTS_USED)?,
             take_map(ebpf, names::CGROUP_STATS)?,
         );
+        let capacity = slots.capacity();
         Ok(Box::new(CgroupMaps {
-            capacity: slots.capacity(),
-            slots: Mutex::new(slots),
-            table: CounterTable::default(),
-            tracker: ctx.cgroups.clone(),
-            fill: FillGauge::default(),
+            stats: PerCgroupMap::new(names::CGROUP_STATS, slots, capacity, ctx.cgroups.clone()),
             texts: Mutex::default(),
             exported: exported(
                 &ctx.settings
@@ -195,37 +188,42 @@ impl Family for Cgroup {
 }
 
 struct CgroupMaps {
-    /// Behind a lock: upkeep takes back the slots of gone cgroups.
-    slots: Mutex<CgroupSlots>,
-    capacity: u32,
-    table: CounterTable<u64, CgroupStats>,
-    tracker: Arc<CgroupTracker>,
-    fill: FillGauge,
+    stats: PerCgroupMap<CgroupSlots>,
     /// The last scrape's rows as text, sorted by id (see [`RowText`]).
     texts: Mutex<Vec<RowText>>,
     exported: Exported,
 }
 
-impl CgroupMaps {
-    fn slots(&self) -> std::sync::MutexGuard<'_, CgroupSlots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+/// The slots as the shared sweep sees them: a slot taken from a gone cgroup waits before
+/// it is free again, and what reached it meanwhile comes back as late values (see
+/// `ebpf::slots`).
+impl CgroupMap for CgroupSlots {
+    type Key = u64;
+    type Value = CgroupStats;
+
+    fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
+        CgroupSlots::entries(self)
+    }
+
+    fn take(&mut self, id: &u64, assignment: Assignment) -> Option<CgroupStats> {
+        CgroupSlots::take(self, *id, assignment != Assignment::Excluded)
+    }
+
+    fn late(&mut self) -> Vec<(u64, CgroupStats)> {
+        self.release_waiting()
+    }
+
+    fn waiting(&self) -> usize {
+        CgroupSlots::waiting(self)
     }
 }
 
 impl LoadedFamily for CgroupMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        // The map is read under the tracker lock, so that upkeep cannot move a gone
-        // cgroup's values into the table in between (see `CounterTable::upkeep`).
-        let mut tracker = self.tracker.lock();
-        let entries = self
-            .slots()
-            .entries()
-            .map_err(|e| CollectError::map(names::CGROUP_STATS, e))?;
-        let rows = self.table.rows(&mut tracker, entries);
-        let (tracked, evictions, unknown) = rows.tracker.counts();
-        self.encode(&rows.rows)?;
-        drop(rows);
-        drop(tracker);
+        let (tracked, evictions, unknown) = self.stats.scrape(|scrape| {
+            self.encode(&scrape.rows.rows)?;
+            Ok(scrape.rows.tracker.counts())
+        })?;
         gauge(
             out,
             "nodelens_cgroups_tracked",
@@ -247,39 +245,13 @@ impl LoadedFamily for CgroupMaps {
         Ok(())
     }
 
-    fn upkeep(&self) {
-        let read_at = std::time::Instant::now();
-        // Slots taken at least a second ago go back on the free stack, with what was added
-        // to them since (see `ebpf::slots`).
-        let late = self.slots().release_waiting();
-        let entries = match self.slots().entries() {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("cgroup upkeep: {e}");
-                return;
-            }
-        };
-        let live = entries.len() as u64;
-        self.table.check_idle(&self.tracker, &entries);
-        // Lock order: tracker, then the slots (as the scrape takes them).
-        let mut tracker = self.tracker.lock();
-        let mut slots = self.slots();
-        for (id, added) in late {
-            self.table.add_late(&mut tracker, id, added);
-        }
-        let taken = self
-            .table
-            .upkeep(&mut tracker, entries, read_at, |id, how| {
-                slots.take(*id, how != Assignment::Excluded)
-            });
-        // Taken slots are not free until they have waited: they count as filled.
-        self.fill
-            .set(live.saturating_sub(taken.len() as u64) + slots.waiting() as u64);
+    fn cgroup_maps(&self) -> Vec<&dyn Sweep> {
+        vec![&self.stats]
     }
 
     fn health(&self) -> Health {
         Health {
-            maps: vec![self.fill.fill(names::CGROUP_STATS, self.capacity)],
+            maps: vec![self.stats.fill()],
             lost: Vec::new(),
             costs: Vec::new(),
         }

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Mutex,
 };
 
 use agent_ebpf::{
@@ -32,15 +32,16 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{
         series,
-        tracker::{CgroupKey, CgroupTracker, CounterTable, Row},
+        tracker::{Assignment, CgroupKey, Row},
     },
     ebpf::{
         batch,
-        families::cgroup::stats_capacity,
         family::{
-            Attached, Family, FamilyLayout, FillGauge, Health, KernelSources, LoadContext,
-            KernelReads, LoadedFamily, ExerciseContext, Workload, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+            Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health, KernelReads,
+            KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep, Workload,
+            global_bytes, map_error, take_map,
         },
+        per_cgroup::{CgroupMap, PerCgroupMap, Scrape, capacity_for},
     },
     metrics::{CollectError, Log2Buckets, counts, family, histogram},
 };
@@ -249,7 +250,7 @@ impl Family for Disk {
     }
 
     fn map_sizes(&self, ctx: &LoadContext) -> Vec<(&'static str, u32)> {
-        vec![(names::CGROUP_DISK, stats_capacity(ctx.max_cgroups))]
+        vec![(names::CGROUP_DISK, capacity_for(ctx.max_cgroups))]
     }
 
     fn take(
@@ -263,13 +264,12 @@ impl Family for Disk {
             counters: take_map(ebpf, names::DISK_COUNTERS)?,
             costs: ProbeCosts::new(take_map(ebpf, names::DISK_COST)?, &COST_SLOTS),
             per_cgroup: if ctx.per_cgroup {
-                Some(PerCgroup {
-                    map: Mutex::new(take_map(ebpf, names::CGROUP_DISK)?),
-                    capacity: stats_capacity(ctx.max_cgroups),
-                    table: CounterTable::default(),
-                    tracker: ctx.cgroups.clone(),
-                    fill: FillGauge::default(),
-                })
+                Some(PerCgroupMap::new(
+                    names::CGROUP_DISK,
+                    CgroupDiskMap(take_map(ebpf, names::CGROUP_DISK)?),
+                    capacity_for(ctx.max_cgroups),
+                    ctx.cgroups.clone(),
+                ))
             } else {
                 None
             },
@@ -285,21 +285,28 @@ struct DiskMaps {
     counters: PerCpuArray<MapData, DiskCounters>,
     costs: ProbeCosts,
     /// Per-cgroup totals, when the `cgroup` collector is on.
-    per_cgroup: Option<PerCgroup>,
+    per_cgroup: Option<PerCgroupMap<CgroupDiskMap>>,
     /// block_rq_issue and block_rq_complete attached.
     up: bool,
     names: DeviceNames,
     histogram_fill: FillGauge,
 }
 
-/// The per-cgroup disk map and its user-space side.
-struct PerCgroup {
-    /// Behind a lock: upkeep takes out the entries of gone cgroups.
-    map: Mutex<HashMap<MapData, CgroupDiskKey, CgroupDiskStats>>,
-    capacity: u32,
-    table: CounterTable<CgroupDiskKey, CgroupDiskStats>,
-    tracker: Arc<CgroupTracker>,
-    fill: FillGauge,
+/// The per-cgroup disk map, as the shared sweep sees it. Entries without an owner (cgroup
+/// id 0) are "unknown", not a cgroup the tracker could resolve, and are never taken.
+struct CgroupDiskMap(HashMap<MapData, CgroupDiskKey, CgroupDiskStats>);
+
+impl CgroupMap for CgroupDiskMap {
+    type Key = CgroupDiskKey;
+    type Value = CgroupDiskStats;
+
+    fn entries(&mut self) -> Result<Vec<(CgroupDiskKey, CgroupDiskStats)>, String> {
+        batch::entries(&self.0).map_err(|e| e.to_string())
+    }
+
+    fn take(&mut self, key: &CgroupDiskKey, _: Assignment) -> Option<CgroupDiskStats> {
+        batch::take(&mut self.0, key)
+    }
 }
 
 impl CgroupKey for CgroupDiskKey {
@@ -309,39 +316,6 @@ impl CgroupKey for CgroupDiskKey {
     }
     fn dims(&self) -> (u32, u32) {
         (self.dev, self.op)
-    }
-}
-
-impl PerCgroup {
-    /// Every entry, those without an owner (cgroup id 0) apart: they are "unknown", not a
-    /// cgroup the tracker could resolve, and are never deleted.
-    #[allow(clippy::type_complexity)]
-    fn entries(
-        &self,
-    ) -> Result<(Vec<(CgroupDiskKey, CgroupDiskStats)>, Vec<(CgroupDiskKey, CgroupDiskStats)>), CollectError> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let all = batch::entries(&map).map_err(|e| CollectError::map(names::CGROUP_DISK, e))?;
-        Ok(all.into_iter().partition(|(k, _)| k.cgroup != 0))
-    }
-
-    fn upkeep(&self) {
-        let read_at = std::time::Instant::now();
-        let (owned, unknown) = match self.entries() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("disk upkeep: {e}");
-                return;
-            }
-        };
-        let live = (owned.len() + unknown.len()) as u64;
-        self.table.check_idle(&self.tracker, &owned);
-        // Lock order: tracker, then the map (as the scrape takes them).
-        let mut tracker = self.tracker.lock();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = self
-            .table
-            .upkeep(&mut tracker, owned, read_at, |k, _| batch::take(&mut map, k));
-        self.fill.set(live.saturating_sub(taken.len() as u64));
     }
 }
 
@@ -383,33 +357,14 @@ impl DeviceNames {
 
 impl DiskMaps {
     /// The three per-cgroup families; a series appears once it is non-zero.
-    fn collect_per_cgroup(&self, pc: &PerCgroup, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        // Read under the tracker lock: see `CounterTable::upkeep`.
-        let mut tracker = pc.tracker.lock();
-        let (owned, unknown) = pc.entries()?;
-        let rows = pc.table.rows(&mut tracker, owned).rows;
-        let unknown_labels = series::SeriesLabels::new(
-            &crate::cgroups::CgroupLabels {
-                cgroup: "unknown".into(),
-                ..Default::default()
-            },
-            crate::cgroups::settings::PathLabel::Always,
-        );
-        let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = rows
-            .iter()
-            .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, r.values))
-            .collect();
-        all.extend(unknown.iter().map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)));
-        let labels = series::choose(all.iter().map(|(s, _, _)| *s));
-        // Owned, so that the tracker lock (which the labels are borrowed under) is not
+    fn collect_per_cgroup(
+        &self,
+        pc: &PerCgroupMap<CgroupDiskMap>,
+        out: &mut DescriptorEncoder,
+    ) -> Result<(), CollectError> {
+        // Owned rows, so that the tracker lock (which the labels are borrowed under) is not
         // held while the families are encoded; these rows are few (cgroups that did I/O).
-        let rows: Vec<(series::Rendered, (u32, u32), CgroupDiskStats)> = labels
-            .into_iter()
-            .zip(all.iter())
-            .map(|(l, (_, dims, v))| (l.clone(), *dims, *v))
-            .collect();
-        drop(all);
-        drop(tracker);
+        let rows = pc.scrape(|scrape| Ok(owned_rows(scrape)))?;
         let rows: Vec<(series::Rendered, String, &str, CgroupDiskStats)> = rows
             .into_iter()
             .map(|(l, (dev, op), v)| {
@@ -449,6 +404,39 @@ impl DiskMaps {
         )?;
         Ok(())
     }
+}
+
+/// One per-cgroup disk row, owned: labels, (device, op), totals.
+type OwnedRow = (series::Rendered, (u32, u32), CgroupDiskStats);
+
+/// A scrape's rows with their labels rendered, owned, the entries without an owner as
+/// `cgroup="unknown"`.
+fn owned_rows(scrape: Scrape<'_, CgroupDiskMap>) -> Vec<OwnedRow> {
+    let unknown_labels = series::SeriesLabels::new(
+        &crate::cgroups::CgroupLabels {
+            cgroup: "unknown".into(),
+            ..Default::default()
+        },
+        crate::cgroups::settings::PathLabel::Always,
+    );
+    let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = scrape
+        .rows
+        .rows
+        .iter()
+        .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, r.values))
+        .collect();
+    all.extend(
+        scrape
+            .unknown
+            .iter()
+            .map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)),
+    );
+    let labels = series::choose(all.iter().map(|(s, _, _)| *s));
+    labels
+        .into_iter()
+        .zip(all.iter())
+        .map(|(l, (_, dims, v))| (l.clone(), *dims, *v))
+        .collect()
 }
 
 impl LoadedFamily for DiskMaps {
@@ -514,10 +502,14 @@ impl LoadedFamily for DiskMaps {
         Ok(())
     }
 
+    fn cgroup_maps(&self) -> Vec<&dyn Sweep> {
+        self.per_cgroup
+            .iter()
+            .map(|pc| pc as &dyn Sweep)
+            .collect()
+    }
+
     fn upkeep(&self) {
-        if let Some(pc) = &self.per_cgroup {
-            pc.upkeep();
-        }
         self.histogram_fill
             .set(self.histograms.keys().count() as u64);
     }
@@ -537,7 +529,7 @@ impl LoadedFamily for DiskMaps {
                 .fill(names::DISK_HISTOGRAMS, DISK_HISTOGRAM_ENTRIES),
         ];
         if let Some(pc) = &self.per_cgroup {
-            maps.push(pc.fill.fill(names::CGROUP_DISK, pc.capacity));
+            maps.push(pc.fill());
         }
         Health {
             maps,

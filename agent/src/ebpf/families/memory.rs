@@ -444,8 +444,9 @@ impl LoadedFamily for MemoryMaps {
 
     fn upkeep(&self) {
         self.start_fill.set(self.start.keys().count() as u64);
-        let root = self.cgroups.lock().resolver().root().to_owned();
-        let exists = |path: &str| root.join(path.trim_start_matches('/')).is_dir();
+        let mut tracker = self.cgroups.lock();
+        let resolver = tracker.resolver();
+        let exists = |path: &str| resolver.path_exists(path);
         self.oom
             .lock()
             .unwrap_or_else(|p| p.into_inner())
