@@ -1003,10 +1003,10 @@ mod tests {
                 "uname",
                 "diskstats",
                 "filesystem",
-                "sched",
+                "cgroup",
                 "disk",
                 "memory",
-                "cgroup",
+                "sched",
                 "bpf",
                 "process"
             ]
