@@ -989,35 +989,6 @@ mod tests {
     }
 
     #[test]
-    fn collector_names_are_the_documented_ones() {
-        let names: Vec<&str> = CollectorName::all().iter().map(|c| c.name()).collect();
-        assert_eq!(
-            names,
-            [
-                "cpu",
-                "stat",
-                "meminfo",
-                "loadavg",
-                "pressure",
-                "vmstat",
-                "uname",
-                "diskstats",
-                "filesystem",
-                "cgroup",
-                "disk",
-                "memory",
-                "sched",
-                "bpf",
-                "process"
-            ]
-        );
-        let mut f = flags();
-        f.collectors.enabled = Some(vec!["block".into()]);
-        let c = Config::resolve(f).unwrap();
-        assert!(c.enabled("disk"), "the former name still works");
-    }
-
-    #[test]
     fn remote_write_from_the_file_and_from_flags() {
         let yaml = "remote_write:\n  url: https://mimir.example/api/v1/push\n  interval: 30s\n  external_labels: {cluster: prod, shard: 1}\n  bearer_token_file: /t\n  queue:\n    max_samples: 5000\n";
         let file = Settings::parse_file(Path::new("n.yaml"), yaml).unwrap();

@@ -535,3 +535,46 @@ fn every_file_key_is_documented_and_every_documented_key_is_known() {
         "documented file keys the parser does not know: {unknown:?}"
     );
 }
+
+/// The collector names the program knows, as its error for an unknown one lists them.
+fn known_collectors() -> BTreeSet<String> {
+    let out = Command::new(common::BIN)
+        .args(["run", "--collectors-enabled", "zz_not_a_collector"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown collector exits 2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let list = err
+        .split("(known: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no list of known collectors in {err:?}"));
+    list.split(", ").map(|n| n.trim().to_owned()).collect()
+}
+
+#[test]
+fn every_collector_is_documented_and_every_documented_one_is_known() {
+    let known = known_collectors();
+    assert!(
+        known.contains("cpu") && known.contains("sched"),
+        "{known:?}"
+    );
+    let text = common::read(repo().join("docs/configuration.md"));
+    let table = text
+        .split("## Collectors")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/configuration.md has a Collectors section");
+    let documented: BTreeSet<String> = rows(table).iter().flat_map(|row| ticked(&row[0])).collect();
+    assert!(!documented.is_empty(), "no collector rows in {table}");
+    let undocumented: Vec<_> = known.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "collectors not in docs/configuration.md's Collectors table: {undocumented:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "documented collectors the program does not know: {unknown:?}"
+    );
+}
