@@ -208,7 +208,11 @@ fn references(module: &Module, children: &BTreeSet<String>, source: &str) -> Vec
                 continue;
             }
             Token::Ident(root) if root == "crate" || root == "super" => {
-                if inline.iter().any(|(_, test)| *test) {
+                // `pub(super)`, `pub(crate)`: a visibility, not a path.
+                let visibility = i >= 2
+                    && t[i - 1] == Token::Other('(')
+                    && matches!(&t[i - 2], Token::Ident(p) if p == "pub");
+                if visibility || inline.iter().any(|(_, test)| *test) {
                     i += 1;
                     continue;
                 }
@@ -394,6 +398,13 @@ mod tests {
             vec![m("collectors::cpu::Cpu::new")],
             "child paths count, once"
         );
+    }
+
+    #[test]
+    fn a_visibility_is_not_a_path() {
+        let src = "pub(super) fn f() {}\npub(crate) struct S;\nuse super::g::H;\n";
+        let refs = references(&m("p::q"), &BTreeSet::new(), src);
+        assert_eq!(refs, vec![m("p::g::H")]);
     }
 
     #[test]

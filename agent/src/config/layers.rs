@@ -8,7 +8,7 @@
 //! paths rather than our file keys.
 use std::path::Path;
 
-use super::{ConfigError, Settings};
+use super::{settings::Settings, values::ConfigError};
 
 impl Settings {
     /// Reads a config file into the same shape the flags have.

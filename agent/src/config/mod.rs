@@ -19,6 +19,7 @@ use clap::ValueEnum;
 mod layers;
 mod remote_write;
 mod settings;
+mod values;
 
 use crate::ebpf::{families, family::FamilySettings};
 pub use crate::{
@@ -35,6 +36,8 @@ pub use settings::{
     CgroupSettings, Cli, CollectorSettings, Command, RemoteWriteQueueSettings, RemoteWriteSettings,
     Settings,
 };
+pub use values::{ConfigError, duration};
+use values::{invalid, parse_enum};
 
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9560";
 pub const DEFAULT_MAX_CGROUPS: usize = 4096;
@@ -91,53 +94,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The families' own settings, as each family validated them.
     pub family_settings: FamilySettings,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config: cannot read {path}: {source} (check the --config path)")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config: {path}: {detail} (fix the file; keys are the flag names with '_')")]
-    ParseFile { path: PathBuf, detail: String },
-    #[error("config: {path}: unknown extension (use .yaml, .yml or .toml)")]
-    FileExtension { path: PathBuf },
-    #[error("{field}: {detail}")]
-    Invalid { field: &'static str, detail: String },
-}
-
-fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        detail: detail.into(),
-    }
-}
-
-/// Parses a `ValueEnum` value, or names the field and lists what it takes.
-fn parse_enum<T: ValueEnum>(
-    field: &'static str,
-    value: &str,
-    what: &str,
-) -> Result<T, ConfigError> {
-    T::from_str(value.trim(), true).map_err(|_| {
-        invalid(
-            field,
-            format!(
-                "{value:?} is not {what} (use {})",
-                value_names::<T>().join(", ")
-            ),
-        )
-    })
-}
-
-/// The names a `ValueEnum` takes, as written on the command line.
-fn value_names<T: ValueEnum>() -> Vec<String> {
-    T::value_variants()
-        .iter()
-        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-        .collect()
 }
 
 impl Config {
@@ -299,40 +255,6 @@ pub fn listen_address(value: &str) -> Result<SocketAddr, String> {
         .or(resolved.first())
         .copied()
         .ok_or_else(|| format!("{value:?}: {host:?} resolves to no address ({example})"))
-}
-
-/// A duration such as `5s`, `500ms` or `1m`, at least `min`.
-pub fn duration(field: &'static str, value: &str, min: Duration) -> Result<Duration, ConfigError> {
-    // humantime 2 panics when seconds near u64::MAX meet a nanosecond carry
-    // (chronotope/humantime#66, found by fuzzing): no useful duration has a number of more
-    // than 9 digits, so refuse those first.
-    let longest_number = value
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    if longest_number > 9 || value.len() > 64 {
-        return Err(invalid(
-            field,
-            format!("{value:?} is not a duration (too long; write for example 5s, 500ms or 1m)"),
-        ));
-    }
-    let d = humantime::parse_duration(value.trim()).map_err(|e| {
-        invalid(
-            field,
-            format!("{value:?} is not a duration ({e}; write for example 5s, 500ms or 1m)"),
-        )
-    })?;
-    if d < min {
-        return Err(invalid(
-            field,
-            format!(
-                "{value:?} is too short (at least {})",
-                humantime::format_duration(min)
-            ),
-        ));
-    }
-    Ok(d)
 }
 
 fn pattern(

@@ -1,7 +1,10 @@
 //! The push section (`remote_write.*`), validated.
 use std::{path::PathBuf, time::Duration};
 
-use super::{ConfigError, RemoteWriteSettings, duration, invalid};
+use super::{
+    settings::RemoteWriteSettings,
+    values::{ConfigError, duration, invalid},
+};
 
 /// Push settings, validated.
 #[derive(Debug, Clone)]

@@ -1,0 +1,86 @@
+//! What every part of the configuration shares: the error (one line, naming the file key
+//! and the fix) and the parsers of single values.
+use std::{path::PathBuf, time::Duration};
+
+use clap::ValueEnum;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: cannot read {path}: {source} (check the --config path)")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {path}: {detail} (fix the file; keys are the flag names with '_')")]
+    ParseFile { path: PathBuf, detail: String },
+    #[error("config: {path}: unknown extension (use .yaml, .yml or .toml)")]
+    FileExtension { path: PathBuf },
+    #[error("{field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+}
+
+pub(super) fn invalid(field: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        detail: detail.into(),
+    }
+}
+
+/// Parses a `ValueEnum` value, or names the field and lists what it takes.
+pub(super) fn parse_enum<T: ValueEnum>(
+    field: &'static str,
+    value: &str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    T::from_str(value.trim(), true).map_err(|_| {
+        invalid(
+            field,
+            format!(
+                "{value:?} is not {what} (use {})",
+                value_names::<T>().join(", ")
+            ),
+        )
+    })
+}
+
+/// The names a `ValueEnum` takes, as written on the command line.
+pub(super) fn value_names<T: ValueEnum>() -> Vec<String> {
+    T::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+        .collect()
+}
+
+/// A duration such as `5s`, `500ms` or `1m`, at least `min`.
+pub fn duration(field: &'static str, value: &str, min: Duration) -> Result<Duration, ConfigError> {
+    // humantime 2 panics when seconds near u64::MAX meet a nanosecond carry
+    // (chronotope/humantime#66, found by fuzzing): no useful duration has a number of more
+    // than 9 digits, so refuse those first.
+    let longest_number = value
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if longest_number > 9 || value.len() > 64 {
+        return Err(invalid(
+            field,
+            format!("{value:?} is not a duration (too long; write for example 5s, 500ms or 1m)"),
+        ));
+    }
+    let d = humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid(
+            field,
+            format!("{value:?} is not a duration ({e}; write for example 5s, 500ms or 1m)"),
+        )
+    })?;
+    if d < min {
+        return Err(invalid(
+            field,
+            format!(
+                "{value:?} is too short (at least {})",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(d)
+}
