@@ -11,6 +11,7 @@ pub mod born;
 pub mod kubernetes;
 pub mod series;
 pub mod settings;
+pub mod table;
 pub mod tracker;
 
 use kubernetes::PodNames;

@@ -10,7 +10,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
-    cgroups::tracker::{Assignment, CgroupKey, CgroupTracker, CounterTable, Rows},
+    cgroups::{
+        table::{CgroupKey, CounterTable, Rows},
+        tracker::{Assignment, CgroupTracker},
+    },
     ebpf::family::{FillGauge, MapFill, Sweep},
     metrics::CollectError,
 };

@@ -16,7 +16,8 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{
         series::{self, Rendered},
-        tracker::{Assignment, Row},
+        table::Row,
+        tracker::Assignment,
     },
     ebpf::{
         family::{

@@ -32,7 +32,8 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{
         series,
-        tracker::{Assignment, CgroupKey, Row},
+        table::{CgroupKey, Row},
+        tracker::Assignment,
     },
     ebpf::{
         batch,
