@@ -1,26 +1,9 @@
 //! Who and what this node is: its identity for `nodelens_node_info` (shared by preflight,
 //! which writes it, and the agent, which shows it) and the host facts preflight reports.
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeIdentity {
-    pub node: String,
-    pub machine_id: String,
-    pub kernel: String,
-}
-
-/// Startup facts about the host, from sysinfo (read once; never on the scrape path, where
-/// direct reads of /proc cost a quarter as much).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HostFacts {
-    pub host_name: String,
-    pub kernel: String,
-    pub os: String,
-    pub cpus: usize,
-    pub memory_bytes: u64,
-}
+pub use nodelens_report::{HostFacts, NodeIdentity};
 
 pub fn host_facts() -> HostFacts {
     use sysinfo::System;

@@ -9,13 +9,13 @@
 use std::{fmt::Write as _, path::Path};
 
 use caps::{CapSet, Capability};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
     config::Config,
     ebpf::{family::AttachKind, loader::BTF_PATH, tracefs},
-    exercise::{self, Exercise},
-    node::{self, HostFacts, NodeIdentity},
+    exercise,
+    node::{self, NodeIdentity},
     runtime::{Runtime, cgroup_root},
 };
 
@@ -24,39 +24,7 @@ pub const NODE_FILE: &str = "node.json";
 pub const REPORT_JSON: &str = "preflight.json";
 pub const REPORT_TEXT: &str = "preflight.txt";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProbeReport {
-    pub probe: String,
-    /// `tp_btf`, `tracepoint` or `none`.
-    pub attach: AttachKind,
-    /// nodelens is not worth running without it.
-    #[serde(default)]
-    pub core: bool,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub node: NodeIdentity,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<HostFacts>,
-    pub checks: Vec<Check>,
-    pub probes: Vec<ProbeReport>,
-    /// Every core probe attaches.
-    pub ok: bool,
-    /// What to change, when something does not work.
-    pub fixes: Vec<String>,
-    /// `--exercise`: events and cost per probe under generated work.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exercise: Option<Exercise>,
-}
+pub use nodelens_report::{Check, ProbeReport, Report};
 
 /// `exercise`: also run `--exercise` with these options.
 pub fn run(config: &Config, exercise: Option<&exercise::Options>) -> Report {

@@ -21,7 +21,6 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use prometheus_client::encoding::DescriptorEncoder;
-use serde::{Deserialize, Serialize};
 
 use super::{
     btf::{Btf, BtfError, Member},
@@ -29,25 +28,7 @@ use super::{
 };
 use crate::{cgroups::tracker::CgroupTracker, metrics::CollectError};
 
-/// How a probe ended up attached, or `None`: one word for "not attached" everywhere
-/// (metrics, preflight, the `/` page).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachKind {
-    TpBtf,
-    Tracepoint,
-    None,
-}
-
-impl AttachKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TpBtf => "tp_btf",
-            Self::Tracepoint => "tracepoint",
-            Self::None => "none",
-        }
-    }
-}
+pub use nodelens_report::AttachKind;
 
 /// One kernel event and the two programs that can serve it (kunai's compat-table idea).
 #[derive(Debug)]
