@@ -75,18 +75,7 @@ impl ExerciseCgroup {
 
     /// Runs a shell command inside the cgroup and waits for it.
     fn run(&self, command: &str) -> Result<(), String> {
-        let script = format!("echo $$ > {}/cgroup.procs && {command}", self.dir.display());
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| format!("sh: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("`{command}` in {} failed: {status}", self.label))
-        }
+        crate::cgroups::run_inside(&self.dir, command)
     }
 
     /// The cgroup's `io.stat` line for a device, as key=value pairs.

@@ -248,6 +248,23 @@ impl CgroupResolver {
     }
 }
 
+/// Runs `command` with `sh -c` inside the cgroup at `dir` (the shell moves itself in first,
+/// so everything it starts is born there) and waits for it: the exercises' workloads.
+pub fn run_inside(dir: &Path, command: &str) -> Result<(), String> {
+    let script = format!("echo $$ > {}/cgroup.procs && {command}", dir.display());
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("sh: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{command}` in {} failed: {status}", dir.display()))
+    }
+}
+
 /// Whether the cgroup `id` is still at `path`: the directory is there with the same inode
 /// (cgroup ids are inode numbers, never reused while the machine runs).
 pub fn exists_at(path: &Path, id: u64) -> bool {

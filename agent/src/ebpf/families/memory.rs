@@ -562,25 +562,15 @@ fn reclaim_work(cgroup2: &std::path::Path, device: &std::path::Path) -> Result<S
     let result = (|| {
         std::fs::write(dir.join("memory.max"), "8388608")
             .map_err(|e| format!("memory.max: {e}"))?;
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec dd if={} of=/dev/null bs=1048576 count=48",
-            dir.display(),
+        let dd = format!(
+            "exec dd if={} of=/dev/null bs=1048576 count=48",
             device.display()
         );
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| format!("sh: {e}"))?;
-        if status.success() {
-            Ok(format!(
-                "48 MiB buffered reads from {} in an 8 MiB memory cgroup",
-                device.display()
-            ))
-        } else {
-            Err(format!("dd in the memory cgroup failed: {status}"))
-        }
+        crate::cgroups::run_inside(&dir, &dd)?;
+        Ok(format!(
+            "48 MiB buffered reads from {} in an 8 MiB memory cgroup",
+            device.display()
+        ))
     })();
     std::thread::sleep(std::time::Duration::from_millis(50));
     let _ = std::fs::remove_dir(&dir);
