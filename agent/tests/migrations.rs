@@ -20,8 +20,24 @@ fn nr_migrations(tid: i32) -> u64 {
         .unwrap_or_else(|| panic!("no se.nr_migrations in the thread's sched file:\n{text}"))
 }
 
-/// perf's software `cpu-migrations` counter on every CPU, for every task: the kernel counts
-/// it in `set_task_cpu`, right after the tracepoint nodelens reads.
+/// The online CPUs (`/sys/devices/system/cpu/online`: `0-3`, `0,2-5`).
+fn online_cpus() -> Vec<usize> {
+    let text = common::read("/sys/devices/system/cpu/online");
+    let cpus: Vec<usize> = text
+        .trim()
+        .split(',')
+        .flat_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            first.parse::<usize>().unwrap()..=last.parse::<usize>().unwrap()
+        })
+        .collect();
+    assert!(!cpus.is_empty(), "no online CPUs in {text:?}");
+    cpus
+}
+
+/// perf's software `cpu-migrations` counter on every online CPU (nodelens counts on all of
+/// them, whatever this test may run on), for every task: the kernel counts it in
+/// `set_task_cpu`, right after the tracepoint nodelens reads.
 struct SystemMigrations(Vec<File>);
 
 impl SystemMigrations {
@@ -78,7 +94,7 @@ fn a_thread_moved_across_cpus_is_counted_as_the_kernel_counts_it() {
         .collect();
     assert!(cpus.len() >= 2, "needs two CPUs, has {cpus:?}");
     let agent = Agent::start(&[]);
-    let mut system = SystemMigrations::open(&cpus);
+    let mut system = SystemMigrations::open(&online_cpus());
 
     let system_before = system.total();
     let before = agent.metrics().value(MIGRATIONS);

@@ -5,7 +5,7 @@
 //! A Debian kernel package has no separate BTF: it sits in the `.BTF` section of the
 //! compressed vmlinux inside vmlinuz. This finds the compressed payload by its magic,
 //! decompresses it with the matching tool, and cuts the blob out by its header. The
-//! pruning itself is the agent's own BTF reader (an ignored test in `ebpf/btf.rs`), so
+//! pruning itself is the agent's own BTF reader (an ignored test in `ebpf/btf/fixtures.rs`), so
 //! there is only one BTF parser in the project.
 use std::{
     io::Write as _,

@@ -658,6 +658,25 @@ fn run(args: &[String]) -> Result<()> {
 pub(crate) fn lint() -> Result<()> {
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The family modules are declared by build.rs-generated code, which cargo fmt does not
+    // follow: check them one by one (`rustfmt --edition 2024 <files>` formats them).
+    step(
+        "rustfmt --check on the family modules (build.rs registers them; cargo fmt does not see them)",
+    );
+    let mut files = Vec::new();
+    for dir in ["agent/src/ebpf/families", "agent-ebpf/src/probes"] {
+        for entry in std::fs::read_dir(workspace_root().join(dir))?.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "rs") {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    run_cmd(
+        Command::new("rustfmt")
+            .args(["--edition", "2024", "--check"])
+            .args(&files),
+    )?;
     step("cargo clippy -D warnings");
     // Default members only: agent-ebpf's binary builds for the BPF target, through build.rs.
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;

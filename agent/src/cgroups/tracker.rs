@@ -274,7 +274,7 @@ impl TrackerState {
     }
 
     /// Directories of the cgroups among `ids` still to be checked for existence this round
-    /// (see [`CounterTable::check_idle`]).
+    /// (see `table::CounterTable::check_idle`).
     pub(super) fn unchecked(&self, mut ids: Vec<u64>) -> Vec<(u64, PathBuf)> {
         ids.sort_unstable();
         ids.dedup();

@@ -43,6 +43,7 @@ pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9560";
 pub const DEFAULT_MAX_CGROUPS: usize = 4096;
 pub const DEFAULT_MAP_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What happens to a system call outside the allowlist (`seccomp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SeccompMode {
     /// It fails with EPERM; the agent logs and counts it.

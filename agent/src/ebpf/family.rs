@@ -120,8 +120,11 @@ impl FamilyBtf<'_> {
         self.btf.member(strukt, candidates)
     }
 
-    pub fn has_member(&self, strukt: &str, field: &str) -> bool {
-        self.declared(strukt).is_ok() && self.btf.has_member(strukt, field)
+    /// Whether `strukt` has `field`; an undeclared struct is an error, never a silent `false`
+    /// that would switch a layout branch.
+    pub fn has_member(&self, strukt: &str, field: &str) -> Result<bool, BtfError> {
+        self.declared(strukt)?;
+        Ok(self.btf.has_member(strukt, field))
     }
 
     pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
@@ -134,7 +137,7 @@ impl FamilyBtf<'_> {
 }
 
 /// Where offsets come from on this kernel, for one family: its BTF (read once, see
-/// `kernel.rs`) and the tracepoint format files, each limited to the family's
+/// `loader::load`) and the tracepoint format files, each limited to the family's
 /// [`KernelReads`].
 pub struct KernelSources<'a> {
     pub btf: Result<FamilyBtf<'a>, String>,
@@ -155,6 +158,14 @@ impl<'a> KernelSources<'a> {
             tracefs,
             reads,
         }
+    }
+
+    /// Classic tracepoints can attach (tracefs is mounted), or why not: for a family whose
+    /// classic programs read no `format` field.
+    pub fn tracefs_mounted(&self) -> Result<(), String> {
+        self.tracefs
+            .map(drop)
+            .ok_or_else(|| tracefs::NOT_MOUNTED.to_owned())
     }
 
     /// A `format` file field's offset, or why not.
@@ -293,7 +304,8 @@ pub struct Workload {
     /// What it did, or why it could not run.
     pub outcome: Result<String, String>,
     /// The probes that must see events when it ran: with none, the probe does not work on
-    /// this kernel (`preflight --exercise` and the kernel matrix fail on it).
+    /// this kernel. Preflight marks them (`expect_events`) and the kernel matrix fails on
+    /// them; preflight itself fails only on core probes.
     pub fires: &'static [&'static str],
 }
 
@@ -351,9 +363,9 @@ pub trait Family: Sync {
 pub trait LoadedFamily: Send + Sync {
     /// Encodes its metrics. Reads the maps; never changes them.
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError>;
-    /// Keeps the maps healthy: takes out the entries of cgroups that are gone (keeping
-    /// their values), refreshes fill levels. The loader's upkeep task calls
-    /// it on a timer, whether or not anyone scrapes.
+    /// Keeps the maps healthy: refreshes fill levels, keeps what is not a kernel map (OOM
+    /// rows). The loader's upkeep task calls it on a timer, whether or not anyone scrapes;
+    /// per-cgroup maps are swept apart, through [`Self::cgroup_maps`].
     fn upkeep(&self) {}
     /// Its per-cgroup maps, which the loader's upkeep round sweeps inside the tracker's
     /// round (see `ebpf::per_cgroup`), whether or not anyone scrapes.
@@ -516,7 +528,7 @@ mod tests {
                 .to_string()
                 .contains("task_struct is not in the family's KernelReads")
         );
-        assert!(!cgroup_btf.has_member("task_struct", "pid"));
+        assert!(cgroup_btf.has_member("task_struct", "pid").is_err());
         assert_eq!(cgroup_btf.tracepoint_args("sched_switch"), None);
         let tp = cgroup
             .tp_field("sched", "sched_switch", "prev_pid")

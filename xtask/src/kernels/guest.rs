@@ -12,8 +12,8 @@ use crate::step;
 /// One guest run's results.
 pub(super) struct GuestRun {
     pub(super) exit: i32,
-    /// The preflight report, when the guest printed one that parses.
-    pub(super) report: Option<nodelens_report::Report>,
+    /// The preflight report, or why there is none (not printed, or not one that parses).
+    pub(super) report: Result<nodelens_report::Report, String>,
     pub(super) metrics: String,
     pub(super) stderr: String,
     /// The serving agent's lockdown check (normal mode only): `/proc/<pid>/status` lines,
@@ -89,10 +89,14 @@ pub(super) fn boot(guest: &Guest) -> Result<GuestRun> {
     let exit = between(&text, "NODELENS-EXIT ", "\n")
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("the guest printed no result (see {})", log.display()))?;
-    let report = between(&text, "NODELENS-REPORT-BEGIN", "NODELENS-REPORT-END").unwrap_or("null");
+    let report = between(&text, "NODELENS-REPORT-BEGIN", "NODELENS-REPORT-END")
+        .ok_or_else(|| "the guest printed no report".to_owned())
+        .and_then(|r| {
+            serde_json::from_str(r).map_err(|e| format!("its report does not parse: {e}"))
+        });
     Ok(GuestRun {
         exit,
-        report: serde_json::from_str(report).ok(),
+        report,
         // The text format ends with a newline; the markers' trimming took it.
         metrics: between(&text, "NODELENS-METRICS-BEGIN", "NODELENS-METRICS-END")
             .map(|m| format!("{m}\n"))

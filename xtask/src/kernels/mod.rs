@@ -496,8 +496,8 @@ fn boot_each(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Res
                 started.elapsed().as_secs()
             ));
             let kernel: String = match &run.report {
-                Some(r) => r.node.kernel.clone(),
-                None => (*series).to_owned(),
+                Ok(r) => r.node.kernel.clone(),
+                Err(_) => (*series).to_owned(),
             };
             let column = match *mode {
                 "normal" => kernel.clone(),
@@ -517,8 +517,8 @@ fn boot_each(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Res
                 }
             }
             match &run.report {
-                Some(report) => failures.extend(check_guest(&column, mode, report)),
-                None => failures.push(format!("{column}: no preflight report came back")),
+                Ok(report) => failures.extend(check_guest(&column, mode, report)),
+                Err(why) => failures.push(format!("{column}: no preflight report: {why}")),
             }
             if run.exit != 0 {
                 failures.push(format!(
@@ -536,7 +536,7 @@ fn boot_each(kernels: &[&DebianKernel], binary: &Path, stop: &AtomicBool) -> Res
                 }
                 scrapes.push((column.clone(), run.metrics.clone()));
             }
-            if let Some(report) = run.report {
+            if let Ok(report) = run.report {
                 runs.push((column, report));
             }
         }

@@ -5,7 +5,7 @@
 //! slot of `CGROUP_STATS`, but only while this family is loaded: it sets
 //! `CGROUP_ACCOUNTING`, so a node that turns the `cgroup` collector off pays nothing for
 //! it. This family keeps the slots (`ebpf::slots`: upkeep takes back the slots of gone
-//! cgroups and keeps their final values, see `cgroups::tracker`) and exports them.
+//! cgroups and keeps their final values, see `cgroups::table`) and exports them.
 use std::sync::{Arc, Mutex};
 
 use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CgroupStats, names};
@@ -22,7 +22,7 @@ use crate::{
     ebpf::{
         family::{
             Attached, Family, FamilyLayout, Health, KernelSources, LoadContext, LoadedFamily,
-            ProbeSpec, SettingError, Sweep, SettingsValue, global_bytes, take_map,
+            ProbeSpec, SettingError, SettingsValue, Sweep, global_bytes, take_map,
         },
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::CgroupSlots,
@@ -117,7 +117,6 @@ fn series_setting(merged: &serde_json::Value) -> Result<CgroupSettings, SettingE
         .collect();
     Ok(CgroupSettings { series })
 }
-
 
 impl Family for Cgroup {
     fn name(&self) -> &'static str {
@@ -364,7 +363,10 @@ impl RowText {
         }
         self.ends[2] = text.len();
         if exported[3] {
-            for (kind, ns) in [("direct", v.reclaim_direct_ns), ("memcg", v.reclaim_memcg_ns)] {
+            for (kind, ns) in [
+                ("direct", v.reclaim_direct_ns),
+                ("memcg", v.reclaim_memcg_ns),
+            ] {
                 if ns != 0 {
                     Samples::into_string(text, reclaim).float(l, Some(("kind", kind)), secs(ns));
                 }
@@ -430,8 +432,8 @@ impl CgroupMaps {
 mod tests {
     use super::*;
     use crate::{
-        cgroups::{CgroupLabels, series::SeriesLabels},
         cgroups::settings::PathLabel,
+        cgroups::{CgroupLabels, series::SeriesLabels},
     };
 
     /// Every family exported (`--cgroup-series all`).
@@ -492,7 +494,11 @@ mod tests {
         };
         let fresh = |rows: &[Row<(), CgroupStats>]| whole(&row_texts(Vec::new(), rows, ALL));
 
-        let first = [at(0, 10, 1_000_000), at(1, 20, 2_000_000), at(2, 30, 3_000_000)];
+        let first = [
+            at(0, 10, 1_000_000),
+            at(1, 20, 2_000_000),
+            at(2, 30, 3_000_000),
+        ];
         let kept = row_texts(Vec::new(), &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
         let b = kept[1].text.as_ptr();
@@ -506,7 +512,11 @@ mod tests {
         ];
         let kept = row_texts(kept, &second, ALL);
         assert_eq!(whole(&kept), fresh(&second));
-        assert_eq!(kept[0].text.as_ptr(), b, "20's text is kept, not rendered again");
+        assert_eq!(
+            kept[0].text.as_ptr(),
+            b,
+            "20's text is kept, not rendered again"
+        );
         assert!(kept[3].text.contains("pod=\"a\""), "40 is not 10's text");
 
         // Everything gone, then back.
@@ -558,7 +568,11 @@ mod tests {
         assert_eq!(default, [true, true, false, true]);
         let text = RowText::new(&r, chosen(&r), default);
         assert!(text.family(0).contains("pod=\"web-1\"} 0.002\n"));
-        assert_eq!(text.family(2), "", "context switches are not exported by default");
+        assert_eq!(
+            text.family(2),
+            "",
+            "context switches are not exported by default"
+        );
         assert!(text.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
         let all = RowText::new(&r, chosen(&r), ALL);
         assert_eq!(
@@ -566,7 +580,8 @@ mod tests {
             all.text.len(),
             "everything else the same"
         );
-        let only_switches = RowText::new(&r, chosen(&r), exported(&[CgroupSeries::ContextSwitches]));
+        let only_switches =
+            RowText::new(&r, chosen(&r), exported(&[CgroupSeries::ContextSwitches]));
         assert_eq!(only_switches.text, all.family(2));
     }
 }

@@ -108,7 +108,10 @@ fn btf_layout(kernel: &KernelSources, l: &mut DiskLayout) -> Result<Vec<(String,
         ("request.cmd_flags".into(), l.request_cmd_flags),
     ];
     // request.rq_disk went away in 5.19; the disk is request.q->disk since.
-    if btf.has_member("request", "rq_disk") {
+    if btf
+        .has_member("request", "rq_disk")
+        .map_err(|e| e.to_string())?
+    {
         l.disk_in_request = 1;
         l.request_rq_disk = m("request", &["rq_disk"])?;
         offsets.push(("request.rq_disk".into(), l.request_rq_disk));
@@ -179,8 +182,12 @@ pub fn layout(kernel: &KernelSources, io_on_cgroup2: bool) -> (DiskLayout, Famil
             offsets.extend(more);
             "per-pod disk I/O goes to the cgroup each bio is charged to (writeback to the pod that dirtied the pages); with classic tracepoints, to the issuing task's"
         }
-        Ok(_) => "per-pod disk I/O goes to the issuing task's cgroup2 cgroup: the io controller is not on cgroup2 here (a hybrid host's blkio is v1)",
-        Err(_) => "per-pod disk I/O goes to the issuing task's cgroup: this kernel's BTF has no bio blkcg (CONFIG_BLK_CGROUP)",
+        Ok(_) => {
+            "per-pod disk I/O goes to the issuing task's cgroup2 cgroup: the io controller is not on cgroup2 here (a hybrid host's blkio is v1)"
+        }
+        Err(_) => {
+            "per-pod disk I/O goes to the issuing task's cgroup: this kernel's BTF has no bio blkcg (CONFIG_BLK_CGROUP)"
+        }
     };
     let mut family = FamilyLayout::new(
         vec![(DISK_LAYOUT_GLOBAL, global_bytes(&l))],
@@ -504,10 +511,7 @@ impl LoadedFamily for DiskMaps {
     }
 
     fn cgroup_maps(&self) -> Vec<&dyn Sweep> {
-        self.per_cgroup
-            .iter()
-            .map(|pc| pc as &dyn Sweep)
-            .collect()
+        self.per_cgroup.iter().map(|pc| pc as &dyn Sweep).collect()
     }
 
     fn upkeep(&self) {
@@ -579,10 +583,7 @@ mod tests {
     fn resolve(release: &str) -> DiskLayout {
         let bytes = fixtures::load(release);
         let btf = Btf::parse(&bytes).unwrap();
-        let (l, family) = layout(
-            &KernelSources::for_family(&Disk, Ok(&btf), None),
-            true,
-        );
+        let (l, family) = layout(&KernelSources::for_family(&Disk, Ok(&btf), None), true);
         assert_eq!(family.btf, Ok(()), "{release}");
         l
     }
@@ -601,7 +602,10 @@ mod tests {
     #[test]
     fn finds_the_disk_through_rq_disk_before_5_19_and_the_queue_after() {
         let old = resolve("5.10.0-46-cloud-amd64");
-        assert_eq!(old.issue_rq_arg, 0, "5.11 dropped the queue argument; Debian backported it");
+        assert_eq!(
+            old.issue_rq_arg, 0,
+            "5.11 dropped the queue argument; Debian backported it"
+        );
         assert_eq!((old.disk_in_request, old.request_rq_disk), (1, 160));
         assert_eq!(old.request_data_len, 40);
         for (release, queue_disk) in [
@@ -615,7 +619,11 @@ mod tests {
         }
         for (release, _) in fixtures::all() {
             let l = resolve(&release);
-            assert_eq!((l.gendisk_major, l.gendisk_first_minor), (0, 4), "{release}");
+            assert_eq!(
+                (l.gendisk_major, l.gendisk_first_minor),
+                (0, 4),
+                "{release}"
+            );
             assert_eq!(l.request_cmd_flags, 24, "{release}");
         }
     }

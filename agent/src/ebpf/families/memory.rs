@@ -28,8 +28,8 @@ use std::{
 };
 
 use agent_ebpf::{
-    memory::names,
     histogram::Log2Histogram,
+    memory::names,
     memory::{
         COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
         MEMORY_LAYOUT_GLOBAL, MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT,
@@ -44,16 +44,17 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     cgroups::{
-        settings::PathLabel,
         CgroupLabels,
         series::{self, SeriesLabels},
+        settings::PathLabel,
         tracker::CgroupTracker,
     },
     ebpf::{
         events::spawn_on_readable,
         family::{
-            AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelSources,
-            KernelReads, LoadContext, LoadedFamily, ProbeCosts, ExerciseContext, Workload, ProbeSpec, global_bytes, map_error, take_map,
+            AttachKind, Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
+            KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
+            global_bytes, map_error, take_map,
         },
     },
     metrics::{CollectError, Log2Buckets, family, histogram},
@@ -327,7 +328,9 @@ impl OomTable {
             .rows
             .iter()
             .filter(|(_, r)| {
-                r.exported_gone && r.gone_since.is_some_and(|at| now.duration_since(at) >= retention)
+                r.exported_gone
+                    && r.gone_since
+                        .is_some_and(|at| now.duration_since(at) >= retention)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -444,13 +447,15 @@ impl LoadedFamily for MemoryMaps {
 
     fn upkeep(&self) {
         self.start_fill.set(self.start.keys().count() as u64);
-        let mut tracker = self.cgroups.lock();
-        let resolver = tracker.resolver();
-        let exists = |path: &str| resolver.path_exists(path);
-        self.oom
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .upkeep(Instant::now(), OOM_ROW_RETENTION, exists);
+        // The root is copied out: the checks below must not hold the tracker's lock, which
+        // scrapes take.
+        let root = self.cgroups.lock().resolver().root().to_owned();
+        let exists = |path: &str| crate::cgroups::cgroup_at(&root, path);
+        self.oom.lock().unwrap_or_else(|p| p.into_inner()).upkeep(
+            Instant::now(),
+            OOM_ROW_RETENTION,
+            exists,
+        );
     }
 
     fn health(&self) -> Health {
@@ -463,7 +468,10 @@ impl LoadedFamily for MemoryMaps {
             }
         }
         Health {
-            maps: vec![self.start_fill.fill(names::RECLAIM_START, RECLAIM_START_ENTRIES)],
+            maps: vec![
+                self.start_fill
+                    .fill(names::RECLAIM_START, RECLAIM_START_ENTRIES),
+            ],
             lost: vec![
                 ("reclaim_start_map_full", start_full),
                 ("oom_ringbuf_full", ring_full),
@@ -599,7 +607,9 @@ mod tests {
     }
 
     fn value(rows: &[(CgroupLabels, u64)], cgroup: &str) -> Option<u64> {
-        rows.iter().find(|(l, _)| l.cgroup == cgroup).map(|(_, v)| *v)
+        rows.iter()
+            .find(|(l, _)| l.cgroup == cgroup)
+            .map(|(_, v)| *v)
     }
 
     #[test]
@@ -611,7 +621,11 @@ mod tests {
         // An attributed kill never takes anything from "unknown".
         table.count(path("pods/a"));
         let rows = table.rows(2);
-        assert_eq!(value(&rows, "unknown"), Some(3), "1 unattributed + 2 dropped");
+        assert_eq!(
+            value(&rows, "unknown"),
+            Some(3),
+            "1 unattributed + 2 dropped"
+        );
         assert_eq!(value(&rows, "pods/a"), Some(1));
         assert_eq!(value(&rows, "other"), None, "no row has left yet");
     }
@@ -683,7 +697,12 @@ mod layout_tests {
             assert_eq!(family.btf, Ok(()), "{release}");
             assert_eq!(l.oom_arg_is_task, 1, "{release}");
             assert_eq!(
-                [l.task_cgroups, l.css_set_dfl_cgrp, l.cgroup_kn, l.kernfs_node_id],
+                [
+                    l.task_cgroups,
+                    l.css_set_dfl_cgrp,
+                    l.cgroup_kn,
+                    l.kernfs_node_id
+                ],
                 chain,
                 "{release}"
             );

@@ -46,9 +46,10 @@ impl Family for Migrations {
         PROBES
     }
 
-    fn layout(&self, _kernel: &KernelSources, _ctx: &LoadContext) -> FamilyLayout {
-        // The programs read nothing from the kernel: both attach types work anywhere.
-        FamilyLayout::new(Vec::new(), Ok(()), Ok(()), Vec::new())
+    fn layout(&self, kernel: &KernelSources, _ctx: &LoadContext) -> FamilyLayout {
+        // The programs read nothing from the kernel: tp_btf works anywhere, the classic
+        // tracepoint wherever tracefs is mounted.
+        FamilyLayout::new(Vec::new(), Ok(()), kernel.tracefs_mounted(), Vec::new())
     }
 
     fn exercise(&self, _ctx: &ExerciseContext) -> Vec<Workload> {
@@ -113,7 +114,9 @@ impl LoadedFamily for MigrationMaps {
 fn hop_between_cpus(hops: usize) -> Result<String, String> {
     use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     let allowed = sched_getaffinity(None).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| allowed.is_set(c)).collect();
+    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect();
     if cpus.len() < 2 {
         return Err(format!(
             "{} CPU allowed: no other CPU to move to",
@@ -131,5 +134,7 @@ fn hop_between_cpus(hops: usize) -> Result<String, String> {
     worker
         .join()
         .map_err(|_| "the hopping thread panicked".to_owned())??;
-    Ok(format!("{hops} affinity changes of one thread across its CPUs"))
+    Ok(format!(
+        "{hops} affinity changes of one thread across its CPUs"
+    ))
 }

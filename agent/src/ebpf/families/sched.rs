@@ -4,8 +4,8 @@
 //! tracepoints, or a kernel without those fields). The programs also charge each cgroup's
 //! CPU time, wait and switches (see the `cgroup` family, which exports them).
 use agent_ebpf::{
-    sched::names,
     histogram::{HISTOGRAM_SLOTS, Log2Histogram},
+    sched::names,
     sched::{
         COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL,
         SchedCounters, SchedLayout,
@@ -19,8 +19,9 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 
 use crate::{
     ebpf::family::{
-        AttachKind, Attached, Family, FamilyLayout, FillGauge, Health, KernelReads, KernelSources,
-        ExerciseContext, LoadContext, LoadedFamily, Workload, ProbeCosts, ProbeSpec, global_bytes, map_error, take_map,
+        AttachKind, Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
+        KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
+        global_bytes, map_error, take_map,
     },
     metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
 };
@@ -144,7 +145,10 @@ fn run_clock_layout(
         ("rq.clock_task".into(), l.rq_clock_task),
         ("task_struct.se.sum_exec_runtime".into(), l.task_sum_exec),
         ("task_struct.sched_info.pcount".into(), l.task_pcount),
-        ("task_struct.sched_info.last_arrival".into(), l.task_last_arrival),
+        (
+            "task_struct.sched_info.last_arrival".into(),
+            l.task_last_arrival,
+        ),
     ])
 }
 
@@ -163,7 +167,10 @@ fn kernel_timestamp_layout(
     l.task_last_queued = sched_info + m("sched_info", "last_queued")?;
     l.rq_clock = m("rq", "clock")?;
     Ok(vec![
-        ("task_struct.sched_info.last_queued".into(), l.task_last_queued),
+        (
+            "task_struct.sched_info.last_queued".into(),
+            l.task_last_queued,
+        ),
         ("rq.clock".into(), l.rq_clock),
     ])
 }
@@ -194,9 +201,9 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
             l.task_clock = 0;
             "CPU time per cgroup from bpf_ktime_get_ns (no BTF: includes interrupt time)".to_owned()
         }
-        Err(why) => format!(
-            "CPU time per cgroup from bpf_ktime_get_ns ({why}: includes interrupt time)"
-        ),
+        Err(why) => {
+            format!("CPU time per cgroup from bpf_ktime_get_ns ({why}: includes interrupt time)")
+        }
     };
     let wait = match kernel_timestamp_layout(kernel, &mut l) {
         Ok(more) if btf.is_ok() => {
@@ -342,7 +349,10 @@ impl LoadedFamily for SchedMaps {
             }
         }
         Health {
-            maps: vec![self.start_fill.fill(names::RUNQUEUE_START, RUNQUEUE_START_ENTRIES)],
+            maps: vec![
+                self.start_fill
+                    .fill(names::RUNQUEUE_START, RUNQUEUE_START_ENTRIES),
+            ],
             lost: vec![
                 ("runqueue_start_map_full", start_full),
                 ("cgroup_map_full_sched", cgroup_full),
@@ -436,10 +446,16 @@ mod tests {
             assert_eq!(family.fallback_probes, WAKEUP_PROBES, "{release}");
             // se.cfs_rq, cfs_rq.rq and rq.clock: pointers and a u64, all past offset 0
             // except possibly cfs_rq.rq's neighbours; the run queue clock is never first.
-            assert!(l.task_last_queued > 0 && l.task_cfs_rq > 0 && l.rq_clock > 0, "{release}");
+            assert!(
+                l.task_last_queued > 0 && l.task_cfs_rq > 0 && l.rq_clock > 0,
+                "{release}"
+            );
             // Run time is measured with the task clock, which rq keeps right after clock.
             assert_eq!(l.task_clock, 1, "{release}");
-            assert!(l.rq_clock_task > l.rq_clock, "{release}: rq.clock_task follows rq.clock");
+            assert!(
+                l.rq_clock_task > l.rq_clock,
+                "{release}: rq.clock_task follows rq.clock"
+            );
             // sched_info: pcount, run_delay, last_arrival, last_queued, in that order.
             assert!(
                 l.task_pcount < l.task_last_arrival && l.task_last_arrival < l.task_last_queued,
@@ -450,8 +466,17 @@ mod tests {
 
     #[test]
     fn without_btf_or_tracefs_each_attach_type_says_why() {
-        let (_, family) = layout(&KernelSources::for_family(&Sched, Err("no BTF here".into()), None));
+        let (_, family) = layout(&KernelSources::for_family(
+            &Sched,
+            Err("no BTF here".into()),
+            None,
+        ));
         assert_eq!(family.btf, Err("no BTF here".into()));
-        assert!(family.tracepoint.unwrap_err().contains("tracefs not mounted"));
+        assert!(
+            family
+                .tracepoint
+                .unwrap_err()
+                .contains("tracefs not mounted")
+        );
     }
 }
