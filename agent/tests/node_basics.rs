@@ -38,11 +38,13 @@ fn cpu_and_memory_agree_with_proc() {
     let m = agent.metrics();
     let after = proc_cpu0_user_seconds();
     let ours = m.value("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}");
-    // A few ticks of slack: the kernel's per-CPU user time can step back by a tick or
-    // two between reads (seen here: 0.03 s), so strict bracketing is flaky.
+    // Slack: /proc/stat's per-CPU user time is not monotonic. It includes the pending time
+    // of the task running on the CPU, which the kernel may later account elsewhere, so it
+    // steps back by up to that task's unaccounted stretch (seen here: 0.03 s idle, 0.18 s
+    // with the machine busy). Half a second still tells user time from every other mode.
     assert!(
-        (before - 0.05..=after + 0.05).contains(&ours),
-        "{before} <= {ours} <= {after}"
+        (before - 0.5..=after + 0.5).contains(&ours),
+        "{before} - 0.5 <= {ours} <= {after} + 0.5"
     );
     assert_eq!(
         m.value("node_memory_MemTotal_bytes"),
