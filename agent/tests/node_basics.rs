@@ -40,7 +40,7 @@ fn cpu_and_memory_agree_with_proc() {
     let ours = m.value("node_cpu_seconds_total{cpu=\"0\",mode=\"user\"}");
     // Slack: /proc/stat's per-CPU user time is not monotonic. It includes the pending time
     // of the task running on the CPU, which the kernel may later account elsewhere, so it
-    // steps back by up to that task's unaccounted stretch (seen here: 0.03 s idle, 0.18 s
+    // steps back by up to that task's unaccounted stretch (seen here: 0.03 s, and 0.18 s
     // with the machine busy). Half a second still tells user time from every other mode.
     assert!(
         (before - 0.5..=after + 0.5).contains(&ours),
