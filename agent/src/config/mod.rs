@@ -557,10 +557,10 @@ mod tests {
 
     #[test]
     fn cgroup_series_default_all_and_mistakes() {
-        use crate::ebpf::families::cgroup::{CgroupSeries::*, CgroupSettings, NAME};
+        use crate::ebpf::families::cgroup::{CgroupFamilySettings, CgroupSeries::*, NAME};
         let chosen = |c: Config| {
             c.family_settings
-                .get::<CgroupSettings>(NAME)
+                .get::<CgroupFamilySettings>(NAME)
                 .expect("the cgroup family's settings")
                 .series
                 .clone()

@@ -58,12 +58,12 @@ impl CgroupSeries {
 
 /// The family's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupSettings {
+pub struct CgroupFamilySettings {
     /// The per-cgroup series exported (each once, in catalog order).
     pub series: Vec<CgroupSeries>,
 }
 
-impl Default for CgroupSettings {
+impl Default for CgroupFamilySettings {
     fn default() -> Self {
         Self {
             series: CgroupSeries::DEFAULT.to_vec(),
@@ -72,13 +72,13 @@ impl Default for CgroupSettings {
 }
 
 /// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
-fn series_setting(merged: &serde_json::Value) -> Result<CgroupSettings, SettingError> {
+fn series_setting(merged: &serde_json::Value) -> Result<CgroupFamilySettings, SettingError> {
     let invalid = |detail: String| SettingError {
         field: "cgroups.series",
         detail,
     };
     let names = match merged.pointer("/cgroups/series") {
-        None | Some(serde_json::Value::Null) => return Ok(CgroupSettings::default()),
+        None | Some(serde_json::Value::Null) => return Ok(CgroupFamilySettings::default()),
         Some(serde_json::Value::Array(names)) => names,
         Some(other) => return Err(invalid(format!("{other} is not a list of series names"))),
     };
@@ -115,7 +115,7 @@ fn series_setting(merged: &serde_json::Value) -> Result<CgroupSettings, SettingE
         .copied()
         .filter(|s| chosen.contains(s))
         .collect();
-    Ok(CgroupSettings { series })
+    Ok(CgroupFamilySettings { series })
 }
 
 impl Family for Cgroup {
@@ -178,7 +178,7 @@ impl Family for Cgroup {
             texts: Mutex::default(),
             exported: exported(
                 &ctx.settings
-                    .get::<CgroupSettings>(NAME)
+                    .get::<CgroupFamilySettings>(NAME)
                     .cloned()
                     .unwrap_or_default()
                     .series,
