@@ -392,9 +392,10 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         }
     }
     let attribution_cgroups = options.filesystem.as_deref().map(|fs| {
-        let done = cgroup_root(config)
+        let done = cgroup2
+            .as_deref()
             .ok_or_else(|| "no cgroup2 mount".to_owned())
-            .and_then(|root| attribution_work(&root, fs, &config.sysfs));
+            .and_then(|root| attribution_work(root, fs, &config.sysfs));
         let what = match &done {
             Ok(a) => format!(
                 "32 MiB buffered writes by {} (written back after sync), read back with O_DIRECT by {}, on {}",
@@ -405,8 +406,8 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         workloads.push(("disk attribution".into(), what));
         done
     });
-    let cpu_accounting = cgroup_root(config).map(|root| {
-        let (what, work) = cpu_accounting_work(&root);
+    let cpu_accounting = cgroup2.as_deref().map(|root| {
+        let (what, work) = cpu_accounting_work(root);
         workloads.push(("cpu accounting".into(), what));
         work
     });

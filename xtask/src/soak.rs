@@ -30,25 +30,10 @@ struct Scrape {
 
 /// Samples of counters and histograms (whose `_bucket`, `_sum` and `_count` only grow).
 fn parse(text: &str) -> Scrape {
-    let mut types: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut samples = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix("# TYPE ") {
-            let mut parts = t.split_whitespace();
-            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
-                types.insert(name, kind);
-            }
-            continue;
-        }
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        if let Some((series, value)) = line.rsplit_once(' ')
-            && let Ok(v) = value.parse::<f64>()
-        {
-            samples.insert(series.to_owned(), v);
-        }
-    }
+    let types = bench::exposition::types(text);
+    let samples: BTreeMap<String, f64> = bench::exposition::sample_lines(text)
+        .map(|(series, v)| (series.to_owned(), v))
+        .collect();
     let counters = samples
         .keys()
         .filter(|series| {

@@ -87,8 +87,11 @@ impl<M: CgroupMap> PerCgroupMap<M> {
     }
 
     fn entries(&self) -> Result<Split<M>, String> {
-        let all = self.map().entries()?;
-        Ok(all.into_iter().partition(|(k, _)| k.cgroup() != 0))
+        let mut owned = self.map().entries()?;
+        // In place: a scrape of 4,096 cgroups should not copy them all to split off the
+        // few entries without an owner (the slot map never has any).
+        let unknown = owned.extract_if(.., |(k, _)| k.cgroup() == 0).collect();
+        Ok((owned, unknown))
     }
 
     /// Reads the map and builds the rows, under the tracker lock (so that upkeep cannot

@@ -1,35 +1,60 @@
-//! Reading nodelens's text scrapes: the probes' own cost counters, and how many samples
-//! and per-pod series a scrape holds.
+//! Reading nodelens's text scrapes, for the bench and the soak: the samples and `# TYPE`
+//! lines of a scrape, a series' labels, the probes' own cost counters, and how many
+//! samples and per-pod series a scrape holds.
 //!
-//! Line-oriented on purpose: the bench reads two counters and counts lines of a scrape it
-//! just timed, in the Prometheus text format nodelens writes (one sample per line, labels
-//! never containing `} `). The agent's tests check the exposition itself with a real parser
+//! Line-oriented on purpose: both read scrapes they just took, in the Prometheus text
+//! format nodelens writes (one sample per line, the value after the last space, labels
+//! never containing `",`). The agent's tests check the exposition itself with a real parser
 //! (nom-openmetrics) and promtool; a parser here would check nothing more.
 use std::collections::BTreeMap;
+
+/// Every sample line of a scrape: (series as written, labels included; value). Lines whose
+/// value does not parse are left out.
+pub fn sample_lines(text: &str) -> impl Iterator<Item = (&str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+}
+
+/// The `# TYPE` lines: family name -> type.
+pub fn types(text: &str) -> BTreeMap<&str, &str> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.strip_prefix("# TYPE ")?.split_whitespace();
+            Some((parts.next()?, parts.next()?))
+        })
+        .collect()
+}
+
+/// A label's value in a series (`name{a="x",b="y"}`), or "" without it.
+pub fn label<'a>(series: &'a str, name: &str) -> &'a str {
+    let Some((_, labels)) = series.split_once('{') else {
+        return "";
+    };
+    labels
+        .trim_end_matches('}')
+        .split("\",")
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+        .map_or("", |v| v.trim_end_matches('"'))
+}
 
 /// (probe, source) -> (runs, run seconds), from a nodelens scrape.
 pub(super) fn probe_stats(text: &str) -> BTreeMap<(String, String), (f64, f64)> {
     let mut out: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
-    for line in text.lines() {
-        let (rest, is_runs) = if let Some(r) = line.strip_prefix("nodelens_probe_runs_total{") {
-            (r, true)
-        } else if let Some(r) = line.strip_prefix("nodelens_probe_run_seconds_total{") {
-            (r, false)
-        } else {
-            continue;
+    for (series, value) in sample_lines(text) {
+        let is_runs = match series.split('{').next() {
+            Some("nodelens_probe_runs_total") => true,
+            Some("nodelens_probe_run_seconds_total") => false,
+            _ => continue,
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let value: f64 = value.trim().parse().unwrap_or(0.0);
-        let entry = out.entry((label("probe"), label("source"))).or_default();
+        let key = (
+            label(series, "probe").to_owned(),
+            label(series, "source").to_owned(),
+        );
+        let entry = out.entry(key).or_default();
         if is_runs {
             entry.0 = value;
         } else {
@@ -89,6 +114,24 @@ nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"} 9
         assert_eq!(stats[&key("sched_switch", "kernel")], (1201.0, 0.0));
         assert_eq!(stats[&key("block_rq_issue", "kernel")], (0.0, 1.5e-5));
         assert_eq!(stats.len(), 3);
+    }
+
+    #[test]
+    fn reads_samples_types_and_labels() {
+        let lines: Vec<(&str, f64)> = sample_lines(SCRAPE).collect();
+        assert_eq!(lines.len(), 8);
+        assert_eq!(
+            lines[4],
+            (
+                "nodelens_cgroup_cpu_seconds_total{namespace=\"team\",pod=\"app-1\",container=\"c\"}",
+                3.5
+            )
+        );
+        assert_eq!(types(SCRAPE)["nodelens_probe_runs_total"], "counter");
+        assert_eq!(label(lines[4].0, "pod"), "app-1");
+        assert_eq!(label(lines[4].0, "container"), "c");
+        assert_eq!(label(lines[4].0, "cgroup"), "");
+        assert_eq!(label("up 1", "job"), "");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::{step, workspace_root};
 
 mod daemon;
 mod end_to_end;
-mod exposition;
+pub mod exposition;
 mod fixtures;
 mod http;
 pub mod leftovers;
