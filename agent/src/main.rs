@@ -2,8 +2,6 @@
 //! everything else lives in the library (`lib.rs`), which the fuzz targets also use.
 use std::{process::ExitCode, sync::Arc};
 
-use clap::Parser;
-
 use nodelens::{
     config::{Cli, Command, Config},
     ebpf, exercise, logging, node, preflight, remote_write,
@@ -20,7 +18,7 @@ fn main() -> ExitCode {
     // in contention.
     // SAFETY: called before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::from_command_line(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;

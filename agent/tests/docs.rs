@@ -468,22 +468,28 @@ fn parse_error(yaml: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The keys the parser lists as expected at `path` (a section, or the top level).
+/// The key `path` then `leaf`, dotted as the parser's errors name it.
+fn dotted(path: &[&str], leaf: &str) -> String {
+    path.iter()
+        .copied()
+        .chain([leaf])
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The keys the parser lists as known at `path` (a section, or the top level): it says
+/// "unknown key <key> (known in <section>: a, b, c; ...)".
 fn known_keys(path: &[&str]) -> Vec<String> {
     let err = parse_error(&nested(path, &format!("{MARKER}: 1")));
-    // serde says "expected `a`", "expected `a` or `b`" or "expected one of `a`, `b`, ...".
     let list = err
-        .split(&format!("unknown field `{MARKER}`, expected "))
+        .split(&format!("unknown key {} (known in ", dotted(path, MARKER)))
         .nth(1)
+        .and_then(|rest| rest.split_once(": "))
+        .and_then(|(_, rest)| rest.split(';').next())
         .unwrap_or_else(|| panic!("{path:?}: {err}"));
-    let list = list
-        .split(" at line")
-        .next()
-        .unwrap()
-        .split(" (")
-        .next()
-        .unwrap();
-    ticked(list)
+    let keys: Vec<String> = list.split(", ").map(str::to_owned).collect();
+    assert!(keys.iter().all(|k| !k.is_empty()), "{path:?}: {err}");
+    keys
 }
 
 /// YAML with `leaf` under the sections of `path`, then an unknown top-level key, so that
@@ -505,7 +511,7 @@ fn parser_keys(path: &mut Vec<String>, out: &mut BTreeSet<String>) {
         path.push(key.clone());
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         let err = parse_error(&nested(&refs, &format!("{MARKER}: 1")));
-        if err.contains(&format!("unknown field `{MARKER}`")) {
+        if err.contains(&format!("unknown key {} (", dotted(&refs, MARKER))) {
             parser_keys(path, out); // a section
         } else {
             out.insert(path.join("."));

@@ -324,8 +324,6 @@ fn select_collectors(
 mod tests {
     use std::path::Path;
 
-    use clap::Parser;
-
     use super::*;
 
     fn flags() -> Settings {
@@ -566,9 +564,12 @@ mod tests {
                 .clone()
         };
         let series = |names: &[&str]| {
-            let mut f = flags();
-            f.cgroups.series = Some(names.iter().map(|n| n.to_string()).collect());
-            Config::resolve(f).map(chosen)
+            let args = [
+                "nodelens".to_owned(),
+                format!("--cgroup-series={}", names.join(",")),
+            ];
+            let cli = Cli::from_command_line(args).unwrap();
+            Config::resolve(cli.settings).map(chosen)
         };
         assert_eq!(
             chosen(Config::resolve(flags()).unwrap()),
@@ -589,14 +590,36 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("context_switches"), "{msg}");
-        let msg = field_of(series(&[]).unwrap_err());
+        let msg = field_of(series(&[""]).unwrap_err());
+        assert!(msg.starts_with("cgroups.series: \"\" is not"), "{msg}");
+        let file = Settings::parse_file(Path::new("c.yaml"), "cgroups:\n  series: []\n").unwrap();
+        let msg = field_of(Config::validate(file).unwrap_err());
         assert!(msg.starts_with("cgroups.series: names no series"), "{msg}");
-        let yaml = "cgroups:\n  series: [cpu, context_switches]\n";
+        let yaml = "cgroups:\n  series: [cpu, context_switches]\n  max: 3\n";
         let file = Settings::parse_file(Path::new("c.yaml"), yaml).unwrap();
+        assert_eq!(
+            file.cgroups.max,
+            Some(3),
+            "the agent's keys beside a family's"
+        );
         assert_eq!(
             chosen(Config::validate(file).unwrap()),
             [Cpu, ContextSwitches]
         );
+        let toml = "[cgroups]\nseries = [\"context_switches\"]\n";
+        let file = Settings::parse_file(Path::new("c.toml"), toml).unwrap();
+        assert_eq!(chosen(Config::validate(file).unwrap()), [ContextSwitches]);
+        // The flag over the file, as for the agent's own keys.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodelens.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let cli = Cli::from_command_line([
+            "nodelens".to_owned(),
+            format!("--config={}", path.display()),
+            "--cgroup-series=cpu".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(chosen(Config::resolve(cli.settings).unwrap()), [Cpu]);
     }
 
     #[test]
@@ -631,9 +654,9 @@ mod tests {
     #[test]
     fn kernel_bpf_stats_is_off_unless_asked() {
         assert!(!Config::resolve(flags()).unwrap().kernel_bpf_stats);
-        let cli = Cli::try_parse_from(["nodelens", "--kernel-bpf-stats"]).unwrap();
+        let cli = Cli::from_command_line(["nodelens", "--kernel-bpf-stats"]).unwrap();
         assert!(Config::resolve(cli.settings).unwrap().kernel_bpf_stats);
-        let cli = Cli::try_parse_from(["nodelens", "--kernel-bpf-stats=false"]).unwrap();
+        let cli = Cli::from_command_line(["nodelens", "--kernel-bpf-stats=false"]).unwrap();
         assert!(!Config::resolve(cli.settings).unwrap().kernel_bpf_stats);
         let file = Settings::parse_file(Path::new("c.yaml"), "kernel_bpf_stats: true\n").unwrap();
         assert_eq!(file.kernel_bpf_stats, Some(true));
@@ -641,7 +664,7 @@ mod tests {
 
     #[test]
     fn flags_parse_into_the_same_shape_as_the_file() {
-        let cli = Cli::try_parse_from([
+        let cli = Cli::from_command_line([
             "nodelens",
             "--max-cgroups",
             "9",
@@ -666,7 +689,22 @@ mod tests {
         let err = Settings::parse_file(Path::new("n.toml"), "listen_adress = \"x\"").unwrap_err();
         assert!(err.to_string().contains("listen_adress"), "{err}");
         let err = Settings::parse_file(Path::new("n.yaml"), "cgroups:\n  maxx: 3\n").unwrap_err();
-        assert!(err.to_string().contains("maxx"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("config: n.yaml: unknown key cgroups.maxx (known in cgroups: "),
+            "{msg}"
+        );
+        // The section's keys, the family's among them.
+        assert!(msg.contains(" max,") && msg.contains("series"), "{msg}");
+        let err = Settings::parse_file(Path::new("n.toml"), "[remote_write.queue]\nmax = 1\n")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "unknown key remote_write.queue.max (known in remote_write.queue: max_samples;"
+            ),
+            "{msg}"
+        );
         let err = Settings::parse_file(Path::new("n.json"), "{}").unwrap_err();
         assert!(err.to_string().contains("unknown extension"), "{err}");
     }

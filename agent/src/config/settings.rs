@@ -1,6 +1,11 @@
-//! Every setting, declared once: its clap attributes make it a flag with an environment
-//! variable, and its serde shape is the file's. Values stay raw here (see the parent
-//! module for their validation).
+//! Every setting of the agent's own, declared once: its clap attributes make it a flag with
+//! an environment variable, and its serde shape is the file's. The probe families declare
+//! theirs in their modules (`Family::flags`); `layers` adds them to the command line and
+//! the file. Values stay raw here (see the parent module for their validation).
+//!
+//! The structs do not deny unknown fields: the file's reader collects the keys they leave
+//! out, takes the families' keys among them, and refuses the rest with a list of the keys
+//! the section knows (see `layers`).
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -52,10 +57,9 @@ pub enum Command {
 }
 
 /// Every setting, as given: flags (with their environment variables) and file keys share
-/// this one declaration. Values stay raw here; [`Config::resolve`] checks them, so that a
+/// this one declaration (the families' beside it, in `family_keys`). Values stay raw here; [`Config::resolve`] checks them, so that a
 /// bad value from any source gets the same one-line error naming the file key.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Config file, YAML (.yaml/.yml) or TOML (.toml). Keys are the flag names with `_`.
     #[arg(long, env = "NODELENS_CONFIG", global = true)]
@@ -123,11 +127,15 @@ pub struct Settings {
     /// text or json [default: text].
     #[arg(long, env = "NODELENS_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// The probe families' own settings ([`crate::ebpf::family::Family::flags`]), nested
+    /// under their file keys as the file writes them: from their flags, or from the file.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub family_keys: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `collectors.*` in the file.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CollectorSettings {
     /// Only run these collectors (comma-separated) [default: all].
     #[arg(
@@ -151,7 +159,6 @@ pub struct CollectorSettings {
 
 /// `cgroups.*` in the file.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CgroupSettings {
     /// The cgroup2 mount [default: found in /proc/self/mountinfo].
     #[arg(
@@ -194,16 +201,6 @@ pub struct CgroupSettings {
         global = true
     )]
     pub path_label: Option<String>,
-    /// Which per-cgroup series to export (comma-separated): cpu, runqueue_wait,
-    /// context_switches, reclaim_stall, or all [default: cpu,runqueue_wait,reclaim_stall].
-    #[arg(
-        id = "cgroup_series",
-        long = "cgroup-series",
-        env = "NODELENS_CGROUP_SERIES",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub series: Option<Vec<String>>,
     /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
     #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
     pub pod_logs_dir: Option<PathBuf>,
@@ -214,7 +211,6 @@ pub struct CgroupSettings {
 
 /// `remote_write.*` in the file: push to a Prometheus remote_write receiver.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RemoteWriteSettings {
     /// Push to this remote_write URL (http or https), besides serving /metrics
     /// [default: off].
@@ -315,7 +311,6 @@ pub struct RemoteWriteSettings {
 
 /// `remote_write.queue.*` in the file.
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RemoteWriteQueueSettings {
     /// Most samples kept while the receiver is unreachable; past it the oldest are dropped
     /// and counted [default: 250000, about 6 MiB].

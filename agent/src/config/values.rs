@@ -13,6 +13,15 @@ pub enum ConfigError {
     },
     #[error("config: {path}: {detail} (fix the file; keys are the flag names with '_')")]
     ParseFile { path: PathBuf, detail: String },
+    #[error(
+        "config: {path}: unknown key {key} (known in {section}: {known}; keys are the flag names with '_')"
+    )]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        section: String,
+        known: String,
+    },
     #[error("config: {path}: unknown extension (use .yaml, .yml or .toml)")]
     FileExtension { path: PathBuf },
     #[error("{field}: {detail}")]

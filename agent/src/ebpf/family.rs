@@ -279,6 +279,20 @@ impl std::fmt::Debug for FamilySettings {
     }
 }
 
+/// One of a family's own settings ([`Family::flags`]): a flag with its environment
+/// variable, and where it goes in the config file.
+#[derive(Debug, Clone)]
+pub struct FamilyFlag {
+    /// The file key, dotted (`cgroups.series`). The flag's value lands there in the merged
+    /// settings, and errors name it.
+    pub key: &'static str,
+    /// The flag: long name, value name (the long name with `_`, as `--help` shows the
+    /// others), `env` and help (with its default, as the others say it). With a value
+    /// delimiter it takes a list, as the file's key does. `config` sets its id to `key` and
+    /// makes it global.
+    pub arg: clap::Arg,
+}
+
 /// A setting a family refused: the file key (flags and variables are named after it) and
 /// what is wrong with the value, with the fix. `config` prints it on one line, exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,11 +332,14 @@ pub trait Family: Sync {
     fn aliases(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Its own flags, each with its environment variable and file key: `config` adds them
+    /// to the command line beside the agent's own and accepts their keys in the file.
+    fn flags(&self) -> Vec<FamilyFlag> {
+        Vec::new()
+    }
     /// Its own settings: read from the merged settings (flags over file, as JSON keyed by
-    /// the file keys), checked, and returned for its `take` to find in
-    /// [`LoadContext::settings`]. Its keys are declared in `config::Settings`, so that they
-    /// are flags, variables and file keys like every other; only the family knows what
-    /// they mean.
+    /// the file keys; its [`Self::flags`] are there under their keys), checked, and
+    /// returned for its `take` to find in [`LoadContext::settings`].
     fn settings(&self, _merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
         Ok(None)
     }

@@ -21,8 +21,8 @@ use crate::{
     },
     ebpf::{
         family::{
-            Attached, Family, FamilyLayout, Health, KernelSources, LoadContext, LoadedFamily,
-            ProbeSpec, SettingError, SettingsValue, Sweep, global_bytes, take_map,
+            Attached, Family, FamilyFlag, FamilyLayout, Health, KernelSources, LoadContext,
+            LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep, global_bytes, take_map,
         },
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::CgroupSlots,
@@ -71,10 +71,29 @@ impl Default for CgroupFamilySettings {
     }
 }
 
+/// The file key of the family's one setting.
+const SERIES_KEY: &str = "cgroups.series";
+
+/// `--cgroup-series`, `NODELENS_CGROUP_SERIES`, `cgroups.series`.
+fn series_flag() -> FamilyFlag {
+    FamilyFlag {
+        key: SERIES_KEY,
+        arg: clap::Arg::new(SERIES_KEY)
+            .long("cgroup-series")
+            .value_name("cgroup_series")
+            .env("NODELENS_CGROUP_SERIES")
+            .value_delimiter(',')
+            .help(
+                "Which per-cgroup series to export (comma-separated): cpu, runqueue_wait, \
+                 context_switches, reclaim_stall, or all [default: cpu,runqueue_wait,reclaim_stall]",
+            ),
+    }
+}
+
 /// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
 fn series_setting(merged: &serde_json::Value) -> Result<CgroupFamilySettings, SettingError> {
     let invalid = |detail: String| SettingError {
-        field: "cgroups.series",
+        field: SERIES_KEY,
         detail,
     };
     let names = match merged.pointer("/cgroups/series") {
@@ -121,6 +140,10 @@ fn series_setting(merged: &serde_json::Value) -> Result<CgroupFamilySettings, Se
 impl Family for Cgroup {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn flags(&self) -> Vec<FamilyFlag> {
+        vec![series_flag()]
     }
 
     fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
