@@ -21,18 +21,44 @@ use super::{
     settings::{Cli, Settings},
     values::ConfigError,
 };
-use crate::ebpf::{families, family::FamilyFlag};
+use crate::ebpf::{
+    families,
+    family::{CgroupSeriesName, FamilyFlag},
+};
 
 /// Every family's flags, in family order.
 fn family_flags() -> impl Iterator<Item = FamilyFlag> {
     families::ALL.iter().flat_map(|f| f.flags())
 }
 
-/// The command line: the agent's own flags, then every family's.
+/// The command line: the agent's own flags, then every family's. `--cgroup-series` is the
+/// agent's, but the names it takes are the families'.
 pub fn command() -> clap::Command {
-    family_flags().fold(Cli::command(), |cmd, flag| {
-        cmd.arg(flag.arg.id(flag.key).global(true))
-    })
+    let series = cgroup_series_names();
+    let all: Vec<&str> = series.iter().map(|s| s.name).collect();
+    let defaults: Vec<&str> = series
+        .iter()
+        .filter(|s| s.default)
+        .map(|s| s.name)
+        .collect();
+    let help = format!(
+        "Which per-cgroup series to export (comma-separated): {}, or all [default: {}]",
+        all.join(", "),
+        defaults.join(",")
+    );
+    family_flags()
+        .fold(Cli::command(), |cmd, flag| {
+            cmd.arg(flag.arg.id(flag.key).global(true))
+        })
+        .mut_arg("cgroup_series", |arg| arg.help(help))
+}
+
+/// Every family's per-cgroup series, in family order.
+pub(super) fn cgroup_series_names() -> Vec<CgroupSeriesName> {
+    families::ALL
+        .iter()
+        .flat_map(|f| f.cgroup_series().iter().copied())
+        .collect()
 }
 
 impl Cli {

@@ -21,7 +21,10 @@ mod remote_write;
 mod settings;
 mod values;
 
-use crate::ebpf::{families, family::FamilySettings};
+use crate::ebpf::{
+    families,
+    family::{FamilySettings, cgroup_series_given},
+};
 pub use crate::{
     cgroups::settings::{CgroupConfig, PathLabel},
     collectors::CollectorName,
@@ -277,6 +280,7 @@ fn pattern(
 
 /// Every family's own settings, each read and checked by its family.
 fn family_settings(merged: &serde_json::Value) -> Result<FamilySettings, ConfigError> {
+    check_cgroup_series(merged)?;
     let mut settings = FamilySettings::default();
     for family in families::ALL {
         let value = family
@@ -287,6 +291,43 @@ fn family_settings(merged: &serde_json::Value) -> Result<FamilySettings, ConfigE
         }
     }
     Ok(settings)
+}
+
+/// `cgroups.series`: a list of the families' per-cgroup series names, or `all`, naming at
+/// least one. Each family then picks its own (`family::chosen_cgroup_series`).
+fn check_cgroup_series(merged: &serde_json::Value) -> Result<(), ConfigError> {
+    let field = "cgroups.series";
+    if let Some(value) = merged.pointer("/cgroups/series")
+        && !value.is_array()
+    {
+        return Err(invalid(
+            field,
+            format!("{value} is not a list of series names"),
+        ));
+    }
+    let Some(names) = cgroup_series_given(merged) else {
+        return Ok(());
+    };
+    let known = layers::cgroup_series_names();
+    for name in &names {
+        if name != "all" && !known.iter().any(|s| s.name == name) {
+            let list: Vec<&str> = known.iter().map(|s| s.name).collect();
+            return Err(invalid(
+                field,
+                format!(
+                    "{name:?} is not a per-cgroup series (use {}, or all)",
+                    list.join(", ")
+                ),
+            ));
+        }
+    }
+    if names.is_empty() {
+        return Err(invalid(
+            field,
+            "names no series (to export none, turn the cgroup collector off)",
+        ));
+    }
+    Ok(())
 }
 
 fn select_collectors(

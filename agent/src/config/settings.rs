@@ -201,6 +201,17 @@ pub struct CgroupSettings {
         global = true
     )]
     pub path_label: Option<String>,
+    /// Which per-cgroup series to export (comma-separated), or all. The probe families
+    /// name their series (`Family::cgroup_series`); `--help` lists them all, with the
+    /// defaults (see `layers::command`).
+    #[arg(
+        id = "cgroup_series",
+        long = "cgroup-series",
+        env = "NODELENS_CGROUP_SERIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub series: Option<Vec<String>>,
     /// The kubelet's pod log directory, for pod names [default: /var/log/pods].
     #[arg(long, env = "NODELENS_POD_LOGS_DIR", global = true)]
     pub pod_logs_dir: Option<PathBuf>,

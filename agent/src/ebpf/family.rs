@@ -293,6 +293,51 @@ pub struct FamilyFlag {
     pub arg: clap::Arg,
 }
 
+/// A per-cgroup series a family exports ([`Family::cgroup_series`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupSeriesName {
+    /// The name `cgroups.series` takes (`runqueue_wait`).
+    pub name: &'static str,
+    /// Exported when `cgroups.series` is not set. The defaults are chosen for a busy
+    /// node's response size (docs/metrics.md gives each series' bytes per pod).
+    pub default: bool,
+}
+
+/// The pointer of `cgroups.series` in the merged settings.
+const CGROUP_SERIES_POINTER: &str = "/cgroups/series";
+
+/// The names `cgroups.series` gives (trimmed), or `None` when it is not set. Config checks
+/// them (a list, each some family's or `all`, at least one) before any family reads them.
+pub fn cgroup_series_given(merged: &serde_json::Value) -> Option<Vec<String>> {
+    match merged.pointer(CGROUP_SERIES_POINTER)? {
+        serde_json::Value::Array(names) => Some(
+            names
+                .iter()
+                .map(|n| n.as_str().unwrap_or_default().trim().to_owned())
+                .collect(),
+        ),
+        serde_json::Value::Null => None,
+        other => Some(vec![other.to_string()]),
+    }
+}
+
+/// Which of a family's series (`own`, from its [`Family::cgroup_series`]) are chosen, in
+/// `own`'s order: its defaults when `cgroups.series` is not set, all of them for `all`,
+/// else those named.
+pub fn chosen_cgroup_series(
+    merged: &serde_json::Value,
+    own: &'static [CgroupSeriesName],
+) -> Vec<&'static str> {
+    let given = cgroup_series_given(merged);
+    own.iter()
+        .filter(|s| match &given {
+            None => s.default,
+            Some(names) => names.iter().any(|n| n == "all" || n == s.name),
+        })
+        .map(|s| s.name)
+        .collect()
+}
+
 /// A setting a family refused: the file key (flags and variables are named after it) and
 /// what is wrong with the value, with the fix. `config` prints it on one line, exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +381,12 @@ pub trait Family: Sync {
     /// to the command line beside the agent's own and accepts their keys in the file.
     fn flags(&self) -> Vec<FamilyFlag> {
         Vec::new()
+    }
+    /// Its per-cgroup series, by the names `cgroups.series` (`--cgroup-series`) takes:
+    /// config lists and checks them with every other family's, and the family finds which
+    /// are chosen with [`chosen_cgroup_series`].
+    fn cgroup_series(&self) -> &'static [CgroupSeriesName] {
+        &[]
     }
     /// Its own settings: read from the merged settings (flags over file, as JSON keyed by
     /// the file keys; its [`Self::flags`] are there under their keys), checked, and

@@ -21,8 +21,9 @@ use crate::{
     },
     ebpf::{
         family::{
-            Attached, Family, FamilyFlag, FamilyLayout, Health, KernelSources, LoadContext,
-            LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep, global_bytes, take_map,
+            Attached, CgroupSeriesName, Family, FamilyLayout, Health, KernelSources, LoadContext,
+            LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep, chosen_cgroup_series,
+            global_bytes, take_map,
         },
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::CgroupSlots,
@@ -71,70 +72,39 @@ impl Default for CgroupFamilySettings {
     }
 }
 
-/// The file key of the family's one setting.
-const SERIES_KEY: &str = "cgroups.series";
+/// The per-cgroup series, as `cgroups.series` names them (the same names as
+/// [`CgroupSeries`]'s, which a unit test checks).
+const SERIES: &[CgroupSeriesName] = &[
+    CgroupSeriesName {
+        name: "cpu",
+        default: true,
+    },
+    CgroupSeriesName {
+        name: "runqueue_wait",
+        default: true,
+    },
+    CgroupSeriesName {
+        name: "context_switches",
+        default: false,
+    },
+    CgroupSeriesName {
+        name: "reclaim_stall",
+        default: true,
+    },
+];
 
-/// `--cgroup-series`, `NODELENS_CGROUP_SERIES`, `cgroups.series`.
-fn series_flag() -> FamilyFlag {
-    FamilyFlag {
-        key: SERIES_KEY,
-        arg: clap::Arg::new(SERIES_KEY)
-            .long("cgroup-series")
-            .value_name("cgroup_series")
-            .env("NODELENS_CGROUP_SERIES")
-            .value_delimiter(',')
-            .help(
-                "Which per-cgroup series to export (comma-separated): cpu, runqueue_wait, \
-                 context_switches, reclaim_stall, or all [default: cpu,runqueue_wait,reclaim_stall]",
-            ),
-    }
-}
-
-/// `cgroups.series`: names of per-cgroup series, or `all`; each kept once, in catalog order.
-fn series_setting(merged: &serde_json::Value) -> Result<CgroupFamilySettings, SettingError> {
-    let invalid = |detail: String| SettingError {
-        field: SERIES_KEY,
-        detail,
-    };
-    let names = match merged.pointer("/cgroups/series") {
-        None | Some(serde_json::Value::Null) => return Ok(CgroupFamilySettings::default()),
-        Some(serde_json::Value::Array(names)) => names,
-        Some(other) => return Err(invalid(format!("{other} is not a list of series names"))),
-    };
-    let known = || {
-        CgroupSeries::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value())
-            .map(|v| v.get_name().to_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut chosen = Vec::new();
-    for name in names {
-        let name = name.as_str().unwrap_or_default().trim();
-        if name == "all" {
-            chosen = CgroupSeries::value_variants().to_vec();
-            break;
-        }
-        let series = CgroupSeries::from_str(name, true).map_err(|_| {
-            invalid(format!(
-                "{name:?} is not a per-cgroup series (use {}, or all)",
-                known()
-            ))
-        })?;
-        chosen.push(series);
-    }
-    if chosen.is_empty() {
-        return Err(invalid(
-            "names no series (to export none, turn the cgroup collector off)".into(),
-        ));
-    }
+/// The series `cgroups.series` chooses, in catalog order (config checked the names).
+fn series_setting(merged: &serde_json::Value) -> CgroupFamilySettings {
+    let chosen = chosen_cgroup_series(merged, SERIES);
     let series = CgroupSeries::value_variants()
         .iter()
         .copied()
-        .filter(|s| chosen.contains(s))
+        .filter(|s| {
+            s.to_possible_value()
+                .is_some_and(|v| chosen.contains(&v.get_name()))
+        })
         .collect();
-    Ok(CgroupFamilySettings { series })
+    CgroupFamilySettings { series }
 }
 
 impl Family for Cgroup {
@@ -142,12 +112,12 @@ impl Family for Cgroup {
         NAME
     }
 
-    fn flags(&self) -> Vec<FamilyFlag> {
-        vec![series_flag()]
+    fn cgroup_series(&self) -> &'static [CgroupSeriesName] {
+        SERIES
     }
 
     fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
-        Ok(Some(Arc::new(series_setting(merged)?)))
+        Ok(Some(Arc::new(series_setting(merged))))
     }
 
     fn maps(&self) -> &'static [&'static str] {
@@ -454,6 +424,21 @@ impl CgroupMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_names_are_the_enums_and_the_defaults_agree() {
+        let names: Vec<&str> = CgroupSeries::value_variants()
+            .iter()
+            .filter_map(|s| s.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .map(|n| SERIES.iter().find(|s| s.name == n).expect("in SERIES").name)
+            .collect();
+        assert_eq!(names, SERIES.iter().map(|s| s.name).collect::<Vec<_>>());
+        assert_eq!(
+            series_setting(&serde_json::json!({})).series,
+            CgroupSeries::DEFAULT
+        );
+    }
     use crate::{
         cgroups::settings::PathLabel,
         cgroups::{CgroupLabels, series::SeriesLabels},
