@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::{
     cgroups::{self, kubernetes},
-    collectors::{diskstats, filesystem, loadavg, meminfo, pressure, process, stat, vmstat},
+    collectors::{diskstats, filesystem, loadavg, meminfo, process, stat, vmstat},
     config::{Config, Settings},
     ebpf::{btf::Btf, map_memory, tracefs},
     node, server,
@@ -70,7 +70,7 @@ pub fn sys_files(data: &[u8]) {
 pub fn proc_loadavg_pressure(data: &[u8]) {
     if let Some(t) = text(data) {
         let _ = loadavg::parse(t);
-        let _ = pressure::parse(t);
+        let _ = crate::psi::parse(t);
         let _ = process::parse_stat(t);
     }
 }
@@ -89,6 +89,7 @@ pub fn proc_mounts(data: &[u8]) {
     if let Some(t) = text(data) {
         let _ = filesystem::parse_mounts(t);
         let _ = cgroups::cgroup2_mount(t);
+        let _ = cgroups::cgroup1_mount(t, "cpu");
     }
 }
 

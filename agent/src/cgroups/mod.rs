@@ -34,6 +34,23 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Finds a cgroup v1 controller's mount point in a mountinfo text (`cpu` on a hybrid host:
+/// `/sys/fs/cgroup/cpu` or `/sys/fs/cgroup/cpu,cpuacct`); `None` on pure v2 hosts.
+pub fn cgroup1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut fields = post.split(' ');
+        if fields.next()? != "cgroup" {
+            return None;
+        }
+        let options = fields.nth(1)?;
+        options
+            .split(',')
+            .any(|o| o == controller)
+            .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
+    })
+}
+
 /// Labels for one cgroup. Non-Kubernetes cgroups have only `cgroup`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CgroupLabels {
@@ -284,6 +301,24 @@ mod tests {
         let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(v2), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("garbage\n\n - \n"), None);
+    }
+
+    #[test]
+    fn finds_a_v1_controller_in_mountinfo() {
+        let hybrid = "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
+                      33 31 0:30 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n";
+        assert_eq!(
+            cgroup1_mount(hybrid, "cpu"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(
+            cgroup1_mount(hybrid, "cpuset"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpuset"))
+        );
+        assert_eq!(cgroup1_mount(hybrid, "memory"), None);
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup1_mount(v2, "cpu"), None);
+        assert_eq!(cgroup1_mount("garbage - cgroup\n", "cpu"), None);
     }
 
     #[test]

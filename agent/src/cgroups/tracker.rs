@@ -58,8 +58,24 @@ struct Slot {
     gone: bool,
     /// Upkeep round in which existence was last checked.
     checked_round: u64,
+    /// Upkeep round in which its counters in some per-cgroup table last moved (0: not
+    /// since it was assigned): its tasks ran, so the files it keeps may have changed (see
+    /// `ebpf::cgroup_files`).
+    moved_round: u64,
     /// Final rows that tables still hold for this gone cgroup.
     holds: u32,
+}
+
+/// A cgroup that is there, as [`TrackerState::live_cgroups`] lists it.
+#[derive(Debug, Clone)]
+pub struct LiveCgroup {
+    pub id: u64,
+    /// Its directory in the cgroup2 hierarchy.
+    pub directory: PathBuf,
+    /// Its path relative to the hierarchy's root (`/` for the root): the same in a v1
+    /// hierarchy on a hybrid host, where systemd and the kubelet make every cgroup in each.
+    pub path: String,
+    pub moved_round: u64,
 }
 
 #[derive(Debug)]
@@ -203,6 +219,7 @@ impl TrackerState {
                         awaiting_names: false,
                         gone: true,
                         checked_round: self.round,
+                        moved_round: 0,
                         holds: 0,
                     },
                 );
@@ -232,6 +249,7 @@ impl TrackerState {
                 series,
                 gone: false,
                 checked_round: self.round,
+                moved_round: 0,
                 holds: 0,
             },
         );
@@ -263,6 +281,9 @@ impl TrackerState {
         let Some(slot) = self.slots.get_mut(&id) else {
             return false;
         };
+        if moved {
+            slot.moved_round = round;
+        }
         if slot.gone || moved || slot.checked_round == round {
             return slot.gone;
         }
@@ -271,6 +292,29 @@ impl TrackerState {
             slot.gone = true;
         }
         slot.gone
+    }
+
+    /// The cgroups still there and not excluded, for families that read the cgroups' own
+    /// files (`ebpf::cgroup_files`): where each is, and in which upkeep round its counters
+    /// last moved.
+    pub fn live_cgroups(&self) -> Vec<LiveCgroup> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !s.gone && s.assignment != Assignment::Excluded)
+            .filter_map(|(id, s)| {
+                Some(LiveCgroup {
+                    id: *id,
+                    directory: self.resolver.directory(*id)?,
+                    path: s.labels.cgroup.clone(),
+                    moved_round: s.moved_round,
+                })
+            })
+            .collect()
+    }
+
+    /// The current upkeep round.
+    pub fn round(&self) -> u64 {
+        self.round
     }
 
     /// Directories of the cgroups among `ids` still to be checked for existence this round

@@ -60,36 +60,7 @@ pub(super) fn value_names<T: ValueEnum>() -> Vec<String> {
         .collect()
 }
 
-/// A duration such as `5s`, `500ms` or `1m`, at least `min`.
+/// A duration such as `5s`, `500ms` or `1m`, at least `min` (see [`crate::duration`]).
 pub fn duration(field: &'static str, value: &str, min: Duration) -> Result<Duration, ConfigError> {
-    // humantime 2 panics when seconds near u64::MAX meet a nanosecond carry
-    // (chronotope/humantime#66, found by fuzzing): no useful duration has a number of more
-    // than 9 digits, so refuse those first.
-    let longest_number = value
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    if longest_number > 9 || value.len() > 64 {
-        return Err(invalid(
-            field,
-            format!("{value:?} is not a duration (too long; write for example 5s, 500ms or 1m)"),
-        ));
-    }
-    let d = humantime::parse_duration(value.trim()).map_err(|e| {
-        invalid(
-            field,
-            format!("{value:?} is not a duration ({e}; write for example 5s, 500ms or 1m)"),
-        )
-    })?;
-    if d < min {
-        return Err(invalid(
-            field,
-            format!(
-                "{value:?} is too short (at least {})",
-                humantime::format_duration(min)
-            ),
-        ));
-    }
-    Ok(d)
+    crate::duration::parse(value, min).map_err(|detail| invalid(field, detail))
 }

@@ -338,6 +338,24 @@ pub fn chosen_cgroup_series(
         .collect()
 }
 
+/// A family's duration setting (`15s`, `500ms`) at the dotted file `key` of the merged
+/// settings, at least `min`; `default` when it is not set.
+pub fn duration_setting(
+    merged: &serde_json::Value,
+    key: &'static str,
+    default: std::time::Duration,
+    min: std::time::Duration,
+) -> Result<std::time::Duration, SettingError> {
+    let invalid = |detail: String| SettingError { field: key, detail };
+    match merged.pointer(&format!("/{}", key.replace('.', "/"))) {
+        None | Some(serde_json::Value::Null) => Ok(default),
+        Some(serde_json::Value::String(text)) => crate::duration::parse(text, min).map_err(invalid),
+        Some(other) => Err(invalid(format!(
+            "{other} is not a duration (write for example 5s, 500ms or 1m)"
+        ))),
+    }
+}
+
 /// A setting a family refused: the file key (flags and variables are named after it) and
 /// what is wrong with the value, with the fix. `config` prints it on one line, exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,6 +109,11 @@ impl<M: CgroupMap> PerCgroupMap<M> {
         encode(Scrape { rows, unknown })
     }
 
+    /// Changes the map itself: a user-space map (`ebpf::cgroup_files`) is filled this way.
+    pub fn with_map<R>(&self, change: impl FnOnce(&mut M) -> R) -> R {
+        change(&mut self.map())
+    }
+
     /// The map's fill level, as the last sweep counted it.
     pub fn fill(&self) -> MapFill {
         self.fill.fill(self.name, self.capacity)

@@ -1,0 +1,175 @@
+//! Per-cgroup counters that the kernel keeps in each cgroup's own files (`cpu.pressure`,
+//! `cpu.stat`), for the families that export them per pod.
+//!
+//! Reading files per pod per scrape is how agents get expensive: 4 files of 4,096 cgroups
+//! every 5 s is 3,300 reads a second. So a scrape never reads them. The loader's upkeep
+//! round reads them, once per `refresh` interval, for:
+//! - the cgroups whose counters in a per-cgroup table moved since their files were last
+//!   read (their tasks ran, or their file counters themselves moved), and
+//! - every other live cgroup once per [`IDLE_REFRESHES`] intervals: a task blocked for
+//!   long does not run, yet its cgroup's pressure grows.
+//!
+//! So a value is at most one interval old for a busy cgroup, and [`IDLE_REFRESHES`]
+//! intervals for an idle one (docs/metrics.md says so), and an idle node costs few reads.
+//! The cgroups are the ones the tracker knows (those with tasks that ran since the agent
+//! started, through the `cgroup` family), not excluded; folded ones are read too, for
+//! "other".
+//!
+//! The values live in a user-space map ([`FileValues`]) that the shared per-cgroup sweep
+//! keeps like a kernel map (`ebpf::per_cgroup`): a gone cgroup's last values go into its
+//! final row or "other", folded cgroups sum into "other", and no counter goes back.
+use std::{
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::per_cgroup::{CgroupMap, Entries, PerCgroupMap};
+use crate::cgroups::tracker::{Assignment, CgroupTracker, LiveCgroup};
+
+/// How many refresh intervals an idle cgroup's files wait between reads.
+pub const IDLE_REFRESHES: u32 = 4;
+
+/// The last values read from each cgroup's files, as a per-cgroup "map".
+#[derive(Debug)]
+pub struct FileValues<V> {
+    values: HashMap<u64, V>,
+}
+
+impl<V> Default for FileValues<V> {
+    fn default() -> Self {
+        Self {
+            values: HashMap::default(),
+        }
+    }
+}
+
+impl<V> CgroupMap for FileValues<V>
+where
+    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
+{
+    type Key = u64;
+    type Value = V;
+
+    fn entries(&mut self) -> Result<Entries<Self>, String> {
+        Ok(self.values.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn take(&mut self, id: &u64, _: Assignment) -> Option<V> {
+        self.values.remove(id)
+    }
+}
+
+/// Reads one cgroup's files; `None` when it has none of them (left out, not zero).
+pub type ReadFiles<V> = Box<dyn Fn(&LiveCgroup) -> Option<V> + Send + Sync>;
+
+/// A family's per-cgroup file counters: when to read, what was read, and the table.
+pub struct CgroupFiles<V>
+where
+    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
+{
+    map: PerCgroupMap<FileValues<V>>,
+    tracker: std::sync::Arc<CgroupTracker>,
+    refresh: Duration,
+    read: ReadFiles<V>,
+    schedule: Mutex<Schedule>,
+    /// Cgroups whose files were read, for the family's cost metric.
+    reads: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Schedule {
+    last_refresh: Option<Instant>,
+    /// Per cgroup: the upkeep round and time of its last read.
+    read: HashMap<u64, (u64, Instant)>,
+}
+
+impl<V> CgroupFiles<V>
+where
+    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
+{
+    pub fn new(
+        name: &'static str,
+        tracker: std::sync::Arc<CgroupTracker>,
+        refresh: Duration,
+        capacity: u32,
+        read: ReadFiles<V>,
+    ) -> Self {
+        Self {
+            map: PerCgroupMap::new(name, FileValues::default(), capacity, tracker.clone()),
+            tracker,
+            refresh,
+            read,
+            schedule: Mutex::default(),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    /// The table, for the scrape and for the loader's sweep.
+    pub fn map(&self) -> &PerCgroupMap<FileValues<V>> {
+        &self.map
+    }
+
+    /// Cgroups whose files were read since the start.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Reads the files of the cgroups that are due (see the module doc), when a refresh
+    /// interval has passed. Called by the family's upkeep, in the loader's round, before
+    /// the sweep; the files are read holding no lock that a scrape takes.
+    pub fn refresh(&self) {
+        let now = Instant::now();
+        let (round, live) = {
+            let tracker = self.tracker.lock();
+            (tracker.round(), tracker.live_cgroups())
+        };
+        let due: Vec<LiveCgroup> = {
+            let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            if schedule
+                .last_refresh
+                .is_some_and(|at| now.duration_since(at) < self.refresh)
+            {
+                return;
+            }
+            schedule.last_refresh = Some(now);
+            // Forget cgroups no longer there.
+            let there: rustc_hash::FxHashSet<u64> = live.iter().map(|c| c.id).collect();
+            schedule.read.retain(|id, _| there.contains(id));
+            let idle_wait = self.refresh * IDLE_REFRESHES;
+            live.into_iter()
+                .filter(|c| match schedule.read.get(&c.id) {
+                    None => true,
+                    Some((read_round, read_at)) => {
+                        c.moved_round >= *read_round
+                            || now.duration_since(*read_at) + self.refresh / 2 >= idle_wait
+                    }
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let read: Vec<(u64, V)> = due
+            .iter()
+            .filter_map(|c| Some((c.id, (self.read)(c)?)))
+            .collect();
+        self.reads.fetch_add(due.len() as u64, Ordering::Relaxed);
+        let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &due {
+            schedule.read.insert(c.id, (round, now));
+        }
+        drop(schedule);
+        self.map.with_map(|m| m.values.extend(read));
+    }
+}
+
+/// Reads a small file of a cgroup; `None` when it is not there or cannot be read.
+pub fn read_small(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok()
+}
