@@ -20,8 +20,14 @@ pub const CID: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c
 pub struct WorkloadPod {
     created: Vec<PathBuf>,
     pub container: PathBuf,
+    /// The container's cgroup in the v1 cpu controller, at the same path (as the kubelet
+    /// makes it on a hybrid host), with a CPU limit of half a CPU.
+    cpu_v1: PathBuf,
     logs: tempfile::TempDir,
 }
+
+/// The v1 cpu controller's hierarchy on this hybrid host.
+const CPU_V1: &str = "/sys/fs/cgroup/cpu";
 
 impl WorkloadPod {
     pub fn new() -> WorkloadPod {
@@ -31,14 +37,21 @@ impl WorkloadPod {
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{CID}.scope"
         );
         let mut created = Vec::new();
-        let mut path = root.clone();
-        for part in Path::new(&rel) {
-            path.push(part);
-            if !path.exists() {
-                std::fs::create_dir(&path).expect("create cgroup");
-                created.push(path.clone());
+        let mut make = |root: &Path| {
+            let mut path = root.to_owned();
+            for part in Path::new(&rel) {
+                path.push(part);
+                if !path.exists() {
+                    std::fs::create_dir(&path).expect("create cgroup");
+                    created.push(path.clone());
+                }
             }
-        }
+            path
+        };
+        let path = make(&root);
+        let cpu_v1 = make(Path::new(CPU_V1));
+        std::fs::write(cpu_v1.join("cpu.cfs_period_us"), "100000").unwrap();
+        std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "50000").unwrap();
         let logs = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(
             logs.path()
@@ -56,6 +69,7 @@ impl WorkloadPod {
         WorkloadPod {
             created,
             container: path,
+            cpu_v1,
             logs,
         }
     }
@@ -71,8 +85,9 @@ impl WorkloadPod {
         ]
     }
 
-    /// CPU, disk reads, reclaim and one OOM kill, all in the container: the limit in a v1
-    /// memory cgroup on this hybrid host, the identity in the cgroup2 container cgroup.
+    /// CPU (throttled by the container's CPU limit), disk reads, reclaim (so memory
+    /// pressure) and one OOM kill, all in the container: the limits in v1 memory and cpu
+    /// cgroups on this hybrid host, the identity in the cgroup2 container cgroup.
     pub fn work(&self) {
         let v1 = Path::new("/sys/fs/cgroup/memory")
             .join(format!("nodelens-operator-{}", std::process::id()));
@@ -85,7 +100,7 @@ impl WorkloadPod {
         let f = file.path().display();
         let script = format!(
             "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none || exit 1; \
-             echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs || exit 1; \
+             echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs || exit 1; \
              i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; \
              dd if={bin} of=/dev/null bs=4k count=256 iflag=direct status=none || exit 1; \
              dd if={f} of=/dev/null bs=1M status=none || exit 1; \
@@ -93,6 +108,7 @@ impl WorkloadPod {
              [ $? -eq 137 ]",
             self.container.display(),
             v1.display(),
+            self.cpu_v1.display(),
             bin = BIN,
         );
         let status = Command::new("sh").args(["-c", &script]).status().unwrap();
@@ -133,6 +149,7 @@ impl Drop for WorkloadPod {
         {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // The v1 cpu cgroup held the same processes, so it is empty now too.
         for dir in self.created.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }

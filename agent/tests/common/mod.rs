@@ -79,6 +79,9 @@ impl Agent {
         let child = command
             .args(["--listen-address", &addr, "--log-level", "debug"])
             .args(["--map-upkeep-interval", "1s"])
+            // Files read per cgroup as often as upkeep runs, so that tests wait seconds.
+            .args(["--cgroup-pressure-refresh-interval", "1s"])
+            .args(["--cgroup-throttling-refresh-interval", "1s"])
             .args(seccomp)
             .args(extra)
             .stdout(Stdio::null())
@@ -635,25 +638,30 @@ impl Workload {
 /// Memory reclaim inside one cgroup that is no pod's: 64 MiB read through the page cache in
 /// a 16 MiB cgroup (the limit in a v1 memory cgroup on this hybrid host, the identity a
 /// cgroup2 directory), from a file written with O_DIRECT so that none of it is cached
-/// before. The directories stay until the returned guard is dropped, so that the agent
-/// can name the cgroup.
+/// before. The cgroup has a CPU limit too (half a CPU, in the v1 cpu controller at the same
+/// path), so that it has CFS periods. The directories stay until the returned guard is
+/// dropped, so that the agent can name the cgroup.
 pub fn reclaim_in_a_limited_cgroup(tag: &str) -> Cgroups {
     let name = format!("nodelens-{tag}-reclaim-{}", std::process::id());
     let v1 = Path::new("/sys/fs/cgroup/memory").join(&name);
+    let cpu_v1 = Path::new("/sys/fs/cgroup/cpu").join(&name);
     let v2 = cgroup2_root().join(&name);
     std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&cpu_v1).unwrap();
     std::fs::create_dir_all(&v2).unwrap();
-    let guard = Cgroups(vec![v1.clone(), v2.clone()]);
+    let guard = Cgroups(vec![v1.clone(), cpu_v1.clone(), v2.clone()]);
     std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
+    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "50000").unwrap();
     let file = tempfile::Builder::new()
         .prefix("nodelens-reclaim-")
         .tempfile_in("/var/tmp")
         .unwrap();
     let script = format!(
         "dd if=/dev/zero of={f} bs=1M count=64 oflag=direct status=none && \
-         echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && \
+         echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && \
          exec dd if={f} of=/dev/null bs=1M status=none",
         v1.display(),
+        cpu_v1.display(),
         v2.display(),
         f = file.path().display()
     );

@@ -75,10 +75,14 @@ struct Resource {
     what: &'static str,
 }
 
+/// CPU pressure is off by default: per pod, `runqueue_wait` (from the scheduler, summed
+/// over the tasks) already says how long it waited for a CPU, and a busy node's response
+/// has room for few series per pod. Memory and I/O pressure are series only for pods that
+/// stalled.
 const SERIES: &[CgroupSeriesName] = &[
     CgroupSeriesName {
         name: "cpu_pressure",
-        default: true,
+        default: false,
     },
     CgroupSeriesName {
         name: "memory_pressure",
