@@ -35,6 +35,10 @@ pub struct CgroupStats {
     pub involuntary_switches: u64,
     pub reclaim_direct_ns: u64,
     pub reclaim_memcg_ns: u64,
+    /// Time the cgroup's tasks spent blocked in uninterruptible sleep (D state) waiting for
+    /// I/O (`in_iowait`), and for anything else (locks, page faults, vfork), until woken.
+    pub blocked_io_ns: u64,
+    pub blocked_other_ns: u64,
 }
 
 impl AddAssign for CgroupStats {
@@ -55,6 +59,8 @@ impl CgroupStats {
             involuntary_switches,
             reclaim_direct_ns,
             reclaim_memcg_ns,
+            blocked_io_ns,
+            blocked_other_ns,
         } = other;
         Self {
             cpu_ns: f(self.cpu_ns, cpu_ns),
@@ -63,6 +69,8 @@ impl CgroupStats {
             involuntary_switches: f(self.involuntary_switches, involuntary_switches),
             reclaim_direct_ns: f(self.reclaim_direct_ns, reclaim_direct_ns),
             reclaim_memcg_ns: f(self.reclaim_memcg_ns, reclaim_memcg_ns),
+            blocked_io_ns: f(self.blocked_io_ns, blocked_io_ns),
+            blocked_other_ns: f(self.blocked_other_ns, blocked_other_ns),
         }
     }
 
@@ -211,19 +219,21 @@ pub mod programs {
 mod tests {
     use super::*;
 
-    /// Every field different: 1 to 6.
-    const ONE_TO_SIX: CgroupStats = CgroupStats {
+    /// Every field different: 1 to 8.
+    const ONE_TO_EIGHT: CgroupStats = CgroupStats {
         cpu_ns: 1,
         runqueue_wait_ns: 2,
         voluntary_switches: 3,
         involuntary_switches: 4,
         reclaim_direct_ns: 5,
         reclaim_memcg_ns: 6,
+        blocked_io_ns: 7,
+        blocked_other_ns: 8,
     };
 
     #[test]
     fn add_assign_adds_every_field() {
-        let one = ONE_TO_SIX;
+        let one = ONE_TO_EIGHT;
         let mut sum = one;
         sum += one;
         assert_eq!(
@@ -235,13 +245,15 @@ mod tests {
                 involuntary_switches: 8,
                 reclaim_direct_ns: 10,
                 reclaim_memcg_ns: 12,
+                blocked_io_ns: 14,
+                blocked_other_ns: 16,
             }
         );
     }
 
     #[test]
     fn since_subtracts_every_field_and_never_wraps() {
-        let earlier = ONE_TO_SIX;
+        let earlier = ONE_TO_EIGHT;
         let mut later = earlier;
         later += earlier;
         assert_eq!(later.since(earlier), earlier);

@@ -56,6 +56,20 @@ use crate::probes::histogram::Log2Histogram;
 /// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
 pub const RUNQUEUE_START_ENTRIES: u32 = 10240;
 
+/// Tasks that can be blocked in uninterruptible sleep at once and still be measured
+/// (`BLOCKED_START`): a node with more has bigger problems, and each loss is counted.
+pub const BLOCKED_START_ENTRIES: u32 = 16384;
+
+/// When a task went to sleep uninterruptibly, and whether it was waiting for I/O.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockStart {
+    /// The run queue's clock when it left the CPU.
+    pub at: u64,
+    /// 1: `in_iowait` was set (it slept in `io_schedule`).
+    pub io: u64,
+}
+
 /// Slots of `SCHED_COST`, one per program (both attach types of a probe share it).
 pub const COST_SWITCH: u32 = 0;
 pub const COST_WAKEUP: u32 = 1;
@@ -95,6 +109,17 @@ pub struct SchedCounters {
     /// Switches whose `prev` was not `arrived_task`: the kernel switched without the
     /// tracepoint in between (see the module doc).
     pub switch_unseen: u64,
+    /// Time tasks spent blocked in uninterruptible sleep until woken: waiting for I/O
+    /// (`in_iowait`), and for anything else. Counted when the task gets a CPU again.
+    pub blocked_io_ns: u64,
+    pub blocked_other_ns: u64,
+    /// The blocked time of the task now on this CPU, charged to its cgroup when it leaves,
+    /// with its run time and wait.
+    pub pending_blocked_io_ns: u64,
+    pub pending_blocked_other_ns: u64,
+    /// A blocked task's start could not be stored (`BLOCKED_START` full): that task's
+    /// blocked time is lost.
+    pub blocked_start_full: u64,
     /// Run-queue latency of every task this CPU switched in.
     pub runqueue_latency: Log2Histogram,
 }
@@ -144,6 +169,15 @@ pub struct SchedLayout {
     /// Size of `prev_state` in the format file (`long`: 8 on 64-bit kernels).
     pub tp_switch_prev_state_size: u32,
     pub tp_switch_next_pid: u32,
+    /// 1: blocked time is measured (kernel timestamps, and the two flags below found).
+    pub blocked: u32,
+    /// `task_struct.in_iowait`: a one-bit field, at this byte and bit (little-endian).
+    pub task_in_iowait: u32,
+    pub task_in_iowait_bit: u32,
+    /// `task_struct.sched_contributes_to_load`, set when a task last left its CPU in an
+    /// uninterruptible sleep: only such an arriving task is looked up in `BLOCKED_START`.
+    pub task_load_flag: u32,
+    pub task_load_flag_bit: u32,
 }
 
 /// Name of the global holding [`SchedLayout`] in the eBPF object.
@@ -154,6 +188,7 @@ mod pod {
     // SAFETY: #[repr(C)] structs of u64/u32 fields without implicit padding.
     unsafe impl aya::Pod for super::SchedCounters {}
     unsafe impl aya::Pod for super::SchedLayout {}
+    unsafe impl aya::Pod for super::BlockStart {}
 }
 
 /// The names of this family's maps and programs in the object, shared with user space
@@ -161,6 +196,7 @@ mod pod {
 /// `programs`, and the agent's unit tests check every one against the built object.
 pub mod names {
     pub const RUNQUEUE_START: &str = "RUNQUEUE_START";
+    pub const BLOCKED_START: &str = "BLOCKED_START";
     pub const SCHED_COUNTERS: &str = "SCHED_COUNTERS";
     pub const SCHED_COST: &str = "SCHED_COST";
     pub const SCHED_WAKEUP_BTF: &str = "sched_wakeup_btf";
@@ -170,7 +206,7 @@ pub mod names {
     pub const SCHED_WAKEUP_NEW_TP: &str = "sched_wakeup_new_tp";
     pub const SCHED_SWITCH_TP: &str = "sched_switch_tp";
     /// Every map of the family.
-    pub const MAPS: &[&str] = &[RUNQUEUE_START, SCHED_COUNTERS, SCHED_COST];
+    pub const MAPS: &[&str] = &[RUNQUEUE_START, BLOCKED_START, SCHED_COUNTERS, SCHED_COST];
 }
 
 #[cfg(target_arch = "bpf")]
@@ -188,8 +224,8 @@ mod programs {
     use aya_log_ebpf::warn;
 
     use super::{
-        COST_SLOTS, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES,
-        SchedCounters, SchedLayout,
+        BLOCKED_START_ENTRIES, BlockStart, COST_SLOTS, COST_SWITCH, COST_WAKEUP,
+        COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
     };
     use crate::probes::{
         cgroup::programs as cgroup,
@@ -207,6 +243,16 @@ mod programs {
     #[map]
     static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
 
+    /// When each task blocked in uninterruptible sleep left its CPU, keyed by its
+    /// `task_struct` address; taken back when it gets a CPU again. Only with kernel
+    /// timestamps. A hash rather than task-local storage: aya-ebpf 0.2.1 declares maps
+    /// without BTF, which task storage needs (and 5.10 has none). Not an LRU hash, which
+    /// would drop starts without a trace: a full map is counted instead, and the agent's
+    /// upkeep takes out starts whose task never came back (`sched_switch` unseen).
+    #[map]
+    static BLOCKED_START: HashMap<u64, BlockStart> =
+        HashMap::with_max_entries(BLOCKED_START_ENTRIES, 0);
+
     /// Counters, the run-queue histogram and per-CPU state, in one entry per CPU.
     #[map]
     static SCHED_COUNTERS: PerCpuArray<SchedCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -217,6 +263,11 @@ mod programs {
     /// Task states in the low byte of `prev_state`; the classic tracepoint sets bit 8
     /// (TASK_REPORT_MAX) instead when the task was preempted.
     const TASK_STATE_MASK: u64 = 0xff;
+    /// `TASK_UNINTERRUPTIBLE`, and `TASK_NOLOAD`, which kernel threads that wait for work
+    /// add to it (`TASK_IDLE`): such a wait is idleness, not a blocked task (the kernel
+    /// leaves it out of the load average for the same reason).
+    const TASK_UNINTERRUPTIBLE: u64 = 0x2;
+    const TASK_NOLOAD: u64 = 0x400;
 
     /// `current`'s totals, for the classic tracepoint: two reads, where the layout has the
     /// offsets; else zeros.
@@ -328,9 +379,12 @@ mod programs {
         prev_totals: Totals,
         next: u64,
         run_clock: u64,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<Charge> {
         let since = cpu.last_switch_run_clock;
         let waited = cpu.pending_wait_ns;
+        let blocked = (cpu.pending_blocked_io_ns, cpu.pending_blocked_other_ns);
+        cpu.pending_blocked_io_ns = 0;
+        cpu.pending_blocked_other_ns = 0;
         let arrived = cpu.arrived_task;
         let (departed, departed_sum, departed_arrivals) = (
             cpu.departed_task,
@@ -349,14 +403,41 @@ mod programs {
             } else {
                 0
             };
-            return Some((ran, waited));
+            return Some(Charge {
+                ran,
+                waited,
+                blocked_io: blocked.0,
+                blocked_other: blocked.1,
+            });
         }
         // 0 before this CPU's first switch: the start, not a gap.
         if arrived != 0 {
             cpu.switch_unseen += 1;
         }
         (prev == departed && departed_sum != 0 && prev_totals.arrivals == departed_arrivals + 1)
-            .then(|| (prev_totals.sum_exec.saturating_sub(departed_sum), 0))
+            .then(|| Charge::ran(prev_totals.sum_exec.saturating_sub(departed_sum)))
+    }
+
+    /// What a leaving task's cgroup is charged (see [`leaving`]).
+    #[derive(Clone, Copy)]
+    struct Charge {
+        ran: u64,
+        waited: u64,
+        blocked_io: u64,
+        blocked_other: u64,
+    }
+
+    impl Charge {
+        /// Run time only: the task's wait and blocked time were not seen.
+        #[inline(always)]
+        fn ran(ran: u64) -> Self {
+            Charge {
+                ran,
+                waited: 0,
+                blocked_io: 0,
+                blocked_other: 0,
+            }
+        }
     }
 
     #[inline(always)]
@@ -387,9 +468,15 @@ mod programs {
     }
 
     /// Charges the leaving task's cgroup (`current` is still `prev`) its run time, the wait
-    /// it had before it got the CPU, and the switch.
+    /// it had before it got the CPU, the blocked time before that, and the switch.
     #[inline(always)]
-    fn charge_cgroup(cpu: &mut SchedCounters, ran: u64, waited: u64, prev_runnable: bool) {
+    fn charge_cgroup(cpu: &mut SchedCounters, charge: Charge, prev_runnable: bool) {
+        let Charge {
+            ran,
+            waited,
+            blocked_io,
+            blocked_other,
+        } = charge;
         if !cgroup::enabled() {
             return;
         }
@@ -404,6 +491,12 @@ mod programs {
             }
             if waited != 0 {
                 cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
+            }
+            if blocked_io != 0 {
+                cgroup::add(&raw mut (*stats).blocked_io_ns, blocked_io);
+            }
+            if blocked_other != 0 {
+                cgroup::add(&raw mut (*stats).blocked_other_ns, blocked_other);
             }
             if prev_runnable {
                 cgroup::add(&raw mut (*stats).involuntary_switches, 1);
@@ -460,8 +553,8 @@ mod programs {
 
         // The idle task's time is idle, not any cgroup's CPU time.
         if prev_pid != 0 {
-            let (ran, waited) = charge.unwrap_or_else(|| (since_arrival(), 0));
-            charge_cgroup(cpu, ran, waited, prev_runnable);
+            let charge = charge.unwrap_or_else(|| Charge::ran(since_arrival()));
+            charge_cgroup(cpu, charge, prev_runnable);
             if prev_runnable {
                 enqueue(ctx, prev_pid, now);
             }
@@ -485,6 +578,7 @@ mod programs {
         layout: &SchedLayout,
         prev: *const u8,
         prev_pid: u32,
+        prev_state: u64,
         prev_runnable: bool,
         next: *const u8,
     ) {
@@ -512,14 +606,21 @@ mod programs {
             run_clock,
         );
         if prev_pid != 0 {
-            let (ran, waited) = charge.unwrap_or_else(|| {
+            let charge = charge.unwrap_or_else(|| {
                 // Arrived unseen from elsewhere: since the kernel's note of its arrival, in
                 // the run queue's clock (which also counts interrupts and steal time).
                 // SAFETY: a direct load through the BTF-typed `prev`.
                 let arrived = unsafe { kernel::btf_load::<u64>(prev, layout.task_last_arrival) };
-                (ran_since(now, arrived), 0)
+                Charge::ran(ran_since(now, arrived))
             });
-            charge_cgroup(cpu, ran, waited, prev_runnable);
+            charge_cgroup(cpu, charge, prev_runnable);
+            if layout.blocked != 0
+                && !prev_runnable
+                && prev_state & (TASK_UNINTERRUPTIBLE | TASK_NOLOAD) == TASK_UNINTERRUPTIBLE
+                && now != 0
+            {
+                blocked_start(cpu, layout, prev, now);
+            }
         }
         let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
         if next_pid == 0 || now == 0 {
@@ -532,6 +633,58 @@ mod programs {
         let waited = now - queued;
         cpu.runqueue_latency.add(waited);
         cpu.pending_wait_ns = waited;
+        if layout.blocked != 0 && task_flag(next, layout.task_load_flag, layout.task_load_flag_bit)
+        {
+            blocked_end(cpu, next, queued);
+        }
+    }
+
+    /// A one-bit field of a task, through its BTF-typed pointer.
+    #[inline(always)]
+    fn task_flag(task: *const u8, byte: u32, bit: u32) -> bool {
+        // SAFETY: a direct load through a BTF-typed pointer.
+        let b = unsafe { kernel::btf_load::<u8>(task, byte) };
+        (b >> (bit & 7)) & 1 != 0
+    }
+
+    /// `prev` leaves its CPU in an uninterruptible sleep at `now`: keep when, and whether
+    /// it waits for I/O.
+    #[inline(always)]
+    fn blocked_start(cpu: &mut SchedCounters, layout: &SchedLayout, prev: *const u8, now: u64) {
+        let start = BlockStart {
+            at: now,
+            io: u64::from(task_flag(
+                prev,
+                layout.task_in_iowait,
+                layout.task_in_iowait_bit,
+            )),
+        };
+        if BLOCKED_START.insert(prev as u64, start, 0).is_err() {
+            cpu.blocked_start_full += 1;
+        }
+    }
+
+    /// `next`, which last left a CPU in an uninterruptible sleep, gets one; it was woken
+    /// (put on a run queue) at `queued`, which ends its blocked time.
+    #[inline(always)]
+    fn blocked_end(cpu: &mut SchedCounters, next: *const u8, queued: u64) {
+        let key = next as u64;
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(start) = (unsafe { BLOCKED_START.get(key) }).copied() else {
+            return;
+        };
+        let _ = BLOCKED_START.remove(key);
+        if queued <= start.at {
+            return;
+        }
+        let blocked = queued - start.at;
+        if start.io != 0 {
+            cpu.blocked_io_ns += blocked;
+            cpu.pending_blocked_io_ns = blocked;
+        } else {
+            cpu.blocked_other_ns += blocked;
+            cpu.pending_blocked_other_ns = blocked;
+        }
     }
 
     // ---- BTF tracepoints -------------------------------------------------------------------
@@ -575,7 +728,7 @@ mod programs {
         // prev is still `current` here.
         let prev_pid = bpf_get_current_pid_tgid() as u32;
         if layout.kernel_timestamps != 0 {
-            on_switch_kernel_timestamps(&layout, prev, prev_pid, prev_runnable, next);
+            on_switch_kernel_timestamps(&layout, prev, prev_pid, state, prev_runnable, next);
         } else {
             let next_pid = unsafe { kernel::btf_load::<u32>(next, layout.task_pid) };
             let run_clock = if layout.task_clock != 0 {

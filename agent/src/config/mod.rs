@@ -614,12 +614,14 @@ mod tests {
         };
         assert_eq!(
             chosen(Config::resolve(flags()).unwrap()),
-            [Cpu, RunqueueWait, ReclaimStall]
+            [Cpu, RunqueueWait, ReclaimStall, Blocked]
         );
         assert_eq!(
             series(&["all"]).unwrap(),
-            [Cpu, RunqueueWait, ContextSwitches, ReclaimStall]
+            [Cpu, RunqueueWait, ContextSwitches, ReclaimStall, Blocked]
         );
+        // Another family's name is valid, and none of this family's.
+        assert_eq!(series(&["io_pressure"]).unwrap(), []);
         // Catalog order, each once, whatever the order given.
         assert_eq!(
             series(&["context_switches", " cpu", "cpu"]).unwrap(),

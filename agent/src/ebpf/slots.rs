@@ -39,7 +39,7 @@ pub const MIN_WAIT: Duration = Duration::from_secs(1);
 const WORDS: usize = size_of::<CgroupSlot>() / 8;
 const _: () = {
     use std::mem::offset_of;
-    assert!(size_of::<CgroupSlot>() == WORDS * 8 && WORDS == 7);
+    assert!(size_of::<CgroupSlot>() == WORDS * 8 && WORDS == 9);
     assert!(offset_of!(CgroupSlot, cgroup_id) == 0 && offset_of!(CgroupSlot, stats) == 8);
     assert!(offset_of!(CgroupStats, cpu_ns) == 0);
     assert!(offset_of!(CgroupStats, runqueue_wait_ns) == 8);
@@ -338,7 +338,7 @@ impl SlotView {
     }
 }
 
-/// A slot's totals from its words 1 to 6, in `CgroupStats` field order.
+/// A slot's totals from its words 1 to 8, in `CgroupStats` field order.
 fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
         cpu_ns: word(1),
@@ -347,6 +347,8 @@ fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
         involuntary_switches: word(4),
         reclaim_direct_ns: word(5),
         reclaim_memcg_ns: word(6),
+        blocked_io_ns: word(7),
+        blocked_other_ns: word(8),
     }
 }
 

@@ -65,8 +65,11 @@ pub struct Btf<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     pub name_index: usize,
+    /// Byte offset (of the byte holding its first bit, for a bitfield).
     pub offset: u32,
     pub size: u32,
+    /// Offset in bits: `offset * 8` for a whole member, more for a bitfield's.
+    pub bit_offset: u32,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -199,11 +202,12 @@ impl<'a> Btf<'a> {
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         for (index, field) in candidates.iter().enumerate() {
             let mut budget = FIND_BUDGET;
-            if let Some((offset, size)) = self.find(id, field, 0, 0, &mut budget) {
+            if let Some((bits, size)) = self.find(id, field, 0, 0, &mut budget) {
                 return Ok(Member {
                     name_index: index,
-                    offset,
+                    offset: bits / 8,
                     size,
+                    bit_offset: bits,
                 });
             }
         }
@@ -213,7 +217,7 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Depth-first search through anonymous members. `budget` bounds the members visited in
+    /// Depth-first search through anonymous members: (offset in bits, size in bytes). `budget` bounds the members visited in
     /// all: hostile BTF could nest 65,535-member anonymous unions eight deep.
     fn find(
         &self,
@@ -237,7 +241,7 @@ impl<'a> Btf<'a> {
             let bits = base_bits.checked_add(if t.kind_flag { raw & 0xff_ffff } else { raw })?;
             let name = self.name(name_off);
             if name == field {
-                return Some((bits / 8, self.size_of(member_type)?));
+                return Some((bits, self.size_of(member_type)?));
             }
             if name.is_empty()
                 && let Some(found) =

@@ -51,10 +51,17 @@ pub enum CgroupSeries {
     ContextSwitches,
     #[value(name = "reclaim_stall")]
     ReclaimStall,
+    /// Two series per pod (I/O, other) once it has blocked uninterruptibly.
+    Blocked,
 }
 
 impl CgroupSeries {
-    pub const DEFAULT: [CgroupSeries; 3] = [Self::Cpu, Self::RunqueueWait, Self::ReclaimStall];
+    pub const DEFAULT: [CgroupSeries; 4] = [
+        Self::Cpu,
+        Self::RunqueueWait,
+        Self::ReclaimStall,
+        Self::Blocked,
+    ];
 }
 
 /// The family's settings.
@@ -89,6 +96,10 @@ const SERIES: &[CgroupSeriesName] = &[
     },
     CgroupSeriesName {
         name: "reclaim_stall",
+        default: true,
+    },
+    CgroupSeriesName {
+        name: "blocked",
         default: true,
     },
 ];
@@ -251,10 +262,10 @@ impl LoadedFamily for CgroupMaps {
     }
 }
 
-/// The four families, in the order they are written, each with the `--cgroup-series` name
+/// The five families, in the order they are written, each with the `--cgroup-series` name
 /// that exports it: each series only once it is non-zero (a cgroup that never waited or
 /// reclaimed adds no series for it).
-const FAMILIES: [(CgroupSeries, &str, &str); 4] = [
+const FAMILIES: [(CgroupSeries, &str, &str); 5] = [
     (
         CgroupSeries::Cpu,
         "nodelens_cgroup_cpu_seconds_total",
@@ -274,6 +285,11 @@ const FAMILIES: [(CgroupSeries, &str, &str); 4] = [
         CgroupSeries::ReclaimStall,
         "nodelens_cgroup_reclaim_stall_seconds_total",
         "Time the cgroup's tasks spent stalled in memory reclaim: direct or memcg.",
+    ),
+    (
+        CgroupSeries::Blocked,
+        "nodelens_cgroup_blocked_seconds_total",
+        "Time the cgroup's tasks spent blocked in uninterruptible sleep (D state) until woken: waiting for I/O (in_iowait), or for anything else (locks, page faults, vfork).",
     ),
 ];
 
@@ -334,7 +350,7 @@ impl RowText {
         let l = labels.text();
         let v = &row.values;
         let secs = |ns: u64| ns as f64 / 1e9;
-        let [cpu, wait, switches, reclaim] = FAMILIES.map(|(_, name, _)| name);
+        let [cpu, wait, switches, reclaim, blocked] = FAMILIES.map(|(_, name, _)| name);
         let text = &mut self.text;
         if exported[0] && v.cpu_ns != 0 {
             Samples::into_string(text, cpu).float(l, None, secs(v.cpu_ns));
@@ -366,6 +382,14 @@ impl RowText {
             }
         }
         self.ends[3] = text.len();
+        if exported[4] {
+            for (kind, ns) in [("io", v.blocked_io_ns), ("other", v.blocked_other_ns)] {
+                if ns != 0 {
+                    Samples::into_string(text, blocked).float(l, Some(("kind", kind)), secs(ns));
+                }
+            }
+        }
+        self.ends[4] = text.len();
     }
 
     /// Family i's lines.
@@ -573,7 +597,7 @@ mod tests {
         let labels = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
         let r = row(&labels, 2_000_000, 4);
         let default = exported(&CgroupSeries::DEFAULT);
-        assert_eq!(default, [true, true, false, true]);
+        assert_eq!(default, [true, true, false, true, true]);
         let text = RowText::new(&r, chosen(&r), default);
         assert!(text.family(0).contains("pod=\"web-1\"} 0.002\n"));
         assert_eq!(

@@ -7,8 +7,8 @@ use agent_ebpf::{
     histogram::{HISTOGRAM_SLOTS, Log2Histogram},
     sched::names,
     sched::{
-        COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL,
-        SchedCounters, SchedLayout,
+        BLOCKED_START_ENTRIES, BlockStart, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW,
+        RUNQUEUE_START_ENTRIES, SCHED_LAYOUT_GLOBAL, SchedCounters, SchedLayout,
     },
 };
 use aya::{
@@ -16,6 +16,13 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
 };
 use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::{
     ebpf::family::{
@@ -175,6 +182,35 @@ fn kernel_timestamp_layout(
     ])
 }
 
+/// Where a task's two one-bit flags are, for blocked time: `in_iowait` (it sleeps in
+/// `io_schedule`) and `sched_contributes_to_load` (it last left its CPU in an
+/// uninterruptible sleep); an error names what this kernel lacks.
+fn blocked_layout(
+    kernel: &KernelSources,
+    l: &mut SchedLayout,
+) -> Result<Vec<(String, u32)>, String> {
+    let btf = kernel.btf.clone()?;
+    let bit = |field: &str| {
+        btf.member("task_struct", &[field])
+            .map(|m| (m.bit_offset / 8, m.bit_offset % 8))
+            .map_err(|e| e.to_string())
+    };
+    let (iowait, iowait_bit) = bit("in_iowait")?;
+    let (load, load_bit) = bit("sched_contributes_to_load")?;
+    l.task_in_iowait = iowait;
+    l.task_in_iowait_bit = iowait_bit;
+    l.task_load_flag = load;
+    l.task_load_flag_bit = load_bit;
+    l.blocked = 1;
+    Ok(vec![
+        ("task_struct.in_iowait bit".into(), iowait * 8 + iowait_bit),
+        (
+            "task_struct.sched_contributes_to_load bit".into(),
+            load * 8 + load_bit,
+        ),
+    ])
+}
+
 fn tracepoint_layout(kernel: &KernelSources, l: &mut SchedLayout) -> Result<(), String> {
     let f = |event: &str, field: &str| kernel.tp_field("sched", event, field);
     l.tp_wakeup_pid = f("sched_wakeup", "pid")?.offset;
@@ -215,7 +251,18 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
         Ok(_) => "run-queue wait from wakeup timestamps (no BTF)".to_owned(),
         Err(why) => format!("run-queue wait from wakeup timestamps ({why})"),
     };
-    let mode = format!("{wait}; {run_clock}");
+    let blocked = if l.kernel_timestamps == 0 {
+        "no blocked time (it needs the kernel's timestamps)".to_owned()
+    } else {
+        match blocked_layout(kernel, &mut l) {
+            Ok(more) => {
+                offsets.extend(more);
+                "blocked time from uninterruptible sleeps at sched_switch, split by task_struct.in_iowait".to_owned()
+            }
+            Err(why) => format!("no blocked time ({why})"),
+        }
+    };
+    let mode = format!("{wait}; {run_clock}; {blocked}");
     let mut family = FamilyLayout::new(
         vec![(SCHED_LAYOUT_GLOBAL, global_bytes(&l))],
         btf.map(drop),
@@ -270,6 +317,11 @@ impl Family for Sched {
         Ok(Box::new(SchedMaps {
             counters: take_map(ebpf, names::SCHED_COUNTERS)?,
             start: take_map(ebpf, names::RUNQUEUE_START)?,
+            blocked_start: Mutex::new(take_map(ebpf, names::BLOCKED_START)?),
+            // Kernel timestamps are on exactly when sched_switch does the work alone.
+            blocked_up: self_sufficient,
+            blocked_fill: FillGauge::default(),
+            blocked_stale: AtomicU64::new(0),
             costs: ProbeCosts::new(take_map(ebpf, names::SCHED_COST)?, &COST_SLOTS),
             runqueue_complete: attached.up("sched_switch")
                 && (self_sufficient || attached.all_up(&WAKEUP_PROBES)),
@@ -282,6 +334,12 @@ impl Family for Sched {
 struct SchedMaps {
     counters: PerCpuArray<MapData, SchedCounters>,
     start: HashMap<MapData, u32, u64>,
+    blocked_start: Mutex<HashMap<MapData, u64, BlockStart>>,
+    /// Blocked time is measured (sched_switch with the kernel's timestamps).
+    blocked_up: bool,
+    blocked_fill: FillGauge,
+    /// Starts taken out by upkeep because their task never came back.
+    blocked_stale: AtomicU64,
     costs: ProbeCosts,
     /// All of sched_wakeup, sched_wakeup_new and sched_switch attached.
     runqueue_complete: bool,
@@ -296,11 +354,26 @@ impl LoadedFamily for SchedMaps {
             .get(&0, 0)
             .map_err(|e| map_error(names::SCHED_COUNTERS, e))?;
         let (mut voluntary, mut involuntary) = (0u64, 0u64);
+        let (mut blocked_io, mut blocked_other) = (0u64, 0u64);
         let mut latency = Log2Histogram::zeroed();
         for c in counters.iter() {
             voluntary += c.voluntary_switches;
             involuntary += c.involuntary_switches;
+            blocked_io += c.blocked_io_ns;
+            blocked_other += c.blocked_other_ns;
             latency.merge(&c.runqueue_latency);
+        }
+        if self.blocked_up {
+            family(
+                out,
+                "nodelens_blocked_seconds_total",
+                "Time tasks spent blocked in uninterruptible sleep (D state) until woken: waiting for I/O (in_iowait), or for anything else (locks, page faults, vfork).",
+                MetricType::Counter,
+                [
+                    ([("kind", "io")], blocked_io as f64 / 1e9),
+                    ([("kind", "other")], blocked_other as f64 / 1e9),
+                ],
+            )?;
         }
         if self.switch_up {
             family(
@@ -337,21 +410,27 @@ impl LoadedFamily for SchedMaps {
     fn upkeep(&self) {
         // Entries are consumed when their task gets a CPU; only the fill level is kept.
         self.start_fill.set(self.start.keys().count() as u64);
+        if self.blocked_up {
+            self.keep_blocked_starts();
+        }
     }
 
     fn health(&self) -> Health {
-        let (mut start_full, mut cgroup_full, mut unseen) = (0, 0, 0);
+        let (mut start_full, mut cgroup_full, mut unseen, mut blocked_full) = (0, 0, 0, 0);
         if let Ok(per_cpu) = self.counters.get(&0, 0) {
             for c in per_cpu.iter() {
                 start_full += c.start_map_full;
                 cgroup_full += c.cgroup_map_full;
                 unseen += c.switch_unseen;
+                blocked_full += c.blocked_start_full;
             }
         }
         Health {
             maps: vec![
                 self.start_fill
                     .fill(names::RUNQUEUE_START, RUNQUEUE_START_ENTRIES),
+                self.blocked_fill
+                    .fill(names::BLOCKED_START, BLOCKED_START_ENTRIES),
             ],
             lost: vec![
                 ("runqueue_start_map_full", start_full),
@@ -359,9 +438,48 @@ impl LoadedFamily for SchedMaps {
                 // A switch the kernel made without sched_switch: the arriving task's wait
                 // and the leaving one's stretch were not recorded.
                 ("sched_switch_unseen", unseen),
+                // A task blocked while the map of blocked starts was full, or whose start
+                // waited longer than a task ever sleeps uninterruptibly: its blocked time.
+                ("blocked_start_map_full", blocked_full),
+                (
+                    "blocked_start_stale",
+                    self.blocked_stale.load(Ordering::Relaxed),
+                ),
             ],
             costs: self.costs.read(),
         }
+    }
+}
+
+/// How long a blocked start may wait for its task before upkeep takes it out: far longer
+/// than a task sleeps uninterruptibly (the kernel's hung-task warning is at 2 minutes), so
+/// what is older belongs to a task whose return no tracepoint showed.
+const BLOCKED_START_STALE: Duration = Duration::from_secs(3600);
+
+impl SchedMaps {
+    /// Counts the blocked starts, and takes out the stale ones (counted).
+    fn keep_blocked_starts(&self) {
+        let mut map = self.blocked_start.lock().unwrap_or_else(|p| p.into_inner());
+        // The run queue's clock and CLOCK_MONOTONIC both count from boot, close enough
+        // for an hour's margin.
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let now = Duration::new(now.tv_sec as u64, now.tv_nsec as u32).as_nanos() as u64;
+        let stale_before = now.saturating_sub(BLOCKED_START_STALE.as_nanos() as u64);
+        let mut live = 0u64;
+        let mut stale = Vec::new();
+        for (task, start) in map.iter().flatten() {
+            if start.at < stale_before {
+                stale.push(task);
+            } else {
+                live += 1;
+            }
+        }
+        for task in &stale {
+            let _ = map.remove(task);
+        }
+        self.blocked_stale
+            .fetch_add(stale.len() as u64, Ordering::Relaxed);
+        self.blocked_fill.set(live);
     }
 }
 
