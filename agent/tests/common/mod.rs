@@ -628,6 +628,22 @@ impl Workload {
         stat
     }
 
+    /// Waits for the exit and reads `field` (1-based, as proc(5) numbers them) of the
+    /// exited process's `/proc/<pid>/stat` while it is a zombie, then reaps it.
+    pub fn exited_stat_field(mut self, field: usize) -> u64 {
+        self.inner.wait_exited().unwrap_or_else(|e| panic!("{e}"));
+        let text = read(format!("/proc/{}/stat", self.pid));
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let value = after
+            .split_ascii_whitespace()
+            .nth(field - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no field {field} in /proc/{}/stat: {text:?}", self.pid));
+        self.reap_success();
+        value
+    }
+
     /// Reaps the process, which must have exited with status 0.
     pub fn reap_success(&mut self) {
         let ok = self.inner.wait().unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,156 @@
+//! Blocked time per cgroup (uninterruptible sleep, from `sched_switch`) against the
+//! kernel's delay accounting: a cgroup whose only task reads a file with O_DIRECT (every
+//! read waits on the disk in `io_schedule`), and a cgroup whose task blocks in `vfork`
+//! until its child exits (an uninterruptible wait that is not I/O). Runs as root, one test
+//! at a time (`--test-threads=1`).
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{Agent, Cgroups, Workload};
+
+const BLOCKED: &str = "nodelens_cgroup_blocked_seconds_total";
+
+/// A cgroup2 cgroup for this test, removed on drop.
+fn cgroup(tag: &str) -> (Cgroups, String) {
+    let name = format!("nodelens-blocked-{tag}-{}", std::process::id());
+    let dir = common::cgroup2_root().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    (Cgroups(vec![dir]), name)
+}
+
+fn blocked(m: &common::Metrics, cgroup: &str, kind: &str) -> f64 {
+    m.get(&format!("{BLOCKED}{{cgroup=\"{cgroup}\",kind=\"{kind}\"}}"))
+        .unwrap_or(0.0)
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s `delayacct_blkio_ticks`.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+#[test]
+fn io_wait_matches_delay_accounting() {
+    common::require_root();
+    common::mount_tracefs();
+    // Delay accounting is off by default since 5.14; the kernel counts only while it is on.
+    let before = common::read("/proc/sys/kernel/task_delayacct");
+    std::fs::write("/proc/sys/kernel/task_delayacct", "1").unwrap();
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/task_delayacct", self.0.trim());
+        }
+    }
+    let _restore = Restore(before);
+    let agent = Agent::start(&[]);
+    // 128 MiB written with O_DIRECT, so that none of it is cached: each 4 KiB read waits.
+    let file = tempfile::Builder::new()
+        .prefix("nodelens-blocked-")
+        .tempfile_in("/var/tmp")
+        .unwrap();
+    let f = file.path().display().to_string();
+    common::run(
+        "dd",
+        &[
+            "if=/dev/zero",
+            &format!("of={f}"),
+            "bs=1M",
+            "count=128",
+            "oflag=direct",
+            "status=none",
+        ],
+    );
+    let (_dirs, name) = cgroup("io");
+    let dir = common::cgroup2_root().join(&name);
+    let reader = Workload::spawn_into(
+        &dir,
+        &[
+            "/bin/dd",
+            &format!("if={f}"),
+            "of=/dev/null",
+            "bs=4k",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    // Field 42: delayacct_blkio_ticks, the task's waits for block I/O in clock ticks.
+    let ticks = reader.exited_stat_field(42);
+    let kernel = ticks as f64 / ticks_per_second();
+    let tick = 1.0 / ticks_per_second();
+    assert!(
+        kernel >= 0.5,
+        "32,768 O_DIRECT reads waited only {kernel} s by delay accounting"
+    );
+    let mut last = (0.0, 0.0);
+    agent.metrics_until(
+        Duration::from_secs(15),
+        "the cgroup's I/O wait within 5% of delay accounting",
+        |m| {
+            last = (blocked(m, &name, "io"), blocked(m, &name, "other"));
+            // Within 5%, plus the tick the kernel's figure is rounded down to.
+            (last.0 - kernel).abs() <= 0.05 * kernel + tick
+        },
+    );
+    eprintln!(
+        "delay accounting {kernel} s ({ticks} ticks), nodelens io {} s, other {} s",
+        last.0, last.1
+    );
+}
+
+/// The vfork test's child process: when it runs in the test's cgroup (started there by
+/// [`vfork_parent_blocks_in_other_not_io`]), it vforks a child that sleeps a second
+/// before it exits, so that this thread waits uninterruptibly (vfork's completion) for
+/// that second. Run as part of the whole suite, it does nothing.
+#[test]
+fn vfork_helper() {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if !cgroup.contains("nodelens-blocked-vfork-") {
+        return;
+    }
+    // SAFETY: the child only sleeps and _exits (both async-signal-safe), touching no
+    // memory it shares with this process.
+    unsafe {
+        let pid = libc::vfork();
+        if pid == 0 {
+            libc::usleep(1_000_000);
+            libc::_exit(0);
+        }
+        assert!(pid > 0, "vfork failed");
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+#[test]
+fn vfork_parent_blocks_in_other_not_io() {
+    common::require_root();
+    common::mount_tracefs();
+    let agent = Agent::start(&[]);
+    let (_dirs, name) = cgroup("vfork");
+    let dir = common::cgroup2_root().join(&name);
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    Workload::spawn_into(
+        Path::new(&dir),
+        &[me, "vfork_helper", "--exact", "--test-threads=1", "--quiet"],
+    )
+    .reap_success();
+    let mut last = (0.0, 0.0);
+    agent.metrics_until(
+        Duration::from_secs(15),
+        "a second blocked in vfork, as other",
+        |m| {
+            last = (blocked(m, &name, "other"), blocked(m, &name, "io"));
+            last.0 >= 0.95
+        },
+    );
+    assert!(
+        last.0 < 1.5,
+        "one second in vfork counted as {} s of other",
+        last.0
+    );
+    assert!(last.1 < 0.05, "vfork's wait counted as I/O: {last:?}");
+    eprintln!("other {} s, io {} s", last.0, last.1);
+}
