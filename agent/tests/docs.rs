@@ -244,6 +244,7 @@ fn every_served_family_is_documented_with_its_type_and_labels_and_nothing_else_i
                         "nodelens_cgroup_disk_ios_total",
                         "nodelens_oom_kills_total",
                         "nodelens_cgroup_pressure_memory_waiting_seconds_total",
+                        "nodelens_cgroup_blocked_seconds_total",
                         "nodelens_cgroup_cpu_cfs_throttled_seconds_total",
                     ]
                     .iter()
