@@ -75,10 +75,10 @@ struct Resource {
     what: &'static str,
 }
 
-/// Off by default: per pod, the scheduler's own series say the same more precisely and
-/// are on (`runqueue_wait`: waiting for a CPU; `reclaim_stall` and `blocked`: stalled on
-/// memory and I/O), and a busy node's response has room for few series per pod. These are
-/// for cAdvisor's and the kubelet's names and meaning (see docs/metrics.md).
+/// CPU pressure is off by default: per pod, `runqueue_wait` (from the scheduler, summed
+/// over the tasks) already says how long it waited for a CPU, and a busy node's response
+/// has room for few series per pod. Memory and I/O pressure are series only for pods that
+/// stalled.
 const SERIES: &[CgroupSeriesName] = &[
     CgroupSeriesName {
         name: "cpu_pressure",
@@ -86,11 +86,11 @@ const SERIES: &[CgroupSeriesName] = &[
     },
     CgroupSeriesName {
         name: "memory_pressure",
-        default: false,
+        default: true,
     },
     CgroupSeriesName {
         name: "io_pressure",
-        default: false,
+        default: true,
     },
 ];
 
