@@ -92,9 +92,13 @@ impl Cluster {
             ]);
             ip_ok(&["-n", &n, "link", "set", "eth0", "up"]);
             ip_ok(&["-n", &n, "link", "set", "lo", "up"]);
-            let mut agent = Command::new("ip");
+            // nsenter rather than `ip netns exec`, which mounts a fresh sysfs over /sys and
+            // so hides the host's cgroup hierarchies: a node agent sees them (the
+            // DaemonSet mounts them), and the per-pod families read them.
+            let mut agent = Command::new("nsenter");
             agent
-                .args(["netns", "exec", &n])
+                .arg(format!("--net=/run/netns/{n}"))
+                .arg("--")
                 .arg(common::BIN)
                 .args(["--listen-address", &format!("{}:9560", node_ip(i))])
                 .args(["--node-name", &format!("node-{i}")])
@@ -243,6 +247,8 @@ fn dashboard_queries(repo: &Path) -> Vec<(String, String)> {
                         .as_str()
                         .unwrap_or("")
                         .replace("$instance", ".*")
+                        .replace("$namespace", ".*")
+                        .replace("$pod", ".*")
                         .replace("$__rate_interval", "10s");
                     (title.clone(), expr)
                 })
@@ -285,7 +291,7 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
                 .all(|w| up.iter().any(|(i, v)| i == w && *v == 1.0))
         },
     );
-    workload_for_every_panel();
+    let _work = workload_for_every_panel();
     assert_every_dashboard_query_has_data(&cluster, &repo);
     let node_info = cluster.query("nodelens_node_info");
     assert_eq!(
@@ -301,7 +307,11 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
         .flatten()
         .flat_map(|g| g["rules"].as_array().into_iter().flatten())
         .collect();
-    assert_eq!(loaded.len(), 10, "every alert rule loads: {rules}");
+    let shipped = common::read(repo.join("manifests/prometheus/rules.yml"))
+        .matches("- alert:")
+        .count();
+    assert!(shipped >= 10, "rules.yml has {shipped} alerts");
+    assert_eq!(loaded.len(), shipped, "every alert rule loads: {rules}");
     assert!(loaded.iter().all(|r| r["health"] != "err"), "{rules}");
 
     // Kill the second node's agent: its target goes down, the probe-down alert goes
@@ -364,12 +374,38 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
     );
 }
 
-/// Disk I/O so every node's disk histograms have data, reclaim for the reclaim panels,
-/// then a few intervals.
-fn workload_for_every_panel() {
+/// What keeps the per-pod panels in data while they are checked: the cgroup that stalled
+/// in reclaim (its series leave once it is gone), and work under a CPU limit that goes on
+/// until dropped (the throttled share of periods is a ratio of two rates, no result once
+/// nothing runs).
+struct PanelWork {
+    _reclaimed: common::Cgroups,
+    _busy: common::Workload,
+    _busy_cgroup: common::Cgroups,
+}
+
+/// Disk I/O so every node's disk histograms have data, reclaim for the reclaim and
+/// pressure panels, and work under a CPU limit for the throttling panel.
+fn workload_for_every_panel() -> PanelWork {
     common::direct_reads(64);
-    // So the per-pod reclaim panel has data.
-    drop(common::reclaim_in_a_limited_cgroup("cluster"));
+    let reclaimed = common::reclaim_in_a_limited_cgroup("cluster");
+    let name = format!("nodelens-cluster-busy-{}", std::process::id());
+    let v2 = common::cgroup2_root().join(&name);
+    let cpu_v1 = Path::new("/sys/fs/cgroup/cpu").join(&name);
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::create_dir_all(&cpu_v1).unwrap();
+    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "50000").unwrap();
+    let busy_cgroup = common::Cgroups(vec![cpu_v1.clone(), v2.clone()]);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 1; while :; do dd if=/dev/zero of=/dev/null bs=1M count=64 status=none; sleep 0.1; done",
+        cpu_v1.display()
+    );
+    let busy = common::Workload::spawn_into(&v2, &["/bin/sh", "-c", &script]);
+    PanelWork {
+        _reclaimed: reclaimed,
+        _busy: busy,
+        _busy_cgroup: busy_cgroup,
+    }
 }
 
 /// Polls every dashboard query until it returns data: the workload's samples reach
@@ -401,7 +437,7 @@ fn three_nodes_push_to_one_prometheus_and_every_dashboard_query_has_data() {
         Duration::from_secs(30),
         || cluster.query("nodelens_node_info").len() == NODES,
     );
-    workload_for_every_panel();
+    let _work = workload_for_every_panel();
     assert_every_dashboard_query_has_data(&cluster, &repo);
     // The external label each agent was given, and the default instance (its node name).
     for i in 1..=NODES {

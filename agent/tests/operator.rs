@@ -297,6 +297,8 @@ fn per_pod_dashboard_queries() -> Vec<(String, String)> {
                 queries.push((
                     s_json(&panel["title"]).to_owned(),
                     expr.replace("$instance", NODE)
+                        .replace("$namespace", NAMESPACE)
+                        .replace("$pod", POD)
                         .replace("$__rate_interval", "30s"),
                 ));
             }

@@ -121,8 +121,9 @@ impl WorkloadPod {
 }
 
 impl WorkloadPod {
-    /// Disk reads in the container that go on until dropped: per-pod rates (the disk
-    /// alert divides two) are 0/0, no result, once a pod has stopped reading.
+    /// Disk reads in the container, under its CPU limit, that go on until dropped: per-pod
+    /// rates that divide two (the disk alert, the throttled share of CFS periods) are 0/0,
+    /// no result, once a pod has stopped reading and running.
     pub fn keep_reading(&self) -> Workload {
         Workload::spawn_into(
             &self.container,
@@ -130,7 +131,8 @@ impl WorkloadPod {
                 "/bin/sh",
                 "-c",
                 &format!(
-                    "while :; do dd if={BIN} of=/dev/null bs=4k count=16 iflag=direct status=none; sleep 0.2; done"
+                    "echo $$ > {}/cgroup.procs || exit 1; while :; do dd if={BIN} of=/dev/null bs=4k count=16 iflag=direct status=none; sleep 0.2; done",
+                    self.cpu_v1.display()
                 ),
             ],
         )
