@@ -100,24 +100,37 @@ fn io_wait_matches_delay_accounting() {
 }
 
 /// The vfork test's child process: when it runs in the test's cgroup (started there by
-/// [`vfork_parent_blocks_in_other_not_io`]), it vforks a child that sleeps a second
-/// before it exits, so that this thread waits uninterruptibly (vfork's completion) for
-/// that second. Run as part of the whole suite, it does nothing.
+/// [`vfork_parent_blocks_in_other_not_io`]), it starts a child as vfork does (the parent
+/// waits, uninterruptibly, until the child execs or exits) that sleeps a second before it
+/// exits. Run as part of the whole suite, it does nothing.
 #[test]
 fn vfork_helper() {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     if !cgroup.contains("nodelens-blocked-vfork-") {
         return;
     }
-    // SAFETY: the child only sleeps and _exits (both async-signal-safe), touching no
-    // memory it shares with this process.
-    unsafe {
-        let pid = libc::vfork();
-        if pid == 0 {
+    // clone(CLONE_VM | CLONE_VFORK), as vfork does, but with a stack of the child's own,
+    // so that nothing the child does can touch this thread's frames.
+    extern "C" fn child(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: usleep and _exit are async-signal-safe and touch no shared state.
+        unsafe {
             libc::usleep(1_000_000);
-            libc::_exit(0);
+            libc::_exit(0)
         }
-        assert!(pid > 0, "vfork failed");
+    }
+    let mut stack = vec![0u8; 256 * 1024];
+    // SAFETY: the stack is ours and outlives the child (this thread waits in clone until
+    // the child exits); the stack grows down from its end, aligned to 16 bytes.
+    unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        let pid = libc::clone(
+            child,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        );
+        assert!(pid > 0, "clone failed");
         let mut status = 0;
         libc::waitpid(pid, &mut status, 0);
     }

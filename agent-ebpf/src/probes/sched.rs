@@ -224,8 +224,8 @@ mod programs {
     use aya_log_ebpf::warn;
 
     use super::{
-        BLOCKED_START_ENTRIES, BlockStart, COST_SLOTS, COST_SWITCH, COST_WAKEUP,
-        COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
+        BLOCKED_START_ENTRIES, BlockStart, COST_SLOTS, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW,
+        RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
     };
     use crate::probes::{
         cgroup::programs as cgroup,
