@@ -583,6 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_offers_blocked_time_and_its_two_flags() {
+        let fixtures = fixtures::all();
+        assert!(!fixtures.is_empty());
+        for (release, _) in fixtures {
+            let (l, family) = resolve(&release);
+            assert_eq!(l.blocked, 1, "{release}: {:?}", family.mode);
+            // Both are one-bit fields of task_struct, far from its start, in two different
+            // groups of flags (`in_iowait` after the `:0` that separates those only
+            // `current` writes).
+            assert!(l.task_in_iowait_bit < 8 && l.task_load_flag_bit < 8);
+            assert!(
+                l.task_load_flag > l.task_pid / 2 && l.task_in_iowait > l.task_load_flag,
+                "{release}: sched_contributes_to_load at {}.{}, in_iowait at {}.{}",
+                l.task_load_flag,
+                l.task_load_flag_bit,
+                l.task_in_iowait,
+                l.task_in_iowait_bit
+            );
+        }
+    }
+
+    #[test]
     fn without_btf_or_tracefs_each_attach_type_says_why() {
         let (_, family) = layout(&KernelSources::for_family(
             &Sched,
