@@ -62,37 +62,61 @@ fn io_wait_matches_delay_accounting() {
             "status=none",
         ],
     );
-    let (_dirs, name) = cgroup("io");
-    let dir = common::cgroup2_root().join(&name);
-    let reader = Workload::spawn_into(
-        &dir,
-        &[
-            "/bin/dd",
-            &format!("if={f}"),
-            "of=/dev/null",
-            "bs=4k",
-            "iflag=direct",
-            "status=none",
-        ],
-    );
-    // Field 42: delayacct_blkio_ticks, the task's waits for block I/O in clock ticks.
-    let ticks = reader.exited_stat_field(42);
-    let kernel = ticks as f64 / ticks_per_second();
+    // Pinned to one CPU: a wakeup that moves the task to another CPU ends delay
+    // accounting's wait before the task is queued there, nodelens's when it is queued
+    // (docs/accuracy.md); staying on its CPU, both end when it is queued. The kernel now
+    // and then shows an exited task's delayacct_blkio_ticks as garbage (more than it
+    // lived): such a run is done again, in a new cgroup.
+    let mut attempt = 0;
+    let (_dirs, name, ticks, kernel) = loop {
+        attempt += 1;
+        let (dirs, name) = cgroup(&format!("io{attempt}"));
+        let dir = common::cgroup2_root().join(&name);
+        let started = std::time::Instant::now();
+        let reader = Workload::spawn_into(
+            &dir,
+            &[
+                "/usr/bin/taskset",
+                "-c",
+                "0",
+                "/bin/dd",
+                &format!("if={f}"),
+                "of=/dev/null",
+                "bs=4k",
+                "iflag=direct",
+                "status=none",
+            ],
+        );
+        // Field 42: delayacct_blkio_ticks, the task's waits for block I/O in clock ticks.
+        let ticks = reader.exited_stat_field(42);
+        let kernel = ticks as f64 / ticks_per_second();
+        if kernel <= started.elapsed().as_secs_f64() + 1.0 / ticks_per_second() {
+            break (dirs, name, ticks, kernel);
+        }
+        assert!(attempt < 3, "delay accounting said {kernel} s, three times");
+    };
     let tick = 1.0 / ticks_per_second();
     assert!(
         kernel >= 0.5,
         "32,768 O_DIRECT reads waited only {kernel} s by delay accounting"
     );
-    let mut last = (0.0, 0.0);
-    agent.metrics_until(
-        Duration::from_secs(15),
-        "the cgroup's I/O wait within 5% of delay accounting",
-        |m| {
-            last = (blocked(m, &name, "io"), blocked(m, &name, "other"));
-            // Within 5%, plus the tick the kernel's figure is rounded down to.
-            (last.0 - kernel).abs() <= 0.05 * kernel + tick
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let last = loop {
+        let m = agent.metrics();
+        let last = (blocked(&m, &name, "io"), blocked(&m, &name, "other"));
+        // Within 5%, plus the tick the kernel's figure is rounded down to.
+        if (last.0 - kernel).abs() <= 0.05 * kernel + tick {
+            break last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cgroup's I/O wait: nodelens {} s (other {} s), delay accounting {kernel} s ({ticks} ticks); switches unseen {:?}",
+            last.0,
+            last.1,
+            m.get("nodelens_events_lost_total{reason=\"sched_switch_unseen\"}")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
     eprintln!(
         "delay accounting {kernel} s ({ticks} ticks), nodelens io {} s, other {} s",
         last.0, last.1

@@ -127,6 +127,36 @@ pub struct Exercise {
     /// workloads whose tasks exit, share a CPU or stop.
     #[serde(default)]
     pub cpu_accounting: Vec<CpuAccountingRow>,
+    /// The "why is my pod slow" families (blocked time, pressure, throttling) against the
+    /// kernel's own accounting of the same cgroups.
+    #[serde(default)]
+    pub slow_pod: Vec<SlowPodRow>,
+}
+
+/// One figure of a cgroup, as nodelens exported it and as the kernel accounts it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowPodRow {
+    /// What ran in the cgroup, and which figure (`blocked io`, `io pressure`, ...).
+    pub check: String,
+    pub cgroup: String,
+    /// The series compared, with its labels.
+    pub series: String,
+    pub nodelens: f64,
+    /// The kernel's figure and where it comes from (`io.pressure some`, delay accounting).
+    pub kernel: f64,
+    pub kernel_source: String,
+    /// Allowed difference: a share of the kernel's figure, plus an absolute slack (the
+    /// resolution of the kernel's figure).
+    pub tolerance: f64,
+    pub slack: f64,
+}
+
+impl SlowPodRow {
+    /// Whether nodelens's figure is within the tolerance of a non-zero kernel figure.
+    pub fn agrees(&self) -> bool {
+        self.kernel > 0.0
+            && (self.nodelens - self.kernel).abs() <= self.kernel * self.tolerance + self.slack
+    }
 }
 
 /// One cgroup's CPU time: nodelens's `nodelens_cgroup_cpu_seconds_total` against the

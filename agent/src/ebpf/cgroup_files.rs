@@ -7,7 +7,9 @@
 //! - the cgroups whose counters in a per-cgroup table moved since their files were last
 //!   read (their tasks ran, or their file counters themselves moved), and
 //! - every other live cgroup once per [`IDLE_REFRESHES`] intervals: a task blocked for
-//!   long does not run, yet its cgroup's pressure grows.
+//!   long does not run, yet its cgroup's pressure grows;
+//!
+//! and, in any round, the files of cgroups it has not read yet (a new pod).
 //!
 //! So a value is at most one interval old for a busy cgroup, and [`IDLE_REFRESHES`]
 //! intervals for an idle one (docs/metrics.md says so), and an idle node costs few reads.
@@ -135,22 +137,24 @@ where
             // multiple of the interval; a tenth of slack keeps a 15 s refresh on 5 s
             // rounds at 15 s, not 20.
             let slack = self.refresh / 10;
-            if schedule
+            let interval_passed = schedule
                 .last_refresh
-                .is_some_and(|at| now.duration_since(at) + slack < self.refresh)
-            {
-                return;
+                .is_none_or(|at| now.duration_since(at) + slack >= self.refresh);
+            if interval_passed {
+                schedule.last_refresh = Some(now);
+                // Forget cgroups no longer there.
+                let there: rustc_hash::FxHashSet<u64> = live.iter().map(|c| c.id).collect();
+                schedule.read.retain(|id, _| there.contains(id));
             }
-            schedule.last_refresh = Some(now);
-            // Forget cgroups no longer there.
-            let there: rustc_hash::FxHashSet<u64> = live.iter().map(|c| c.id).collect();
-            schedule.read.retain(|id, _| there.contains(id));
             let idle_wait = self.refresh * IDLE_REFRESHES;
+            // A cgroup never read is read at once, in any round: a new pod has values from
+            // its first round on, and the reads are only those of new cgroups.
             live.into_iter()
                 .filter(|c| match schedule.read.get(&c.id) {
                     None => true,
+                    Some(_) if !interval_passed => false,
                     Some((read_round, read_at)) => {
-                        c.moved_round >= *read_round
+                        c.moved_round > *read_round
                             || now.duration_since(*read_at) + self.refresh / 2 >= idle_wait
                     }
                 })

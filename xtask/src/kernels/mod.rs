@@ -377,6 +377,7 @@ pub fn run(prepared: Prepared, nodelens: &Path, nodelens_arm64: Option<&Path>) -
     report.push_str(&many_cpu_summary(&runs));
     report.push_str(&attribution_table(&runs));
     report.push_str(&cpu_accounting_table(&runs));
+    report.push_str(&slow_pod_table(&runs));
     report.push_str(&lockdown_table(&lockdowns));
     for why in &skipped {
         let _ = writeln!(report, "Left out: {why}.");

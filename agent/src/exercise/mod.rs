@@ -37,6 +37,8 @@ pub use nodelens_report::{
     AttributionRow, CpuAccountingRow, Exercise, MapMemoryRow, ProbeExercise,
 };
 
+mod slow_pod;
+
 /// The first whole disk in sysfs: not a loop, RAM, zram or optical device, with a size.
 fn find_disk(sysfs: &Path) -> Option<PathBuf> {
     let mut names: Vec<String> = std::fs::read_dir(sysfs.join("block"))
@@ -362,6 +364,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
             map_memory: Vec::new(),
             attribution: Vec::new(),
             cpu_accounting: Vec::new(),
+            slow_pod: Vec::new(),
         };
     };
     let offsets = l.offsets.clone();
@@ -411,6 +414,9 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         workloads.push(("cpu accounting".into(), what));
         work
     });
+    let slow_pod = cgroup2
+        .as_deref()
+        .map(|root| slow_pod::SlowPodWork::run(root, device.as_deref(), &mut workloads));
     // Let completions and the last switches land, and keep the maps as the agent would.
     std::thread::sleep(Duration::from_millis(200));
     l.upkeep();
@@ -462,6 +468,13 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         work.remove();
         rows
     });
+    let slow_pod = slow_pod.map_or_else(Vec::new, |work| {
+        let rows = scrape
+            .as_ref()
+            .map_or_else(|_| Vec::new(), |t| work.rows(t));
+        work.remove();
+        rows
+    });
     if let Some(path) = &options.metrics_out {
         let written = scrape
             .clone()
@@ -483,6 +496,7 @@ pub fn run(runtime: &Runtime, options: &Options) -> Exercise {
         map_memory: map_memory_rows(l, possible_cpus),
         attribution,
         cpu_accounting,
+        slow_pod,
     }
 }
 
@@ -583,6 +597,24 @@ pub fn render_text(e: &Exercise) -> String {
                 s,
                 "{:<30} {:>12.6} {:>12.6} {:>8}",
                 r.workload, r.nodelens_seconds, r.cpu_stat_seconds, off
+            );
+        }
+    }
+    if !e.slow_pod.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nWHY IS MY POD SLOW, nodelens against the kernel's own accounting\n{:<20} {:>12} {:>12} {:>4} SOURCE",
+            "FIGURE", "NODELENS", "KERNEL", "OK"
+        );
+        for r in &e.slow_pod {
+            let _ = writeln!(
+                s,
+                "{:<20} {:>12.6} {:>12.6} {:>4} {}",
+                r.check,
+                r.nodelens,
+                r.kernel,
+                if r.agrees() { "yes" } else { "NO" },
+                r.kernel_source
             );
         }
     }
