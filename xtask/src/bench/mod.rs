@@ -257,6 +257,16 @@ fn map_memory(nodelens: &Path) -> Result<(f64, u64, f64)> {
 
 /// Waits until the agent tracks at least `n` cgroups (the tree's processes ran and its
 /// resolver found them), and names all but 256 of them as the bench's pods.
+/// The share of one CPU a daemon uses over `span` while nothing asks it anything.
+fn cpu_percent_alone(d: &Daemon, span: Duration) -> Result<f64> {
+    let pid = d.child.id();
+    let before = (cpu_ticks(pid)?, Instant::now());
+    std::thread::sleep(span);
+    let ticks = cpu_ticks(pid)? - before.0;
+    // USER_HZ is 100: one tick is 10 ms.
+    Ok(ticks as f64 / 100.0 / before.1.elapsed().as_secs_f64() * 100.0)
+}
+
 fn wait_for_tracked(agent: &Daemon, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -382,6 +392,11 @@ pub fn bench(opts: Options) -> Result<()> {
     )?;
     let tree = scale::KubeletTree::new(4096, &logs)?;
     wait_for_tracked(&scaled_agent, 4096)?;
+    let quiet = if opts.short { 20 } else { 60 };
+    step(&format!(
+        "scale: the agent's own CPU over {quiet} s with nobody scraping (upkeep, cgroup file refresh)"
+    ));
+    let idle_cpu_percent = cpu_percent_alone(&scaled_agent, Duration::from_secs(quiet))?;
     let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
     drop(scaled_agent);
     drop(tree);
@@ -403,6 +418,7 @@ pub fn bench(opts: Options) -> Result<()> {
         theirs: &theirs,
         full: &full,
         scaled: &scaled,
+        idle_cpu_percent,
         push: &push,
         memory,
         scrapes,

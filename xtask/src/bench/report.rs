@@ -15,6 +15,8 @@ pub(super) struct Figures<'a> {
     /// nodelens with every collector on.
     pub(super) full: &'a ScrapeFigures,
     pub(super) scaled: &'a ScrapeFigures,
+    /// The scaled agent's CPU with nobody scraping, in % of one CPU.
+    pub(super) idle_cpu_percent: f64,
     pub(super) push: &'a push::PushFigures,
     /// (charged here, possible CPUs here, modeled for 192 CPUs), bytes.
     pub(super) memory: (f64, u64, f64),
@@ -255,6 +257,12 @@ pub(super) fn render(f: &Figures) -> String {
         sc.cgroup_series, sc.pods
     );
     let _ = writeln!(s, "| RSS (MiB) | {:.1} | |", sc.rss_mib);
+    let _ = writeln!(
+        s,
+        "| agent CPU with nobody scraping: upkeep and cgroup file refresh (% of one CPU) | {:.2} | <= 1 ({}) |",
+        f.idle_cpu_percent,
+        met(f.idle_cpu_percent <= 1.0)
+    );
     let _ = writeln!(s);
     let (charged, here, big) = f.memory;
     let _ = writeln!(
