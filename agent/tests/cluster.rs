@@ -380,8 +380,25 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
 /// nothing runs).
 struct PanelWork {
     _reclaimed: common::Cgroups,
-    _busy: common::Workload,
-    _busy_cgroup: common::Cgroups,
+    busy: Option<common::Workload>,
+    busy_cgroup: PathBuf,
+    _busy_cgroups: common::Cgroups,
+}
+
+impl Drop for PanelWork {
+    fn drop(&mut self) {
+        // The loop's shell and whatever it runs at the moment (dd, sleep): every process
+        // of the cgroup goes, so that the cgroups can be removed.
+        drop(self.busy.take());
+        let _ = std::fs::write(self.busy_cgroup.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(self.busy_cgroup.join("cgroup.procs"))
+            .is_ok_and(|p| !p.trim().is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Disk I/O so every node's disk histograms have data, reclaim for the reclaim and
@@ -403,8 +420,9 @@ fn workload_for_every_panel() -> PanelWork {
     let busy = common::Workload::spawn_into(&v2, &["/bin/sh", "-c", &script]);
     PanelWork {
         _reclaimed: reclaimed,
-        _busy: busy,
-        _busy_cgroup: busy_cgroup,
+        busy: Some(busy),
+        busy_cgroup: v2,
+        _busy_cgroups: busy_cgroup,
     }
 }
 

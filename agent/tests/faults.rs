@@ -195,7 +195,7 @@ fn a_full_map_counts_its_losses_and_recovers() {
     for (i, slot) in popped.iter().enumerate() {
         let cgroup_id = (1u64 << 50) + i as u64;
         let mut value = cgroup_id.to_le_bytes().to_vec();
-        value.resize(56, 0);
+        value.resize(size_of::<agent_ebpf::cgroup::CgroupSlot>(), 0);
         lines.push_str(&format!(
             "map update id {slots} key hex {} value hex {}\nmap update id {stats} key hex {} value hex {}\n",
             hex(&cgroup_id.to_le_bytes()),
