@@ -71,6 +71,12 @@ impl Stages {
             },
             minutes(wall)
         ));
+        // The table at the end keeps one line per stage: the whole reason goes here.
+        if let Outcome::Failed(why) = &outcome
+            && why.lines().nth(1).is_some()
+        {
+            eprintln!("{why}");
+        }
         self.0.push(Stage {
             name: name.to_owned(),
             wall,
