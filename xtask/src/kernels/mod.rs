@@ -351,11 +351,17 @@ pub fn run(prepared: Prepared, nodelens: &Path, nodelens_arm64: Option<&Path>) -
     for (column, report) in &runs {
         failures.extend(check_probes(column, report));
     }
-    // The fallbacks give the same metric families as the normal run.
+    // The fallbacks give the same metric families as the normal run, but blocked time,
+    // which needs the kernel's timestamps that only tp_btf reads (docs/metrics.md).
+    const NEED_TP_BTF: &[&str] = &[
+        "nodelens_blocked_seconds",
+        "nodelens_cgroup_blocked_seconds",
+    ];
     let families = |text: &str| -> std::collections::BTreeSet<String> {
         text.lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .filter(|f| !NEED_TP_BTF.contains(&f.as_str()))
             .collect()
     };
     if let Some((_, normal)) = scrapes
