@@ -1,7 +1,7 @@
 //! The "why is my pod slow" figures against the kernel's own accounting of the same
 //! cgroups, for `preflight --exercise` and every guest of the kernel matrix:
-//! - a cgroup whose only task reads the disk with O_DIRECT (1 MiB at a time, pinned to one
-//!   CPU): its blocked I/O time against
+//! - a cgroup whose only task reads the disk with O_DIRECT (pinned to one CPU): its
+//!   blocked I/O time against
 //!   the task's delay accounting (`delayacct_blkio_ticks`, read while it is a zombie), and
 //!   its I/O pressure against its `io.pressure`;
 //! - a cgroup limited to 8 MiB that reads 48 MiB through the page cache: its memory
@@ -19,11 +19,9 @@ use nodelens_report::SlowPodRow;
 use super::{ExerciseCgroup, sample};
 use crate::cgroups::born::BornInside;
 
-/// O_DIRECT reads of 1 MiB. Each wait is long beside the few microseconds (tens under an
-/// emulator) by which nodelens's ends of a wait differ from delay accounting's (the
-/// scheduler's clock is stamped a little before `delayacct_blkio_start` reads its own),
-/// and delay accounting's 10 ms ticks are small beside their sum.
-const DIRECT_READS: u32 = 128;
+/// O_DIRECT reads of 4 KiB: many waits, whose sum is long beside delay accounting's 10 ms
+/// ticks even on a small virtual disk (larger reads end at its end too soon).
+const DIRECT_READS: u32 = 8192;
 
 /// What ran, and the kernel figures that had to be taken while it ran.
 pub(super) struct SlowPodWork {
@@ -101,7 +99,7 @@ fn read_directly_once(cg: &ExerciseCgroup, device: &Path) -> Result<(f64, f64), 
     // ends delay accounting's wait before the task is queued there, and nodelens's when
     // it is queued (docs/accuracy.md); on its own CPU both end when it is queued.
     let script = format!(
-        "exec taskset -c 0 dd if={} of=/dev/null bs=1048576 count={DIRECT_READS} iflag=direct 2>/dev/null",
+        "exec taskset -c 0 dd if={} of=/dev/null bs=4096 count={DIRECT_READS} iflag=direct 2>/dev/null",
         device.display()
     );
     let mut dd = BornInside::spawn(&cg.dir, "/bin/sh", &["sh", "-c", &script])?;
@@ -173,7 +171,7 @@ impl SlowPodWork {
                 .as_ref()
                 .map(|(_, seconds, _)| {
                     format!(
-                        "up to {DIRECT_READS} O_DIRECT reads of 1 MiB; {seconds:.2} s by delay accounting"
+                        "up to {DIRECT_READS} O_DIRECT reads of 4 KiB; {seconds:.2} s by delay accounting"
                     )
                 })
                 .map_err(Clone::clone),

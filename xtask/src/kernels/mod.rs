@@ -354,8 +354,8 @@ pub fn run(prepared: Prepared, nodelens: &Path, nodelens_arm64: Option<&Path>) -
     // The fallbacks give the same metric families as the normal run, but blocked time,
     // which needs the kernel's timestamps that only tp_btf reads (docs/metrics.md).
     const NEED_TP_BTF: &[&str] = &[
-        "nodelens_blocked_seconds",
-        "nodelens_cgroup_blocked_seconds",
+        "nodelens_blocked_seconds_total",
+        "nodelens_cgroup_blocked_seconds_total",
     ];
     let families = |text: &str| -> std::collections::BTreeSet<String> {
         text.lines()

@@ -299,8 +299,9 @@ pub(super) fn check_cpu_accounting(column: &str, report: &Report) -> Vec<String>
 }
 
 /// The "why is my pod slow" figures in a pure cgroup v2 guest: blocked I/O time against
-/// delay accounting (5%, plus a tick), I/O and memory pressure and CPU throttling against
-/// the cgroups' own files (2%). Blocked time needs the kernel timestamps, which a run with
+/// delay accounting (at least its figure, at most twice it, under emulated CPUs; 5% on the
+/// host's own test), I/O and memory pressure and CPU throttling against the cgroups' own
+/// files (2%). Blocked time needs the kernel timestamps, which a run with
 /// classic tracepoints forced does not use.
 pub(super) fn check_slow_pod(column: &str, mode: &str, report: &Report) -> Vec<String> {
     let rows = exercise(report)
@@ -330,6 +331,14 @@ pub(super) fn check_slow_pod(column: &str, mode: &str, report: &Report) -> Vec<S
                 .collect::<Vec<_>>()
                 .join("; ")
             )),
+            // Under the guests' emulated CPUs, each wait's two stamps differ by 4 to 60 µs
+            // (docs/accuracy.md), a large share of a 4 KiB read's wait: no I/O wait lost,
+            // and at most twice delay accounting's figure.
+            Some(r)
+                if check == "blocked on I/O"
+                    && r.kernel > 0.0
+                    && r.nodelens >= r.kernel * (1.0 - r.tolerance) - r.slack
+                    && r.nodelens <= r.kernel * 2.0 + r.slack => {}
             Some(r) if !r.agrees() => failures.push(format!(
                 "{column}: {check}: nodelens {} = {:.6}, {} = {:.6} (allowed {}% + {})",
                 r.series,
@@ -562,7 +571,7 @@ mod tests {
         let rows = &mut r.exercise.as_mut().unwrap().slow_pod;
         rows[1].nodelens = 1.03; // I/O pressure 3% off: more than its 2%
         rows[0].tolerance = 0.05;
-        rows[0].nodelens = 1.04; // blocked I/O 4% off: within its 5%
+        rows[0].nodelens = 1.04; // blocked I/O 4% over: within what it is allowed
         rows.retain(|row| row.check != "throttled seconds");
         let failures = check_slow_pod("6.12", "normal", &r);
         assert_eq!(failures.len(), 2, "{failures:?}");
@@ -574,6 +583,16 @@ mod tests {
             failures[1].contains("no throttled seconds figure"),
             "{failures:?}"
         );
+        // Blocked I/O below delay accounting (a wait lost), or more than twice it: named.
+        for off in [0.9, 2.5] {
+            let mut r = report(Vec::new());
+            r.exercise.as_mut().unwrap().slow_pod[0].nodelens = off;
+            let failures = check_slow_pod("5.10", "normal", &r);
+            assert!(
+                failures.len() == 1 && failures[0].contains("blocked on I/O: nodelens"),
+                "{off}: {failures:?}"
+            );
+        }
         // With classic tracepoints forced, blocked time is not measured: not asked for.
         r.exercise.as_mut().unwrap().slow_pod.remove(0);
         assert_eq!(check_slow_pod("6.1", "tracepoint", &r).len(), 2);
