@@ -37,7 +37,10 @@ pub use nodelens_report::{
     AttributionRow, CpuAccountingRow, Exercise, MapMemoryRow, ProbeExercise,
 };
 
+mod cgroups;
 mod slow_pod;
+
+use cgroups::{ExerciseCgroup, sample};
 
 /// The first whole disk in sysfs: not a loop, RAM, zram or optical device, with a size.
 fn find_disk(sysfs: &Path) -> Option<PathBuf> {
@@ -59,45 +62,6 @@ fn find_disk(sysfs: &Path) -> Option<PathBuf> {
         .collect();
     names.sort();
     names.first().map(|n| PathBuf::from("/dev").join(n))
-}
-
-/// A cgroup the attribution check made: its directory and its `cgroup` label.
-struct ExerciseCgroup {
-    dir: PathBuf,
-    label: String,
-}
-
-impl ExerciseCgroup {
-    fn create(cgroup2: &Path, role: &str) -> Result<ExerciseCgroup, String> {
-        let label = format!("nodelens-exercise-{role}-{}", std::process::id());
-        let dir = cgroup2.join(&label);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        Ok(ExerciseCgroup { dir, label })
-    }
-
-    /// Runs a shell command inside the cgroup and waits for it.
-    fn run(&self, command: &str) -> Result<(), String> {
-        crate::cgroups::run_inside(&self.dir, command)
-    }
-
-    /// The cgroup's `io.stat` line for a device, as key=value pairs.
-    fn io_stat(&self, dev: &str) -> HashMap<String, u64> {
-        std::fs::read_to_string(self.dir.join("io.stat"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.split_whitespace().next() == Some(dev))
-            .flat_map(|l| {
-                l.split_whitespace()
-                    .skip(1)
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
-    }
 }
 
 /// The two cgroups of the attribution check and the device their I/O went to.
@@ -154,34 +118,6 @@ const SHARED_LOOP_SECONDS: [u32; 9] = [1, 1, 2, 2, 2, 3, 3, 3, 3];
 struct CpuAccounting {
     cgroups: Vec<(String, ExerciseCgroup)>,
     stopped: Option<BornInside>,
-}
-
-impl ExerciseCgroup {
-    /// Starts a shell command born inside the cgroup (see [`BornInside`]), without
-    /// waiting. Its output goes nowhere: preflight's standard output is its report.
-    fn spawn(&self, command: &str) -> Result<BornInside, String> {
-        let script = format!("exec >/dev/null 2>&1; {command}");
-        BornInside::spawn(&self.dir, "/bin/sh", &["sh", "-c", &script])
-    }
-
-    /// Runs a command born in the cgroup and waits for it.
-    fn run_born_inside(&self, command: &str) -> Result<(), String> {
-        if self.spawn(command)?.wait()? {
-            Ok(())
-        } else {
-            Err(format!("`{command}` in {} failed", self.label))
-        }
-    }
-
-    /// `cpu.stat` `usage_usec`, in seconds.
-    fn cpu_usage_seconds(&self) -> f64 {
-        std::fs::read_to_string(self.dir.join("cpu.stat"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0.0, |usec| usec / 1e6)
-    }
 }
 
 impl CpuAccounting {
@@ -272,22 +208,6 @@ fn cpu_accounting_work(cgroup2: &Path) -> (String, CpuAccounting) {
         Err(e) => format!("stopped early: {e}"),
     };
     (what, work)
-}
-
-/// The value of the one sample of `family` whose labels include all of `labels`, 0 when
-/// there is none (a series appears once it is non-zero).
-fn sample(scrape: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
-        .filter_map(|l| l.rsplit_once("} "))
-        .find(|(set, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-        })
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Disk attribution work on a filesystem: one cgroup writes 32 MiB through the page cache,

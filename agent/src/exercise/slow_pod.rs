@@ -16,7 +16,7 @@ use std::path::Path;
 
 use nodelens_report::SlowPodRow;
 
-use super::{ExerciseCgroup, sample};
+use super::cgroups::{ExerciseCgroup, sample};
 use crate::cgroups::born::BornInside;
 
 /// O_DIRECT reads of 4 KiB: many waits, whose sum is long beside delay accounting's 10 ms
