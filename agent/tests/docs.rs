@@ -232,10 +232,12 @@ fn every_served_family_is_documented_with_its_type_and_labels_and_nothing_else_i
             || {
                 text = agent.scrape();
                 text.contains("nodelens_remote_write_rounds_total")
-                    && text.contains(&format!(
-                        "nodelens_cgroup_reclaim_stall_seconds_total{{cgroup=\"{}\"",
-                        _reclaimed.name()
-                    ))
+                    && [
+                        "nodelens_cgroup_reclaim_stall_seconds_total",
+                        "nodelens_cgroup_cpu_cfs_throttled_periods_total",
+                    ]
+                    .iter()
+                    .all(|f| text.contains(&format!("{f}{{cgroup=\"{}\"", _reclaimed.name())))
                     && [
                         "nodelens_cgroup_cpu_seconds_total",
                         "nodelens_cgroup_runqueue_wait_seconds_total",

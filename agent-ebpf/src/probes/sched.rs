@@ -68,6 +68,10 @@ pub struct BlockStart {
     pub at: u64,
     /// 1: `in_iowait` was set (it slept in `io_schedule`).
     pub io: u64,
+    /// Its `sched_info.pcount` then: the same task gets its next CPU with the same count
+    /// (the kernel adds one after the tracepoint), so a start left by an unseen switch, or
+    /// by a task whose address a new one took, is never charged to a later arrival.
+    pub arrivals: u64,
 }
 
 /// Slots of `SCHED_COST`, one per program (both attach types of a probe share it).
@@ -626,16 +630,22 @@ mod programs {
         if next_pid == 0 || now == 0 {
             return;
         }
+        // `next` last left a CPU in an uninterruptible sleep: its start is taken out here
+        // whatever follows, and charged below when its wakeup time is known.
+        let slept = layout.blocked != 0
+            && task_flag(next, layout.task_load_flag, layout.task_load_flag_bit);
         let queued = unsafe { kernel::btf_load::<u64>(next, layout.task_last_queued) };
         if queued == 0 || queued > now {
+            if slept {
+                let _ = BLOCKED_START.remove(next as u64);
+            }
             return;
         }
         let waited = now - queued;
         cpu.runqueue_latency.add(waited);
         cpu.pending_wait_ns = waited;
-        if layout.blocked != 0 && task_flag(next, layout.task_load_flag, layout.task_load_flag_bit)
-        {
-            blocked_end(cpu, next, queued);
+        if slept {
+            blocked_end(cpu, layout, next, queued);
         }
     }
 
@@ -658,6 +668,8 @@ mod programs {
                 layout.task_in_iowait,
                 layout.task_in_iowait_bit,
             )),
+            // SAFETY: a direct load through a BTF-typed pointer.
+            arrivals: unsafe { kernel::btf_load::<u64>(prev, layout.task_pcount) },
         };
         if BLOCKED_START.insert(prev as u64, start, 0).is_err() {
             cpu.blocked_start_full += 1;
@@ -667,14 +679,16 @@ mod programs {
     /// `next`, which last left a CPU in an uninterruptible sleep, gets one; it was woken
     /// (put on a run queue) at `queued`, which ends its blocked time.
     #[inline(always)]
-    fn blocked_end(cpu: &mut SchedCounters, next: *const u8, queued: u64) {
+    fn blocked_end(cpu: &mut SchedCounters, layout: &SchedLayout, next: *const u8, queued: u64) {
         let key = next as u64;
         // SAFETY: the value is copied out before the entry is removed.
         let Some(start) = (unsafe { BLOCKED_START.get(key) }).copied() else {
             return;
         };
         let _ = BLOCKED_START.remove(key);
-        if queued <= start.at {
+        // SAFETY: a direct load through a BTF-typed pointer.
+        let arrivals = unsafe { kernel::btf_load::<u64>(next, layout.task_pcount) };
+        if arrivals != start.arrivals || queued <= start.at {
             return;
         }
         let blocked = queued - start.at;

@@ -143,14 +143,15 @@ impl Settings {
         let family_keys: Vec<&'static str> = family_flags().map(|f| f.key).collect();
         for key in left_out {
             match family_keys.iter().find(|k| **k == key) {
-                Some(family_key) => {
-                    let value = untyped
-                        .pointer(&format!("/{}", family_key.replace('.', "/")))
-                        .cloned()
-                        .unwrap_or(Value::Null);
-                    insert_at(&mut settings.family_keys, family_key, value);
+                Some(family_key)
+                    if let Some(value) =
+                        untyped.pointer(&format!("/{}", family_key.replace('.', "/"))) =>
+                {
+                    insert_at(&mut settings.family_keys, family_key, value.clone());
                 }
-                None => {
+                // Not a family's key, or one written flat (`cgroups.x: 1` at the top
+                // level), which the file does not take for the agent's keys either.
+                _ => {
                     let (section, _) = key.rsplit_once('.').unwrap_or(("", &key));
                     return Err(ConfigError::UnknownKey {
                         path: path.to_owned(),

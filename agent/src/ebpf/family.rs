@@ -313,7 +313,7 @@ pub fn cgroup_series_given(merged: &serde_json::Value) -> Option<Vec<String>> {
         serde_json::Value::Array(names) => Some(
             names
                 .iter()
-                .map(|n| n.as_str().unwrap_or_default().trim().to_owned())
+                .map(|n| n.as_str().unwrap_or_default().trim().to_ascii_lowercase())
                 .collect(),
         ),
         serde_json::Value::Null => None,

@@ -654,7 +654,7 @@ impl Workload {
 /// Memory reclaim inside one cgroup that is no pod's: 64 MiB read through the page cache in
 /// a 16 MiB cgroup (the limit in a v1 memory cgroup on this hybrid host, the identity a
 /// cgroup2 directory), from a file written with O_DIRECT so that none of it is cached
-/// before. The cgroup has a CPU limit too (half a CPU, in the v1 cpu controller at the same
+/// before. The cgroup has a CPU limit too (a tenth of a CPU, in the v1 cpu controller at the same
 /// path), so that it has CFS periods. The directories stay until the returned guard is
 /// dropped, so that the agent can name the cgroup.
 pub fn reclaim_in_a_limited_cgroup(tag: &str) -> Cgroups {
@@ -667,7 +667,7 @@ pub fn reclaim_in_a_limited_cgroup(tag: &str) -> Cgroups {
     std::fs::create_dir_all(&v2).unwrap();
     let guard = Cgroups(vec![v1.clone(), cpu_v1.clone(), v2.clone()]);
     std::fs::write(v1.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
-    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "50000").unwrap();
+    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "10000").unwrap();
     let file = tempfile::Builder::new()
         .prefix("nodelens-reclaim-")
         .tempfile_in("/var/tmp")

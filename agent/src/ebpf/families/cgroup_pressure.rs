@@ -117,10 +117,13 @@ impl std::ops::AddAssign for Totals {
 
 /// One cgroup's totals; `None` when it has no pressure files (PSI off, or a kernel
 /// without per-cgroup PSI) or one cannot be parsed.
-fn read_totals(cgroup: &LiveCgroup) -> Option<Totals> {
+fn read_totals(cgroup: &LiveCgroup, exported: [bool; 3]) -> Option<Totals> {
     let mut totals = Totals::default();
-    for (slot, resource) in totals.0.iter_mut().zip(&RESOURCES) {
-        *slot = crate::psi::parse(&read_small(&cgroup.directory, resource.file)?).ok()?;
+    for ((slot, resource), wanted) in totals.0.iter_mut().zip(&RESOURCES).zip(exported) {
+        // Files of resources nobody exports are not read (cpu.pressure, by default).
+        if wanted {
+            *slot = crate::psi::parse(&read_small(&cgroup.directory, resource.file)?).ok()?;
+        }
     }
     Some(totals)
 }
@@ -215,7 +218,7 @@ impl Family for CgroupPressure {
                 ctx.cgroups.clone(),
                 settings.refresh,
                 capacity_for(ctx.max_cgroups),
-                Box::new(read_totals),
+                Box::new(move |c| read_totals(c, settings.exported)),
             ),
             exported: settings.exported,
             up,
@@ -288,7 +291,7 @@ impl LoadedFamily for PressureTables {
     }
 
     fn upkeep(&self) {
-        if self.up {
+        if self.up && self.exported.iter().any(|e| *e) {
             self.files.refresh();
         }
     }
@@ -319,7 +322,7 @@ mod tests {
             path: "a".into(),
             moved_round: 0,
         };
-        assert_eq!(read_totals(&cgroup), None);
+        assert_eq!(read_totals(&cgroup, [true; 3]), None);
         let line = |some: u64, full: u64| {
             format!(
                 "some avg10=0.00 avg60=0.00 avg300=0.00 total={some}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total={full}\n"
@@ -327,10 +330,19 @@ mod tests {
         };
         std::fs::write(dir.path().join("cpu.pressure"), line(10, 1)).unwrap();
         std::fs::write(dir.path().join("memory.pressure"), line(20, 2)).unwrap();
-        assert_eq!(read_totals(&cgroup), None, "io.pressure is missing");
+        assert_eq!(
+            read_totals(&cgroup, [true; 3]),
+            None,
+            "io.pressure is missing"
+        );
+        assert_eq!(
+            read_totals(&cgroup, [true, true, false]),
+            Some(Totals([(10, 1), (20, 2), (0, 0)])),
+            "a file not exported is not read"
+        );
         std::fs::write(dir.path().join("io.pressure"), line(30, 3)).unwrap();
         assert_eq!(
-            read_totals(&cgroup),
+            read_totals(&cgroup, [true; 3]),
             Some(Totals([(10, 1), (20, 2), (30, 3)]))
         );
     }

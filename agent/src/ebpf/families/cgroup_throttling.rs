@@ -242,18 +242,24 @@ impl LoadedFamily for ThrottlingTables {
             "CFS bandwidth periods that elapsed for the cgroup's CPU limit (cpu.stat nr_periods).",
             rows.iter().map(|(l, t)| (l, t.periods)),
         )?;
+        // As every per-pod series, each once it is non-zero: a pod under a limit that never
+        // used it up has its periods only.
         counts(
             out,
             "nodelens_cgroup_cpu_cfs_throttled_periods_total",
             "Periods in which the cgroup used up its CPU limit and was throttled (cpu.stat nr_throttled).",
-            rows.iter().map(|(l, t)| (l, t.throttled_periods)),
+            rows.iter()
+                .filter(|(_, t)| t.throttled_periods != 0)
+                .map(|(l, t)| (l, t.throttled_periods)),
         )?;
         family(
             out,
             "nodelens_cgroup_cpu_cfs_throttled_seconds_total",
             "Time the cgroup's tasks were stopped by its CPU limit (cpu.stat throttled_usec, or throttled_time on v1).",
             prometheus_client::metrics::MetricType::Counter,
-            rows.iter().map(|(l, t)| (l, t.throttled_ns as f64 / 1e9)),
+            rows.iter()
+                .filter(|(_, t)| t.throttled_ns != 0)
+                .map(|(l, t)| (l, t.throttled_ns as f64 / 1e9)),
         )?;
         Ok(())
     }

@@ -451,9 +451,10 @@ impl LoadedFamily for SchedMaps {
     }
 }
 
-/// How long a blocked start may wait for its task before upkeep takes it out: far longer
-/// than a task sleeps uninterruptibly (the kernel's hung-task warning is at 2 minutes), so
-/// what is older belongs to a task whose return no tracepoint showed.
+/// How long a blocked start may wait for its task before upkeep takes it out, when the map
+/// is half full: far longer than a task sleeps uninterruptibly (the kernel's hung-task
+/// warning is at 2 minutes), so what is older most likely belongs to a task whose return
+/// no tracepoint showed.
 const BLOCKED_START_STALE: Duration = Duration::from_secs(3600);
 
 impl SchedMaps {
@@ -473,6 +474,12 @@ impl SchedMaps {
             } else {
                 live += 1;
             }
+        }
+        // Only to make room: a real sleep may last hours (a hung NFS mount), and its start
+        // is only charged to its own task (`BlockStart::arrivals`).
+        if (live + stale.len() as u64) * 2 < u64::from(BLOCKED_START_ENTRIES) {
+            self.blocked_fill.set(live + stale.len() as u64);
+            return;
         }
         for task in &stale {
             let _ = map.remove(task);
