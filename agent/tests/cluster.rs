@@ -390,14 +390,7 @@ impl Drop for PanelWork {
         // The loop's shell and whatever it runs at the moment (dd, sleep): every process
         // of the cgroup goes, so that the cgroups can be removed.
         drop(self.busy.take());
-        let _ = std::fs::write(self.busy_cgroup.join("cgroup.kill"), "1");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::read_to_string(self.busy_cgroup.join("cgroup.procs"))
-            .is_ok_and(|p| !p.trim().is_empty())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::empty_cgroup(&self.busy_cgroup);
     }
 }
 

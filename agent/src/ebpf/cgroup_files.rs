@@ -31,11 +31,48 @@ use std::{
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::per_cgroup::{CgroupMap, Entries, PerCgroupMap};
+use super::{
+    family::{FamilyFlag, Health, SettingError, duration_setting},
+    per_cgroup::{CgroupMap, Entries, PerCgroupMap},
+};
 use crate::cgroups::tracker::{Assignment, CgroupTracker, LiveCgroup};
 
 /// How many refresh intervals an idle cgroup's files wait between reads.
 pub const IDLE_REFRESHES: u32 = 4;
+
+/// A file family's refresh interval by default: a scrape interval's worth of staleness at
+/// most, and about 1,100 reads a second at 4,096 busy pods.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
+
+/// A file family's refresh interval setting: `--<long>` and `NODELENS_<LONG>` (with `_`),
+/// at the file `key`; `files_read` completes "How often ..." in `--help`.
+pub fn refresh_flag(
+    key: &'static str,
+    long: &'static str,
+    value_name: &'static str,
+    env: &'static str,
+    files_read: &str,
+) -> FamilyFlag {
+    FamilyFlag {
+        key,
+        arg: clap::Arg::new(key)
+            .long(long)
+            .value_name(value_name)
+            .env(env)
+            .help(format!(
+                "How often {files_read} (idle ones: every {IDLE_REFRESHES}th time); at least the map upkeep interval [default: {}s]",
+                DEFAULT_REFRESH.as_secs()
+            )),
+    }
+}
+
+/// The refresh interval set at `key` (see [`refresh_flag`]), at least 100 ms.
+pub fn refresh_setting(
+    merged: &serde_json::Value,
+    key: &'static str,
+) -> Result<Duration, SettingError> {
+    duration_setting(merged, key, DEFAULT_REFRESH, Duration::from_millis(100))
+}
 
 /// The last values read from each cgroup's files, as a per-cgroup "map".
 #[derive(Debug)]
@@ -115,6 +152,15 @@ where
     /// The table, for the scrape and for the loader's sweep.
     pub fn map(&self) -> &PerCgroupMap<FileValues<V>> {
         &self.map
+    }
+
+    /// The family's health: its table's fill level.
+    pub fn health(&self) -> Health {
+        Health {
+            maps: vec![self.map.fill()],
+            lost: Vec::new(),
+            costs: Vec::new(),
+        }
     }
 
     /// Cgroups whose files were read since the start.

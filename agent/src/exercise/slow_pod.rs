@@ -113,6 +113,27 @@ fn read_directly_once(cg: &ExerciseCgroup, device: &Path) -> Result<(f64, f64), 
     Ok((ticks as f64 / hz, 1.0 / hz))
 }
 
+/// A cgroup with one limit (`file` set to a value) in which `work` ran; removed again when
+/// either fails.
+fn limited_work(
+    cgroup2: &Path,
+    role: &str,
+    (file, value): (&str, &str),
+    work: impl FnOnce(&ExerciseCgroup) -> Result<(), String>,
+) -> Result<ExerciseCgroup, String> {
+    let cg = ExerciseCgroup::create(cgroup2, role)?;
+    let ran = std::fs::write(cg.dir.join(file), value)
+        .map_err(|e| format!("{file}: {e}"))
+        .and_then(|()| work(&cg));
+    match ran {
+        Ok(()) => Ok(cg),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&cg.dir);
+            Err(e)
+        }
+    }
+}
+
 /// Whether cgroup2 here offers `controller` to its children (enabling it if it can).
 fn controller(cgroup2: &Path, controller: &str) -> Result<(), String> {
     let available = std::fs::read_to_string(cgroup2.join("cgroup.controllers")).unwrap_or_default();
@@ -179,23 +200,13 @@ impl SlowPodWork {
         work.reader = reader.ok();
 
         let stalled = controller(cgroup2, "memory").and_then(|()| {
-            let cg = ExerciseCgroup::create(cgroup2, "slow-memory")?;
-            let ran = std::fs::write(cg.dir.join("memory.max"), (8u64 << 20).to_string())
-                .map_err(|e| format!("memory.max: {e}"))
-                .and_then(|()| {
-                    let source = sources.first().ok_or("nothing to read")?;
-                    cg.run_born_inside(&format!(
-                        "dd if={} of=/dev/null bs=1048576 count=48",
-                        source.display()
-                    ))
-                });
-            match ran {
-                Ok(()) => Ok(cg),
-                Err(e) => {
-                    let _ = std::fs::remove_dir(&cg.dir);
-                    Err(e)
-                }
-            }
+            limited_work(cgroup2, "slow-memory", ("memory.max", "8388608"), |cg| {
+                let source = sources.first().ok_or("nothing to read")?;
+                cg.run_born_inside(&format!(
+                    "dd if={} of=/dev/null bs=1048576 count=48",
+                    source.display()
+                ))
+            })
         });
         note(
             "slow pod: memory pressure",
@@ -207,17 +218,12 @@ impl SlowPodWork {
         work.stalled = stalled.ok();
 
         let throttled = controller(cgroup2, "cpu").and_then(|()| {
-            let cg = ExerciseCgroup::create(cgroup2, "slow-throttled")?;
-            let ran = std::fs::write(cg.dir.join("cpu.max"), "20000 100000")
-                .map_err(|e| format!("cpu.max: {e}"))
-                .and_then(|()| cg.run_born_inside("timeout 1 sh -c 'while :; do :; done'; exit 0"));
-            match ran {
-                Ok(()) => Ok(cg),
-                Err(e) => {
-                    let _ = std::fs::remove_dir(&cg.dir);
-                    Err(e)
-                }
-            }
+            limited_work(
+                cgroup2,
+                "slow-throttled",
+                ("cpu.max", "20000 100000"),
+                |cg| cg.run_born_inside("timeout 1 sh -c 'while :; do :; done'; exit 0"),
+            )
         });
         note(
             "slow pod: CPU throttling",

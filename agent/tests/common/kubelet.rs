@@ -143,14 +143,7 @@ impl Drop for WorkloadPod {
     fn drop(&mut self) {
         // What is still running in the container (a reader's dd or sleep) goes first: a
         // cgroup with processes cannot be removed.
-        let _ = std::fs::write(self.container.join("cgroup.kill"), "1");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_to_string(self.container.join("cgroup.procs"))
-            .is_ok_and(|p| !p.trim().is_empty())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        super::empty_cgroup(&self.container);
         // The v1 cpu cgroup held the same processes, so it is empty now too.
         for dir in self.created.iter().rev() {
             let _ = std::fs::remove_dir(dir);

@@ -686,6 +686,18 @@ pub fn reclaim_in_a_limited_cgroup(tag: &str) -> Cgroups {
     guard
 }
 
+/// Kills every process of a cgroup2 cgroup (`cgroup.kill`) and waits, at most 5 s, until
+/// it is empty, so that it can be removed. For `Drop`s: a bounded poll that never panics.
+pub fn empty_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Cgroup directories removed however the test ends; the last is the cgroup2 one.
 pub struct Cgroups(pub Vec<PathBuf>);
 

@@ -18,11 +18,11 @@ use prometheus_client::{encoding::DescriptorEncoder, metrics::MetricType};
 use crate::{
     cgroups::{series, tracker::LiveCgroup},
     ebpf::{
-        cgroup_files::{CgroupFiles, read_small},
+        cgroup_files::{CgroupFiles, read_small, refresh_flag, refresh_setting},
         family::{
             Attached, CgroupSeriesName, Family, FamilyFlag, FamilyLayout, Health, KernelSources,
             LoadContext, LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep,
-            chosen_cgroup_series, duration_setting,
+            chosen_cgroup_series,
         },
         per_cgroup::capacity_for,
     },
@@ -36,10 +36,6 @@ const NAME: &str = "cgroup_pressure";
 
 /// The file key of the refresh interval.
 const REFRESH_KEY: &str = "cgroups.pressure_refresh_interval";
-
-/// How often the pressure files of busy cgroups are read, by default: a scrape interval's
-/// worth of staleness at most, and 1,100 reads a second at 4,096 busy pods.
-const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
 
 /// The three resources, as the files and the series name them, each a `cgroups.series`
 /// name (`cpu_pressure`: both of its series).
@@ -151,17 +147,13 @@ impl Family for CgroupPressure {
     }
 
     fn flags(&self) -> Vec<FamilyFlag> {
-        vec![FamilyFlag {
-            key: REFRESH_KEY,
-            arg: clap::Arg::new(REFRESH_KEY)
-                .long("cgroup-pressure-refresh-interval")
-                .value_name("cgroup_pressure_refresh_interval")
-                .env("NODELENS_CGROUP_PRESSURE_REFRESH_INTERVAL")
-                .help(
-                    "How often the pressure files of cgroups whose tasks ran are read (idle \
-                     ones: every 4th time); at least the map upkeep interval [default: 15s]",
-                ),
-        }]
+        vec![refresh_flag(
+            REFRESH_KEY,
+            "cgroup-pressure-refresh-interval",
+            "cgroup_pressure_refresh_interval",
+            "NODELENS_CGROUP_PRESSURE_REFRESH_INTERVAL",
+            "the pressure files of cgroups whose tasks ran are read",
+        )]
     }
 
     fn cgroup_series(&self) -> &'static [CgroupSeriesName] {
@@ -169,12 +161,7 @@ impl Family for CgroupPressure {
     }
 
     fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
-        let refresh = duration_setting(
-            merged,
-            REFRESH_KEY,
-            DEFAULT_REFRESH,
-            Duration::from_millis(100),
-        )?;
+        let refresh = refresh_setting(merged, REFRESH_KEY)?;
         let chosen = chosen_cgroup_series(merged, SERIES);
         let exported = RESOURCES.map(|r| chosen.contains(&r.series));
         Ok(Some(Arc::new(Settings { refresh, exported })))
@@ -301,11 +288,7 @@ impl LoadedFamily for PressureTables {
     }
 
     fn health(&self) -> Health {
-        Health {
-            maps: vec![self.files.map().fill()],
-            lost: Vec::new(),
-            costs: Vec::new(),
-        }
+        self.files.health()
     }
 }
 

@@ -21,11 +21,11 @@ use prometheus_client::encoding::DescriptorEncoder;
 use crate::{
     cgroups::{series, tracker::LiveCgroup},
     ebpf::{
-        cgroup_files::{CgroupFiles, read_small},
+        cgroup_files::{CgroupFiles, read_small, refresh_flag, refresh_setting},
         family::{
             Attached, CgroupSeriesName, Family, FamilyFlag, FamilyLayout, Health, KernelSources,
             LoadContext, LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep,
-            chosen_cgroup_series, duration_setting,
+            chosen_cgroup_series,
         },
         per_cgroup::capacity_for,
     },
@@ -39,9 +39,6 @@ const NAME: &str = "cgroup_throttling";
 
 /// The file key of the refresh interval.
 const REFRESH_KEY: &str = "cgroups.throttling_refresh_interval";
-
-/// As for pressure: at most a scrape interval old, few reads on a big node.
-const DEFAULT_REFRESH: Duration = Duration::from_secs(15);
 
 const SERIES: &[CgroupSeriesName] = &[CgroupSeriesName {
     name: "cpu_throttling",
@@ -122,17 +119,13 @@ impl Family for CgroupThrottling {
     }
 
     fn flags(&self) -> Vec<FamilyFlag> {
-        vec![FamilyFlag {
-            key: REFRESH_KEY,
-            arg: clap::Arg::new(REFRESH_KEY)
-                .long("cgroup-throttling-refresh-interval")
-                .value_name("cgroup_throttling_refresh_interval")
-                .env("NODELENS_CGROUP_THROTTLING_REFRESH_INTERVAL")
-                .help(
-                    "How often the cpu.stat of cgroups whose tasks ran is read (idle ones: \
-                     every 4th time); at least the map upkeep interval [default: 15s]",
-                ),
-        }]
+        vec![refresh_flag(
+            REFRESH_KEY,
+            "cgroup-throttling-refresh-interval",
+            "cgroup_throttling_refresh_interval",
+            "NODELENS_CGROUP_THROTTLING_REFRESH_INTERVAL",
+            "the cpu.stat of cgroups whose tasks ran is read",
+        )]
     }
 
     fn cgroup_series(&self) -> &'static [CgroupSeriesName] {
@@ -140,12 +133,7 @@ impl Family for CgroupThrottling {
     }
 
     fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
-        let refresh = duration_setting(
-            merged,
-            REFRESH_KEY,
-            DEFAULT_REFRESH,
-            Duration::from_millis(100),
-        )?;
+        let refresh = refresh_setting(merged, REFRESH_KEY)?;
         let exported = !chosen_cgroup_series(merged, SERIES).is_empty();
         Ok(Some(Arc::new(Settings { refresh, exported })))
     }
@@ -275,11 +263,7 @@ impl LoadedFamily for ThrottlingTables {
     }
 
     fn health(&self) -> Health {
-        Health {
-            maps: vec![self.files.map().fill()],
-            lost: Vec::new(),
-            costs: Vec::new(),
-        }
+        self.files.health()
     }
 }
 
