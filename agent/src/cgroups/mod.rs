@@ -257,12 +257,6 @@ impl CgroupResolver {
     }
 }
 
-/// Whether a cgroup is at `path` (relative to the hierarchy's `root`), whatever its id:
-/// what rows kept by path (OOM kills) call "still there".
-pub fn cgroup_at(root: &Path, path: &str) -> bool {
-    root.join(path.trim_start_matches('/')).is_dir()
-}
-
 /// Runs `command` with `sh -c` inside the cgroup at `dir` (the shell moves itself in first,
 /// so everything it starts is born there) and waits for it: the exercises' workloads.
 pub fn run_inside(dir: &Path, command: &str) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::{
     hash::Hash,
     ops::AddAssign,
     sync::{Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use rustc_hash::FxHashMap as HashMap;
@@ -24,6 +24,8 @@ pub trait CgroupKey: Copy + Eq + Hash + std::fmt::Debug {
     type Dims: Copy + Eq + Hash + Ord + std::fmt::Debug;
     fn cgroup(&self) -> u64;
     fn dims(&self) -> Self::Dims;
+    /// The same dimensions for another cgroup.
+    fn with_cgroup(&self, id: u64) -> Self;
 }
 
 impl CgroupKey for u64 {
@@ -32,6 +34,22 @@ impl CgroupKey for u64 {
         *self
     }
     fn dims(&self) {}
+    fn with_cgroup(&self, id: u64) -> Self {
+        id
+    }
+}
+
+/// What becomes of a gone tracked cgroup's final row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GoneRows {
+    /// Exported by one scrape, then dropped (the series ends): the counters of work that
+    /// ran, whose last value one scrape is enough to keep.
+    #[default]
+    ExportOnce,
+    /// Exported by every scrape for this long after the cgroup went (and at least once),
+    /// then moved into "other": rare events that an alert's window must still see after
+    /// the cgroup is gone (OOM kills: a container killed and replaced at once).
+    KeepFor(Duration),
 }
 
 /// The id of the "other" row.
@@ -58,6 +76,7 @@ pub struct Rows<'t, D, V> {
 #[derive(Debug)]
 pub struct CounterTable<K: CgroupKey, V> {
     state: Mutex<TableState<K, V>>,
+    gone_rows: GoneRows,
 }
 
 #[derive(Debug)]
@@ -70,6 +89,45 @@ struct TableState<K: CgroupKey, V> {
     /// Totals of gone folded cgroups, and of final rows that waited too long: part of
     /// "other" forever.
     retired: HashMap<K::Dims, V>,
+    /// Values of gone cgroups carried into their live twin's rows (a cgroup made again at
+    /// the same path, `TrackerState::live_twin`), keyed by the twin's key: added to its
+    /// entry in every scrape, and to its final row when it goes.
+    carried: HashMap<K, V>,
+}
+
+impl<K, V> TableState<K, V>
+where
+    K: CgroupKey,
+    V: Copy + AddAssign,
+{
+    /// Keeps a gone tracked cgroup's last values as its final row (see [`GoneRows`]).
+    fn add_final(&mut self, tracker: &mut TrackerState, key: K, value: V) {
+        // Add, not set: an exiting task can recreate the entry once more.
+        match self.finals.get_mut(&key) {
+            Some((v, _, exported)) => {
+                *v += value;
+                *exported = false;
+            }
+            None => {
+                self.finals.insert(key, (value, tracker.now(), false));
+                tracker.hold(key.cgroup());
+            }
+        }
+    }
+}
+
+impl<K: CgroupKey, V> CounterTable<K, V> {
+    pub fn new(gone_rows: GoneRows) -> Self {
+        Self {
+            state: Mutex::new(TableState {
+                last: HashMap::default(),
+                finals: HashMap::default(),
+                retired: HashMap::default(),
+                carried: HashMap::default(),
+            }),
+            gone_rows,
+        }
+    }
 }
 
 impl<K, V> Default for CounterTable<K, V>
@@ -77,13 +135,7 @@ where
     K: CgroupKey,
 {
     fn default() -> Self {
-        Self {
-            state: Mutex::new(TableState {
-                last: HashMap::default(),
-                finals: HashMap::default(),
-                retired: HashMap::default(),
-            }),
-        }
+        Self::new(GoneRows::default())
     }
 }
 
@@ -155,54 +207,72 @@ where
             };
             delete.push(key);
             match assignment {
-                Assignment::Tracked => {
-                    // Add, not set: an exiting task can recreate the entry once more.
-                    match t.finals.get_mut(&key) {
-                        Some((v, _, exported)) => {
-                            *v += value;
-                            *exported = false;
+                Assignment::Tracked => match tracker.live_twin(id) {
+                    Some(twin) => *t.carried.entry(key.with_cgroup(twin)).or_default() += value,
+                    None => {
+                        let mut value = value;
+                        if let Some(carried) = t.carried.remove(&key) {
+                            value += carried;
                         }
-                        None => {
-                            t.finals.insert(key, (value, tracker.now(), false));
-                            tracker.hold(id);
-                        }
+                        t.add_final(tracker, key, value);
                     }
-                }
+                },
                 Assignment::Folded => *t.retired.entry(key.dims()).or_default() += value,
                 Assignment::Excluded => {}
             }
         }
         t.last = last;
-        // Final rows exported by a scrape since the last round are done, unless the loop
-        // above just added a recreated entry to one (a dying task's last switch, writeback
-        // of a deleted pod's pages): that row was exported with the entry added, so it must
-        // be exported once more with it, never again without it.
-        let exported: Vec<K> = t
-            .finals
-            .iter()
-            .filter(|(_, (_, _, exported))| *exported)
-            .map(|(k, _)| *k)
+        // Values carried into a cgroup that is gone now, where it had no entry left to
+        // take: its final row, like its entries'.
+        let gone_carried: Vec<K> = t
+            .carried
+            .keys()
+            .filter(|k| tracker.is_gone(k.cgroup()))
+            .copied()
             .collect();
-        for k in exported {
-            t.finals.remove(&k);
-            tracker.release(k.cgroup());
+        for key in gone_carried {
+            if let Some(value) = t.carried.remove(&key) {
+                if tracker.knows(key.cgroup()) {
+                    t.add_final(tracker, key, value);
+                } else {
+                    *t.retired.entry(key.dims()).or_default() += value;
+                    tracker.use_other();
+                }
+            }
         }
-        // Nobody scrapes: move final rows that waited too long into "other", so that their
-        // values stay exported and their tracked places come free.
         let now = tracker.now();
-        let expired: Vec<K> = t
+        let (keep, then_other) = match self.gone_rows {
+            GoneRows::ExportOnce => (Duration::ZERO, false),
+            GoneRows::KeepFor(keep) => (keep, true),
+        };
+        // Final rows exported by a scrape since the last round (and kept long enough) are
+        // done, unless the loop above just added a recreated entry to one (a dying task's
+        // last switch, writeback of a deleted pod's pages): that row was exported with the
+        // entry added, so it must be exported once more with it, never again without it.
+        // Nobody scrapes: final rows that waited too long move into "other" too, so that
+        // their values stay exported and their tracked places come free.
+        let wait = tracker.final_wait().max(keep);
+        let done: Vec<(K, bool)> = t
             .finals
             .iter()
-            .filter(|(_, (_, since, exported))| {
-                !exported && now.duration_since(*since) >= tracker.final_wait()
+            .filter_map(|(k, (_, since, exported))| {
+                let age = now.duration_since(*since);
+                if *exported && age >= keep {
+                    Some((*k, then_other))
+                } else if !*exported && age >= wait {
+                    Some((*k, true))
+                } else {
+                    None
+                }
             })
-            .map(|(k, _)| *k)
             .collect();
-        for k in expired {
+        for (k, into_other) in done {
             if let Some((v, _, _)) = t.finals.remove(&k) {
-                *t.retired.entry(k.dims()).or_default() += v;
                 tracker.release(k.cgroup());
-                tracker.use_other();
+                if into_other {
+                    *t.retired.entry(k.dims()).or_default() += v;
+                    tracker.use_other();
+                }
             }
         }
         delete
@@ -234,19 +304,43 @@ where
         entries: Vec<(K, V)>,
     ) -> Rows<'t, K::Dims, V> {
         let mut t = self.lock();
+        let keep_exporting = matches!(self.gone_rows, GoneRows::KeepFor(_));
+        // Every verdict first (they may assign ids or refresh labels); then the rows borrow
+        // the labels.
+        for key in entries.iter().map(|(k, _)| k).chain(t.finals.keys()) {
+            tracker.verdict(key.cgroup());
+        }
+        // A final row whose cgroup was made again at its path: carried into the new one's
+        // rows for good, so the series goes on rather than appear twice.
+        let twinned: Vec<(K, u64)> = t
+            .finals
+            .keys()
+            .filter_map(|k| Some((*k, tracker.live_twin(k.cgroup())?)))
+            .collect();
+        for (key, twin) in twinned {
+            if let Some((v, _, _)) = t.finals.remove(&key) {
+                *t.carried.entry(key.with_cgroup(twin)).or_default() += v;
+                tracker.release(key.cgroup());
+            }
+        }
         let pending: Vec<K> = t
             .finals
             .iter()
-            .filter(|(_, (_, _, exported))| !exported)
+            .filter(|(_, (_, _, exported))| keep_exporting || !exported)
             .map(|(k, _)| *k)
             .collect();
-        // Every verdict first (they may assign ids or refresh labels); then the rows borrow
-        // the labels.
-        for key in entries.iter().map(|(k, _)| k).chain(&pending) {
-            tracker.verdict(key.cgroup());
-        }
         let tracker: &'t TrackerState = tracker;
-        let mut rows = Vec::with_capacity(entries.len() + pending.len() + 1);
+        // What goes into a live twin's rows: what was carried, and the entries of its older
+        // twin that upkeep has not taken yet.
+        let mut entries = entries;
+        let mut into_twin = t.carried.clone();
+        for (key, value) in entries.extract_if(.., |(k, _)| tracker.live_twin(k.cgroup()).is_some())
+        {
+            if let Some(twin) = tracker.live_twin(key.cgroup()) {
+                *into_twin.entry(key.with_cgroup(twin)).or_default() += value;
+            }
+        }
+        let mut rows = Vec::with_capacity(entries.len() + pending.len() + into_twin.len() + 1);
         let mut other: HashMap<K::Dims, V> = HashMap::default();
         for (key, mut value) in entries {
             let (assignment, series) = tracker.series(key.cgroup());
@@ -257,6 +351,11 @@ where
                     if let Some((v, _, exported)) = t.finals.get_mut(&key) {
                         value += *v;
                         *exported = true;
+                    }
+                    if !into_twin.is_empty()
+                        && let Some(carried) = into_twin.remove(&key)
+                    {
+                        value += carried;
                     }
                     rows.push(Row {
                         id: key.cgroup(),
@@ -269,10 +368,22 @@ where
                 Assignment::Excluded => {}
             }
         }
+        // Carried values of a twin without an entry of these dimensions.
+        for (key, value) in into_twin {
+            match tracker.series(key.cgroup()) {
+                (Assignment::Tracked, series) => rows.push(Row {
+                    id: key.cgroup(),
+                    series,
+                    dims: key.dims(),
+                    values: value,
+                }),
+                _ => *other.entry(key.dims()).or_default() += value,
+            }
+        }
         for key in pending {
             let (_, series) = tracker.series(key.cgroup());
             if let Some((v, _, exported)) = t.finals.get_mut(&key)
-                && !*exported
+                && (keep_exporting || !*exported)
             {
                 *exported = true;
                 rows.push(Row {

@@ -20,6 +20,10 @@
 //! - If no scrape takes a final row within `FINAL_EXPORT_WAIT` (Prometheus is down), its
 //!   values move into "other" too: nothing is lost, and an outage cannot pin the tracked
 //!   places, or memory, forever.
+//! - A cgroup made again at a gone one's path (a restarted systemd service) is the same
+//!   series: labels carry the path, so two rows would be one series twice. The older id is
+//!   its newer *twin*'s ([`TrackerState::live_twin`]), and tables carry its values into the
+//!   newer one's rows, so the series goes on from where it was.
 //! - The scrape only reads kernel maps.
 use std::{
     path::PathBuf,
@@ -64,6 +68,8 @@ struct Slot {
     moved_round: u64,
     /// Final rows that tables still hold for this gone cgroup.
     holds: u32,
+    /// A cgroup was made at its path after it (see [`TrackerState::live_twin`]).
+    has_newer: bool,
 }
 
 /// A cgroup that is there, as [`TrackerState::live_cgroups`] lists it.
@@ -92,6 +98,15 @@ pub struct TrackerState {
     round: u64,
     /// How long final rows wait for a scrape (`FINAL_EXPORT_WAIT`; tests shorten it).
     final_wait: Duration,
+    /// The newest id assigned at each path, by the path's hash (a collision only misses a
+    /// twin): how a cgroup made again at a path finds its older twin.
+    newest_at_path: HashMap<u64, u64>,
+}
+
+/// The hash of a cgroup path, for [`TrackerState::live_twin`].
+fn path_hash(path: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(path)
 }
 
 /// Ids to labels and assignments, shared by the families' tables, the upkeep task and the
@@ -122,6 +137,7 @@ impl CgroupTracker {
                 other_used: false,
                 round: 0,
                 final_wait: FINAL_EXPORT_WAIT,
+                newest_at_path: HashMap::default(),
             }),
         }
     }
@@ -221,6 +237,7 @@ impl TrackerState {
                         checked_round: self.round,
                         moved_round: 0,
                         holds: 0,
+                        has_newer: false,
                     },
                 );
                 Assignment::Folded
@@ -240,6 +257,14 @@ impl TrackerState {
             Assignment::Folded
         };
         let series = Arc::new(SeriesLabels::new(&labels, self.config.path_label));
+        let hash = path_hash(&labels.cgroup);
+        if let Some(older) = self.newest_at_path.insert(hash, id)
+            && older != id
+            && let Some(slot) = self.slots.get_mut(&older)
+            && slot.labels.cgroup == labels.cgroup
+        {
+            slot.has_newer = true;
+        }
         self.slots.insert(
             id,
             Slot {
@@ -251,9 +276,37 @@ impl TrackerState {
                 checked_round: self.round,
                 moved_round: 0,
                 holds: 0,
+                has_newer: false,
             },
         );
         assignment
+    }
+
+    /// The tracked cgroup made at tracked `id`'s path after it, while that one is there:
+    /// `id` is gone (two cgroups are never at one path at once), and its values belong in
+    /// the twin's rows. One lookup for the common case, an id without one.
+    pub fn live_twin(&self, id: u64) -> Option<u64> {
+        let slot = self.slots.get(&id)?;
+        if !slot.has_newer || slot.assignment != Assignment::Tracked {
+            return None;
+        }
+        let newer = *self.newest_at_path.get(&path_hash(&slot.labels.cgroup))?;
+        let twin = self.slots.get(&newer)?;
+        (newer != id
+            && !twin.gone
+            && twin.assignment == Assignment::Tracked
+            && twin.labels.cgroup == slot.labels.cgroup)
+            .then_some(newer)
+    }
+
+    /// Whether `id` is known to be gone (or forgotten).
+    pub fn is_gone(&self, id: u64) -> bool {
+        self.slots.get(&id).is_none_or(|s| s.gone)
+    }
+
+    /// Whether the tracker still has a place for `id`.
+    pub fn knows(&self, id: u64) -> bool {
+        self.slots.contains_key(&id)
     }
 
     /// The assignment of an id that has a slot (one lookup, the scrape's common case),
@@ -381,11 +434,16 @@ impl TrackerState {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            if let Some(slot) = self.slots.remove(&id)
-                && slot.assignment == Assignment::Tracked
-            {
+            let Some(slot) = self.slots.remove(&id) else {
+                continue;
+            };
+            if slot.assignment == Assignment::Tracked {
                 self.tracked -= 1;
                 self.evictions += 1;
+            }
+            let hash = path_hash(&slot.labels.cgroup);
+            if self.newest_at_path.get(&hash) == Some(&id) {
+                self.newest_at_path.remove(&hash);
             }
             self.resolver.forget(id);
         }
@@ -679,6 +737,148 @@ mod tests {
             None,
             "then it is done"
         );
+    }
+
+    /// The directory that will take `name`'s place (see [`remake`]): made in `aside` (out
+    /// of the tracker's sight) while `name` is still there, so that the file system cannot
+    /// give it the old inode number back.
+    fn successor(aside: &Path, name: &str) -> u64 {
+        dir(aside, name)
+    }
+
+    /// `name` made again in `root` (gone before): its [`successor`] moved into its place.
+    fn remake(aside: &Path, root: &Path, name: &str, clock: &crate::cgroups::Clock) {
+        std::fs::rename(aside.join(name), root.join(name)).unwrap();
+        // Past the resolver's rate limit, so that the next verdict walks the tree again.
+        clock.advance(Duration::from_secs(60));
+    }
+
+    fn rows_at(rows: &Rows<(), u64>, path: &str) -> Vec<u64> {
+        rows.rows
+            .iter()
+            .filter(|r| {
+                crate::cgroups::series::choose([r.series])[0]
+                    .text()
+                    .contains(&format!("cgroup=\"{path}\""))
+            })
+            .map(|r| r.values)
+            .collect()
+    }
+
+    #[test]
+    fn a_cgroup_made_again_at_its_path_continues_its_series() {
+        let root = tempfile::tempdir().unwrap();
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "svc");
+        let mut t = tr.lock();
+        round(&table, &mut t, vec![(a, 5)]);
+        assert_eq!(rows_at(&table.rows(&mut t, vec![(a, 5)]), "svc"), vec![5]);
+        // The service restarts: its cgroup is made again before upkeep noticed the old one
+        // went. One series, never two with the same labels.
+        let aside = tempfile::tempdir_in(root.path().parent().unwrap()).unwrap();
+        let b = successor(aside.path(), "svc");
+        std::fs::remove_dir(root.path().join("svc")).unwrap();
+        remake(aside.path(), root.path(), "svc", &clock);
+        assert_eq!(
+            rows_at(&table.rows(&mut t, vec![(a, 5), (b, 1)]), "svc"),
+            vec![6]
+        );
+        // Upkeep takes the old entry: carried into the new row, not a final row of its own.
+        assert_eq!(round(&table, &mut t, vec![(a, 5), (b, 1)]), vec![a]);
+        assert_eq!(table.finals_waiting(), 0);
+        for (value, want) in [(1, 6), (2, 7)] {
+            assert_eq!(
+                rows_at(&table.rows(&mut t, vec![(b, value)]), "svc"),
+                vec![want]
+            );
+            round(&table, &mut t, vec![(b, value)]);
+        }
+        // The new one goes too: its final row holds what was carried.
+        std::fs::remove_dir(root.path().join("svc")).unwrap();
+        round(&table, &mut t, vec![(b, 2)]);
+        assert_eq!(rows_at(&table.rows(&mut t, vec![]), "svc"), vec![7]);
+        round(&table, &mut t, vec![]);
+        assert!(rows_at(&table.rows(&mut t, vec![]), "svc").is_empty());
+    }
+
+    #[test]
+    fn a_final_row_is_carried_into_a_cgroup_made_at_its_path_after_it() {
+        let root = tempfile::tempdir().unwrap();
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
+        let table: CounterTable<u64, u64> =
+            CounterTable::new(GoneRows::KeepFor(Duration::from_secs(900)));
+        let a = dir(root.path(), "svc");
+        let aside = tempfile::tempdir_in(root.path().parent().unwrap()).unwrap();
+        let b = successor(aside.path(), "svc");
+        let mut t = tr.lock();
+        round(&table, &mut t, vec![(a, 2)]);
+        std::fs::remove_dir(root.path().join("svc")).unwrap();
+        round(&table, &mut t, vec![(a, 2)]);
+        assert_eq!(table.finals_waiting(), 1, "a's final row is kept");
+        assert_eq!(rows_at(&table.rows(&mut t, vec![]), "svc"), vec![2]);
+        // Made again; another family's upkeep sees it (this table has no entry for it yet).
+        remake(aside.path(), root.path(), "svc", &clock);
+        t.begin_round();
+        upkeep(&CounterTable::default(), &mut t, vec![(b, 9)]);
+        t.end_round();
+        assert_eq!(rows_at(&table.rows(&mut t, vec![]), "svc"), vec![2]);
+        assert_eq!(table.finals_waiting(), 0, "carried into b's rows");
+        assert_eq!(rows_at(&table.rows(&mut t, vec![(b, 1)]), "svc"), vec![3]);
+        // Long after a's retention, nothing went back.
+        clock.advance(Duration::from_secs(3600));
+        round(&table, &mut t, vec![(b, 1)]);
+        let rows = table.rows(&mut t, vec![(b, 1)]);
+        assert_eq!(rows_at(&rows, "svc"), vec![3]);
+        assert_eq!(value_of(&rows, OTHER), None);
+    }
+
+    #[test]
+    fn kept_final_rows_are_exported_by_every_scrape_then_move_into_other() {
+        let root = tempfile::tempdir().unwrap();
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
+        let keep = Duration::from_secs(900);
+        let table: CounterTable<u64, u64> = CounterTable::new(GoneRows::KeepFor(keep));
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        round(&table, &mut t, vec![(a, 2)]);
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        round(&table, &mut t, vec![(a, 2)]);
+        for _ in 0..3 {
+            clock.advance(keep / 4);
+            assert_eq!(value_of(&table.rows(&mut t, vec![]), a), Some(2));
+            round(&table, &mut t, vec![]);
+        }
+        clock.advance(keep / 4);
+        round(&table, &mut t, vec![]);
+        let rows = table.rows(&mut t, vec![]);
+        assert_eq!(value_of(&rows, a), None, "left after its retention");
+        assert_eq!(value_of(&rows, OTHER), Some(2), "its count moved, not lost");
+        assert_eq!(t.counts().1, 1, "its place is free");
+    }
+
+    #[test]
+    fn a_kept_final_row_is_exported_at_least_once() {
+        let root = tempfile::tempdir().unwrap();
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
+        let keep = Duration::from_secs(900);
+        let table: CounterTable<u64, u64> = CounterTable::new(GoneRows::KeepFor(keep));
+        let a = dir(root.path(), "a");
+        let mut t = tr.lock();
+        round(&table, &mut t, vec![(a, 1)]);
+        std::fs::remove_dir(root.path().join("a")).unwrap();
+        round(&table, &mut t, vec![(a, 1)]);
+        // Past the retention but not past the wait for a scrape: it stays.
+        clock.advance(keep.max(FINAL_EXPORT_WAIT) - Duration::from_secs(1));
+        round(&table, &mut t, vec![]);
+        assert_eq!(value_of(&table.rows(&mut t, vec![]), a), Some(1));
+        clock.advance(Duration::from_secs(1));
+        round(&table, &mut t, vec![]);
+        assert_eq!(value_of(&table.rows(&mut t, vec![]), OTHER), Some(1));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! started, through the `cgroup` family), not excluded; folded ones are read too, for
 //! "other".
 //!
-//! The values live in a user-space map ([`FileValues`]) that the shared per-cgroup sweep
+//! The values live in a user-space map (`per_cgroup::UserMap`) that the shared per-cgroup sweep
 //! keeps like a kernel map (`ebpf::per_cgroup`): a gone cgroup's last values go into its
 //! final row or "other", folded cgroups sum into "other", and no counter goes back.
 use std::{
@@ -33,9 +33,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     family::{FamilyFlag, Health, SettingError, duration_setting},
-    per_cgroup::{CgroupMap, Entries, PerCgroupMap},
+    per_cgroup::{PerCgroupMap, UserMap},
 };
-use crate::cgroups::tracker::{Assignment, CgroupTracker, LiveCgroup};
+use crate::cgroups::tracker::{CgroupTracker, LiveCgroup};
 
 /// How many refresh intervals an idle cgroup's files wait between reads.
 pub const IDLE_REFRESHES: u32 = 4;
@@ -74,36 +74,6 @@ pub fn refresh_setting(
     duration_setting(merged, key, DEFAULT_REFRESH, Duration::from_millis(100))
 }
 
-/// The last values read from each cgroup's files, as a per-cgroup "map".
-#[derive(Debug)]
-pub struct FileValues<V> {
-    values: HashMap<u64, V>,
-}
-
-impl<V> Default for FileValues<V> {
-    fn default() -> Self {
-        Self {
-            values: HashMap::default(),
-        }
-    }
-}
-
-impl<V> CgroupMap for FileValues<V>
-where
-    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
-{
-    type Key = u64;
-    type Value = V;
-
-    fn entries(&mut self) -> Result<Entries<Self>, String> {
-        Ok(self.values.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-
-    fn take(&mut self, id: &u64, _: Assignment) -> Option<V> {
-        self.values.remove(id)
-    }
-}
-
 /// Reads one cgroup's files; `None` when it has none of them (left out, not zero).
 pub type ReadFiles<V> = Box<dyn Fn(&LiveCgroup) -> Option<V> + Send + Sync>;
 
@@ -112,7 +82,7 @@ pub struct CgroupFiles<V>
 where
     V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
 {
-    map: PerCgroupMap<FileValues<V>>,
+    map: PerCgroupMap<UserMap<V>>,
     tracker: std::sync::Arc<CgroupTracker>,
     refresh: Duration,
     read: ReadFiles<V>,
@@ -140,7 +110,7 @@ where
         read: ReadFiles<V>,
     ) -> Self {
         Self {
-            map: PerCgroupMap::new(name, FileValues::default(), capacity, tracker.clone()),
+            map: PerCgroupMap::new(name, UserMap::default(), capacity, tracker.clone()),
             tracker,
             refresh,
             read,
@@ -150,7 +120,7 @@ where
     }
 
     /// The table, for the scrape and for the loader's sweep.
-    pub fn map(&self) -> &PerCgroupMap<FileValues<V>> {
+    pub fn map(&self) -> &PerCgroupMap<UserMap<V>> {
         &self.map
     }
 
@@ -219,7 +189,7 @@ where
             schedule.read.insert(c.id, (round, now));
         }
         drop(schedule);
-        self.map.with_map(|m| m.values.extend(read));
+        self.map.with_map(|m| m.set(read));
     }
 }
 

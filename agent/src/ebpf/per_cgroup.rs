@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
     cgroups::{
-        table::{CgroupKey, CounterTable, Rows},
+        table::{CgroupKey, CounterTable, GoneRows, Rows},
         tracker::{Assignment, CgroupTracker},
     },
     ebpf::family::{FillGauge, MapFill, Sweep},
@@ -50,6 +50,54 @@ pub trait CgroupMap: Send {
     }
 }
 
+/// Per-cgroup values kept in user space (read from the cgroups' files, counted from
+/// events), as a per-cgroup "map" that the sweep keeps like a kernel one.
+#[derive(Debug)]
+pub struct UserMap<V> {
+    values: rustc_hash::FxHashMap<u64, V>,
+}
+
+impl<V> Default for UserMap<V> {
+    fn default() -> Self {
+        Self {
+            values: Default::default(),
+        }
+    }
+}
+
+impl<V: Copy + Default + std::ops::AddAssign> UserMap<V> {
+    /// Sets cgroups' values.
+    pub fn set(&mut self, values: impl IntoIterator<Item = (u64, V)>) {
+        self.values.extend(values);
+    }
+
+    /// Adds to a cgroup's value (0: the family's own "unknown").
+    pub fn add(&mut self, id: u64, value: V) {
+        *self.values.entry(id).or_default() += value;
+    }
+
+    /// A cgroup's value.
+    pub fn get(&self, id: u64) -> V {
+        self.values.get(&id).copied().unwrap_or_default()
+    }
+}
+
+impl<V> CgroupMap for UserMap<V>
+where
+    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
+{
+    type Key = u64;
+    type Value = V;
+
+    fn entries(&mut self) -> Result<Entries<Self>, String> {
+        Ok(self.values.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn take(&mut self, id: &u64, _: Assignment) -> Option<V> {
+        self.values.remove(id)
+    }
+}
+
 /// A scrape's view: the rows to export (tracker locked while they live) and the entries
 /// without a known owner.
 pub struct Scrape<'t, M: CgroupMap> {
@@ -80,6 +128,12 @@ impl<M: CgroupMap> PerCgroupMap<M> {
             tracker,
             fill: FillGauge::default(),
         }
+    }
+
+    /// Keeps gone cgroups' final rows as `gone_rows` says (by default, one scrape).
+    pub fn keeping_gone_rows(mut self, gone_rows: GoneRows) -> Self {
+        self.table = CounterTable::new(gone_rows);
+        self
     }
 
     fn map(&self) -> MutexGuard<'_, M> {

@@ -41,6 +41,19 @@ pub fn free_port() -> u16 {
 pub struct Agent {
     pub child: Child,
     pub addr: String,
+    /// Its stderr, read as it comes: a pipe nobody reads fills up (64 KiB, a few hundred
+    /// debug lines) and then blocks every thread of the agent that logs.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// Reads a child's stderr to its end in a thread.
+fn drain(child: &mut Child) -> Option<std::thread::JoinHandle<String>> {
+    let mut pipe = child.stderr.take()?;
+    Some(std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }))
 }
 
 impl Agent {
@@ -76,7 +89,7 @@ impl Agent {
             }
             None => Command::new(BIN),
         };
-        let child = command
+        let mut child = command
             .args(["--listen-address", &addr, "--log-level", "debug"])
             .args(["--map-upkeep-interval", "1s"])
             // Files read per cgroup as often as upkeep runs, so that tests wait seconds.
@@ -88,7 +101,12 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nodelens");
-        Agent { child, addr }
+        let stderr = drain(&mut child);
+        Agent {
+            child,
+            addr,
+            stderr,
+        }
     }
 
     pub fn wait_ready(&self) {
@@ -140,11 +158,7 @@ impl Agent {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return (status.code(), err);
+                return (status.code(), self.logs());
             }
             assert!(
                 started.elapsed() < limit,
@@ -152,6 +166,16 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Agent {
+    /// Everything the agent wrote to stderr, once it has exited.
+    fn logs(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -163,10 +187,7 @@ impl Drop for Agent {
         if let Ok(Some(status)) = self.child.try_wait()
             && status.signal() == Some(libc_sigsys())
         {
-            let mut err = String::new();
-            if let Some(mut e) = self.child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
+            let err = self.logs();
             let denied = std::process::Command::new("dmesg").output().ok().map(|o| {
                 String::from_utf8_lossy(&o.stdout)
                     .lines()

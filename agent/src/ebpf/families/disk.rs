@@ -325,6 +325,12 @@ impl CgroupKey for CgroupDiskKey {
     fn dims(&self) -> (u32, u32) {
         (self.dev, self.op)
     }
+    fn with_cgroup(&self, id: u64) -> Self {
+        Self {
+            cgroup: id,
+            ..*self
+        }
+    }
 }
 
 /// Kernel dev_t to device name (`vda`, `nvme0n1`, `loop3`): the last component of

@@ -12,16 +12,19 @@
 //! - `cgroup="unknown"` holds the kills whose cgroup could not be found and the events the
 //!   ring buffer had no room for (the kernel counts those as it drops them), so it only
 //!   grows too;
-//! - a row leaves only once its cgroup has been gone for `OOM_ROW_RETENTION` and a scrape
-//!   has exported it since; its kills then move into `cgroup="other"`, so the node's sum
-//!   never goes back either.
+//! - rows are kept by the shared per-cgroup upkeep (`ebpf::per_cgroup`), as every per-pod
+//!   series: the tracker's labels, the cap and the "other" fold, include/exclude, one
+//!   definition of "gone". A gone cgroup's row stays for `OOM_ROW_RETENTION` (and at least
+//!   one scrape), then its kills move into `cgroup="other"`, so the node's sum never goes
+//!   back; a cgroup made again at the same path (a restarted service) continues its row.
 //!
-//! A kill is labelled with the victim's cgroup: from the id the kernel sent (tp_btf on
-//! 6.x), looked up with a fresh walk of the cgroup tree when the tracker has not seen it
-//! yet (a container that is OOM-killed as it starts), else from `/proc/<pid>/cgroup` while
-//! the victim is still there (5.10, classic tracepoints).
+//! A kill is counted for the victim's cgroup: the id the kernel sent (tp_btf on 6.x), else
+//! the cgroup `/proc/<pid>/cgroup` names while the victim is still there (5.10, classic
+//! tracepoints). The tracker is given the cgroup at once, with a fresh walk of the cgroup
+//! tree when it has not seen it yet (a container that is OOM-killed as it starts), so its
+//! labels are known even if it is gone before the next scrape.
 use std::{
-    collections::HashMap as StdHashMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -47,15 +50,17 @@ use crate::{
         CgroupLabels,
         series::{self, SeriesLabels},
         settings::PathLabel,
+        table::GoneRows,
         tracker::CgroupTracker,
     },
     ebpf::{
         events::spawn_on_readable,
         family::{
             AttachKind, Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
-            KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
-            global_bytes, map_error, take_map,
+            KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep,
+            Workload, global_bytes, map_error, take_map,
         },
+        per_cgroup::{PerCgroupMap, UserMap, capacity_for},
     },
     metrics::{CollectError, Log2Buckets, family, histogram},
 };
@@ -244,8 +249,15 @@ impl Family for Memory {
                 "mm_vmscan_memcg_reclaim_end",
             ]),
             oom_up: attached.up("mark_victim"),
-            oom: Arc::new(Mutex::new(OomTable::default())),
-            path_label: ctx.cgroups.lock().path_label(),
+            oom: Arc::new(
+                PerCgroupMap::new(
+                    "oom_kills",
+                    UserMap::default(),
+                    capacity_for(ctx.max_cgroups),
+                    ctx.cgroups.clone(),
+                )
+                .keeping_gone_rows(GoneRows::KeepFor(OOM_ROW_RETENTION)),
+            ),
             cgroups: ctx.cgroups.clone(),
             procfs: ctx.procfs.clone(),
             start_fill: FillGauge::default(),
@@ -258,98 +270,8 @@ impl Family for Memory {
 /// still seen by it.
 pub const OOM_ROW_RETENTION: Duration = Duration::from_secs(15 * 60);
 
-/// OOM kills per victim cgroup, keyed by the cgroup's path, as counted from the ring
-/// buffer's events (see the module doc for the invariant).
-#[derive(Debug, Default)]
-struct OomTable {
-    rows: StdHashMap<String, OomRow>,
-    /// Kills whose victim's cgroup could not be found.
-    unattributed: u64,
-    /// Kills of rows that left after their cgroup was gone: exported as "other".
-    retired: u64,
-}
-
-#[derive(Debug)]
-struct OomRow {
-    labels: CgroupLabels,
-    kills: u64,
-    /// When upkeep first saw its cgroup gone.
-    gone_since: Option<Instant>,
-    /// Exported by a scrape since `gone_since` was set.
-    exported_gone: bool,
-}
-
-impl OomTable {
-    /// Counts one kill in the victim's row.
-    fn count(&mut self, labels: CgroupLabels) {
-        if labels.cgroup == "unknown" {
-            self.unattributed += 1;
-            return;
-        }
-        let row = self
-            .rows
-            .entry(labels.cgroup.clone())
-            .or_insert_with(|| OomRow {
-                labels,
-                kills: 0,
-                gone_since: None,
-                exported_gone: false,
-            });
-        row.kills += 1;
-    }
-
-    /// The rows to export: one per victim cgroup, "unknown" (always, so that a first
-    /// unattributed kill is an increase from 0), and "other" once rows have left.
-    /// `ring_lost` is the kernel's count of events the ring buffer had no room for.
-    fn rows(&mut self, ring_lost: u64) -> Vec<(CgroupLabels, u64)> {
-        let mut rows = Vec::with_capacity(self.rows.len() + 2);
-        for row in self.rows.values_mut() {
-            row.exported_gone |= row.gone_since.is_some();
-            rows.push((row.labels.clone(), row.kills));
-        }
-        rows.push((
-            CgroupLabels {
-                cgroup: "unknown".into(),
-                ..Default::default()
-            },
-            self.unattributed + ring_lost,
-        ));
-        if self.retired > 0 {
-            rows.push((CgroupLabels::other(), self.retired));
-        }
-        rows.sort_by(|a, b| a.0.cgroup.cmp(&b.0.cgroup));
-        rows
-    }
-
-    /// Marks rows whose cgroup is gone (`exists` says whether a path is still there), and
-    /// moves rows gone for `retention` and exported since into "other".
-    fn upkeep(&mut self, now: Instant, retention: Duration, exists: impl Fn(&str) -> bool) {
-        let done: Vec<String> = self
-            .rows
-            .iter()
-            .filter(|(_, r)| {
-                r.exported_gone
-                    && r.gone_since
-                        .is_some_and(|at| now.duration_since(at) >= retention)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in done {
-            if let Some(row) = self.rows.remove(&key) {
-                self.retired += row.kills;
-            }
-        }
-        for (path, row) in self.rows.iter_mut() {
-            if exists(path) {
-                // Recreated under the same path: the row goes on from where it was.
-                row.gone_since = None;
-                row.exported_gone = false;
-            } else if row.gone_since.is_none() {
-                row.gone_since = Some(now);
-            }
-        }
-    }
-}
+/// OOM kills per victim cgroup id (0: the cgroup could not be found).
+type OomKills = PerCgroupMap<UserMap<u64>>;
 
 struct MemoryMaps {
     reclaim: PerCpuArray<MapData, Log2Histogram>,
@@ -360,8 +282,7 @@ struct MemoryMaps {
     direct_up: bool,
     memcg_up: bool,
     oom_up: bool,
-    oom: Arc<Mutex<OomTable>>,
-    path_label: PathLabel,
+    oom: Arc<OomKills>,
     cgroups: Arc<CgroupTracker>,
     procfs: PathBuf,
     start_fill: FillGauge,
@@ -377,11 +298,33 @@ impl MemoryMaps {
         Ok(per_cpu.iter().map(|c| c.oom_ringbuf_full).sum())
     }
 
-    fn oom_rows(&self, ring_lost: u64) -> Vec<(CgroupLabels, u64)> {
-        self.oom
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rows(ring_lost)
+    /// One row per victim cgroup, "other" once rows have left, and "unknown" (always, so
+    /// that a first unattributed kill is an increase from 0): the kills whose cgroup could
+    /// not be found and `ring_lost`, the events the ring buffer had no room for.
+    fn oom_rows(&self, ring_lost: u64) -> Result<Vec<(series::Rendered, u64)>, CollectError> {
+        self.oom.scrape(|scrape| {
+            let unknown = scrape.unknown.iter().map(|(_, v)| *v).sum::<u64>() + ring_lost;
+            let unknown_labels = SeriesLabels::new(
+                &CgroupLabels {
+                    cgroup: "unknown".into(),
+                    ..Default::default()
+                },
+                PathLabel::Always,
+            );
+            let mut all: Vec<(&SeriesLabels, u64)> = scrape
+                .rows
+                .rows
+                .iter()
+                .map(|r| (r.series, r.values))
+                .collect();
+            all.push((&unknown_labels, unknown));
+            let labels = series::choose(all.iter().map(|(s, _)| *s));
+            Ok(labels
+                .into_iter()
+                .zip(all.iter())
+                .map(|(l, (_, kills))| (l.clone(), *kills))
+                .collect())
+        })
     }
 }
 
@@ -403,7 +346,7 @@ impl LoadedFamily for MemoryMaps {
             }
         }
         let oom_rows = if self.oom_up {
-            Some(self.oom_rows(self.oom_ring_lost()?))
+            Some(self.oom_rows(self.oom_ring_lost()?)?)
         } else {
             None
         };
@@ -427,19 +370,12 @@ impl LoadedFamily for MemoryMaps {
             )?;
         }
         if let Some(rows) = oom_rows {
-            let rendered: Vec<SeriesLabels> = rows
-                .iter()
-                .map(|(l, _)| SeriesLabels::new(l, self.path_label))
-                .collect();
             family(
                 out,
                 "nodelens_oom_kills_total",
                 "Processes killed by the OOM killer (oom:mark_victim), by the victim's cgroup.",
                 MetricType::Counter,
-                series::choose(rendered.iter())
-                    .into_iter()
-                    .zip(rows.iter())
-                    .map(|(l, (_, kills))| (l, *kills as f64)),
+                rows.iter().map(|(l, kills)| (l, *kills as f64)),
             )?;
         }
         Ok(())
@@ -447,15 +383,14 @@ impl LoadedFamily for MemoryMaps {
 
     fn upkeep(&self) {
         self.start_fill.set(self.start.keys().count() as u64);
-        // The root is copied out: the checks below must not hold the tracker's lock, which
-        // scrapes take.
-        let root = self.cgroups.lock().resolver().root().to_owned();
-        let exists = |path: &str| crate::cgroups::cgroup_at(&root, path);
-        self.oom.lock().unwrap_or_else(|p| p.into_inner()).upkeep(
-            Instant::now(),
-            OOM_ROW_RETENTION,
-            exists,
-        );
+    }
+
+    fn cgroup_maps(&self) -> Vec<&dyn Sweep> {
+        if self.oom_up {
+            vec![&*self.oom]
+        } else {
+            Vec::new()
+        }
     }
 
     fn health(&self) -> Health {
@@ -494,53 +429,60 @@ impl LoadedFamily for MemoryMaps {
                 let Some(event) = parse_oom_event(&item) else {
                     continue;
                 };
-                let labels = victim_labels(&event, &cgroups, &procfs, woken);
+                let (id, labels) = victim(&event, &cgroups, &procfs, woken);
                 tracing::info!(
                     pid = event.pid,
-                    cgroup_id = event.cgroup_id,
+                    cgroup_id = id,
                     cgroup = %labels.cgroup,
                     namespace = %labels.namespace,
                     pod = %labels.pod,
                     container = %labels.container,
                     "OOM kill"
                 );
-                oom.lock().unwrap_or_else(|p| p.into_inner()).count(labels);
+                oom.with_map(|kills| kills.add(id, 1));
             }
         });
     }
 }
 
-/// The victim's labels: from the cgroup id the kernel sent (tp_btf), walking the cgroup
-/// tree unless a walk started after `woken` already looked for it; else from
-/// `/proc/<pid>/cgroup` if the victim is still there; else `cgroup="unknown"`.
-fn victim_labels(
+/// The victim's cgroup id and labels: the id the kernel sent (tp_btf), else the cgroup
+/// `/proc/<pid>/cgroup` names if the victim is still there; the tracker is given it now
+/// (walking the cgroup tree unless a walk started after `woken` already looked for it), so
+/// its labels are kept even if it goes before the next scrape. Id 0 and `cgroup="unknown"`
+/// when it cannot be found.
+fn victim(
     event: &OomEvent,
     cgroups: &CgroupTracker,
     procfs: &Path,
     woken: Instant,
-) -> CgroupLabels {
+) -> (u64, CgroupLabels) {
     let mut tracker = cgroups.lock();
-    let resolver = tracker.resolver();
-    if event.cgroup_id != 0
-        && let Some(labels) = resolver.labels_walked_since(event.cgroup_id, woken)
+    let id = if event.cgroup_id != 0 {
+        event.cgroup_id
+    } else {
+        let root = tracker.resolver().root().to_owned();
+        std::fs::read_to_string(procfs.join(event.pid.to_string()).join("cgroup"))
+            .ok()
+            .and_then(|text| {
+                let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+                let dir = root.join(path.trim_start_matches('/'));
+                std::fs::metadata(dir).ok().map(|m| m.ino())
+            })
+            .unwrap_or(0)
+    };
+    if id != 0
+        && let Some(labels) = tracker.resolver().labels_walked_since(id, woken)
     {
-        return labels;
+        tracker.verdict(id);
+        return (id, labels);
     }
-    let from_proc = std::fs::read_to_string(procfs.join(event.pid.to_string()).join("cgroup"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .map(|p| p.trim_start_matches('/').to_owned())
-        });
-    match from_proc {
-        Some(path) if path.is_empty() => resolver.labels_for_path("/".into()),
-        Some(path) => resolver.labels_for_path(path),
-        None => CgroupLabels {
+    (
+        0,
+        CgroupLabels {
             cgroup: "unknown".into(),
             ..Default::default()
         },
-    }
+    )
 }
 
 fn parse_oom_event(bytes: &[u8]) -> Option<OomEvent> {
@@ -597,84 +539,6 @@ mod tests {
         let e = parse_oom_event(&bytes).unwrap();
         assert_eq!((e.pid, e.cgroup_id), (4242, 77));
         assert!(parse_oom_event(&bytes[..12]).is_none());
-    }
-
-    fn path(cgroup: &str) -> CgroupLabels {
-        CgroupLabels {
-            cgroup: cgroup.into(),
-            ..Default::default()
-        }
-    }
-
-    fn value(rows: &[(CgroupLabels, u64)], cgroup: &str) -> Option<u64> {
-        rows.iter()
-            .find(|(l, _)| l.cgroup == cgroup)
-            .map(|(_, v)| *v)
-    }
-
-    #[test]
-    fn unknown_only_grows_and_counts_what_the_ring_buffer_dropped() {
-        let mut table = OomTable::default();
-        assert_eq!(value(&table.rows(0), "unknown"), Some(0), "exported from 0");
-        table.count(path("unknown"));
-        assert_eq!(value(&table.rows(0), "unknown"), Some(1));
-        // An attributed kill never takes anything from "unknown".
-        table.count(path("pods/a"));
-        let rows = table.rows(2);
-        assert_eq!(
-            value(&rows, "unknown"),
-            Some(3),
-            "1 unattributed + 2 dropped"
-        );
-        assert_eq!(value(&rows, "pods/a"), Some(1));
-        assert_eq!(value(&rows, "other"), None, "no row has left yet");
-    }
-
-    #[test]
-    fn a_gone_row_stays_for_the_retention_then_moves_into_other() {
-        let retention = Duration::from_secs(600);
-        let mut table = OomTable::default();
-        table.count(path("pods/a"));
-        table.count(path("pods/a"));
-        let t0 = Instant::now();
-        table.upkeep(t0, retention, |_| false);
-        // Gone, but within the retention: still exported, whatever the scrapes.
-        table.rows(0);
-        table.upkeep(t0 + retention / 2, retention, |_| false);
-        assert_eq!(value(&table.rows(0), "pods/a"), Some(2));
-        table.upkeep(t0 + retention, retention, |_| false);
-        let rows = table.rows(0);
-        assert_eq!(value(&rows, "pods/a"), None, "left after the retention");
-        assert_eq!(value(&rows, "other"), Some(2), "its kills moved, not lost");
-    }
-
-    #[test]
-    fn a_gone_row_is_exported_at_least_once_before_it_leaves() {
-        let retention = Duration::from_secs(1);
-        let mut table = OomTable::default();
-        table.count(path("pods/a"));
-        let t0 = Instant::now();
-        table.upkeep(t0, retention, |_| false);
-        // No scrape since it was marked gone: it waits, however long.
-        table.upkeep(t0 + retention * 100, retention, |_| false);
-        assert_eq!(value(&table.rows(0), "pods/a"), Some(1));
-        table.upkeep(t0 + retention * 101, retention, |_| false);
-        assert_eq!(value(&table.rows(0), "other"), Some(1));
-    }
-
-    #[test]
-    fn a_recreated_cgroup_continues_its_row() {
-        let retention = Duration::from_secs(600);
-        let mut table = OomTable::default();
-        table.count(path("pods/a"));
-        let t0 = Instant::now();
-        table.upkeep(t0, retention, |_| false);
-        table.rows(0);
-        // Back under the same path before the retention ended, and killed again.
-        table.upkeep(t0 + retention / 2, retention, |_| true);
-        table.count(path("pods/a"));
-        table.upkeep(t0 + retention * 2, retention, |_| true);
-        assert_eq!(value(&table.rows(0), "pods/a"), Some(2), "never back to 1");
     }
 }
 
