@@ -68,7 +68,7 @@ fn io_wait_matches_delay_accounting() {
     // and then shows an exited task's delayacct_blkio_ticks as garbage (more than it
     // lived): such a run is done again, in a new cgroup.
     let mut attempt = 0;
-    let (_dirs, name, ticks, kernel) = loop {
+    let (_dirs, name, ticks, kernel, queued) = loop {
         attempt += 1;
         let (dirs, name) = cgroup(&format!("io{attempt}"));
         let dir = common::cgroup2_root().join(&name);
@@ -88,10 +88,10 @@ fn io_wait_matches_delay_accounting() {
             ],
         );
         // Field 42: delayacct_blkio_ticks, the task's waits for block I/O in clock ticks.
-        let ticks = reader.exited_stat_field(42);
+        let (ticks, run_delay) = reader.exited_stats(42);
         let kernel = ticks as f64 / ticks_per_second();
         if kernel <= started.elapsed().as_secs_f64() + 1.0 / ticks_per_second() {
-            break (dirs, name, ticks, kernel);
+            break (dirs, name, ticks, kernel, run_delay as f64 / 1e9);
         }
         assert!(attempt < 3, "delay accounting said {kernel} s, three times");
     };
@@ -100,14 +100,25 @@ fn io_wait_matches_delay_accounting() {
         kernel >= 0.5,
         "32,768 O_DIRECT reads waited only {kernel} s by delay accounting"
     );
+    // When the reader itself waited for a CPU (the suite under stress-ng), nodelens's
+    // figure comes out up to 10% above delay accounting's, never below (docs/accuracy.md,
+    // "Blocked time"): the bound above widens then, by the reader's own measure of the
+    // contention (its run-queue wait, from schedstat), and the bound below does not.
+    // Unloaded, the reader waits some 5% of its blocked time for a CPU (each wakeup's few
+    // microseconds); under stress-ng, as long as it is blocked or more.
+    let contended = queued > 0.25 * kernel;
+    let above = if contended { 0.10 } else { 0.05 };
     let mut last = (0.0, 0.0);
     agent.metrics_until(
         Duration::from_secs(15),
-        "the cgroup's I/O wait within 5% of delay accounting (the last scrapes are printed)",
+        &format!(
+            "the cgroup's I/O wait within 5% below and {:.0}% above delay accounting (the reader waited {queued:.3} s for a CPU; the last scrapes are printed)",
+            above * 100.0
+        ),
         |m| {
             last = (blocked(m, &name, "io"), blocked(m, &name, "other"));
-            // Within 5%, plus the tick the kernel's figure is rounded down to.
-            let ok = (last.0 - kernel).abs() <= 0.05 * kernel + tick;
+            // Plus the tick the kernel's figure is rounded down to.
+            let ok = last.0 >= kernel * 0.95 - tick && last.0 <= kernel * (1.0 + above) + tick;
             if !ok {
                 eprintln!(
                     "nodelens {} s (other {} s), delay accounting {kernel} s ({ticks} ticks); switches unseen {:?}",
@@ -120,7 +131,7 @@ fn io_wait_matches_delay_accounting() {
         },
     );
     eprintln!(
-        "delay accounting {kernel} s ({ticks} ticks), nodelens io {} s, other {} s",
+        "delay accounting {kernel} s ({ticks} ticks), nodelens io {} s, other {} s; the reader waited {queued:.3} s for a CPU",
         last.0, last.1
     );
 }

@@ -72,6 +72,10 @@ pub struct BlockStart {
     /// (the kernel adds one after the tracepoint), so a start left by an unseen switch, or
     /// by a task whose address a new one took, is never charged to a later arrival.
     pub arrivals: u64,
+    /// Its `sched_info.run_delay` then: what it grows by until the task gets a CPU is a
+    /// queue wait that ended without running (woken onto one CPU, moved to another), which
+    /// is not blocked time.
+    pub run_delay: u64,
 }
 
 /// Slots of `SCHED_COST`, one per program (both attach types of a probe share it).
@@ -117,10 +121,6 @@ pub struct SchedCounters {
     /// (`in_iowait`), and for anything else. Counted when the task gets a CPU again.
     pub blocked_io_ns: u64,
     pub blocked_other_ns: u64,
-    /// The blocked time of the task now on this CPU, charged to its cgroup when it leaves,
-    /// with its run time and wait.
-    pub pending_blocked_io_ns: u64,
-    pub pending_blocked_other_ns: u64,
     /// A blocked task's start could not be stored (`BLOCKED_START` full): that task's
     /// blocked time is lost.
     pub blocked_start_full: u64,
@@ -182,6 +182,15 @@ pub struct SchedLayout {
     /// uninterruptible sleep: only such an arriving task is looked up in `BLOCKED_START`.
     pub task_load_flag: u32,
     pub task_load_flag_bit: u32,
+    /// `task_struct.sched_info.run_delay` (see `BlockStart::run_delay`).
+    pub task_run_delay: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: the cgroup
+    /// of a task that is not `current`, which a blocked task's time is charged to when it
+    /// gets its CPU back.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// Name of the global holding [`SchedLayout`] in the eBPF object.
@@ -386,9 +395,6 @@ mod programs {
     ) -> Option<Charge> {
         let since = cpu.last_switch_run_clock;
         let waited = cpu.pending_wait_ns;
-        let blocked = (cpu.pending_blocked_io_ns, cpu.pending_blocked_other_ns);
-        cpu.pending_blocked_io_ns = 0;
-        cpu.pending_blocked_other_ns = 0;
         let arrived = cpu.arrived_task;
         let (departed, departed_sum, departed_arrivals) = (
             cpu.departed_task,
@@ -407,12 +413,7 @@ mod programs {
             } else {
                 0
             };
-            return Some(Charge {
-                ran,
-                waited,
-                blocked_io: blocked.0,
-                blocked_other: blocked.1,
-            });
+            return Some(Charge { ran, waited });
         }
         // 0 before this CPU's first switch: the start, not a gap.
         if arrived != 0 {
@@ -427,20 +428,13 @@ mod programs {
     struct Charge {
         ran: u64,
         waited: u64,
-        blocked_io: u64,
-        blocked_other: u64,
     }
 
     impl Charge {
-        /// Run time only: the task's wait and blocked time were not seen.
+        /// Run time only: the task's wait was not seen.
         #[inline(always)]
         fn ran(ran: u64) -> Self {
-            Charge {
-                ran,
-                waited: 0,
-                blocked_io: 0,
-                blocked_other: 0,
-            }
+            Charge { ran, waited: 0 }
         }
     }
 
@@ -472,15 +466,10 @@ mod programs {
     }
 
     /// Charges the leaving task's cgroup (`current` is still `prev`) its run time, the wait
-    /// it had before it got the CPU, the blocked time before that, and the switch.
+    /// it had before it got the CPU, and the switch.
     #[inline(always)]
     fn charge_cgroup(cpu: &mut SchedCounters, charge: Charge, prev_runnable: bool) {
-        let Charge {
-            ran,
-            waited,
-            blocked_io,
-            blocked_other,
-        } = charge;
+        let Charge { ran, waited } = charge;
         if !cgroup::enabled() {
             return;
         }
@@ -495,12 +484,6 @@ mod programs {
             }
             if waited != 0 {
                 cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
-            }
-            if blocked_io != 0 {
-                cgroup::add(&raw mut (*stats).blocked_io_ns, blocked_io);
-            }
-            if blocked_other != 0 {
-                cgroup::add(&raw mut (*stats).blocked_other_ns, blocked_other);
             }
             if prev_runnable {
                 cgroup::add(&raw mut (*stats).involuntary_switches, 1);
@@ -668,8 +651,9 @@ mod programs {
                 layout.task_in_iowait,
                 layout.task_in_iowait_bit,
             )),
-            // SAFETY: a direct load through a BTF-typed pointer.
+            // SAFETY: direct loads through a BTF-typed pointer.
             arrivals: unsafe { kernel::btf_load::<u64>(prev, layout.task_pcount) },
+            run_delay: unsafe { kernel::btf_load::<u64>(prev, layout.task_run_delay) },
         };
         if BLOCKED_START.insert(prev as u64, start, 0).is_err() {
             cpu.blocked_start_full += 1;
@@ -677,7 +661,10 @@ mod programs {
     }
 
     /// `next`, which last left a CPU in an uninterruptible sleep, gets one; it was woken
-    /// (put on a run queue) at `queued`, which ends its blocked time.
+    /// (put on a run queue) at `queued`, which ends its blocked time. The time is charged to
+    /// its cgroup here, not when it next leaves with its run time: that charge needs this
+    /// CPU to see the task leave, and a switch it does not see (more of them under load)
+    /// would lose the whole wait.
     #[inline(always)]
     fn blocked_end(cpu: &mut SchedCounters, layout: &SchedLayout, next: *const u8, queued: u64) {
         let key = next as u64;
@@ -686,19 +673,58 @@ mod programs {
             return;
         };
         let _ = BLOCKED_START.remove(key);
-        // SAFETY: a direct load through a BTF-typed pointer.
-        let arrivals = unsafe { kernel::btf_load::<u64>(next, layout.task_pcount) };
+        // SAFETY: direct loads through a BTF-typed pointer.
+        let (arrivals, run_delay) = unsafe {
+            (
+                kernel::btf_load::<u64>(next, layout.task_pcount),
+                kernel::btf_load::<u64>(next, layout.task_run_delay),
+            )
+        };
         if arrivals != start.arrivals || queued <= start.at {
             return;
         }
-        let blocked = queued - start.at;
+        // A queue wait that ended without a CPU (moved to this CPU's queue before it ran)
+        // is in run_delay by now, and `queued` is the second queueing: not blocked time.
+        let queued_elsewhere = run_delay.saturating_sub(start.run_delay);
+        let blocked = (queued - start.at).saturating_sub(queued_elsewhere);
+        if blocked == 0 {
+            return;
+        }
         if start.io != 0 {
             cpu.blocked_io_ns += blocked;
-            cpu.pending_blocked_io_ns = blocked;
         } else {
             cpu.blocked_other_ns += blocked;
-            cpu.pending_blocked_other_ns = blocked;
         }
+        if !cgroup::enabled() {
+            return;
+        }
+        // SAFETY: bpf_probe_read_kernel checks every address.
+        let Ok(id) = (unsafe { task_cgroup_id(next, layout) }) else {
+            return;
+        };
+        let Some(stats) = cgroup::stats(id) else {
+            cpu.cgroup_map_full += 1;
+            return;
+        };
+        // SAFETY: the entry lives in the map; fields are updated atomically.
+        unsafe {
+            if start.io != 0 {
+                cgroup::add(&raw mut (*stats).blocked_io_ns, blocked);
+            } else {
+                cgroup::add(&raw mut (*stats).blocked_other_ns, blocked);
+            }
+        }
+    }
+
+    /// task->cgroups->dfl_cgrp->kn->id: the cgroup v2 id of a task that is not `current`.
+    /// Helper reads rather than direct loads: `cgroups` is an RCU pointer, which verifiers
+    /// of different kernels type differently, and this runs only once per blocked wait.
+    #[inline(always)]
+    unsafe fn task_cgroup_id(task: *const u8, l: &SchedLayout) -> Result<u64, i32> {
+        let css_set = unsafe { kernel::read_ptr(task, l.task_cgroups)? };
+        let cgroup = unsafe { kernel::read_ptr(css_set, l.css_set_dfl_cgrp)? };
+        let kn = unsafe { kernel::read_ptr(cgroup, l.cgroup_kn)? };
+        unsafe { kernel::read_u64(kn, l.kernfs_node_id) }
     }
 
     // ---- BTF tracepoints -------------------------------------------------------------------

@@ -64,11 +64,23 @@ impl ProbeStatus {
 }
 
 /// The attach outcome of every probe of one family, for its `take`.
-pub struct Attached<'a>(pub &'a [ProbeStatus]);
+pub struct Attached<'a> {
+    pub statuses: &'a [ProbeStatus],
+    /// The globals the family's layout set before loading.
+    pub globals: &'a [(&'static str, Vec<u8>)],
+}
 
 impl Attached<'_> {
     pub fn up(&self, probe: &str) -> bool {
-        self.0.iter().any(|s| s.name == probe && s.is_up())
+        self.statuses.iter().any(|s| s.name == probe && s.is_up())
+    }
+
+    /// The value the layout gave the global `name`, if it set one of `T`'s size.
+    pub fn global<T: aya::Pod>(&self, name: &str) -> Option<T> {
+        let (_, bytes) = self.globals.iter().find(|(n, _)| *n == name)?;
+        (bytes.len() == std::mem::size_of::<T>())
+            // SAFETY: Pod types are plain data, valid for any bytes of their size.
+            .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
     }
 
     pub fn all_up(&self, probes: &[&str]) -> bool {
@@ -77,12 +89,15 @@ impl Attached<'_> {
 
     /// How `probe` attached, if it was tried at all.
     pub fn attach(&self, probe: &str) -> Option<AttachKind> {
-        self.0.iter().find(|s| s.name == probe).map(|s| s.attach)
+        self.statuses
+            .iter()
+            .find(|s| s.name == probe)
+            .map(|s| s.attach)
     }
 
     /// Whether `probe` was tried (fallback probes that were not needed are not).
     pub fn listed(&self, probe: &str) -> bool {
-        self.0.iter().any(|s| s.name == probe)
+        self.statuses.iter().any(|s| s.name == probe)
     }
 }
 

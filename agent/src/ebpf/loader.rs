@@ -456,7 +456,11 @@ pub fn load(
         if !prepared {
             continue;
         }
-        match family.take(&mut ebpf, &Attached(&statuses[first..]), &context) {
+        let attached = Attached {
+            statuses: &statuses[first..],
+            globals: &layout.globals,
+        };
+        match family.take(&mut ebpf, &attached, &context) {
             Ok(loaded) => families.push(LoadedEntry {
                 name: family.name(),
                 family: loaded,

@@ -651,8 +651,26 @@ impl Workload {
 
     /// Waits for the exit and reads `field` (1-based, as proc(5) numbers them) of the
     /// exited process's `/proc/<pid>/stat` while it is a zombie, then reaps it.
-    pub fn exited_stat_field(mut self, field: usize) -> u64 {
+    pub fn exited_stat_field(self, field: usize) -> u64 {
+        self.exited_stats(field).0
+    }
+
+    /// Once the process has exited (a zombie, not reaped yet): `/proc/<pid>/stat` field
+    /// `field` (numbered as in proc(5)), and the time it waited on a run queue for a CPU
+    /// (`/proc/<pid>/schedstat`'s second field, ns); then reaps it.
+    pub fn exited_stats(mut self, field: usize) -> (u64, u64) {
         self.inner.wait_exited().unwrap_or_else(|e| panic!("{e}"));
+        let schedstat = read(format!("/proc/{}/schedstat", self.pid));
+        let run_delay = schedstat
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no run delay in /proc/{}/schedstat: {schedstat:?}",
+                    self.pid
+                )
+            });
         let text = read(format!("/proc/{}/stat", self.pid));
         // Fields after the command name, which is in parentheses and may hold spaces.
         let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -662,7 +680,7 @@ impl Workload {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no field {field} in /proc/{}/stat: {text:?}", self.pid));
         self.reap_success();
-        value
+        (value, run_delay)
     }
 
     /// Reaps the process, which must have exited with status 0.

@@ -88,6 +88,24 @@ pub(super) fn cgroup_cpu_series(text: &str) -> (usize, usize, Vec<String>) {
     (series.len(), pods, others)
 }
 
+/// Per-pod families of a scrape: family name -> how many of the bench's pods (pod label
+/// `app-...`) have a series in it.
+pub(super) fn pods_per_family(text: &str) -> BTreeMap<String, usize> {
+    let mut pods: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for (series, _) in sample_lines(text) {
+        let Some((family, _)) = series.split_once('{') else {
+            continue;
+        };
+        let pod = label(series, "pod");
+        if family.starts_with("nodelens_cgroup_") && pod.starts_with("app-") {
+            pods.entry(family).or_default().insert(pod);
+        }
+    }
+    pods.into_iter()
+        .map(|(family, pods)| (family.to_owned(), pods.len()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +150,18 @@ nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"} 9
         assert_eq!(label(lines[4].0, "container"), "c");
         assert_eq!(label(lines[4].0, "cgroup"), "");
         assert_eq!(label("up 1", "job"), "");
+    }
+
+    #[test]
+    fn counts_the_pods_of_each_per_pod_family_once() {
+        let text = format!(
+            "{SCRAPE}nodelens_cgroup_blocked_seconds_total{{namespace=\"team\",pod=\"app-1\",container=\"c\",kind=\"io\"}} 1\n\
+             nodelens_cgroup_blocked_seconds_total{{namespace=\"team\",pod=\"app-1\",container=\"c\",kind=\"other\"}} 1\n"
+        );
+        let pods = pods_per_family(&text);
+        assert_eq!(pods["nodelens_cgroup_cpu_seconds_total"], 2);
+        assert_eq!(pods["nodelens_cgroup_blocked_seconds_total"], 1);
+        assert_eq!(pods.len(), 2, "the probes' families are not per pod");
     }
 
     #[test]

@@ -267,6 +267,36 @@ fn cpu_percent_alone(d: &Daemon, span: Duration) -> Result<f64> {
     Ok(ticks as f64 / 100.0 / before.1.elapsed().as_secs_f64() * 100.0)
 }
 
+/// The per-pod families the busy scale row expects for (nearly) every pod: one per series
+/// that `--cgroup-series` turns on by default.
+pub(super) const BUSY_FAMILIES: &[&str] = &[
+    "nodelens_cgroup_cpu_seconds_total",
+    "nodelens_cgroup_runqueue_wait_seconds_total",
+    "nodelens_cgroup_reclaim_stall_seconds_total",
+    "nodelens_cgroup_blocked_seconds_total",
+    "nodelens_cgroup_pressure_memory_waiting_seconds_total",
+    "nodelens_cgroup_pressure_io_waiting_seconds_total",
+    "nodelens_cgroup_cpu_cfs_throttled_periods_total",
+];
+
+/// Waits until the busy pods' series are out (the cgroup files are read on the families'
+/// refresh interval, 15 s by default), at most 90 s; returns how many pods each per-pod
+/// family has then.
+fn wait_for_busy_series(agent: &Daemon) -> Result<std::collections::BTreeMap<String, usize>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = String::from_utf8(get(&agent.addr, "/metrics")?)?;
+        let pods = exposition::pods_per_family(&text);
+        let all = BUSY_FAMILIES
+            .iter()
+            .all(|f| pods.get(*f).copied().unwrap_or(0) + 256 >= 4096);
+        if all || Instant::now() > deadline {
+            return Ok(pods);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn wait_for_tracked(agent: &Daemon, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -398,6 +428,15 @@ pub fn bench(opts: Options) -> Result<()> {
     ));
     let idle_cpu_percent = cpu_percent_alone(&scaled_agent, Duration::from_secs(quiet))?;
     let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
+    step("scale: every pod busy (CPU over a limit, queued, reclaiming, blocked on reads)");
+    let mut tree = tree;
+    let (busy, busy_pods) = {
+        let device = fixtures::LoopDevice::new(256)?;
+        let memory = fixtures::MemoryCgroup::new(8 << 20)?;
+        tree.make_busy(&device.path, &memory.0)?;
+        let busy_pods = wait_for_busy_series(&scaled_agent)?;
+        (measure_scrapes(&scaled_agent, scrapes.min(200))?, busy_pods)
+    };
     drop(scaled_agent);
     drop(tree);
     drop(logs);
@@ -418,6 +457,8 @@ pub fn bench(opts: Options) -> Result<()> {
         theirs: &theirs,
         full: &full,
         scaled: &scaled,
+        busy: &busy,
+        busy_pods: &busy_pods,
         idle_cpu_percent,
         push: &push,
         memory,
@@ -462,6 +503,17 @@ pub fn bench(opts: Options) -> Result<()> {
         missing.push(format!(
             "scale row: only {} cgroups ({} of the 4096 pods) exported one by one; others: {:?}",
             scaled.cgroup_series, scaled.pods, scaled.not_pods
+        ));
+    }
+    let short_of_busy: Vec<String> = BUSY_FAMILIES
+        .iter()
+        .filter(|f| busy_pods.get(**f).copied().unwrap_or(0) + 256 < 4096)
+        .map(|f| format!("{f}: {} pods", busy_pods.get(*f).copied().unwrap_or(0)))
+        .collect();
+    if !short_of_busy.is_empty() {
+        missing.push(format!(
+            "busy scale row: series missing for many pods ({})",
+            short_of_busy.join(", ")
         ));
     }
     if !missing.is_empty() {

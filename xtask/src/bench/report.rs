@@ -15,6 +15,10 @@ pub(super) struct Figures<'a> {
     /// nodelens with every collector on.
     pub(super) full: &'a ScrapeFigures,
     pub(super) scaled: &'a ScrapeFigures,
+    /// The same 4,096 pods, each busy (every default per-pod series non-zero).
+    pub(super) busy: &'a ScrapeFigures,
+    /// Per-pod family -> pods with a series in it, in the busy scrape.
+    pub(super) busy_pods: &'a std::collections::BTreeMap<String, usize>,
     /// The scaled agent's CPU with nobody scraping, in % of one CPU.
     pub(super) idle_cpu_percent: f64,
     pub(super) push: &'a push::PushFigures,
@@ -85,6 +89,7 @@ pub(super) fn render(f: &Figures) -> String {
         // alone (sched off) against biolatency.
         let reference = added_by(Variant::Reference);
         let references = added_by(Variant::ReferenceWithRunqlat);
+        let floor = added_by(Variant::Floor).filter(|f| *f > 0.0);
         for (v, rounds) in &e.rounds {
             let (m, lo, hi) = end_to_end::summary(rounds);
             let added = end_to_end::paired_added(rounds, nothing);
@@ -100,6 +105,11 @@ pub(super) fn render(f: &Figures) -> String {
                             added / both,
                             Variant::ReferenceWithRunqlat.label(load)
                         );
+                    }
+                    // What the programs add beyond attaching at all: the floor's empty
+                    // programs on the same tracepoints.
+                    if let (Variant::Nodelens, Some(floor)) = (v, floor) {
+                        shown += &format!("; {:.2}x the floor's", added / floor);
                     }
                     (shown, format!("<= {t} ({})", met(ratio <= t)))
                 }
@@ -263,6 +273,44 @@ pub(super) fn render(f: &Figures) -> String {
         f.idle_cpu_percent,
         met(f.idle_cpu_percent <= 1.0)
     );
+    let _ = writeln!(s);
+    let b = f.busy;
+    let _ = writeln!(
+        s,
+        "Scale, every pod busy: the same 4,096 pods after each ran work over a CPU limit, queued behind another task, reclaimed in an 8 MiB memory cgroup and blocked on reads, so that each default per-pod series is out for (nearly) every pod; {} scrapes.",
+        f.scrapes.min(200)
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| figure | nodelens | target |");
+    let _ = writeln!(s, "|---|---:|---|");
+    let _ = writeln!(
+        s,
+        "| CPU per scrape (ms) | {:.2} | <= 10 ({}) |",
+        b.cpu_ms_per_scrape,
+        met(b.cpu_ms_per_scrape <= 10.0)
+    );
+    let _ = writeln!(s, "| scrape latency p50 (ms) | {:.2} | |", b.p50_ms);
+    let _ = writeln!(
+        s,
+        "| scrape latency p99 (ms) | {:.2} | <= 25 ({}) |",
+        b.p99_ms,
+        met(b.p99_ms <= 25.0)
+    );
+    let _ = writeln!(
+        s,
+        "| response bytes | {:.0} | <= 3 MB ({}) |",
+        b.bytes,
+        met(b.bytes <= 3e6)
+    );
+    let _ = writeln!(s, "| series | {:.0} | |", b.series);
+    let _ = writeln!(s, "| RSS (MiB) | {:.1} | |", b.rss_mib);
+    for family in super::BUSY_FAMILIES {
+        let _ = writeln!(
+            s,
+            "| pods with `{family}` | {} | |",
+            f.busy_pods.get(*family).copied().unwrap_or(0)
+        );
+    }
     let _ = writeln!(s);
     let (charged, here, big) = f.memory;
     let _ = writeln!(

@@ -3,6 +3,12 @@
 //! (`kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<64 hex>.scope`),
 //! with the kubelet's log files so that nodelens resolves namespace, pod and container.
 //! Each container cgroup runs one short process, so each has a kernel entry.
+//!
+//! [`KubeletTree::make_busy`] then runs a second process in every container that makes
+//! each default per-pod series non-zero: CPU time and run-queue wait (two tasks on one CPU),
+//! a CPU limit it exceeds (throttling, through a v1 `cpu` cgroup at the same path, as the
+//! kubelet makes one on a hybrid host), buffered reads from a loop device in a small memory
+//! cgroup (memcg reclaim, memory pressure, blocked I/O and I/O pressure).
 use std::{
     fs::File,
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -42,9 +48,19 @@ impl Drop for KubeletLogs {
 }
 
 pub struct KubeletTree {
-    /// Every directory created, children after parents.
+    /// Every directory created, children after parents (cgroup2, then v1 `cpu` mirrors).
     created: Vec<PathBuf>,
+    /// Each container's cgroup, relative to the cgroup2 root.
+    containers: Vec<PathBuf>,
 }
+
+/// The v1 `cpu` controller of a hybrid host, where [`KubeletTree::make_busy`] gives each
+/// container its CPU limit.
+const CPU_V1: &str = "/sys/fs/cgroup/cpu";
+
+/// Busy containers started at once: enough to keep both CPUs queued, few enough that the
+/// memory cgroup they share stays the bottleneck it is meant to be.
+const BUSY_AT_ONCE: usize = 64;
 
 /// A deterministic pod uid and container id for pod `i`.
 fn ids(i: usize) -> (String, String) {
@@ -65,6 +81,7 @@ impl KubeletTree {
         let root = cgroup2_root()?;
         let mut tree = KubeletTree {
             created: Vec::new(),
+            containers: Vec::new(),
         };
         let qos = root.join("kubepods.slice/kubepods-burstable.slice");
         for dir in [root.join("kubepods.slice"), qos.clone()] {
@@ -84,6 +101,7 @@ impl KubeletTree {
             tree.created.push(pod);
             std::fs::create_dir(&scope)?;
             tree.created.push(scope.clone());
+            tree.containers.push(scope.strip_prefix(&root)?.to_owned());
             let (namespace, name) = (
                 format!("team-{}", i % 40),
                 format!("app-{i}-7d4b9c8f5-x2k9q"),
@@ -96,6 +114,61 @@ impl KubeletTree {
             run_once_in(&scope)?;
         }
         Ok(tree)
+    }
+}
+
+impl KubeletTree {
+    /// Makes every container busy once (see the module doc): `device` is a block device to
+    /// read (a loop device over memory) and `memory` a v1 memory cgroup with a small limit,
+    /// which every container's process joins.
+    pub fn make_busy(&mut self, device: &str, memory: &Path) -> Result<()> {
+        let root = cgroup2_root()?;
+        let cpu = Path::new(CPU_V1);
+        if !cpu.join("cpu.cfs_quota_us").exists() {
+            bail!("no v1 cpu controller at {CPU_V1}: the busy scale row needs a hybrid host");
+        }
+        if self.containers.is_empty() {
+            bail!("no containers to make busy");
+        }
+        let containers = self.containers.clone();
+        for (n, batch) in containers.chunks(BUSY_AT_ONCE).enumerate() {
+            let mut running = Vec::with_capacity(batch.len());
+            for (j, container) in batch.iter().enumerate() {
+                let i = n * BUSY_AT_ONCE + j;
+                let limited = cpu.join(container);
+                // Parents first, so that the drop removes children first.
+                let mut new: Vec<PathBuf> = limited
+                    .ancestors()
+                    .take_while(|d| *d != cpu)
+                    .filter(|d| !d.exists())
+                    .map(Path::to_owned)
+                    .collect();
+                new.reverse();
+                self.created.extend(new);
+                std::fs::create_dir_all(&limited)
+                    .with_context(|| format!("create {}", limited.display()))?;
+                // A tenth of a CPU in 10 ms periods: the loop below takes several.
+                std::fs::write(limited.join("cpu.cfs_period_us"), "10000")?;
+                std::fs::write(limited.join("cpu.cfs_quota_us"), "1000")?;
+                // 256 KiB from a different place of the device each time: the 8 MiB memory
+                // cgroup is full after a few dozen, and each read must reclaim.
+                let skip = i % 1024 * 4;
+                let work = format!(
+                    "echo 0 > {v2}/cgroup.procs && echo 0 > {v1}/cgroup.procs && echo 0 > {mem}/cgroup.procs && exec taskset -c {cpu_n} sh -c 'dd if={device} of=/dev/null bs=64k count=4 skip={skip} status=none & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; wait'",
+                    v2 = root.join(container).display(),
+                    v1 = limited.display(),
+                    mem = memory.display(),
+                    cpu_n = i % 2,
+                );
+                running.push(Command::new("sh").args(["-c", &work]).spawn()?);
+            }
+            for mut child in running {
+                if !child.wait()?.success() {
+                    bail!("a busy container's process failed");
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -36,7 +36,17 @@ use crate::{
 /// The task's pid and state, the run queue's clock through the task, the scheduler's own
 /// timestamps; the switch and wakeup tracepoints' format fields.
 const KERNEL_READS: KernelReads = KernelReads {
-    structs: &["task_struct", "sched_info", "sched_entity", "cfs_rq", "rq"],
+    structs: &[
+        "task_struct",
+        "sched_info",
+        "sched_entity",
+        "cfs_rq",
+        "rq",
+        // A blocked task's cgroup.
+        "css_set",
+        "cgroup",
+        "kernfs_node",
+    ],
     tracepoints: &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
 };
 
@@ -184,7 +194,8 @@ fn kernel_timestamp_layout(
 
 /// Where a task's two one-bit flags are, for blocked time: `in_iowait` (it sleeps in
 /// `io_schedule`) and `sched_contributes_to_load` (it last left its CPU in an
-/// uninterruptible sleep); an error names what this kernel lacks.
+/// uninterruptible sleep); its `sched_info.run_delay`, and the path to its cgroup's id; an
+/// error names what this kernel lacks.
 fn blocked_layout(
     kernel: &KernelSources,
     l: &mut SchedLayout,
@@ -197,12 +208,27 @@ fn blocked_layout(
     };
     let (iowait, iowait_bit) = bit("in_iowait")?;
     let (load, load_bit) = bit("sched_contributes_to_load")?;
+    let m = |s: &str, f: &[&str]| {
+        btf.member(s, f)
+            .map(|m| m.offset)
+            .map_err(|e| e.to_string())
+    };
+    l.task_run_delay = m("task_struct", &["sched_info"])? + m("sched_info", &["run_delay"])?;
+    l.task_cgroups = m("task_struct", &["cgroups"])?;
+    l.css_set_dfl_cgrp = m("css_set", &["dfl_cgrp"])?;
+    l.cgroup_kn = m("cgroup", &["kn"])?;
+    l.kernfs_node_id = m("kernfs_node", &["id"])?;
     l.task_in_iowait = iowait;
     l.task_in_iowait_bit = iowait_bit;
     l.task_load_flag = load;
     l.task_load_flag_bit = load_bit;
     l.blocked = 1;
     Ok(vec![
+        ("task_struct.sched_info.run_delay".into(), l.task_run_delay),
+        ("task_struct.cgroups".into(), l.task_cgroups),
+        ("css_set.dfl_cgrp".into(), l.css_set_dfl_cgrp),
+        ("cgroup.kn".into(), l.cgroup_kn),
+        ("kernfs_node.id".into(), l.kernfs_node_id),
         ("task_struct.in_iowait bit".into(), iowait * 8 + iowait_bit),
         (
             "task_struct.sched_contributes_to_load bit".into(),
@@ -318,8 +344,12 @@ impl Family for Sched {
             counters: take_map(ebpf, names::SCHED_COUNTERS)?,
             start: take_map(ebpf, names::RUNQUEUE_START)?,
             blocked_start: Mutex::new(take_map(ebpf, names::BLOCKED_START)?),
-            // Kernel timestamps are on exactly when sched_switch does the work alone.
-            blocked_up: self_sufficient,
+            // Kernel timestamps are on exactly when sched_switch does the work alone; the
+            // layout says whether this kernel has what blocked time also reads.
+            blocked_up: self_sufficient
+                && attached
+                    .global::<SchedLayout>(SCHED_LAYOUT_GLOBAL)
+                    .is_some_and(|l| l.blocked != 0),
             blocked_fill: FillGauge::default(),
             blocked_stale: AtomicU64::new(0),
             costs: ProbeCosts::new(take_map(ebpf, names::SCHED_COST)?, &COST_SLOTS),
@@ -608,6 +638,31 @@ mod tests {
                 l.task_in_iowait,
                 l.task_in_iowait_bit
             );
+            // sched_info: pcount, run_delay, last_arrival.
+            assert_eq!(l.task_run_delay, l.task_pcount + 8, "{release}");
+            // The path to a task's cgroup id: the memory family's, resolved alike.
+            let memory = crate::ebpf::families::memory::layout(&KernelSources::for_family(
+                &crate::ebpf::families::memory::Memory,
+                Ok(&Btf::parse(&fixtures::load(&release)).unwrap()),
+                None,
+            ))
+            .0;
+            assert_eq!(
+                [
+                    l.task_cgroups,
+                    l.css_set_dfl_cgrp,
+                    l.cgroup_kn,
+                    l.kernfs_node_id
+                ],
+                [
+                    memory.task_cgroups,
+                    memory.css_set_dfl_cgrp,
+                    memory.cgroup_kn,
+                    memory.kernfs_node_id
+                ],
+                "{release}"
+            );
+            assert!(l.task_cgroups > 0, "{release}");
         }
     }
 
