@@ -559,7 +559,9 @@ mod programs {
         cpu.pending_wait_ns = waited;
     }
 
-    /// Kernel-timestamp mode: no helper but the cgroup id, one map update per switch.
+    /// Kernel-timestamp mode: no helper but the cgroup id, one map update per switch; a
+    /// task that gets its CPU back from an uninterruptible sleep costs a lookup in
+    /// `BLOCKED_START`, four helper reads for its cgroup and a second update (`blocked_end`).
     #[inline(always)]
     fn on_switch_kernel_timestamps(
         layout: &SchedLayout,

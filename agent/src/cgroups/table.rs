@@ -93,13 +93,36 @@ struct TableState<K: CgroupKey, V> {
     /// the same path, `TrackerState::live_twin`), keyed by the twin's key: added to its
     /// entry in every scrape, and to its final row when it goes.
     carried: HashMap<K, V>,
+    /// Gone cgroups whose values went straight into their twin's rows: each keeps its place
+    /// in the tracker until the next upkeep, so that what reaches it late (`add_late`, an
+    /// entry made again) still finds the twin.
+    twin_holds: Vec<u64>,
 }
 
 impl<K, V> TableState<K, V>
 where
     K: CgroupKey,
-    V: Copy + AddAssign,
+    V: Copy + Default + AddAssign,
 {
+    /// Moves carried values whose cgroup has a live twin of its own now (a service made
+    /// again twice: A's values carried into B, B made again as C) into that twin, so that
+    /// one path is always one row.
+    fn follow_twins(&mut self, tracker: &TrackerState) {
+        if self.carried.is_empty() {
+            return;
+        }
+        let moved: Vec<(K, u64)> = self
+            .carried
+            .keys()
+            .filter_map(|k| Some((*k, tracker.live_twin(k.cgroup())?)))
+            .collect();
+        for (key, twin) in moved {
+            if let Some(v) = self.carried.remove(&key) {
+                *self.carried.entry(key.with_cgroup(twin)).or_default() += v;
+            }
+        }
+    }
+
     /// Keeps a gone tracked cgroup's last values as its final row (see [`GoneRows`]).
     fn add_final(&mut self, tracker: &mut TrackerState, key: K, value: V) {
         // Add, not set: an exiting task can recreate the entry once more.
@@ -124,6 +147,7 @@ impl<K: CgroupKey, V> CounterTable<K, V> {
                 finals: HashMap::default(),
                 retired: HashMap::default(),
                 carried: HashMap::default(),
+                twin_holds: Vec::new(),
             }),
             gone_rows,
         }
@@ -191,6 +215,10 @@ where
         mut take: impl FnMut(&K, Assignment) -> Option<V>,
     ) -> Vec<K> {
         let mut t = self.lock();
+        for id in std::mem::take(&mut t.twin_holds) {
+            tracker.release(id);
+        }
+        t.follow_twins(tracker);
         let mut delete = Vec::new();
         let mut last = HashMap::with_capacity_and_hasher(entries.len(), Default::default());
         for (key, value) in entries {
@@ -208,7 +236,15 @@ where
             delete.push(key);
             match assignment {
                 Assignment::Tracked => match tracker.live_twin(id) {
-                    Some(twin) => *t.carried.entry(key.with_cgroup(twin)).or_default() += value,
+                    Some(twin) => {
+                        let mut value = value;
+                        if let Some(carried) = t.carried.remove(&key) {
+                            value += carried;
+                        }
+                        *t.carried.entry(key.with_cgroup(twin)).or_default() += value;
+                        tracker.hold(id);
+                        t.twin_holds.push(id);
+                    }
                     None => {
                         let mut value = value;
                         if let Some(carried) = t.carried.remove(&key) {
@@ -290,6 +326,10 @@ where
             *exported = false;
             return;
         }
+        if let Some(twin) = tracker.live_twin(key.cgroup()) {
+            *t.carried.entry(key.with_cgroup(twin)).or_default() += value;
+            return;
+        }
         *t.retired.entry(key.dims()).or_default() += value;
         tracker.use_other();
     }
@@ -310,6 +350,7 @@ where
         for key in entries.iter().map(|(k, _)| k).chain(t.finals.keys()) {
             tracker.verdict(key.cgroup());
         }
+        t.follow_twins(tracker);
         // A final row whose cgroup was made again at its path: carried into the new one's
         // rows for good, so the series goes on rather than appear twice.
         let twinned: Vec<(K, u64)> = t
@@ -342,6 +383,8 @@ where
         }
         let mut rows = Vec::with_capacity(entries.len() + pending.len() + into_twin.len() + 1);
         let mut other: HashMap<K::Dims, V> = HashMap::default();
+        // Final rows exported with their recreated entry, not again on their own.
+        let mut merged: Vec<K> = Vec::new();
         for (key, mut value) in entries {
             let (assignment, series) = tracker.series(key.cgroup());
             match assignment {
@@ -351,6 +394,7 @@ where
                     if let Some((v, _, exported)) = t.finals.get_mut(&key) {
                         value += *v;
                         *exported = true;
+                        merged.push(key);
                     }
                     if !into_twin.is_empty()
                         && let Some(carried) = into_twin.remove(&key)
@@ -381,6 +425,9 @@ where
             }
         }
         for key in pending {
+            if merged.contains(&key) {
+                continue;
+            }
             let (_, series) = tracker.series(key.cgroup());
             if let Some((v, _, exported)) = t.finals.get_mut(&key)
                 && (keep_exporting || !*exported)

@@ -24,6 +24,9 @@
 //!   series: labels carry the path, so two rows would be one series twice. The older id is
 //!   its newer *twin*'s ([`TrackerState::live_twin`]), and tables carry its values into the
 //!   newer one's rows, so the series goes on from where it was.
+//! - A table may keep gone rows longer (`table::GoneRows::KeepFor`: OOM kills, 15
+//!   minutes, so an alert's window sees them); such a cgroup keeps its tracked place as
+//!   long.
 //! - The scrape only reads kernel maps.
 use std::{
     path::PathBuf,
@@ -283,8 +286,8 @@ impl TrackerState {
     }
 
     /// The tracked cgroup made at tracked `id`'s path after it, while that one is there:
-    /// `id` is gone (two cgroups are never at one path at once), and its values belong in
-    /// the twin's rows. One lookup for the common case, an id without one.
+    /// `id` is gone (two cgroups are never at one path at once: cgroup2 directories cannot
+    /// be renamed), and its values belong in the twin's rows. One lookup for the common case, an id without one.
     pub fn live_twin(&self, id: u64) -> Option<u64> {
         let slot = self.slots.get(&id)?;
         if !slot.has_newer || slot.assignment != Assignment::Tracked {
@@ -801,6 +804,46 @@ mod tests {
         assert_eq!(rows_at(&table.rows(&mut t, vec![]), "svc"), vec![7]);
         round(&table, &mut t, vec![]);
         assert!(rows_at(&table.rows(&mut t, vec![]), "svc").is_empty());
+    }
+
+    #[test]
+    fn a_service_made_again_twice_stays_one_series_that_never_goes_back() {
+        let root = tempfile::tempdir().unwrap();
+        let aside = tempfile::tempdir_in(root.path().parent().unwrap()).unwrap();
+        let clock = crate::cgroups::Clock::manual();
+        let tr = tracker_with_clock(root.path(), 10, None, clock.clone());
+        let table: CounterTable<u64, u64> = CounterTable::default();
+        let a = dir(root.path(), "svc");
+        // Both successors now, while every id is taken: ids are never reused by cgroups.
+        let (b_aside, c_aside) = (aside.path().join("b"), aside.path().join("c"));
+        let (b, c) = (successor(&b_aside, "svc"), successor(&c_aside, "svc"));
+        let mut t = tr.lock();
+        round(&table, &mut t, vec![(a, 5)]);
+        std::fs::remove_dir(root.path().join("svc")).unwrap();
+        remake(&b_aside, root.path(), "svc", &clock);
+        round(&table, &mut t, vec![(a, 5), (b, 1)]);
+        assert_eq!(rows_at(&table.rows(&mut t, vec![(b, 1)]), "svc"), vec![6]);
+        // Made again once more, before upkeep saw b go: a's values follow to c.
+        std::fs::remove_dir(root.path().join("svc")).unwrap();
+        remake(&c_aside, root.path(), "svc", &clock);
+        // b's entry stays in the map until upkeep takes it (it moved in the first round).
+        let mut seen: Vec<u64> = Vec::new();
+        for entries in [vec![(b, 2), (c, 1)], vec![(b, 2), (c, 1)]] {
+            let values = rows_at(&table.rows(&mut t, entries.clone()), "svc");
+            assert_eq!(values.len(), 1, "one series: {values:?}");
+            seen.push(values[0]);
+            round(&table, &mut t, entries);
+        }
+        // The next sweep first adds a late value for b (an update under way when its entry
+        // was taken): it joins c too.
+        t.begin_round();
+        table.add_late(&mut t, b, 1);
+        upkeep(&table, &mut t, vec![(c, 3)]);
+        t.end_round();
+        let rows = table.rows(&mut t, vec![(c, 3)]);
+        seen.extend(rows_at(&rows, "svc"));
+        assert_eq!(seen, vec![8, 8, 11], "5 + 2 + 1 late + c's own");
+        assert_eq!(value_of(&rows, OTHER), None, "nothing went into other");
     }
 
     #[test]

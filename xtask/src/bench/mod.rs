@@ -430,13 +430,10 @@ pub fn bench(opts: Options) -> Result<()> {
     let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
     step("scale: every pod busy (CPU over a limit, queued, reclaiming, blocked on reads)");
     let mut tree = tree;
-    let (busy, busy_pods) = {
-        let device = fixtures::LoopDevice::new(256)?;
-        let memory = fixtures::MemoryCgroup::new(8 << 20)?;
-        tree.make_busy(&device.path, &memory.0)?;
-        let busy_pods = wait_for_busy_series(&scaled_agent)?;
-        (measure_scrapes(&scaled_agent, scrapes.min(200))?, busy_pods)
-    };
+    // The end-to-end loads' loop device and memory cgroup (its limit makes reads reclaim).
+    tree.make_busy(&env.loop_device.path, &env.memcg.0)?;
+    let busy_pods = wait_for_busy_series(&scaled_agent)?;
+    let busy = measure_scrapes(&scaled_agent, scrapes.min(200))?;
     drop(scaled_agent);
     drop(tree);
     drop(logs);

@@ -277,7 +277,7 @@ pub(super) fn render(f: &Figures) -> String {
     let b = f.busy;
     let _ = writeln!(
         s,
-        "Scale, every pod busy: the same 4,096 pods after each ran work over a CPU limit, queued behind another task, reclaimed in an 8 MiB memory cgroup and blocked on reads, so that each default per-pod series is out for (nearly) every pod; {} scrapes.",
+        "Scale, every pod busy: the same 4,096 pods after each ran work over a CPU limit, queued behind another task, reclaimed in a 32 MiB memory cgroup and blocked on reads, so that each default per-pod series is out for (nearly) every pod; {} scrapes.",
         f.scrapes.min(200)
     );
     let _ = writeln!(s);

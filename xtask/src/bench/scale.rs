@@ -133,40 +133,67 @@ impl KubeletTree {
         let containers = self.containers.clone();
         for (n, batch) in containers.chunks(BUSY_AT_ONCE).enumerate() {
             let mut running = Vec::with_capacity(batch.len());
-            for (j, container) in batch.iter().enumerate() {
-                let i = n * BUSY_AT_ONCE + j;
-                let limited = cpu.join(container);
-                // Parents first, so that the drop removes children first.
-                let mut new: Vec<PathBuf> = limited
-                    .ancestors()
-                    .take_while(|d| *d != cpu)
-                    .filter(|d| !d.exists())
-                    .map(Path::to_owned)
-                    .collect();
-                new.reverse();
-                self.created.extend(new);
-                std::fs::create_dir_all(&limited)
-                    .with_context(|| format!("create {}", limited.display()))?;
-                // A tenth of a CPU in 10 ms periods: the loop below takes several.
-                std::fs::write(limited.join("cpu.cfs_period_us"), "10000")?;
-                std::fs::write(limited.join("cpu.cfs_quota_us"), "1000")?;
-                // 256 KiB from a different place of the device each time: the 8 MiB memory
-                // cgroup is full after a few dozen, and each read must reclaim.
-                let skip = i % 1024 * 4;
-                let work = format!(
-                    "echo 0 > {v2}/cgroup.procs && echo 0 > {v1}/cgroup.procs && echo 0 > {mem}/cgroup.procs && exec taskset -c {cpu_n} sh -c 'dd if={device} of=/dev/null bs=64k count=4 skip={skip} status=none & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; wait'",
-                    v2 = root.join(container).display(),
-                    v1 = limited.display(),
-                    mem = memory.display(),
-                    cpu_n = i % 2,
-                );
-                running.push(Command::new("sh").args(["-c", &work]).spawn()?);
-            }
+            let started = self.start_batch(n, batch, &root, cpu, device, memory, &mut running);
+            // Every process started is waited for, also after an error, so that the tree's
+            // directories are empty when it is dropped.
+            let mut failed = 0;
             for mut child in running {
-                if !child.wait()?.success() {
-                    bail!("a busy container's process failed");
+                if started.is_err() {
+                    let _ = child.kill();
+                }
+                if !child.wait().is_ok_and(|s| s.success()) {
+                    failed += 1;
                 }
             }
+            started?;
+            if failed > 0 {
+                bail!("{failed} busy containers' processes failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives each container of `batch` (the `n`th) its CPU limit and starts its process
+    /// into `running`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_batch(
+        &mut self,
+        n: usize,
+        batch: &[PathBuf],
+        root: &Path,
+        cpu: &Path,
+        device: &str,
+        memory: &Path,
+        running: &mut Vec<std::process::Child>,
+    ) -> Result<()> {
+        for (j, container) in batch.iter().enumerate() {
+            let i = n * BUSY_AT_ONCE + j;
+            let limited = cpu.join(container);
+            // Parents first, so that the drop removes children first.
+            let mut new: Vec<PathBuf> = limited
+                .ancestors()
+                .take_while(|d| *d != cpu)
+                .filter(|d| !d.exists())
+                .map(Path::to_owned)
+                .collect();
+            new.reverse();
+            self.created.extend(new);
+            std::fs::create_dir_all(&limited)
+                .with_context(|| format!("create {}", limited.display()))?;
+            // A tenth of a CPU in 10 ms periods: the loop below takes several.
+            std::fs::write(limited.join("cpu.cfs_period_us"), "10000")?;
+            std::fs::write(limited.join("cpu.cfs_quota_us"), "1000")?;
+            // 256 KiB from a different place of the device each time: the memory cgroup is
+            // full after a few dozen, and each read must reclaim.
+            let skip = i % 1024 * 4;
+            let work = format!(
+                "echo 0 > {v2}/cgroup.procs && echo 0 > {v1}/cgroup.procs && echo 0 > {mem}/cgroup.procs && exec taskset -c {cpu_n} sh -c 'dd if={device} of=/dev/null bs=64k count=4 skip={skip} status=none & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; wait'",
+                v2 = root.join(container).display(),
+                v1 = limited.display(),
+                mem = memory.display(),
+                cpu_n = i % 2,
+            );
+            running.push(Command::new("sh").args(["-c", &work]).spawn()?);
         }
         Ok(())
     }
