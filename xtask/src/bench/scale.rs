@@ -183,11 +183,14 @@ impl KubeletTree {
             // A tenth of a CPU in 10 ms periods: the loop below takes several.
             std::fs::write(limited.join("cpu.cfs_period_us"), "10000")?;
             std::fs::write(limited.join("cpu.cfs_quota_us"), "1000")?;
-            // 256 KiB from a different place of the device each time: the memory cgroup is
-            // full after a few dozen, and each read must reclaim.
-            let skip = i % 1024 * 4;
+            // 2 MiB of the device (2 GiB: 1,024 such places, each read again only long
+            // after its pages were reclaimed), so that no read finds another's pages: the
+            // memory cgroup is full after some 16 pods, and each later one must reclaim
+            // several times (with 64 pods at once, one reclaim can free what another needs;
+            // 1 MiB each left a tenth of the pods without any).
+            let skip = i % 1024 * 32;
             let work = format!(
-                "echo 0 > {v2}/cgroup.procs && echo 0 > {v1}/cgroup.procs && echo 0 > {mem}/cgroup.procs && exec taskset -c {cpu_n} sh -c 'dd if={device} of=/dev/null bs=64k count=4 skip={skip} status=none & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; wait'",
+                "echo 0 > {v2}/cgroup.procs && echo 0 > {v1}/cgroup.procs && echo 0 > {mem}/cgroup.procs && exec taskset -c {cpu_n} sh -c 'dd if={device} of=/dev/null bs=64k count=32 skip={skip} status=none & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; wait'",
                 v2 = root.join(container).display(),
                 v1 = limited.display(),
                 mem = memory.display(),
