@@ -21,11 +21,14 @@ fn dead_run(name: &str, prefix: &str, suffix: &str) -> bool {
 /// Clears what dead runs left, and says what it cleared.
 pub fn clear() {
     let mut cleared = Vec::new();
-    // Orphaned load generators first: they hold the loop devices and the cgroups.
+    // Orphaned load generators first: they hold the loop devices and the cgroups. Then
+    // agents a killed run started from this workspace's builds (their probes would load
+    // every later measurement).
     for (name, marker) in [
         ("fio", "--name=soak"),
         ("fio", "--name=nodelens-bench"),
         ("stress-ng", "--switch"),
+        ("nodelens", "/target/"),
     ] {
         for pid in orphans(name, marker) {
             if Command::new("kill")
