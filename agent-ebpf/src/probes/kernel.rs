@@ -17,26 +17,6 @@ pub unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }
 }
 
-/// Offsets of the path from a task to its cgroup v2 id, from the running kernel's BTF.
-#[derive(Clone, Copy)]
-pub struct CgroupPath {
-    pub task_cgroups: u32,
-    pub css_set_dfl_cgrp: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
-}
-
-/// task->cgroups->dfl_cgrp->kn->id: the cgroup v2 id of a task that need not be `current`.
-/// Helper reads rather than direct loads: `cgroups` is an RCU pointer, which verifiers of
-/// different kernels type differently.
-#[inline(always)]
-pub unsafe fn task_cgroup_id(task: *const u8, p: CgroupPath) -> Result<u64, i32> {
-    let css_set = unsafe { read_ptr(task, p.task_cgroups)? };
-    let cgroup = unsafe { read_ptr(css_set, p.css_set_dfl_cgrp)? };
-    let kn = unsafe { read_ptr(cgroup, p.cgroup_kn)? };
-    unsafe { read_u64(kn, p.kernfs_node_id) }
-}
-
 /// A direct load through a BTF-typed pointer (a tp_btf argument, or a pointer loaded from
 /// one) at an offset the verifier knows: offsets come from the read-only globals, which the
 /// verifier reads as constants. It checks the offset and size against the kernel's BTF and

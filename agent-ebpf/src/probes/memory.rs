@@ -255,17 +255,14 @@ mod programs {
         }
     }
 
-    /// The victim's cgroup v2 id. mark_victim runs in the context of whoever triggered the
-    /// OOM killer, so the current task's cgroup would be wrong.
+    /// task->cgroups->dfl_cgrp->kn->id: the victim's cgroup v2 id. mark_victim runs in the
+    /// context of whoever triggered the OOM killer, so the current task's cgroup would be wrong.
     #[inline(always)]
     unsafe fn task_cgroup_id(task: *const u8, l: &MemoryLayout) -> Result<u64, i32> {
-        let path = kernel::CgroupPath {
-            task_cgroups: l.task_cgroups,
-            css_set_dfl_cgrp: l.css_set_dfl_cgrp,
-            cgroup_kn: l.cgroup_kn,
-            kernfs_node_id: l.kernfs_node_id,
-        };
-        unsafe { kernel::task_cgroup_id(task, path) }
+        let css_set = unsafe { kernel::read_ptr(task, l.task_cgroups)? };
+        let cgroup = unsafe { kernel::read_ptr(css_set, l.css_set_dfl_cgrp)? };
+        let kn = unsafe { kernel::read_ptr(cgroup, l.cgroup_kn)? };
+        unsafe { kernel::read_u64(kn, l.kernfs_node_id) }
     }
 
     #[btf_tracepoint(function = "mark_victim")]

@@ -718,16 +718,15 @@ mod programs {
         }
     }
 
-    /// The cgroup v2 id of `task`, which is not `current`; read once per blocked wait.
+    /// task->cgroups->dfl_cgrp->kn->id: the cgroup v2 id of a task that is not `current`.
+    /// Helper reads rather than direct loads: `cgroups` is an RCU pointer, which verifiers
+    /// of different kernels type differently, and this runs only once per blocked wait.
     #[inline(always)]
     unsafe fn task_cgroup_id(task: *const u8, l: &SchedLayout) -> Result<u64, i32> {
-        let path = kernel::CgroupPath {
-            task_cgroups: l.task_cgroups,
-            css_set_dfl_cgrp: l.css_set_dfl_cgrp,
-            cgroup_kn: l.cgroup_kn,
-            kernfs_node_id: l.kernfs_node_id,
-        };
-        unsafe { kernel::task_cgroup_id(task, path) }
+        let css_set = unsafe { kernel::read_ptr(task, l.task_cgroups)? };
+        let cgroup = unsafe { kernel::read_ptr(css_set, l.css_set_dfl_cgrp)? };
+        let kn = unsafe { kernel::read_ptr(cgroup, l.cgroup_kn)? };
+        unsafe { kernel::read_u64(kn, l.kernfs_node_id) }
     }
 
     // ---- BTF tracepoints -------------------------------------------------------------------
