@@ -34,6 +34,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut cli = cli;
+    if let Some(Command::Preflight { exercise: true, .. }) = &cli.command {
+        // The exercise checks every per-cgroup series against the kernel's own figures,
+        // so it exports them all, whatever `--cgroup-series` (or the file) says.
+        cli.settings.cgroups.series = Some(vec!["all".to_owned()]);
+    }
     let config = match Config::resolve(cli.settings).and_then(|c| c.check_host_paths().map(|()| c))
     {
         Ok(c) => c,

@@ -16,31 +16,87 @@ use std::{
 
 use prometheus_client::registry::Registry;
 
-/// The two text formats a scrape is served in.
+/// The formats a scrape is served in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// The Prometheus text format, version 0.0.4.
     Prometheus,
     /// OpenMetrics 1.0 text.
     OpenMetrics,
+    /// The Prometheus protobuf format: length-delimited `io.prometheus.client.MetricFamily`
+    /// messages.
+    Protobuf,
 }
 
 thread_local! {
     /// The direct text of the scrape this thread is rendering, if any.
     static DIRECT: RefCell<Option<DirectText>> = const { RefCell::new(None) };
+    /// Whether this thread is rendering a protobuf scrape: label sets rendered once as
+    /// text (`cgroups::series::Rendered`) then give their pairs one by one, and the
+    /// families written directly as text go through the encoder.
+    static PROTOBUF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is rendering a protobuf scrape ([`render_bytes`]).
+pub fn protobuf() -> bool {
+    PROTOBUF.get()
+}
+
+/// Encodes `registry` in `format`, as the bytes of a response body.
+pub fn render_bytes(registry: &Registry, format: Format) -> Result<Vec<u8>, fmt::Error> {
+    if format != Format::Protobuf {
+        return render(registry, format).map(String::into_bytes);
+    }
+    /// Puts the flag back when dropped, also when a collector panics.
+    struct Flag(bool);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            PROTOBUF.set(self.0);
+        }
+    }
+    use prometheus_client::encoding::prometheus_protobuf::{
+        encode,
+        prometheus_data_model::{MetricType, Untyped},
+    };
+    use prost::Message as _;
+    let _flag = Flag(PROTOBUF.replace(true));
+    let mut families = encode(registry)?;
+    let mut out = Vec::with_capacity(LAST_PROTOBUF.load(Ordering::Relaxed) * 9 / 8);
+    for family in &mut families {
+        // prometheus_client 0.26 puts an untyped sample's value in the `gauge` field, where
+        // Prometheus does not look for it (it reads `untyped` for an UNTYPED family, and
+        // would store 0): moved to where it belongs.
+        if family.r#type == MetricType::Untyped as i32 {
+            for metric in &mut family.metric {
+                if let Some(gauge) = metric.gauge.take() {
+                    metric.untyped = Some(Untyped { value: gauge.value });
+                }
+            }
+        }
+        family
+            .encode_length_delimited(&mut out)
+            .map_err(|_| fmt::Error)?;
+    }
+    LAST_PROTOBUF.store(out.len(), Ordering::Relaxed);
+    Ok(out)
 }
 
 /// The lengths of the last scrape's two parts, to size the next one's buffers up front: a
 /// 2 MB scrape grown from empty would be copied some twenty times as its buffer doubles.
 static LAST_ENCODED: AtomicUsize = AtomicUsize::new(64 * 1024);
 static LAST_DIRECT: AtomicUsize = AtomicUsize::new(0);
+static LAST_PROTOBUF: AtomicUsize = AtomicUsize::new(64 * 1024);
 
 /// Encodes `registry` in `format`, with every family collectors wrote through [`direct`].
 /// The direct families come first: families may come in any order, the end stays as
 /// prometheus_client writes it (OpenMetrics' `# EOF`), and a family declared without
 /// samples (which these can be) is never the last thing in the text, where some parsers
 /// refuse it.
+/// A text format only: [`render_bytes`] renders them all.
 pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
+    if format == Format::Protobuf {
+        return Err(fmt::Error);
+    }
     let encoded_guess = LAST_ENCODED.load(Ordering::Relaxed);
     let direct_guess = LAST_DIRECT.load(Ordering::Relaxed);
     // The direct text becomes the whole scrape: room for both parts, when there is one.
@@ -55,6 +111,7 @@ pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error>
             prometheus_client::encoding::prometheus_text::encode(&mut encoded, registry)
         }
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut encoded, registry),
+        Format::Protobuf => Err(fmt::Error),
     };
     let direct = installed.finish();
     result?;
@@ -131,11 +188,14 @@ impl DirectText {
         );
         let family = match self.format {
             Format::OpenMetrics => name.strip_suffix("_total").unwrap_or(name),
-            Format::Prometheus => name,
+            // (A protobuf scrape has no direct text.)
+            Format::Prometheus | Format::Protobuf => name,
         };
         let help = match self.format {
             // 0.0.4 escapes backslashes and newlines in HELP; OpenMetrics writes it as is.
-            Format::Prometheus => help.replace('\\', "\\\\").replace('\n', "\\n"),
+            Format::Prometheus | Format::Protobuf => {
+                help.replace('\\', "\\\\").replace('\n', "\\n")
+            }
             Format::OpenMetrics => help.to_owned(),
         };
         for (kind, rest) in [("HELP", help.as_str()), ("TYPE", "counter")] {

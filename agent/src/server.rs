@@ -24,6 +24,8 @@ use crate::{
 
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// Time given to requests in flight after a shutdown signal; the whole exit stays under 5 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,8 +41,10 @@ pub struct Server {
 
 pub use crate::render::Format;
 
-/// Picks the exposition format from `Accept`, honouring q-values: OpenMetrics only when the
-/// client prefers it (as Prometheus does when it scrapes), the 0.0.4 text format otherwise.
+/// Picks the exposition format from `Accept`, honouring q-values: OpenMetrics or protobuf
+/// only when the client prefers it (as Prometheus does when it scrapes; protobuf when its
+/// native histograms are on), the 0.0.4 text format otherwise. Protobuf is the delimited
+/// `io.prometheus.client.MetricFamily` encoding, the only one served.
 pub fn negotiate(accept: Option<&str>) -> Format {
     let Some(accept) = accept else {
         return Format::Prometheus;
@@ -49,13 +53,23 @@ pub fn negotiate(accept: Option<&str>) -> Format {
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
-        let q = parts
-            .find_map(|p| p.strip_prefix("q="))
+        let params: Vec<(String, &str)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"')))
+            .collect();
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let q = param("q")
             .and_then(|q| q.parse::<f32>().ok())
             .unwrap_or(1.0);
         let format = match media.as_str() {
             "application/openmetrics-text" => Format::OpenMetrics,
             "text/plain" | "text/*" | "*/*" => Format::Prometheus,
+            "application/vnd.google.protobuf"
+                if param("proto") == Some("io.prometheus.client.MetricFamily")
+                    && param("encoding") == Some("delimited") =>
+            {
+                Format::Protobuf
+            }
             _ => continue,
         };
         if q > 0.0 && (q > best.1 || !best.2) {
@@ -92,8 +106,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 impl Server {
     /// Encodes the registry. Runs the collectors, so it reads /proc and the BPF maps.
-    pub fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
-        crate::render::render(&self.registry, format)
+    pub fn render(&self, format: Format) -> Result<Vec<u8>, std::fmt::Error> {
+        crate::render::render_bytes(&self.registry, format)
     }
 
     fn index_page(&self) -> String {
@@ -265,10 +279,11 @@ impl Server {
     }
 }
 
-fn metrics_response(body: String, format: Format, gzip: bool) -> Response<Full<Bytes>> {
+fn metrics_response(body: Vec<u8>, format: Format, gzip: bool) -> Response<Full<Bytes>> {
     let content_type = match format {
         Format::Prometheus => PROMETHEUS_TEXT,
         Format::OpenMetrics => OPENMETRICS_TEXT,
+        Format::Protobuf => PROTOBUF,
     };
     let mut encoded = None;
     if gzip {
@@ -276,7 +291,7 @@ fn metrics_response(body: String, format: Format, gzip: bool) -> Response<Full<B
             Vec::with_capacity(body.len() / 4),
             flate2::Compression::fast(),
         );
-        if enc.write_all(body.as_bytes()).is_ok()
+        if enc.write_all(&body).is_ok()
             && let Ok(bytes) = enc.finish()
         {
             encoded = Some(bytes);
@@ -450,6 +465,25 @@ mod tests {
             Format::Prometheus
         );
         assert_eq!(negotiate(Some("garbage;;;q=zz,,")), Format::Prometheus);
+        // Prometheus 2.42 to 3.x with native histograms on.
+        let protobuf_first = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(negotiate(Some(protobuf_first)), Format::Protobuf);
+        // The text encoding of the messages, or another message, is not served.
+        let text_encoding =
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text";
+        assert_eq!(negotiate(Some(text_encoding)), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some(
+                "application/vnd.google.protobuf;proto=other;encoding=delimited"
+            )),
+            Format::Prometheus
+        );
+        assert_eq!(
+            negotiate(Some(
+                "application/vnd.google.protobuf; proto=\"io.prometheus.client.MetricFamily\"; encoding=delimited;q=0.9,text/plain;q=0.5"
+            )),
+            Format::Protobuf
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn io_wait_matches_delay_accounting() {
         }
     }
     let _restore = Restore(before);
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--cgroup-series", "default,blocked"]);
     // 128 MiB written with O_DIRECT, so that none of it is cached: each 4 KiB read waits.
     let file = tempfile::Builder::new()
         .prefix("nodelens-blocked-")
@@ -177,7 +177,7 @@ fn vfork_helper() {
 fn vfork_parent_blocks_in_other_not_io() {
     common::require_root();
     common::mount_tracefs();
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(&["--cgroup-series", "default,blocked"]);
     let (_dirs, name) = cgroup("vfork");
     let dir = common::cgroup2_root().join(&name);
     let me = std::env::current_exe().unwrap();

@@ -102,6 +102,9 @@ impl Cluster {
                 .arg(common::BIN)
                 .args(["--listen-address", &format!("{}:9560", node_ip(i))])
                 .args(["--node-name", &format!("node-{i}")])
+                // As the DaemonSet with the `why-slow` component: the dashboard's "Why is
+                // this pod slow" row needs the series it turns on.
+                .env("NODELENS_CGROUP_SERIES", common::why_slow_series())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if mode == Mode::Push {

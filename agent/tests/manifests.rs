@@ -626,3 +626,28 @@ fn the_remote_write_component_turns_push_on_with_the_node_label_and_egress() {
     let egress = serde_yaml::to_string(egress).unwrap();
     assert!(egress.contains("443") && egress.contains("53"), "{egress}");
 }
+
+#[test]
+fn the_why_slow_component_turns_on_series_the_agent_knows() {
+    let objects = render_with_component(&manifests(), &manifests().join("components/why-slow"));
+    assert_render_is_clean(&repo().join("target/overlays/components/why-slow/rendered.yaml"));
+    let series = common::why_slow_series();
+    assert_eq!(
+        find(&objects, "ConfigMap")["data"]["NODELENS_CGROUP_SERIES"],
+        series.as_str(),
+        "the rendered ConfigMap holds the component's value"
+    );
+    // The agent takes it: a name it does not know is a usage error (exit 2, naming the
+    // field) before anything runs.
+    let out = Command::new(common::BIN)
+        .args(["--cgroup-series", &series, "preflight", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(2) && !stderr.contains("cgroups.series"),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(series.split(',').any(|n| n == "default"), "{series}");
+}

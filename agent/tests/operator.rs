@@ -352,7 +352,10 @@ fn per_pod_alert_expressions() -> Vec<(String, String)> {
 fn check_monitor(job: impl Fn(&str) -> Json) {
     common::require_root();
     let pod = WorkloadPod::new();
-    let args = pod.agent_args();
+    let mut args = pod.agent_args();
+    // As the DaemonSet with the `why-slow` component, whose series the dashboard's "Why is
+    // this pod slow" row needs.
+    args.extend(["--cgroup-series".to_owned(), common::why_slow_series()]);
     let agent = common::Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let prometheus = common::ScrapingPrometheus::start(json!([job(&agent.addr)]));
     common::wait_for(

@@ -201,6 +201,9 @@ pub fn soak(minutes: u64, nodelens: Option<&Path>) -> Result<()> {
         "1s",
         "--log-level",
         "warn",
+        // Every per-pod series, the ones off by default too, is soaked.
+        "--cgroup-series",
+        "all",
     ]
     .iter()
     .map(|s| s.to_string())

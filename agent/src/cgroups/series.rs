@@ -76,10 +76,54 @@ impl Rendered {
     }
 }
 
+/// The pairs of label text as [`Rendered`] writes it (`a="x",b="y\"z",`), values unescaped.
+fn pairs(text: &str) -> impl Iterator<Item = (&str, String)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+        Some((key, value))
+    })
+}
+
+/// Encodes pairs one label each, as the protobuf format wants them.
+fn encode_pairs<'a>(
+    encoder: &mut LabelSetEncoder,
+    pairs: impl Iterator<Item = (&'a str, std::borrow::Cow<'a, str>)>,
+) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for (k, v) in pairs {
+        let mut label = encoder.encode_label();
+        let mut key = label.encode_label_key()?;
+        key.write_str(k)?;
+        let mut value = key.encode_label_value()?;
+        value.write_str(&v)?;
+        value.finish()?;
+    }
+    Ok(())
+}
+
 impl EncodeLabelSet for Rendered {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
         if self.head.is_empty() {
             return Ok(());
+        }
+        if crate::render::protobuf() {
+            return encode_pairs(encoder, pairs(&self.full).map(|(k, v)| (k, v.into())));
         }
         use std::fmt::Write as _;
         let mut label = encoder.encode_label();
@@ -108,6 +152,11 @@ pub struct WithLabels<'a, const N: usize> {
 impl<const N: usize> EncodeLabelSet for WithLabels<'_, N> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
         use std::fmt::Write as _;
+        if crate::render::protobuf() {
+            let base = pairs(&self.base.full).map(|(k, v)| (k, v.into()));
+            let extra = self.extra.iter().map(|(k, v)| (*k, (*v).into()));
+            return encode_pairs(encoder, base.chain(extra));
+        }
         let Some(((last_key, last_value), rest)) = self.extra.split_last() else {
             return self.base.encode(encoder);
         };
@@ -180,17 +229,21 @@ impl SeriesLabels {
     }
 }
 
-/// Picks each row's label set: without the path where that is unique in this scrape.
+/// Picks each row's label set: without the path where no other cgroup of this scrape has
+/// the same names. Rows of one cgroup (a family's rows per disk and op) share its labels,
+/// so a pod that reads two disks keeps its short labels on both.
 pub fn choose<'a>(rows: impl IntoIterator<Item = &'a SeriesLabels> + Clone) -> Vec<&'a Rendered> {
-    let mut named: FxHashMap<u64, u32> = FxHashMap::default();
+    // Names -> (the first cgroup's serial, whether another cgroup has them too).
+    let mut named: FxHashMap<u64, (u64, bool)> = FxHashMap::default();
     for s in rows.clone() {
         if s.without_path.is_some() {
-            *named.entry(s.names).or_default() += 1;
+            let seen = named.entry(s.names).or_insert((s.serial, false));
+            seen.1 |= seen.0 != s.serial;
         }
     }
     rows.into_iter()
         .map(|s| match &s.without_path {
-            Some(short) if named.get(&s.names) == Some(&1) => short,
+            Some(short) if named.get(&s.names).is_some_and(|(_, shared)| !shared) => short,
             _ => &s.with_path,
         })
         .collect()
@@ -215,6 +268,14 @@ mod tests {
 
     /// The text format of one family with these label sets, each with `kind` if given.
     fn render(sets: &[&Rendered], kind: Option<&str>) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry(sets, kind))
+            .unwrap();
+        text
+    }
+
+    /// A registry of one family with these label sets, each with `kind` if given.
+    fn registry(sets: &[&Rendered], kind: Option<&str>) -> prometheus_client::registry::Registry {
         #[derive(Debug)]
         struct One(Vec<Rendered>, Option<String>);
         impl prometheus_client::collector::Collector for One {
@@ -243,9 +304,36 @@ mod tests {
         );
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(one));
-        let mut text = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
-        text
+        registry
+    }
+
+    #[test]
+    fn a_protobuf_scrape_gets_each_pair_unescaped() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+        use prost::Message as _;
+        let odd = container("we\"b\\x\ny", "app", "kubepods/p/c");
+        let rows = [SeriesLabels::new(&odd, PathLabel::Always)];
+        for kind in [None, Some("io")] {
+            let registry = registry(&choose(rows.iter()), kind);
+            let bytes =
+                crate::render::render_bytes(&registry, crate::render::Format::Protobuf).unwrap();
+            let family = MetricFamily::decode_length_delimited(bytes.as_slice()).unwrap();
+            assert_eq!(family.name, "x_total");
+            let labels: Vec<(&str, &str)> = family.metric[0]
+                .label
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str()))
+                .collect();
+            let mut want = vec![
+                ("cgroup", "kubepods/p/c"),
+                ("container", "app"),
+                ("namespace", "team-a"),
+                ("pod", "we\"b\\x\ny"),
+            ];
+            want.extend(kind.map(|k| ("kind", k)));
+            assert_eq!(labels, want);
+            assert!(!crate::render::protobuf(), "the flag is put back");
+        }
     }
 
     #[test]
@@ -298,6 +386,20 @@ mod tests {
         assert!(text.contains("cgroup=\"kubepods/pod1/old\""), "{text}");
         assert!(text.contains("cgroup=\"kubepods/pod1/new\""), "{text}");
         assert!(text.contains("x_total{container=\"side\""), "{text}");
+    }
+
+    #[test]
+    fn a_cgroups_rows_for_two_disks_keep_its_short_labels() {
+        let pod = SeriesLabels::new(&container("web", "app", "kubepods/pod1/c"), PathLabel::Auto);
+        // One row per disk and op, each with the cgroup's labels (a clone shares them).
+        let same = pod.clone();
+        let text = render(&choose([&pod, &same, &pod]), Some("read"));
+        assert_eq!(
+            text.matches("x_total{container=\"app\"").count(),
+            3,
+            "{text}"
+        );
+        assert!(!text.contains("cgroup="), "{text}");
     }
 
     #[test]

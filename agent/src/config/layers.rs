@@ -42,7 +42,7 @@ pub fn command() -> clap::Command {
         .map(|s| s.name)
         .collect();
     let help = format!(
-        "Which per-cgroup series to export (comma-separated): {}, or all [default: {}]",
+        "Which per-cgroup series to export (comma-separated): {}, all, or default (the defaults, to add to them: default,cpu_throttling) [default: {}]",
         all.join(", "),
         defaults.join(",")
     );

@@ -293,8 +293,8 @@ fn family_settings(merged: &serde_json::Value) -> Result<FamilySettings, ConfigE
     Ok(settings)
 }
 
-/// `cgroups.series`: a list of the families' per-cgroup series names, or `all`, naming at
-/// least one. Each family then picks its own (`family::chosen_cgroup_series`).
+/// `cgroups.series`: a list of the families' per-cgroup series names, `all` or `default`,
+/// naming at least one. Each family then picks its own (`family::chosen_cgroup_series`).
 fn check_cgroup_series(merged: &serde_json::Value) -> Result<(), ConfigError> {
     let field = "cgroups.series";
     if let Some(value) = merged.pointer("/cgroups/series")
@@ -310,12 +310,12 @@ fn check_cgroup_series(merged: &serde_json::Value) -> Result<(), ConfigError> {
     };
     let known = layers::cgroup_series_names();
     for name in &names {
-        if name != "all" && !known.iter().any(|s| s.name == name) {
+        if name != "all" && name != "default" && !known.iter().any(|s| s.name == name) {
             let list: Vec<&str> = known.iter().map(|s| s.name).collect();
             return Err(invalid(
                 field,
                 format!(
-                    "{name:?} is not a per-cgroup series (use {}, or all)",
+                    "{name:?} is not a per-cgroup series (use {}, all, or default)",
                     list.join(", ")
                 ),
             ));
@@ -614,11 +614,20 @@ mod tests {
         };
         assert_eq!(
             chosen(Config::resolve(flags()).unwrap()),
-            [Cpu, RunqueueWait, ReclaimStall, Blocked]
+            [Cpu, RunqueueWait]
         );
         assert_eq!(
             series(&["all"]).unwrap(),
             [Cpu, RunqueueWait, ContextSwitches, ReclaimStall, Blocked]
+        );
+        // `default` is the defaults, and adds to them.
+        assert_eq!(
+            series(&["default"]).unwrap(),
+            chosen(Config::resolve(flags()).unwrap())
+        );
+        assert_eq!(
+            series(&["blocked", "default"]).unwrap(),
+            [Cpu, RunqueueWait, Blocked]
         );
         // Another family's name is valid, and none of this family's.
         assert_eq!(series(&["io_pressure"]).unwrap(), []);

@@ -39,6 +39,7 @@ pub enum Command {
         output_dir: Option<PathBuf>,
         /// Also generate work (scheduler, disk reads, memory reclaim) and report, per probe,
         /// the events seen and the cost per event; fails when a core probe sees none.
+        /// Exports every per-cgroup series, whatever --cgroup-series says.
         #[arg(long)]
         exercise: bool,
         /// The disk to read from during --exercise [default: the first disk in sysfs].

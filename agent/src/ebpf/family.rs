@@ -338,7 +338,8 @@ pub fn cgroup_series_given(merged: &serde_json::Value) -> Option<Vec<String>> {
 
 /// Which of a family's series (`own`, from its [`Family::cgroup_series`]) are chosen, in
 /// `own`'s order: its defaults when `cgroups.series` is not set, all of them for `all`,
-/// else those named.
+/// else those named, its defaults among them for `default` (so `default,cpu_pressure`
+/// adds one to the defaults).
 pub fn chosen_cgroup_series(
     merged: &serde_json::Value,
     own: &'static [CgroupSeriesName],
@@ -347,7 +348,9 @@ pub fn chosen_cgroup_series(
     own.iter()
         .filter(|s| match &given {
             None => s.default,
-            Some(names) => names.iter().any(|n| n == "all" || n == s.name),
+            Some(names) => names
+                .iter()
+                .any(|n| n == "all" || n == s.name || (n == "default" && s.default)),
         })
         .map(|s| s.name)
         .collect()

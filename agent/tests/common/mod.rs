@@ -769,6 +769,11 @@ pub struct ScrapingPrometheus {
 
 impl ScrapingPrometheus {
     pub fn start(scrape_configs: serde_json::Value) -> ScrapingPrometheus {
+        Self::start_with(scrape_configs, &[])
+    }
+
+    /// With more flags (`--enable-feature=...`).
+    pub fn start_with(scrape_configs: serde_json::Value, flags: &[&str]) -> ScrapingPrometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
@@ -777,7 +782,7 @@ impl ScrapingPrometheus {
         // JSON is YAML.
         std::fs::write(dir.path().join("prometheus.yml"), config.to_string()).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = prometheus(dir.path(), &addr, &[]);
+        let child = prometheus(dir.path(), &addr, flags);
         ScrapingPrometheus {
             addr,
             child,
@@ -807,4 +812,20 @@ impl Drop for ScrapingPrometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `--cgroup-series` value the kustomize component `why-slow` sets: the per-pod series
+/// the dashboard's "Why is this pod slow" row needs, for the tests that check that row.
+pub fn why_slow_series() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/components/why-slow/kustomization.yaml"
+    );
+    let text = read(path);
+    let value = text
+        .lines()
+        .skip_while(|l| !l.contains("path: /data/NODELENS_CGROUP_SERIES"))
+        .find_map(|l| l.trim().strip_prefix("value: "))
+        .unwrap_or_else(|| panic!("no NODELENS_CGROUP_SERIES value in {path}"));
+    value.trim().to_owned()
 }

@@ -88,21 +88,37 @@ pub(super) fn cgroup_cpu_series(text: &str) -> (usize, usize, Vec<String>) {
     (series.len(), pods, others)
 }
 
-/// Per-pod families of a scrape: family name -> how many of the bench's pods (pod label
-/// `app-...`) have a series in it.
-pub(super) fn pods_per_family(text: &str) -> BTreeMap<String, usize> {
-    let mut pods: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for (series, _) in sample_lines(text) {
-        let Some((family, _)) = series.split_once('{') else {
+/// What one per-pod family holds in a scrape, over the bench's pods (pod label `app-...`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct PodFamily {
+    /// Pods with at least one series in it.
+    pub pods: usize,
+    /// Its sample lines.
+    pub lines: usize,
+    /// Their bytes, newlines included.
+    pub bytes: usize,
+}
+
+/// Per-pod families of a scrape: family name -> what the bench's pods have in it.
+pub(super) fn per_pod_families(text: &str) -> BTreeMap<String, PodFamily> {
+    let mut out: BTreeMap<&str, (std::collections::BTreeSet<&str>, usize, usize)> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((family, _)) = line.split_once('{') else {
             continue;
         };
-        let pod = label(series, "pod");
+        let pod = label(line.rsplit_once(' ').map_or(line, |(s, _)| s), "pod");
         if family.starts_with("nodelens_cgroup_") && pod.starts_with("app-") {
-            pods.entry(family).or_default().insert(pod);
+            let entry = out.entry(family).or_default();
+            entry.0.insert(pod);
+            entry.1 += 1;
+            entry.2 += line.len() + 1;
         }
     }
-    pods.into_iter()
-        .map(|(family, pods)| (family.to_owned(), pods.len()))
+    out.into_iter()
+        .map(|(family, (pods, lines, bytes))| {
+            let pods = pods.len();
+            (family.to_owned(), PodFamily { pods, lines, bytes })
+        })
         .collect()
 }
 
@@ -123,6 +139,21 @@ nodelens_cgroup_cpu_seconds_total{cgroup=\"/system.slice/cron.service\"} 0.25
 nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"} 9
 
 ";
+
+    #[test]
+    fn counts_pods_lines_and_bytes_of_each_per_pod_family() {
+        let families = per_pod_families(SCRAPE);
+        let cpu = "nodelens_cgroup_cpu_seconds_total{namespace=\"team\",pod=\"app-1\",container=\"c\"} 3.5";
+        assert_eq!(
+            families["nodelens_cgroup_cpu_seconds_total"],
+            PodFamily {
+                pods: 2,
+                lines: 2,
+                bytes: 2 * (cpu.len() + 1) - 2,
+            }
+        );
+        assert_eq!(families.len(), 1, "{families:?}");
+    }
 
     #[test]
     fn reads_each_probes_runs_and_seconds_by_source() {
@@ -158,10 +189,11 @@ nodelens_cgroup_cpu_seconds_total{cgroup=\"other\"} 9
             "{SCRAPE}nodelens_cgroup_blocked_seconds_total{{namespace=\"team\",pod=\"app-1\",container=\"c\",kind=\"io\"}} 1\n\
              nodelens_cgroup_blocked_seconds_total{{namespace=\"team\",pod=\"app-1\",container=\"c\",kind=\"other\"}} 1\n"
         );
-        let pods = pods_per_family(&text);
-        assert_eq!(pods["nodelens_cgroup_cpu_seconds_total"], 2);
-        assert_eq!(pods["nodelens_cgroup_blocked_seconds_total"], 1);
-        assert_eq!(pods.len(), 2, "the probes' families are not per pod");
+        let families = per_pod_families(&text);
+        assert_eq!(families["nodelens_cgroup_cpu_seconds_total"].pods, 2);
+        let blocked = families["nodelens_cgroup_blocked_seconds_total"];
+        assert_eq!((blocked.pods, blocked.lines), (1, 2));
+        assert_eq!(families.len(), 2, "the probes' families are not per pod");
     }
 
     #[test]

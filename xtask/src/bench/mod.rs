@@ -268,34 +268,56 @@ fn cpu_percent_alone(d: &Daemon, span: Duration) -> Result<f64> {
 }
 
 /// The per-pod families the busy scale row expects for (nearly) every pod: one per series
-/// that `--cgroup-series` turns on by default. Nearly: the first pods' reads fill the
-/// memory cgroup without reclaiming, and the system's own cgroups take some places.
+/// the busy work makes non-zero, and whether `--cgroup-series` exports it by default.
+/// Nearly: the first pods' reads fill the memory cgroup without reclaiming, and the
+/// system's own cgroups take some places.
 const BUSY_SLACK: usize = 512;
 
 /// See [`BUSY_SLACK`].
-pub(super) const BUSY_FAMILIES: &[&str] = &[
-    "nodelens_cgroup_cpu_seconds_total",
-    "nodelens_cgroup_runqueue_wait_seconds_total",
-    "nodelens_cgroup_reclaim_stall_seconds_total",
-    "nodelens_cgroup_blocked_seconds_total",
-    "nodelens_cgroup_pressure_memory_waiting_seconds_total",
-    "nodelens_cgroup_pressure_io_waiting_seconds_total",
-    "nodelens_cgroup_cpu_cfs_throttled_periods_total",
+pub(super) const BUSY_FAMILIES: &[(&str, bool)] = &[
+    ("nodelens_cgroup_cpu_seconds_total", true),
+    ("nodelens_cgroup_runqueue_wait_seconds_total", true),
+    ("nodelens_cgroup_disk_ios_total", true),
+    ("nodelens_cgroup_reclaim_stall_seconds_total", false),
+    ("nodelens_cgroup_blocked_seconds_total", false),
+    (
+        "nodelens_cgroup_pressure_memory_waiting_seconds_total",
+        false,
+    ),
+    ("nodelens_cgroup_pressure_io_waiting_seconds_total", false),
+    ("nodelens_cgroup_cpu_cfs_throttled_periods_total", false),
 ];
+
+/// Keeps one scrape of `agent` as target/bench/`name`, to see what a row's bytes are.
+fn save_scrape(agent: &Daemon, name: &str) -> Result<()> {
+    let path = workspace_root().join("target/bench").join(name);
+    std::fs::write(&path, get(&agent.addr, "/metrics")?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// The [`BUSY_FAMILIES`] an agent exports: every one, or (not `every`) the defaults.
+fn busy_families(every: bool) -> impl Iterator<Item = &'static str> {
+    BUSY_FAMILIES
+        .iter()
+        .filter(move |(_, default)| every || *default)
+        .map(|(f, _)| *f)
+}
 
 /// Waits until the busy pods' series are out (the cgroup files are read on the families'
 /// refresh interval, 15 s by default), at most 90 s; returns how many pods each per-pod
 /// family has then.
-fn wait_for_busy_series(agent: &Daemon) -> Result<std::collections::BTreeMap<String, usize>> {
+fn wait_for_busy_series(
+    agent: &Daemon,
+    every: bool,
+) -> Result<std::collections::BTreeMap<String, exposition::PodFamily>> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let text = String::from_utf8(get(&agent.addr, "/metrics")?)?;
-        let pods = exposition::pods_per_family(&text);
-        let all = BUSY_FAMILIES
-            .iter()
-            .all(|f| pods.get(*f).copied().unwrap_or(0) + BUSY_SLACK >= 4096);
+        let families = exposition::per_pod_families(&text);
+        let all = busy_families(every)
+            .all(|f| families.get(f).map_or(0, |f| f.pods) + BUSY_SLACK >= 4096);
         if all || Instant::now() > deadline {
-            return Ok(pods);
+            return Ok(families);
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -411,18 +433,23 @@ pub fn bench(opts: Options) -> Result<()> {
     let logs = scale::KubeletLogs::new(&workspace_root())?;
     let addr = free_addr()?;
     // The agent first: it sees the processes that run in the new cgroups.
-    let scaled_agent = start(
-        "nodelens",
-        &env.nodelens,
-        &[
+    let scaled_args = |addr: &str, series: &str| -> Vec<String> {
+        vec![
             "--listen-address".into(),
-            addr.clone(),
+            addr.into(),
             "--pod-logs-dir".into(),
             logs.pods(),
             "--container-logs-dir".into(),
             logs.containers(),
-        ],
-        addr,
+            "--cgroup-series".into(),
+            series.into(),
+        ]
+    };
+    let scaled_agent = start(
+        "nodelens",
+        &env.nodelens,
+        &scaled_args(&addr, "default"),
+        addr.clone(),
     )?;
     let tree = scale::KubeletTree::new(4096, &logs)?;
     wait_for_tracked(&scaled_agent, 4096)?;
@@ -434,11 +461,25 @@ pub fn bench(opts: Options) -> Result<()> {
     let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
     step("scale: every pod busy (CPU over a limit, queued, reclaiming, blocked on reads)");
     let mut tree = tree;
+    // A second agent exports every per-pod series (`all`), to show what the ones off by
+    // default would cost. Started before the busy work, so that it sees all of it.
+    let addr = free_addr()?;
+    let every_agent = start(
+        "nodelens",
+        &env.nodelens,
+        &scaled_args(&addr, "all"),
+        addr.clone(),
+    )?;
     // The end-to-end loads' loop device and memory cgroup (its limit makes reads reclaim).
     tree.make_busy(&env.loop_device.path, &env.memcg.0)?;
-    let busy_pods = wait_for_busy_series(&scaled_agent)?;
+    let busy_pods = wait_for_busy_series(&scaled_agent, false)?;
     let busy = measure_scrapes(&scaled_agent, scrapes.min(200))?;
+    save_scrape(&scaled_agent, "busy-default.prom")?;
     drop(scaled_agent);
+    let every_pods = wait_for_busy_series(&every_agent, true)?;
+    let every = measure_scrapes(&every_agent, scrapes.min(50))?;
+    save_scrape(&every_agent, "busy-all.prom")?;
+    drop(every_agent);
     drop(tree);
     drop(logs);
 
@@ -460,6 +501,8 @@ pub fn bench(opts: Options) -> Result<()> {
         scaled: &scaled,
         busy: &busy,
         busy_pods: &busy_pods,
+        every: &every,
+        every_pods: &every_pods,
         idle_cpu_percent,
         push: &push,
         memory,
@@ -506,10 +549,12 @@ pub fn bench(opts: Options) -> Result<()> {
             scaled.cgroup_series, scaled.pods, scaled.not_pods
         ));
     }
-    let short_of_busy: Vec<String> = BUSY_FAMILIES
-        .iter()
-        .filter(|f| busy_pods.get(**f).copied().unwrap_or(0) + BUSY_SLACK < 4096)
-        .map(|f| format!("{f}: {} pods", busy_pods.get(*f).copied().unwrap_or(0)))
+    let short_of_busy: Vec<String> = [(false, &busy_pods), (true, &every_pods)]
+        .into_iter()
+        .flat_map(|(every, pods)| busy_families(every).map(move |f| (f, pods)))
+        .map(|(f, pods)| (f, pods.get(f).map_or(0, |f| f.pods)))
+        .filter(|(_, pods)| pods + BUSY_SLACK < 4096)
+        .map(|(f, pods)| format!("{f}: {pods} pods"))
         .collect();
     if !short_of_busy.is_empty() {
         missing.push(format!(

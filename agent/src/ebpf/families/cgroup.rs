@@ -56,12 +56,10 @@ pub enum CgroupSeries {
 }
 
 impl CgroupSeries {
-    pub const DEFAULT: [CgroupSeries; 4] = [
-        Self::Cpu,
-        Self::RunqueueWait,
-        Self::ReclaimStall,
-        Self::Blocked,
-    ];
+    /// CPU time and run-queue wait: two lines a pod. With the per-pod disk series (three
+    /// per disk and op used), that is what a node of 4,096 busy pods can export within
+    /// 3 MB a scrape; the others are a `--cgroup-series` away (docs/metrics.md).
+    pub const DEFAULT: [CgroupSeries; 2] = [Self::Cpu, Self::RunqueueWait];
 }
 
 /// The family's settings.
@@ -96,11 +94,11 @@ const SERIES: &[CgroupSeriesName] = &[
     },
     CgroupSeriesName {
         name: "reclaim_stall",
-        default: true,
+        default: false,
     },
     CgroupSeriesName {
         name: "blocked",
-        default: true,
+        default: false,
     },
 ];
 
@@ -225,7 +223,11 @@ impl CgroupMap for CgroupSlots {
 impl LoadedFamily for CgroupMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
         let (tracked, evictions, unknown) = self.stats.scrape(|scrape| {
-            self.encode(&scrape.rows.rows)?;
+            if render::protobuf() {
+                self.encode_protobuf(out, &scrape.rows.rows)?;
+            } else {
+                self.encode(&scrape.rows.rows)?;
+            }
             Ok(scrape.rows.tracker.counts())
         })?;
         gauge(
@@ -300,6 +302,35 @@ fn exported(series: &[CgroupSeries]) -> Exported {
     FAMILIES.map(|(s, _, _)| series.contains(&s))
 }
 
+/// A sample's value: nanoseconds, exported as seconds, or a count.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Seconds(u64),
+    Count(u64),
+}
+
+impl Value {
+    fn is_zero(self) -> bool {
+        matches!(self, Value::Seconds(0) | Value::Count(0))
+    }
+}
+
+/// A row's samples in [`FAMILIES`] order: (family index, its `kind` label, value). Only
+/// the non-zero ones of exported families are written, in either format.
+fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); 8] {
+    use Value::{Count, Seconds};
+    [
+        (0, None, Seconds(v.cpu_ns)),
+        (1, None, Seconds(v.runqueue_wait_ns)),
+        (2, Some("voluntary"), Count(v.voluntary_switches)),
+        (2, Some("involuntary"), Count(v.involuntary_switches)),
+        (3, Some("direct"), Seconds(v.reclaim_direct_ns)),
+        (3, Some("memcg"), Seconds(v.reclaim_memcg_ns)),
+        (4, Some("io"), Seconds(v.blocked_io_ns)),
+        (4, Some("other"), Seconds(v.blocked_other_ns)),
+    ]
+}
+
 /// One row's sample lines, kept from scrape to scrape and rendered again only when its
 /// values or its labels change. Most cgroups of a node (pause containers, idle pods) do not
 /// move between two scrapes, and formatting their lines was a fifth of a 4,096-pod scrape.
@@ -348,48 +379,27 @@ impl RowText {
         self.with_path = row.series.is_with_path(labels);
         self.text.clear();
         let l = labels.text();
-        let v = &row.values;
-        let secs = |ns: u64| ns as f64 / 1e9;
-        let [cpu, wait, switches, reclaim, blocked] = FAMILIES.map(|(_, name, _)| name);
         let text = &mut self.text;
-        if exported[0] && v.cpu_ns != 0 {
-            Samples::into_string(text, cpu).float(l, None, secs(v.cpu_ns));
-        }
-        self.ends[0] = text.len();
-        if exported[1] && v.runqueue_wait_ns != 0 {
-            Samples::into_string(text, wait).float(l, None, secs(v.runqueue_wait_ns));
-        }
-        self.ends[1] = text.len();
-        if exported[2] {
-            for (kind, n) in [
-                ("voluntary", v.voluntary_switches),
-                ("involuntary", v.involuntary_switches),
-            ] {
-                if n != 0 {
-                    Samples::into_string(text, switches).count(l, Some(("kind", kind)), n);
-                }
+        // Family i's lines end where family i + 1's first sample starts.
+        let mut ended = 0;
+        for (family, kind, value) in row_samples(&row.values) {
+            while ended < family {
+                self.ends[ended] = text.len();
+                ended += 1;
+            }
+            if !exported[family] || value.is_zero() {
+                continue;
+            }
+            let mut samples = Samples::into_string(text, FAMILIES[family].1);
+            let kind = kind.map(|k| ("kind", k));
+            match value {
+                Value::Seconds(ns) => samples.float(l, kind, ns as f64 / 1e9),
+                Value::Count(n) => samples.count(l, kind, n),
             }
         }
-        self.ends[2] = text.len();
-        if exported[3] {
-            for (kind, ns) in [
-                ("direct", v.reclaim_direct_ns),
-                ("memcg", v.reclaim_memcg_ns),
-            ] {
-                if ns != 0 {
-                    Samples::into_string(text, reclaim).float(l, Some(("kind", kind)), secs(ns));
-                }
-            }
+        for end in &mut self.ends[ended..] {
+            *end = text.len();
         }
-        self.ends[3] = text.len();
-        if exported[4] {
-            for (kind, ns) in [("io", v.blocked_io_ns), ("other", v.blocked_other_ns)] {
-                if ns != 0 {
-                    Samples::into_string(text, blocked).float(l, Some(("kind", kind)), secs(ns));
-                }
-            }
-        }
-        self.ends[4] = text.len();
     }
 
     /// Family i's lines.
@@ -422,6 +432,49 @@ fn row_texts(
 }
 
 impl CgroupMaps {
+    /// A protobuf scrape's families, through the encoder: the kept text is of no use there.
+    fn encode_protobuf(
+        &self,
+        out: &mut DescriptorEncoder,
+        rows: &[Row<(), CgroupStats>],
+    ) -> Result<(), CollectError> {
+        use prometheus_client::{
+            encoding::{EncodeLabelSet, MetricEncoder, NoLabelSet},
+            metrics::MetricType,
+        };
+        fn put(
+            metric: &mut MetricEncoder,
+            labels: &impl EncodeLabelSet,
+            value: Value,
+        ) -> std::fmt::Result {
+            let mut sample = metric.encode_family(labels)?;
+            match value {
+                Value::Seconds(ns) => {
+                    sample.encode_counter::<NoLabelSet, f64, f64>(&(ns as f64 / 1e9), None)
+                }
+                Value::Count(n) => sample.encode_counter::<NoLabelSet, u64, u64>(&n, None),
+            }
+        }
+        let labels = series::choose(rows.iter().map(|r| r.series));
+        for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
+            if !self.exported[i] {
+                continue;
+            }
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            let mut metric = out.encode_descriptor(base, help, None, MetricType::Counter)?;
+            for (row, l) in rows.iter().zip(&labels) {
+                let samples = row_samples(&row.values).into_iter();
+                for (_, kind, value) in samples.filter(|(f, _, v)| *f == i && !v.is_zero()) {
+                    match kind {
+                        Some(k) => put(&mut metric, &l.and_all([("kind", k)]), value)?,
+                        None => put(&mut metric, l, value)?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the exported families directly as text (`crate::render`): these are most of
     /// the samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
@@ -597,18 +650,24 @@ mod tests {
         let labels = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
         let r = row(&labels, 2_000_000, 4);
         let default = exported(&CgroupSeries::DEFAULT);
-        assert_eq!(default, [true, true, false, true, true]);
+        assert_eq!(default, [true, true, false, false, false]);
         let text = RowText::new(&r, chosen(&r), default);
         assert!(text.family(0).contains("pod=\"web-1\"} 0.002\n"));
-        assert_eq!(
-            text.family(2),
-            "",
-            "context switches are not exported by default"
-        );
-        assert!(text.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
+        for (family, what) in [
+            (2, "context switches"),
+            (3, "reclaim stalls"),
+            (4, "blocked time"),
+        ] {
+            assert_eq!(
+                text.family(family),
+                "",
+                "{what} are not exported by default"
+            );
+        }
         let all = RowText::new(&r, chosen(&r), ALL);
+        assert!(all.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
         assert_eq!(
-            text.text.len() + all.family(2).len(),
+            text.text.len() + (2..5).map(|f| all.family(f).len()).sum::<usize>(),
             all.text.len(),
             "everything else the same"
         );

@@ -40,9 +40,10 @@ const NAME: &str = "cgroup_throttling";
 /// The file key of the refresh interval.
 const REFRESH_KEY: &str = "cgroups.throttling_refresh_interval";
 
+/// Off by default, as the pressure series are (`cgroup_pressure::SERIES` says why).
 const SERIES: &[CgroupSeriesName] = &[CgroupSeriesName {
     name: "cpu_throttling",
-    default: true,
+    default: false,
 }];
 
 #[derive(Debug, Clone)]
@@ -148,8 +149,14 @@ impl Family for CgroupThrottling {
 
     fn layout(&self, _kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout {
         let mut layout = FamilyLayout::new(Vec::new(), Ok(()), Ok(()), Vec::new());
+        let asked = ctx
+            .settings
+            .get::<Settings>(NAME)
+            .is_some_and(|s| s.exported);
         layout.mode = Some(if !ctx.per_cgroup {
             "off: needs per-cgroup accounting (the cgroup collector)".into()
+        } else if !asked {
+            "off: its series is not asked for (--cgroup-series default,cpu_throttling); no file is read".into()
         } else {
             match v1_cpu_root() {
                 Some(v1) => format!(

@@ -1,0 +1,293 @@
+//! The protobuf exposition (length-delimited `io.prometheus.client.MetricFamily`), served
+//! when a scraper prefers it, as Prometheus does with its native histograms on: every family
+//! of the text scrape is in it, with the same names, types, labels and values; and Debian's
+//! Prometheus 2.42 (`--enable-feature=native-histograms`) asks for it and ingests it.
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
+    time::Duration,
+};
+
+use common::Agent;
+use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+    LabelPair, MetricFamily, MetricType,
+};
+use prost::Message as _;
+use serde_json::json;
+
+/// What Prometheus 2.42 to 3.x send with native histograms on.
+const PROTOBUF_FIRST: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn protobuf_scrape(agent: &Agent) -> Vec<MetricFamily> {
+    let (status, headers, body) = common::http(
+        &agent.addr,
+        "GET",
+        "/metrics",
+        &[("Accept", PROTOBUF_FIRST)],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        content_type,
+        Some(
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        )
+    );
+    let mut rest = body.as_slice();
+    let mut families = Vec::new();
+    while !rest.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut rest).expect("a MetricFamily"));
+    }
+    assert!(!families.is_empty(), "an empty protobuf scrape");
+    families
+}
+
+/// A bucket bound as both sides write it here.
+fn le(bound: f64) -> String {
+    if bound == f64::INFINITY {
+        "+Inf".to_owned()
+    } else {
+        format!("{bound:?}")
+    }
+}
+
+/// `name{labels}` as `common::Metrics` keys a series: labels sorted, values escaped.
+fn key(name: &str, labels: &[LabelPair], extra: Option<(&str, String)>) -> String {
+    let mut pairs: Vec<String> = labels
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.clone()))
+        .chain(extra)
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    if pairs.is_empty() {
+        return name.to_owned();
+    }
+    pairs.sort();
+    format!("{name}{{{}}}", pairs.join(","))
+}
+
+/// A sample's value, which its family's type says it has.
+fn value(family: &MetricFamily, v: Option<f64>) -> f64 {
+    v.unwrap_or_else(|| panic!("{}: a sample without its type's value", family.name))
+}
+
+/// Every sample of a protobuf scrape, keyed as the text scrape's, and each family's type.
+fn samples(families: &[MetricFamily]) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let mut samples = BTreeMap::new();
+    let mut types = BTreeMap::new();
+    for f in families {
+        let kind = MetricType::try_from(f.r#type).expect("a known type");
+        types.insert(f.name.clone(), kind.as_str_name().to_lowercase());
+        for m in &f.metric {
+            let mut put = |name: &str, extra, v: f64| {
+                let k = key(name, &m.label, extra);
+                assert!(samples.insert(k.clone(), v).is_none(), "{k} twice");
+            };
+            match kind {
+                MetricType::Counter => {
+                    put(&f.name, None, value(f, m.counter.as_ref().map(|c| c.value)))
+                }
+                MetricType::Gauge => {
+                    put(&f.name, None, value(f, m.gauge.as_ref().map(|g| g.value)))
+                }
+                MetricType::Untyped => {
+                    put(&f.name, None, value(f, m.untyped.as_ref().map(|u| u.value)))
+                }
+                MetricType::Histogram => {
+                    let h = m.histogram.as_ref().unwrap();
+                    for b in &h.bucket {
+                        let bucket = format!("{}_bucket", f.name);
+                        put(
+                            &bucket,
+                            Some(("le", le(b.upper_bound))),
+                            b.cumulative_count as f64,
+                        );
+                    }
+                    put(&format!("{}_sum", f.name), None, h.sample_sum);
+                    put(&format!("{}_count", f.name), None, h.sample_count as f64);
+                }
+                other => panic!("{}: a {other:?} family", f.name),
+            }
+        }
+    }
+    (samples, types)
+}
+
+/// A text scrape's samples, bucket bounds written as [`le`] writes them.
+fn text_samples(agent: &Agent) -> common::Metrics {
+    let mut m = agent.metrics();
+    m.samples = std::mem::take(&mut m.samples)
+        .into_iter()
+        .map(|(k, v)| {
+            let Some((head, rest)) = k.split_once("le=\"") else {
+                return (k, v);
+            };
+            let (bound, tail) = rest.split_once('"').expect("a quoted le");
+            let bound: f64 = match bound {
+                "+Inf" => f64::INFINITY,
+                b => b.parse().expect("a numeric le"),
+            };
+            (format!("{head}le=\"{}\"{tail}", le(bound)), v)
+        })
+        .collect();
+    m
+}
+
+#[test]
+fn a_protobuf_scrape_has_the_text_scrapes_families_labels_and_values() {
+    common::require_root();
+    common::mount_tracefs();
+    // Every per-pod series (those written directly as text too), with per-pod work.
+    let agent = Agent::start(&["--cgroup-series", "all"]);
+    let _reclaimed = common::reclaim_in_a_limited_cgroup("protobuf");
+    common::direct_reads(64);
+    agent.metrics_until(Duration::from_secs(30), "per-cgroup reclaim stalls", |m| {
+        m.samples
+            .keys()
+            .any(|k| k.starts_with("nodelens_cgroup_reclaim_stall_seconds_total{"))
+    });
+    let before = text_samples(&agent);
+    let families = protobuf_scrape(&agent);
+    let after = text_samples(&agent);
+    let (proto, types) = samples(&families);
+
+    // Families: the same names and types (the text declares counters with `_total`, as
+    // prometheus_client's 0.0.4 encoder does, and the protobuf names them so).
+    for (name, kind) in &types {
+        assert_eq!(
+            before.types.get(name).map(String::as_str),
+            Some(kind.as_str()),
+            "{name}: a {kind} in protobuf"
+        );
+    }
+    let text_families: BTreeSet<&String> = before.types.keys().collect();
+    let proto_families: BTreeSet<&String> = types.keys().collect();
+    assert_eq!(text_families, proto_families, "the same families");
+
+    // Series: those of both text scrapes are in the protobuf one, and it has no other.
+    let both: BTreeSet<&String> = before
+        .samples
+        .keys()
+        .filter(|k| after.samples.contains_key(*k))
+        .collect();
+    assert!(both.len() > 300, "{} series", both.len());
+    for k in &both {
+        assert!(proto.contains_key(*k), "{k} is not in the protobuf scrape");
+    }
+    for k in proto.keys() {
+        assert!(
+            before.samples.contains_key(k) || after.samples.contains_key(k),
+            "{k} is in no text scrape"
+        );
+    }
+    assert!(
+        proto.keys().any(|k| k.contains("kind=\"memcg\"")
+            && k.starts_with("nodelens_cgroup_reclaim_stall_seconds_total{")),
+        "the directly written per-cgroup families, with their own label"
+    );
+
+    // Values: a counter's lies between the two text scrapes'; a gauge that held still is
+    // the same.
+    let mut checked = 0;
+    for k in both {
+        let (b, a, p) = (before.samples[k], after.samples[k], proto[k]);
+        let family = k.split('{').next().unwrap_or(k);
+        let base = family
+            .strip_suffix("_bucket")
+            .or_else(|| family.strip_suffix("_sum"))
+            .or_else(|| family.strip_suffix("_count"))
+            .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+            .unwrap_or(family);
+        match types[base].as_str() {
+            "counter" | "histogram" => {
+                assert!(b <= p && p <= a, "{k}: {b} <= {p} <= {a}");
+                checked += 1;
+            }
+            _ if a == b => {
+                assert_eq!(p, b, "{k}");
+                checked += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(checked > 300, "{checked} values checked");
+}
+
+/// Records the `Accept` header of the first request it gets, and answers 404.
+fn accept_header_of_one_request() -> (String, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut accept = String::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("accept")
+            {
+                accept = value.trim().to_owned();
+            }
+            line.clear();
+        }
+        let _ = (&stream).write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        accept
+    });
+    (addr, handle)
+}
+
+#[test]
+fn prometheus_with_native_histograms_on_asks_for_protobuf_and_ingests_it() {
+    common::require_root();
+    common::mount_tracefs();
+    let agent = Agent::start(&[]);
+    let (recorder, accept) = accept_header_of_one_request();
+    let prometheus = common::ScrapingPrometheus::start_with(
+        json!([
+            {"job_name": "nodelens", "static_configs": [{"targets": [agent.addr]}]},
+            {"job_name": "recorder", "static_configs": [{"targets": [recorder]}]},
+        ]),
+        &["--enable-feature=native-histograms"],
+    );
+    let accept = accept.join().unwrap();
+    assert_eq!(
+        nodelens::server::negotiate(Some(&accept)),
+        nodelens::server::Format::Protobuf,
+        "Prometheus asked with {accept:?}"
+    );
+    common::wait_for(
+        "Prometheus ingests the node's and the pods' series through protobuf",
+        Duration::from_secs(60),
+        || {
+            let has = |q: &str| !prometheus.query(q).is_empty();
+            has("up{job=\"nodelens\"} == 1")
+                && has("nodelens_runqueue_latency_seconds_count{job=\"nodelens\"} > 0")
+                && has("nodelens_runqueue_latency_seconds_bucket{job=\"nodelens\",le=\"+Inf\"} > 0")
+                && has("nodelens_cgroup_cpu_seconds_total{job=\"nodelens\"} > 0")
+                && has("node_memory_MemTotal_bytes{job=\"nodelens\"} > 0")
+                // Untyped, as node_exporter has it (a value Prometheus reads elsewhere).
+                && has("node_vmstat_pgpgin{job=\"nodelens\"} > 0")
+        },
+    );
+    // As many series as a text scrape has samples (a few come and go between scrapes).
+    let text = agent.metrics().samples.len() as f64;
+    let stored = prometheus.query("scrape_samples_scraped{job=\"nodelens\"}");
+    let stored: f64 = stored[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        (stored - text).abs() <= text * 0.05,
+        "Prometheus scraped {stored} samples, a text scrape has {text}"
+    );
+}
