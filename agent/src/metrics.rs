@@ -161,9 +161,114 @@ pub fn histogram<'a, L: EncodeLabelSet>(
     Ok(())
 }
 
+/// A native histogram's buckets, as the kernel keeps them: `counts[k]` is bucket
+/// `first_index + k` of `schema` (upper bound `2^((first_index + k) / 2^schema)` in the
+/// exported unit), and `zero_count` the values up to `zero_threshold`.
+pub struct NativeBuckets<'a> {
+    pub schema: i32,
+    pub zero_threshold: f64,
+    pub zero_count: u64,
+    pub first_index: i32,
+    pub counts: &'a [u64],
+}
+
+impl NativeBuckets<'_> {
+    /// The positive buckets as Prometheus encodes them: spans of consecutive buckets that
+    /// hold values (`(offset, length)`, the first offset the first bucket's index, each
+    /// later one the empty buckets skipped before it), and the counts as deltas, each from
+    /// the bucket before it in the spans.
+    pub fn spans_and_deltas(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
+        let (mut spans, mut deltas) = (Vec::new(), Vec::new());
+        let (mut next_index, mut previous) = (None::<i32>, 0i64);
+        for (k, count) in self.counts.iter().enumerate() {
+            if *count == 0 {
+                continue;
+            }
+            let index = self.first_index + k as i32;
+            match spans.last_mut() {
+                Some((_, length)) if next_index == Some(index) => *length += 1,
+                _ => spans.push((next_index.map_or(index, |next| index - next), 1)),
+            }
+            next_index = Some(index + 1);
+            deltas.push(*count as i64 - previous);
+            previous = *count as i64;
+        }
+        (spans, deltas)
+    }
+}
+
+/// [`histogram`], and in a protobuf scrape (when `native` is given) the same values as a
+/// native histogram beside the classic buckets, in one sample: count and sum are shared.
+pub fn histogram_with_native<'a, L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, Log2Buckets<'a>, Option<NativeBuckets<'a>>)>,
+) -> fmt::Result {
+    let mut metric = out.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, hist, native) in samples {
+        let (buckets, sum, count) = hist.to_buckets();
+        let mut sample = metric.encode_family(&labels)?;
+        let Some(native) = native else {
+            sample.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            continue;
+        };
+        let (spans, deltas) = native.spans_and_deltas();
+        let native = prometheus_client::encoding::NativeHistogram {
+            schema: native.schema,
+            zero_threshold: native.zero_threshold,
+            zero_count: native.zero_count,
+            negative: prometheus_client::encoding::NativeHistogramBuckets {
+                spans: &[],
+                deltas: &[],
+            },
+            positive: prometheus_client::encoding::NativeHistogramBuckets {
+                spans: &spans,
+                deltas: &deltas,
+            },
+            created: None,
+        };
+        sample.encode_histogram_with_native::<NoLabelSet>(sum, count, &buckets, None, native)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_buckets_become_spans_and_deltas() {
+        // Buckets -3, -2 (a span), then 0 and 1 after one empty bucket, then 5.
+        let counts = [2, 5, 0, 1, 1, 0, 0, 0, 4];
+        let native = NativeBuckets {
+            schema: 3,
+            zero_threshold: 0.0,
+            zero_count: 0,
+            first_index: -3,
+            counts: &counts,
+        };
+        let (spans, deltas) = native.spans_and_deltas();
+        assert_eq!(spans, [(-3, 2), (1, 2), (3, 1)]);
+        assert_eq!(deltas, [2, 3, -4, 0, 3]);
+        // Read back as Prometheus does: counts in index order.
+        let (mut index, mut count, mut back) = (0i32, 0i64, Vec::new());
+        let mut d = deltas.iter();
+        for (i, (offset, length)) in spans.iter().enumerate() {
+            index = if i == 0 { *offset } else { index + offset };
+            for _ in 0..*length {
+                count += d.next().unwrap();
+                back.push((index, count));
+                index += 1;
+            }
+        }
+        assert_eq!(back, [(-3, 2), (-2, 5), (0, 1), (1, 1), (5, 4)]);
+        let empty = NativeBuckets {
+            counts: &[0, 0],
+            ..native
+        };
+        assert_eq!(empty.spans_and_deltas(), (vec![], vec![]));
+    }
 
     #[test]
     fn log2_buckets_fold_edges_and_keep_count() {

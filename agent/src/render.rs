@@ -1,5 +1,7 @@
 //! Rendering a scrape: the registry through prometheus_client's encoders, plus the families
-//! too large for them, written straight as exposition text.
+//! too large for them, written straight as exposition text. A protobuf scrape goes through
+//! prometheus_client's encoder whole ([`render_bytes`]): the families written as text here
+//! encode themselves there when [`protobuf`] says so.
 //!
 //! A node with 4,096 pods has some 16,000 per-cgroup series. Through the encoder each
 //! sample costs a descriptor lookup, a label encoder and a dozen small buffered writes;

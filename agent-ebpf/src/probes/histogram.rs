@@ -133,11 +133,356 @@ impl<const FIRST: usize, const N: usize> RangeHistogram<FIRST, N> {
     }
 }
 
+/// Schema of the native histograms: bucket `i` holds values in `(2^((i-1)/8), 2^(i/8)]`
+/// seconds, eight buckets per power of two (each 9% wider than the last), Prometheus's
+/// usual resolution (client_golang's bucket factor 1.1). Finer than the log2 buckets the
+/// classic histograms keep, for the same 2 KiB per CPU.
+pub const NATIVE_SCHEMA: i32 = 3;
+
+/// The native bucket index of [`NATIVE_BOUNDS_NS`]`[0]`.
+pub const NATIVE_FIRST_INDEX: i32 = -159;
+
+/// Buckets of a [`NativeHistogram`].
+pub const NATIVE_BUCKETS: usize = 256;
+
+/// The zero bucket's threshold, `2^-20` s (about 954 ns): values up to it are counted in
+/// the zero bucket, which Prometheus's spec has for them. In whole nanoseconds: a value is at
+/// most 953.67... ns when it is at most 953.
+pub const NATIVE_ZERO_THRESHOLD_NS: u64 = 953;
+
+/// Upper bound of each native bucket in whole nanoseconds: entry `k` is bucket
+/// `NATIVE_FIRST_INDEX + k`, whose bound is `2^((k - 159) / 8)` s, floored (a value in whole
+/// nanoseconds is at most the bound exactly when it is at most its floor, so the spec's
+/// inclusive upper bounds hold to the nanosecond). From about 1.04 µs to 4,096 s. A unit test
+/// checks every entry against the formula.
+pub const NATIVE_BOUNDS_NS: [u64; NATIVE_BUCKETS] = [
+    1_039,
+    1_134,
+    1_236,
+    1_348,
+    1_470,
+    1_603,
+    1_749,
+    1_907,
+    2_079,
+    2_268,
+    2_473,
+    2_697,
+    2_941,
+    3_207,
+    3_498,
+    3_814,
+    4_159,
+    4_536,
+    4_947,
+    5_394,
+    5_883,
+    6_415,
+    6_996,
+    7_629,
+    8_319,
+    9_072,
+    9_894,
+    10_789,
+    11_766,
+    12_831,
+    13_992,
+    15_258,
+    16_639,
+    18_145,
+    19_788,
+    21_579,
+    23_532,
+    25_662,
+    27_984,
+    30_517,
+    33_279,
+    36_291,
+    39_576,
+    43_158,
+    47_064,
+    51_324,
+    55_969,
+    61_035,
+    66_559,
+    72_583,
+    79_152,
+    86_316,
+    94_129,
+    102_648,
+    111_938,
+    122_070,
+    133_118,
+    145_166,
+    158_305,
+    172_633,
+    188_258,
+    205_296,
+    223_877,
+    244_140,
+    266_237,
+    290_333,
+    316_611,
+    345_266,
+    376_516,
+    410_593,
+    447_755,
+    488_281,
+    532_474,
+    580_667,
+    633_222,
+    690_533,
+    753_032,
+    821_187,
+    895_511,
+    976_562,
+    1_064_948,
+    1_161_335,
+    1_266_444,
+    1_381_067,
+    1_506_065,
+    1_642_375,
+    1_791_023,
+    1_953_125,
+    2_129_897,
+    2_322_670,
+    2_532_889,
+    2_762_135,
+    3_012_130,
+    3_284_751,
+    3_582_047,
+    3_906_250,
+    4_259_795,
+    4_645_340,
+    5_065_779,
+    5_524_271,
+    6_024_261,
+    6_569_503,
+    7_164_094,
+    7_812_500,
+    8_519_591,
+    9_290_680,
+    10_131_559,
+    11_048_543,
+    12_048_522,
+    13_139_006,
+    14_328_188,
+    15_625_000,
+    17_039_183,
+    18_581_361,
+    20_263_118,
+    22_097_086,
+    24_097_044,
+    26_278_012,
+    28_656_376,
+    31_250_000,
+    34_078_366,
+    37_162_722,
+    40_526_236,
+    44_194_173,
+    48_194_088,
+    52_556_025,
+    57_312_752,
+    62_500_000,
+    68_156_733,
+    74_325_444,
+    81_052_472,
+    88_388_347,
+    96_388_176,
+    105_112_051,
+    114_625_505,
+    125_000_000,
+    136_313_466,
+    148_650_889,
+    162_104_944,
+    176_776_695,
+    192_776_353,
+    210_224_103,
+    229_251_010,
+    250_000_000,
+    272_626_933,
+    297_301_778,
+    324_209_888,
+    353_553_390,
+    385_552_706,
+    420_448_207,
+    458_502_021,
+    500_000_000,
+    545_253_866,
+    594_603_557,
+    648_419_777,
+    707_106_781,
+    771_105_412,
+    840_896_415,
+    917_004_043,
+    1_000_000_000,
+    1_090_507_732,
+    1_189_207_115,
+    1_296_839_554,
+    1_414_213_562,
+    1_542_210_825,
+    1_681_792_830,
+    1_834_008_086,
+    2_000_000_000,
+    2_181_015_465,
+    2_378_414_230,
+    2_593_679_109,
+    2_828_427_124,
+    3_084_421_650,
+    3_363_585_661,
+    3_668_016_172,
+    4_000_000_000,
+    4_362_030_930,
+    4_756_828_460,
+    5_187_358_218,
+    5_656_854_249,
+    6_168_843_301,
+    6_727_171_322,
+    7_336_032_345,
+    8_000_000_000,
+    8_724_061_861,
+    9_513_656_920,
+    10_374_716_437,
+    11_313_708_498,
+    12_337_686_603,
+    13_454_342_644,
+    14_672_064_691,
+    16_000_000_000,
+    17_448_123_722,
+    19_027_313_840,
+    20_749_432_874,
+    22_627_416_997,
+    24_675_373_206,
+    26_908_685_288,
+    29_344_129_382,
+    32_000_000_000,
+    34_896_247_445,
+    38_054_627_680,
+    41_498_865_748,
+    45_254_833_995,
+    49_350_746_413,
+    53_817_370_576,
+    58_688_258_765,
+    64_000_000_000,
+    69_792_494_890,
+    76_109_255_360,
+    82_997_731_497,
+    90_509_667_991,
+    98_701_492_826,
+    107_634_741_152,
+    117_376_517_530,
+    128_000_000_000,
+    139_584_989_781,
+    152_218_510_720,
+    165_995_462_995,
+    181_019_335_983,
+    197_402_985_652,
+    215_269_482_304,
+    234_753_035_060,
+    256_000_000_000,
+    279_169_979_562,
+    304_437_021_440,
+    331_990_925_990,
+    362_038_671_967,
+    394_805_971_304,
+    430_538_964_609,
+    469_506_070_120,
+    512_000_000_000,
+    558_339_959_124,
+    608_874_042_881,
+    663_981_851_981,
+    724_077_343_935,
+    789_611_942_608,
+    861_077_929_219,
+    939_012_140_241,
+    1_024_000_000_000,
+    1_116_679_918_249,
+    1_217_748_085_762,
+    1_327_963_703_962,
+    1_448_154_687_870,
+    1_579_223_885_217,
+    1_722_155_858_439,
+    1_878_024_280_483,
+    2_048_000_000_000,
+    2_233_359_836_498,
+    2_435_496_171_525,
+    2_655_927_407_925,
+    2_896_309_375_740,
+    3_158_447_770_435,
+    3_444_311_716_879,
+    3_756_048_560_966,
+    4_096_000_000_000,
+];
+
+/// A native (exponential) histogram of nanoseconds, exported in seconds: Prometheus schema
+/// [`NATIVE_SCHEMA`]'s buckets, each value placed against [`NATIVE_BOUNDS_NS`] when it is
+/// recorded, so that every bucket boundary is exact in seconds (the log2 buckets are powers
+/// of two in nanoseconds, which are no bucket boundary of any schema in seconds). Values
+/// above 4,096 s are counted in the last bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NativeHistogram {
+    pub zero: u64,
+    pub buckets: [u64; NATIVE_BUCKETS],
+}
+
+impl NativeHistogram {
+    pub const fn zeroed() -> Self {
+        Self {
+            zero: 0,
+            buckets: [0; NATIVE_BUCKETS],
+        }
+    }
+
+    /// Adds `ns`. The count and sum are the classic histogram's, which records the same
+    /// values. Callers own the histogram (a per-CPU map value) while they run.
+    #[inline(always)]
+    pub fn add(&mut self, ns: u64) {
+        if ns <= NATIVE_ZERO_THRESHOLD_NS {
+            self.zero += 1;
+            return;
+        }
+        if let Some(n) = self.buckets.get_mut(native_bucket(ns)) {
+            *n += 1;
+        }
+    }
+
+    /// Adds another histogram into this one (user space sums the per-CPU copies).
+    pub fn merge(&mut self, other: &Self) {
+        self.zero += other.zero;
+        for (t, v) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *t += v;
+        }
+    }
+}
+
+/// The entry of [`NATIVE_BOUNDS_NS`] whose bucket holds `ns`: the first bound `ns` is at
+/// most (the last entry for larger values). Eight halvings of the 256 entries, a fixed loop
+/// the verifier sees the end of.
+#[inline(always)]
+pub fn native_bucket(ns: u64) -> usize {
+    let (mut lo, mut hi) = (0usize, NATIVE_BUCKETS - 1);
+    for _ in 0..8 {
+        let mid = (lo + hi) / 2;
+        let bound = NATIVE_BOUNDS_NS
+            .get(mid & (NATIVE_BUCKETS - 1))
+            .copied()
+            .unwrap_or(u64::MAX);
+        if ns <= bound {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo & (NATIVE_BUCKETS - 1)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] plain u64 data.
     unsafe impl aya::Pod for super::Log2Histogram {}
     unsafe impl<const FIRST: usize, const N: usize> aya::Pod for super::RangeHistogram<FIRST, N> {}
+    unsafe impl aya::Pod for super::NativeHistogram {}
 }
 
 #[cfg(test)]
@@ -177,6 +522,75 @@ mod tests {
             "overflow lands past the last bucket, in +Inf"
         );
         assert_eq!(full.slots.iter().sum::<u64>(), 6);
+    }
+
+    /// The bound of native bucket `index` in nanoseconds, `1e9 * 2^(index / 8)`, floored:
+    /// with integers where `index` is a multiple of 8 (a shift of 1e9), else from a float
+    /// far enough from a whole number for its floor to be certain.
+    fn bound_from_the_formula(index: i32) -> u64 {
+        if index % 8 == 0 {
+            let power = index / 8;
+            return if power >= 0 {
+                1_000_000_000u64 << power
+            } else {
+                // 1e9 / 2^-power, floored (exact when 2^-power divides 1e9 = 2^9 * 5^9).
+                1_000_000_000u64 >> -power
+            };
+        }
+        let b = 1e9 * 2f64.powf(index as f64 / 8.0);
+        let fraction = b - b.floor();
+        assert!(
+            fraction > 1e-6 && fraction < 1.0 - 1e-6,
+            "bucket {index}: {b} is too near a whole number to floor with a float"
+        );
+        b.floor() as u64
+    }
+
+    #[test]
+    fn native_bounds_follow_the_schema_formula() {
+        for (k, bound) in NATIVE_BOUNDS_NS.iter().enumerate() {
+            let index = NATIVE_FIRST_INDEX + k as i32;
+            assert_eq!(*bound, bound_from_the_formula(index), "bucket {index}");
+        }
+        assert_eq!(NATIVE_SCHEMA, 3, "the table is for schema 3");
+        assert_eq!(
+            bound_from_the_formula(NATIVE_FIRST_INDEX - 1),
+            NATIVE_ZERO_THRESHOLD_NS,
+            "the zero bucket ends where the first bucket starts"
+        );
+        assert_eq!(NATIVE_BOUNDS_NS[159], 1_000_000_000, "bucket 0 ends at 1 s");
+        assert_eq!(
+            NATIVE_BOUNDS_NS[255], 4_096_000_000_000,
+            "the last at 2^12 s"
+        );
+    }
+
+    #[test]
+    fn native_buckets_hold_their_upper_bound_and_not_one_ns_more() {
+        let bucket_of = |ns: u64| {
+            let mut h = NativeHistogram::zeroed();
+            h.add(ns);
+            if h.zero == 1 {
+                return None;
+            }
+            let k = h.buckets.iter().position(|n| *n == 1).expect("one bucket");
+            assert_eq!(h.buckets.iter().sum::<u64>(), 1);
+            Some(k)
+        };
+        assert_eq!(bucket_of(0), None);
+        assert_eq!(bucket_of(NATIVE_ZERO_THRESHOLD_NS), None);
+        assert_eq!(bucket_of(NATIVE_ZERO_THRESHOLD_NS + 1), Some(0));
+        for (k, bound) in NATIVE_BOUNDS_NS.iter().enumerate() {
+            assert_eq!(bucket_of(*bound), Some(k), "on the edge of {k}");
+            assert_eq!(bucket_of(bound - 1), Some(k), "1 ns under the edge of {k}");
+            let above = if k == NATIVE_BUCKETS - 1 { k } else { k + 1 };
+            assert_eq!(
+                bucket_of(bound + 1),
+                Some(above),
+                "1 ns over the edge of {k}"
+            );
+        }
+        assert_eq!(bucket_of(u64::MAX), Some(NATIVE_BUCKETS - 1));
     }
 
     #[test]

@@ -51,7 +51,7 @@
 //! The idle task (pid 0) is never recorded. Per-cgroup accounting costs one map update per
 //! switch: when a task leaves a CPU, its cgroup is charged its run time and the wait it had
 //! before getting the CPU, kept per CPU until then.
-use crate::probes::histogram::Log2Histogram;
+use crate::probes::histogram::{Log2Histogram, NativeHistogram};
 
 /// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
 pub const RUNQUEUE_START_ENTRIES: u32 = 10240;
@@ -126,6 +126,8 @@ pub struct SchedCounters {
     pub blocked_start_full: u64,
     /// Run-queue latency of every task this CPU switched in.
     pub runqueue_latency: Log2Histogram,
+    /// The same latencies in native-histogram buckets (protobuf scrapes).
+    pub runqueue_native: NativeHistogram,
 }
 
 /// Kernel layout passed to the programs at load time (`EbpfLoader::override_global`).
@@ -258,8 +260,10 @@ mod programs {
 
     /// When each task blocked in uninterruptible sleep left its CPU, keyed by its
     /// `task_struct` address; taken back when it gets a CPU again. Only with kernel
-    /// timestamps. A hash rather than task-local storage: aya-ebpf 0.2.1 declares maps
-    /// without BTF, which task storage needs (and 5.10 has none). Not an LRU hash, which
+    /// timestamps. A hash rather than task-local storage: aya-ebpf 0.2.1's BTF map
+    /// definitions (`btf_maps`) have no task storage and its `btf_map_def` is crate-private,
+    /// and one object loads on every kernel while 5.10 has no task storage (a map the
+    /// kernel cannot create fails the whole load). Not an LRU hash, which
     /// would drop starts without a trace: a full map is counted instead, and the agent's
     /// upkeep takes out starts whose task never came back (`sched_switch` unseen).
     #[map]
@@ -556,6 +560,7 @@ mod programs {
         let _ = RUNQUEUE_START.remove(next_pid);
         let waited = now.saturating_sub(start);
         cpu.runqueue_latency.add(waited);
+        cpu.runqueue_native.add(waited);
         cpu.pending_wait_ns = waited;
     }
 
@@ -628,6 +633,7 @@ mod programs {
         }
         let waited = now - queued;
         cpu.runqueue_latency.add(waited);
+        cpu.runqueue_native.add(waited);
         cpu.pending_wait_ns = waited;
         if slept {
             blocked_end(cpu, layout, next, queued);

@@ -11,6 +11,7 @@ pub mod families;
 pub mod family;
 pub mod loader;
 pub mod map_memory;
+pub mod native;
 pub mod per_cgroup;
 pub mod slots;
 pub mod tracefs;

@@ -793,12 +793,20 @@ impl ScrapingPrometheus {
     /// An instant query's result rows; none while Prometheus is still starting (no answer,
     /// or 503), so that callers poll it.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let Ok((code, _, body)) = http(
-            &self.addr,
-            "GET",
+        self.query_path(
             &format!("/api/v1/query?query={}", url_encode(promql)),
-            &[],
-        ) else {
+            promql,
+        )
+    }
+
+    /// [`Self::query`] at a Unix time.
+    pub fn query_at(&self, promql: &str, time: f64) -> Vec<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}&time={time}", url_encode(promql));
+        self.query_path(&path, promql)
+    }
+
+    fn query_path(&self, path: &str, promql: &str) -> Vec<serde_json::Value> {
+        let Ok((code, _, body)) = http(&self.addr, "GET", path, &[]) else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

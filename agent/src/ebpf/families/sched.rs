@@ -4,7 +4,7 @@
 //! tracepoints, or a kernel without those fields). The programs also charge each cgroup's
 //! CPU time, wait and switches (see the `cgroup` family, which exports them).
 use agent_ebpf::{
-    histogram::{HISTOGRAM_SLOTS, Log2Histogram},
+    histogram::{HISTOGRAM_SLOTS, Log2Histogram, NativeHistogram},
     sched::names,
     sched::{
         BLOCKED_START_ENTRIES, BlockStart, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW,
@@ -25,12 +25,16 @@ use std::{
 };
 
 use crate::{
-    ebpf::family::{
-        AttachKind, Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
-        KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
-        global_bytes, map_error, take_map,
+    ebpf::{
+        family::{
+            AttachKind, Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
+            KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
+            global_bytes, map_error, take_map,
+        },
+        native::native_seconds,
     },
-    metrics::{CollectError, Log2Buckets, NoLabels, family, histogram},
+    metrics::{CollectError, Log2Buckets, NoLabels, family, histogram_with_native},
+    render,
 };
 
 /// The task's pid and state, the run queue's clock through the task, the scheduler's own
@@ -386,12 +390,14 @@ impl LoadedFamily for SchedMaps {
         let (mut voluntary, mut involuntary) = (0u64, 0u64);
         let (mut blocked_io, mut blocked_other) = (0u64, 0u64);
         let mut latency = Log2Histogram::zeroed();
+        let mut native = NativeHistogram::zeroed();
         for c in counters.iter() {
             voluntary += c.voluntary_switches;
             involuntary += c.involuntary_switches;
             blocked_io += c.blocked_io_ns;
             blocked_other += c.blocked_other_ns;
             latency.merge(&c.runqueue_latency);
+            native.merge(&c.runqueue_native);
         }
         if self.blocked_up {
             family(
@@ -418,7 +424,9 @@ impl LoadedFamily for SchedMaps {
             )?;
         }
         if self.runqueue_complete {
-            histogram(
+            // Native beside classic in a protobuf scrape; the text formats cannot carry it.
+            let native = render::protobuf().then(|| native_seconds(&native));
+            histogram_with_native(
                 out,
                 "nodelens_runqueue_latency_seconds",
                 "Time tasks spent runnable on a run queue before getting a CPU (wakeup or preemption to sched_switch).",
@@ -431,6 +439,7 @@ impl LoadedFamily for SchedMaps {
                         last_slot: RUNQUEUE_LAST_SLOT,
                         scale: 1e-9,
                     },
+                    native,
                 )],
             )?;
         }

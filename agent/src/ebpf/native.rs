@@ -1,0 +1,35 @@
+//! Native histograms of nanoseconds, as the kernel keeps them
+//! (`agent_ebpf::histogram::NativeHistogram`), for the exposition: Prometheus schema 3 in
+//! seconds, the zero bucket up to 2^-20 s. Only a protobuf scrape carries them.
+use agent_ebpf::histogram::{NATIVE_FIRST_INDEX, NATIVE_SCHEMA, NativeHistogram};
+
+use crate::metrics::NativeBuckets;
+
+/// The zero bucket's threshold in seconds: `2^-20`, which the kernel's
+/// `NATIVE_ZERO_THRESHOLD_NS` is in whole nanoseconds.
+const ZERO_THRESHOLD_SECONDS: f64 = 1.0 / (1u64 << 20) as f64;
+
+/// `h`'s buckets for [`crate::metrics::histogram_with_native`].
+pub fn native_seconds(h: &NativeHistogram) -> NativeBuckets<'_> {
+    NativeBuckets {
+        schema: NATIVE_SCHEMA,
+        zero_threshold: ZERO_THRESHOLD_SECONDS,
+        zero_count: h.zero,
+        first_index: NATIVE_FIRST_INDEX,
+        counts: &h.buckets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_ebpf::histogram::NATIVE_ZERO_THRESHOLD_NS;
+
+    #[test]
+    fn the_zero_threshold_is_the_kernels_in_seconds() {
+        // 2^-20 s is 953.67... ns: the whole nanoseconds at most it are those at most 953.
+        let ns = ZERO_THRESHOLD_SECONDS * 1e9;
+        assert_eq!(ns.floor() as u64, NATIVE_ZERO_THRESHOLD_NS);
+        assert_eq!(ZERO_THRESHOLD_SECONDS, 2f64.powi(-20));
+    }
+}
