@@ -34,12 +34,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let mut cli = cli;
-    if let Some(Command::Preflight { exercise: true, .. }) = &cli.command {
-        // The exercise checks every per-cgroup series against the kernel's own figures,
-        // so it exports them all, whatever `--cgroup-series` (or the file) says.
-        cli.settings.cgroups.series = Some(vec!["all".to_owned()]);
-    }
     let config = match Config::resolve(cli.settings).and_then(|c| c.check_host_paths().map(|()| c))
     {
         Ok(c) => c,
@@ -64,9 +58,28 @@ fn main() -> ExitCode {
                 filesystem: exercise_filesystem,
                 metrics_out,
             });
+            let config = match exercise {
+                Some(_) => match every_cgroup_series() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("nodelens: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+                None => config,
+            };
             run_preflight(&config, json, output_dir.as_deref(), exercise.as_ref())
         }
     }
+}
+
+/// The configuration again (it was checked as given), with every per-cgroup series: the
+/// exercise checks each against the kernel's own figures, whatever `--cgroup-series` (or the
+/// file) says.
+fn every_cgroup_series() -> Result<Config, String> {
+    let mut cli = Cli::from_command_line(std::env::args_os()).map_err(|e| e.to_string())?;
+    cli.settings.cgroups.series = Some(vec!["all".to_owned()]);
+    Config::resolve(cli.settings).map_err(|e| e.to_string())
 }
 
 fn run_preflight(

@@ -199,6 +199,8 @@ impl NativeBuckets<'_> {
 
 /// [`histogram`], and in a protobuf scrape (when `native` is given) the same values as a
 /// native histogram beside the classic buckets, in one sample: count and sum are shared.
+/// The count is then the native buckets' total, which Prometheus requires them to add up to
+/// (the classic buckets, kept apart in the kernel, may have been read a wait apart).
 pub fn histogram_with_native<'a, L: EncodeLabelSet>(
     out: &mut DescriptorEncoder,
     name: &str,
@@ -213,6 +215,7 @@ pub fn histogram_with_native<'a, L: EncodeLabelSet>(
             sample.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             continue;
         };
+        let count = native.zero_count + native.counts.iter().sum::<u64>();
         let (spans, deltas) = native.spans_and_deltas();
         let native = prometheus_client::encoding::NativeHistogram {
             schema: native.schema,

@@ -25,6 +25,31 @@ impl Daemon {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Stops the process (SIGSTOP) until the returned guard is dropped (SIGCONT), so that
+    /// it takes no CPU while another agent is measured.
+    pub fn stop(&self) -> Result<Stopped> {
+        let pid = self.child.id().to_string();
+        signal(&pid, "-STOP")?;
+        Ok(Stopped(pid))
+    }
+}
+
+/// A stopped daemon, continued when dropped.
+pub struct Stopped(String);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = signal(&self.0, "-CONT");
+    }
+}
+
+fn signal(pid: &str, sig: &str) -> Result<()> {
+    let status = Command::new("kill").args([sig, pid]).status()?;
+    if !status.success() {
+        bail!("kill {sig} {pid}: {status}");
+    }
+    Ok(())
 }
 
 impl Drop for Daemon {

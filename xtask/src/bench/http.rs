@@ -7,6 +7,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 pub fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
+    get_with(addr, path, &[])
+}
+
+/// [`get`] with more request headers (`Accept`).
+pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>> {
     use std::io::{Read as _, Write as _};
     let url = format!("http://{addr}{path}");
     let socket = addr
@@ -16,9 +21,13 @@ pub fn get(addr: &str, path: &str) -> Result<Vec<u8>> {
         .with_context(|| format!("GET {url}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.set_nodelay(true)?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
     )
     .with_context(|| format!("GET {url}"))?;
     let mut response = Vec::with_capacity(64 << 10);

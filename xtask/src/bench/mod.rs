@@ -88,18 +88,24 @@ struct ScrapeFigures {
     rss_mib: f64,
 }
 
-fn measure_scrapes(d: &Daemon, n: usize) -> Result<ScrapeFigures> {
+/// `n` sequential scrapes with `headers`, after five to warm up: (CPU ms per scrape, p50
+/// and p99 latency in ms, the last response).
+fn time_scrapes(
+    d: &Daemon,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> Result<(f64, f64, f64, Vec<u8>)> {
     let pid = d.child.id();
     // Warm up: first scrapes fill caches and page in code.
     for _ in 0..5 {
-        get(&d.addr, "/metrics")?;
+        http::get_with(&d.addr, "/metrics", headers)?;
     }
     let ticks0 = cpu_ticks(pid)?;
     let mut latencies = Vec::with_capacity(n);
     let mut body = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        body = get(&d.addr, "/metrics")?;
+        body = http::get_with(&d.addr, "/metrics", headers)?;
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let ticks1 = cpu_ticks(pid)?;
@@ -107,13 +113,30 @@ fn measure_scrapes(d: &Daemon, n: usize) -> Result<ScrapeFigures> {
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
+    // USER_HZ is 100: one tick is 10 ms.
+    let cpu_ms = (ticks1 - ticks0) as f64 * 10.0 / n as f64;
+    Ok((cpu_ms, pct(0.50), pct(0.99), body))
+}
+
+/// What Prometheus sends with its native histograms on: protobuf first.
+const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Protobuf scrapes, as Prometheus with native histograms on makes them: (CPU ms per
+/// scrape, p99 ms, bytes).
+fn measure_protobuf_scrapes(d: &Daemon, n: usize) -> Result<(f64, f64, f64)> {
+    let (cpu_ms, _, p99, body) = time_scrapes(d, n, &[("Accept", PROTOBUF_ACCEPT)])?;
+    Ok((cpu_ms, p99, body.len() as f64))
+}
+
+fn measure_scrapes(d: &Daemon, n: usize) -> Result<ScrapeFigures> {
+    let pid = d.child.id();
+    let (cpu_ms_per_scrape, p50_ms, p99_ms, body) = time_scrapes(d, n, &[])?;
     let text = String::from_utf8_lossy(&body);
     let (cgroup_series, pods, not_pods) = exposition::cgroup_cpu_series(&text);
     Ok(ScrapeFigures {
-        // USER_HZ is 100: one tick is 10 ms.
-        cpu_ms_per_scrape: (ticks1 - ticks0) as f64 * 10.0 / n as f64,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        cpu_ms_per_scrape,
+        p50_ms,
+        p99_ms,
         bytes: body.len() as f64,
         series: exposition::samples(&text) as f64,
         cgroup_series: cgroup_series as f64,
@@ -473,7 +496,16 @@ pub fn bench(opts: Options) -> Result<()> {
     // The end-to-end loads' loop device and memory cgroup (its limit makes reads reclaim).
     tree.make_busy(&env.loop_device.path, &env.memcg.0)?;
     let busy_pods = wait_for_busy_series(&scaled_agent, false)?;
-    let busy = measure_scrapes(&scaled_agent, scrapes.min(200))?;
+    // The second agent is stopped while the first is measured: its upkeep and file
+    // refreshes would take CPU from it (its programs stay attached, and cost per event).
+    let busy = {
+        let _stopped = every_agent.stop()?;
+        measure_scrapes(&scaled_agent, scrapes.min(200))?
+    };
+    let busy_protobuf = {
+        let _stopped = every_agent.stop()?;
+        measure_protobuf_scrapes(&scaled_agent, scrapes.min(50))?
+    };
     save_scrape(&scaled_agent, "busy-default.prom")?;
     drop(scaled_agent);
     let every_pods = wait_for_busy_series(&every_agent, true)?;
@@ -503,6 +535,7 @@ pub fn bench(opts: Options) -> Result<()> {
         busy_pods: &busy_pods,
         every: &every,
         every_pods: &every_pods,
+        busy_protobuf,
         idle_cpu_percent,
         push: &push,
         memory,

@@ -16,7 +16,7 @@ pub(super) struct Figures<'a> {
     /// nodelens with every collector on.
     pub(super) full: &'a ScrapeFigures,
     pub(super) scaled: &'a ScrapeFigures,
-    /// The same 4,096 pods, each busy (every default per-pod series non-zero).
+    /// The same 4,096 pods, each busy (every per-pod series non-zero).
     pub(super) busy: &'a ScrapeFigures,
     /// Per-pod family -> what the bench's pods have in it, in the busy scrape.
     pub(super) busy_pods: &'a BTreeMap<String, PodFamily>,
@@ -24,6 +24,9 @@ pub(super) struct Figures<'a> {
     pub(super) every: &'a ScrapeFigures,
     /// Per-pod family -> what the bench's pods have in it, in `every`'s scrape.
     pub(super) every_pods: &'a BTreeMap<String, PodFamily>,
+    /// Protobuf scrapes of the busy pods with the default series: (CPU ms per scrape, p99
+    /// ms, bytes).
+    pub(super) busy_protobuf: (f64, f64, f64),
     /// The scaled agent's CPU with nobody scraping, in % of one CPU.
     pub(super) idle_cpu_percent: f64,
     pub(super) push: &'a push::PushFigures,
@@ -318,6 +321,11 @@ pub(super) fn render(f: &Figures) -> String {
         b.bytes,
         met(b.bytes <= 3e6),
         e.bytes
+    );
+    let (pb_cpu, pb_p99, pb_bytes) = f.busy_protobuf;
+    let _ = writeln!(
+        s,
+        "| protobuf scrape (as Prometheus with native histograms asks): CPU (ms), p99 (ms), bytes | {pb_cpu:.2}, {pb_p99:.2}, {pb_bytes:.0} | | |"
     );
     let _ = writeln!(s, "| series | {:.0} | | {:.0} |", b.series, e.series);
     let _ = writeln!(s, "| RSS (MiB) | {:.1} | | {:.1} |", b.rss_mib, e.rss_mib);

@@ -5,7 +5,7 @@
 //! Each container cgroup runs one short process, so each has a kernel entry.
 //!
 //! [`KubeletTree::make_busy`] then runs a second process in every container that makes
-//! each default per-pod series non-zero: CPU time and run-queue wait (two tasks on one CPU),
+//! each per-pod series non-zero: CPU time and run-queue wait (two tasks on one CPU),
 //! a CPU limit it exceeds (throttling, through a v1 `cpu` cgroup at the same path, as the
 //! kubelet makes one on a hybrid host), buffered reads from a loop device in a small memory
 //! cgroup (memcg reclaim, memory pressure, blocked I/O and I/O pressure).

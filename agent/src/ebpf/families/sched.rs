@@ -381,12 +381,30 @@ struct SchedMaps {
     start_fill: FillGauge,
 }
 
+/// Whether a CPU's classic and native run-queue histograms hold the same waits.
+fn histograms_agree(c: &SchedCounters) -> bool {
+    let native = c.runqueue_native;
+    c.runqueue_latency.slots.iter().sum::<u64>() == native.zero + native.buckets.iter().sum::<u64>()
+}
+
 impl LoadedFamily for SchedMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        let counters = self
-            .counters
-            .get(&0, 0)
-            .map_err(|e| map_error(names::SCHED_COUNTERS, e))?;
+        // The programs add each wait to the classic and the native histogram one after the
+        // other, so a CPU's entry copied in between has one more in the first: read again
+        // (a few times) for a copy where they agree, which a native histogram needs (its
+        // buckets must add up to its count, or Prometheus refuses it).
+        let read = || {
+            self.counters
+                .get(&0, 0)
+                .map_err(|e| map_error(names::SCHED_COUNTERS, e))
+        };
+        let mut counters = read()?;
+        for _ in 0..3 {
+            if counters.iter().all(histograms_agree) {
+                break;
+            }
+            counters = read()?;
+        }
         let (mut voluntary, mut involuntary) = (0u64, 0u64);
         let (mut blocked_io, mut blocked_other) = (0u64, 0u64);
         let mut latency = Log2Histogram::zeroed();
