@@ -284,6 +284,24 @@ impl<'a> Samples<'a> {
     }
 }
 
+/// A label value as [`escape_into`] writes it, read back: `s` starts after its opening
+/// quote; returns the value unescaped and what follows its closing quote.
+pub fn read_quoted(s: &str) -> Option<(String, &str)> {
+    let mut value = String::new();
+    let mut chars = s.char_indices();
+    let end = loop {
+        match chars.next()? {
+            (i, '"') => break i,
+            (_, '\\') => match chars.next()?.1 {
+                'n' => value.push('\n'),
+                other => value.push(other),
+            },
+            (_, c) => value.push(c),
+        }
+    };
+    Some((value, &s[end + 1..]))
+}
+
 /// A label value as the text formats write it: backslash, double quote and newline escaped.
 pub fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {

@@ -81,21 +81,8 @@ fn pairs(text: &str) -> impl Iterator<Item = (&str, String)> {
     let mut rest = text;
     std::iter::from_fn(move || {
         let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        rest = after[end + 1..]
-            .strip_prefix(',')
-            .unwrap_or(&after[end + 1..]);
+        let (value, after) = crate::render::read_quoted(after)?;
+        rest = after.strip_prefix(',').unwrap_or(after);
         Some((key, value))
     })
 }

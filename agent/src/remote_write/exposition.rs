@@ -54,20 +54,9 @@ fn parse_labels<'a>(mut s: &'a str, labels: &mut Vec<(String, String)>) -> Optio
             return Some(after);
         }
         let (name, after) = s.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                (_, c) => value.push(c),
-            }
-        };
+        let (value, rest) = crate::render::read_quoted(after)?;
         labels.push((name.to_owned(), value));
-        s = &after[end + 1..];
+        s = rest;
     }
 }
 
