@@ -1,5 +1,9 @@
 //! nodelens eBPF programs. One module per probe family, maps next to the programs that
 //! write them (`probes/`). Entry points are thin: the logic lives in fallible functions.
+//!
+//! This root builds `agent-ebpf`, the object that loads on every kernel. `task_storage.rs`
+//! builds `agent-ebpf-task-storage` from the same programs; the two differ only in where
+//! blocked starts are kept (`blocked_starts/`), and the agent picks one per kernel.
 #![no_std]
 #![no_main]
 // The per-cgroup counters need the atomic add intrinsic; see probes/kernel.rs.
@@ -10,6 +14,9 @@
 #![allow(dead_code)]
 
 mod probes;
+
+#[path = "blocked_starts/hash.rs"]
+mod blocked_starts;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -138,8 +138,8 @@ pub fn btf_fixtures() -> Result<()> {
                 "test",
                 "--package",
                 "nodelens",
-                "--bin",
-                "nodelens",
+                // The agent's unit tests live in its library.
+                "--lib",
                 "--",
                 "--ignored",
                 "--exact",

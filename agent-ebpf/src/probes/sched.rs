@@ -56,8 +56,9 @@ use crate::probes::histogram::{Log2Histogram, NativeHistogram};
 /// Size of the map of wakeup timestamps, keyed by pid (as runqlat sizes it).
 pub const RUNQUEUE_START_ENTRIES: u32 = 10240;
 
-/// Tasks that can be blocked in uninterruptible sleep at once and still be measured
-/// (`BLOCKED_START`): a node with more has bigger problems, and each loss is counted.
+/// Tasks that can be blocked in uninterruptible sleep at once and still be measured, where
+/// the starts are kept in a hash (`BLOCKED_START`, the object for kernels without safe task
+/// storage): a node with more has bigger problems, and each loss is counted.
 pub const BLOCKED_START_ENTRIES: u32 = 16384;
 
 /// When a task went to sleep uninterruptibly, and whether it was waiting for I/O.
@@ -121,8 +122,8 @@ pub struct SchedCounters {
     /// (`in_iowait`), and for anything else. Counted when the task gets a CPU again.
     pub blocked_io_ns: u64,
     pub blocked_other_ns: u64,
-    /// A blocked task's start could not be stored (`BLOCKED_START` full): that task's
-    /// blocked time is lost.
+    /// A blocked task's start could not be stored (`BLOCKED_START` full, or no task storage
+    /// slot): that task's blocked time is lost.
     pub blocked_start_full: u64,
     /// Run-queue latency of every task this CPU switched in.
     pub runqueue_latency: Log2Histogram,
@@ -181,7 +182,7 @@ pub struct SchedLayout {
     pub task_in_iowait: u32,
     pub task_in_iowait_bit: u32,
     /// `task_struct.sched_contributes_to_load`, set when a task last left its CPU in an
-    /// uninterruptible sleep: only such an arriving task is looked up in `BLOCKED_START`.
+    /// uninterruptible sleep: only such an arriving task's blocked start is looked up.
     pub task_load_flag: u32,
     pub task_load_flag_bit: u32,
     /// `task_struct.sched_info.run_delay` (see `BlockStart::run_delay`).
@@ -211,7 +212,10 @@ mod pod {
 /// `programs`, and the agent's unit tests check every one against the built object.
 pub mod names {
     pub const RUNQUEUE_START: &str = "RUNQUEUE_START";
+    /// The blocked starts: a hash in `agent-ebpf`, task storage in `agent-ebpf-task-storage`
+    /// (each object has one of the two).
     pub const BLOCKED_START: &str = "BLOCKED_START";
+    pub const BLOCKED_START_TASK: &str = "BLOCKED_START_TASK";
     pub const SCHED_COUNTERS: &str = "SCHED_COUNTERS";
     pub const SCHED_COST: &str = "SCHED_COST";
     pub const SCHED_WAKEUP_BTF: &str = "sched_wakeup_btf";
@@ -220,8 +224,8 @@ pub mod names {
     pub const SCHED_WAKEUP_TP: &str = "sched_wakeup_tp";
     pub const SCHED_WAKEUP_NEW_TP: &str = "sched_wakeup_new_tp";
     pub const SCHED_SWITCH_TP: &str = "sched_switch_tp";
-    /// Every map of the family.
-    pub const MAPS: &[&str] = &[RUNQUEUE_START, BLOCKED_START, SCHED_COUNTERS, SCHED_COST];
+    /// Every map of the family that both objects have.
+    pub const MAPS: &[&str] = &[RUNQUEUE_START, SCHED_COUNTERS, SCHED_COST];
 }
 
 #[cfg(target_arch = "bpf")]
@@ -239,9 +243,11 @@ mod programs {
     use aya_log_ebpf::warn;
 
     use super::{
-        BLOCKED_START_ENTRIES, BlockStart, COST_SLOTS, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW,
-        RUNQUEUE_START_ENTRIES, SchedCounters, SchedLayout,
+        BlockStart, COST_SLOTS, COST_SWITCH, COST_WAKEUP, COST_WAKEUP_NEW, RUNQUEUE_START_ENTRIES,
+        SchedCounters, SchedLayout,
     };
+    // Where blocked starts are kept: each object's root picks the store (`src/blocked_starts/`).
+    use crate::blocked_starts;
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
@@ -257,18 +263,6 @@ mod programs {
     /// written without kernel timestamps.
     #[map]
     static RUNQUEUE_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQUEUE_START_ENTRIES, 0);
-
-    /// When each task blocked in uninterruptible sleep left its CPU, keyed by its
-    /// `task_struct` address; taken back when it gets a CPU again. Only with kernel
-    /// timestamps. A hash rather than task-local storage: aya-ebpf 0.2.1's BTF map
-    /// definitions (`btf_maps`) have no task storage and its `btf_map_def` is crate-private,
-    /// and one object loads on every kernel while 5.10 has no task storage (a map the
-    /// kernel cannot create fails the whole load). Not an LRU hash, which
-    /// would drop starts without a trace: a full map is counted instead, and the agent's
-    /// upkeep takes out starts whose task never came back (`sched_switch` unseen).
-    #[map]
-    static BLOCKED_START: HashMap<u64, BlockStart> =
-        HashMap::with_max_entries(BLOCKED_START_ENTRIES, 0);
 
     /// Counters, the run-queue histogram and per-CPU state, in one entry per CPU.
     #[map]
@@ -566,7 +560,8 @@ mod programs {
 
     /// Kernel-timestamp mode: no helper but the cgroup id, one map update per switch; a
     /// task that gets its CPU back from an uninterruptible sleep costs a lookup in
-    /// `BLOCKED_START`, four helper reads for its cgroup and a second update (`blocked_end`).
+    /// the blocked starts (`blocked_starts::take`), four helper reads for its cgroup and a
+    /// second update (`blocked_end`).
     #[inline(always)]
     fn on_switch_kernel_timestamps(
         layout: &SchedLayout,
@@ -627,7 +622,7 @@ mod programs {
         let queued = unsafe { kernel::btf_load::<u64>(next, layout.task_last_queued) };
         if queued == 0 || queued > now {
             if slept {
-                let _ = BLOCKED_START.remove(next as u64);
+                let _ = blocked_starts::take(next);
             }
             return;
         }
@@ -663,7 +658,7 @@ mod programs {
             arrivals: unsafe { kernel::btf_load::<u64>(prev, layout.task_pcount) },
             run_delay: unsafe { kernel::btf_load::<u64>(prev, layout.task_run_delay) },
         };
-        if BLOCKED_START.insert(prev as u64, start, 0).is_err() {
+        if !blocked_starts::keep(prev, &start) {
             cpu.blocked_start_full += 1;
         }
     }
@@ -675,12 +670,9 @@ mod programs {
     /// would lose the whole wait.
     #[inline(always)]
     fn blocked_end(cpu: &mut SchedCounters, layout: &SchedLayout, next: *const u8, queued: u64) {
-        let key = next as u64;
-        // SAFETY: the value is copied out before the entry is removed.
-        let Some(start) = (unsafe { BLOCKED_START.get(key) }).copied() else {
+        let Some(start) = blocked_starts::take(next) else {
             return;
         };
-        let _ = BLOCKED_START.remove(key);
         // SAFETY: direct loads through a BTF-typed pointer.
         let (arrivals, run_delay) = unsafe {
             (

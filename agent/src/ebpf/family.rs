@@ -220,6 +220,9 @@ pub struct FamilyLayout {
     /// One probe's own offsets are missing while the family's other probes need none of
     /// them: (probe, attach kind, why). Only that probe is refused.
     pub probe_failures: Vec<(&'static str, AttachKind, String)>,
+    /// The family's programs keep per-task state in task-local storage on this kernel: the
+    /// loader then loads the object built with it (`agent-ebpf-task-storage`).
+    pub task_storage: bool,
 }
 
 impl FamilyLayout {
@@ -238,6 +241,7 @@ impl FamilyLayout {
             fallback_probes: Vec::new(),
             mode: None,
             probe_failures: Vec::new(),
+            task_storage: false,
         }
     }
 }

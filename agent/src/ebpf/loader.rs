@@ -29,8 +29,14 @@ use super::{
 };
 use crate::metrics::{CollectError, Collector};
 
-/// The programs, built from `agent-ebpf` by build.rs.
+/// The programs, built from `agent-ebpf` by build.rs: the object that loads on every kernel.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+/// The same programs with per-task state in task-local storage, for kernels where a family's
+/// layout asks for it (`FamilyLayout::task_storage`). Two objects because the kernel
+/// creates every map of an object before any program loads, and a kernel without task
+/// storage (5.10) refuses the map and with it the whole object.
+static EBPF_OBJECT_TASK_STORAGE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf-task-storage"));
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -363,8 +369,16 @@ pub fn load(
             })
             .collect()
     };
+    let task_storage = layouts.iter().any(|l| l.task_storage);
+    let object = if task_storage {
+        EBPF_OBJECT_TASK_STORAGE
+    } else {
+        EBPF_OBJECT
+    };
     let mut loader = EbpfLoader::new();
     loader.btf(aya_btf.as_ref());
+    // aya has no type for task storage maps; the programs use them, user space does not.
+    loader.allow_unsupported_maps();
     for f in wanted {
         for (map, size) in f.map_sizes(&context) {
             loader.map_max_entries(map, size);
@@ -375,7 +389,7 @@ pub fn load(
             loader.override_global(name, bytes.as_slice(), true);
         }
     }
-    let mut ebpf = match loader.load(EBPF_OBJECT) {
+    let mut ebpf = match loader.load(object) {
         Ok(ebpf) => ebpf,
         Err(e) => {
             let why = format!(
@@ -629,11 +643,35 @@ fn attach_one(
 
 #[cfg(test)]
 mod tests {
-    use super::{EBPF_OBJECT, HighWater, families};
+    use agent_ebpf::sched::names::{BLOCKED_START, BLOCKED_START_TASK};
+
+    use super::{EBPF_OBJECT, EBPF_OBJECT_TASK_STORAGE, HighWater, families};
 
     #[test]
-    fn every_name_a_family_uses_is_in_the_object() {
-        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built eBPF object parses");
+    fn every_name_a_family_uses_is_in_both_objects() {
+        for (bytes, store, not) in [
+            (EBPF_OBJECT, BLOCKED_START, BLOCKED_START_TASK),
+            (EBPF_OBJECT_TASK_STORAGE, BLOCKED_START_TASK, BLOCKED_START),
+        ] {
+            let object = aya_obj::Object::parse(bytes).expect("the built eBPF object parses");
+            assert!(object.maps.contains_key(store), "no {store} in the object");
+            assert!(
+                !object.maps.contains_key(not),
+                "{not} in the object with {store}"
+            );
+            every_name_in(&object);
+        }
+        let with = aya_obj::Object::parse(EBPF_OBJECT_TASK_STORAGE).expect("parses");
+        let map = &with.maps[BLOCKED_START_TASK];
+        assert_eq!(map.map_type(), 29, "BPF_MAP_TYPE_TASK_STORAGE");
+        assert_eq!(map.key_size(), 4);
+        assert_eq!(
+            map.value_size() as usize,
+            size_of::<agent_ebpf::sched::BlockStart>()
+        );
+    }
+
+    fn every_name_in(object: &aya_obj::Object) {
         assert!(!families::ALL.is_empty());
         for family in families::ALL {
             for map in family.maps() {

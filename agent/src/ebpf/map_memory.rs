@@ -143,7 +143,9 @@ fn data(map: &Map) -> Option<&aya::maps::MapData> {
         | Map::Queue(m)
         | Map::Stack(m)
         | Map::PerCpuLruHashMap(m)
-        | Map::RingBuf(m) => Some(m),
+        | Map::RingBuf(m)
+        // Task storage (aya has no type for it): its fdinfo still has its memlock.
+        | Map::Unsupported(m) => Some(m),
         _ => None,
     }
 }

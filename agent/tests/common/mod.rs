@@ -524,6 +524,16 @@ pub fn run(cmd: &str, args: &[&str]) {
     assert!(status.success(), "{cmd} {args:?} failed");
 }
 
+/// Runs `cmd`, which must succeed, and returns its standard output.
+pub fn output(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Percent-encodes a query parameter (PromQL in a URL).
 pub fn url_encode(s: &str) -> String {
     s.bytes()
@@ -572,6 +582,9 @@ pub fn prometheus(dir: &Path, addr: &str, extra: &[&str]) -> Child {
 /// got a CPU.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedstat {
+    /// Time on a CPU.
+    pub run_seconds: f64,
+    /// Time waiting on a run queue for a CPU.
     pub wait_seconds: f64,
     pub switches_in: f64,
 }
@@ -584,6 +597,7 @@ pub fn schedstat(pid: i32) -> Schedstat {
         .collect();
     assert!(f.len() >= 3, "schedstat of {pid}: {text:?}");
     Schedstat {
+        run_seconds: f[0] / 1e9,
         wait_seconds: f[1] / 1e9,
         switches_in: f[2],
     }
@@ -652,25 +666,15 @@ impl Workload {
     /// Waits for the exit and reads `field` (1-based, as proc(5) numbers them) of the
     /// exited process's `/proc/<pid>/stat` while it is a zombie, then reaps it.
     pub fn exited_stat_field(self, field: usize) -> u64 {
-        self.exited_stats(field).0
+        self.exited_stats(field).value
     }
 
     /// Once the process has exited (a zombie, not reaped yet): `/proc/<pid>/stat` field
-    /// `field` (numbered as in proc(5)), and the time it waited on a run queue for a CPU
-    /// (`/proc/<pid>/schedstat`'s second field, ns); then reaps it.
-    pub fn exited_stats(mut self, field: usize) -> (u64, u64) {
+    /// `field` (numbered as in proc(5)) and `/proc/<pid>/schedstat` (its time on a CPU and
+    /// its time waiting on a run queue for one); then reaps it.
+    pub fn exited_stats(mut self, field: usize) -> Exited {
         self.inner.wait_exited().unwrap_or_else(|e| panic!("{e}"));
-        let schedstat = read(format!("/proc/{}/schedstat", self.pid));
-        let run_delay = schedstat
-            .split_ascii_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no run delay in /proc/{}/schedstat: {schedstat:?}",
-                    self.pid
-                )
-            });
+        let schedstat = schedstat(self.pid);
         let text = read(format!("/proc/{}/stat", self.pid));
         // Fields after the command name, which is in parentheses and may hold spaces.
         let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -680,7 +684,7 @@ impl Workload {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no field {field} in /proc/{}/stat: {text:?}", self.pid));
         self.reap_success();
-        (value, run_delay)
+        Exited { value, schedstat }
     }
 
     /// Reaps the process, which must have exited with status 0.
@@ -688,6 +692,13 @@ impl Workload {
         let ok = self.inner.wait().unwrap_or_else(|e| panic!("{e}"));
         assert!(ok, "workload {} failed", self.pid);
     }
+}
+
+/// What [`Workload::exited_stats`] read of an exited process.
+pub struct Exited {
+    /// The `/proc/<pid>/stat` field asked for.
+    pub value: u64,
+    pub schedstat: Schedstat,
 }
 
 /// Memory reclaim inside one cgroup that is no pod's: 64 MiB read through the page cache in

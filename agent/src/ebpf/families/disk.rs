@@ -615,7 +615,7 @@ mod tests {
         assert_eq!((old.disk_in_request, old.request_rq_disk), (1, 160));
         assert_eq!(old.request_data_len, 40);
         for (release, queue_disk) in [
-            ("6.1.0-56-cloud-amd64", 160),
+            ("6.1.0-57-cloud-amd64", 160),
             ("6.12.118+deb13-cloud-amd64", 104),
         ] {
             let l = resolve(release);

@@ -552,7 +552,7 @@ mod layout_tests {
         // task_struct.cgroups, css_set.dfl_cgrp, cgroup.kn, kernfs_node.id.
         for (release, chain) in [
             ("5.10.0-46-cloud-amd64", [3328, 120, 248, 104]),
-            ("6.1.0-56-cloud-amd64", [3600, 128, 248, 104]),
+            ("6.1.0-57-cloud-amd64", [3600, 128, 248, 104]),
             ("6.12.118+deb13-cloud-amd64", [3584, 128, 256, 96]),
         ] {
             let bytes = fixtures::load(release);

@@ -50,6 +50,8 @@ const KERNEL_READS: KernelReads = KernelReads {
         "css_set",
         "cgroup",
         "kernfs_node",
+        // Whether task-local storage is safe inside sched_switch (`blocked_starts_in`).
+        "bpf_local_storage_map",
     ],
     tracepoints: &["sched_switch", "sched_wakeup", "sched_wakeup_new"],
 };
@@ -281,13 +283,18 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
         Ok(_) => "run-queue wait from wakeup timestamps (no BTF)".to_owned(),
         Err(why) => format!("run-queue wait from wakeup timestamps ({why})"),
     };
+    let mut task_storage = false;
     let blocked = if l.kernel_timestamps == 0 {
         "no blocked time (it needs the kernel's timestamps)".to_owned()
     } else {
         match blocked_layout(kernel, &mut l) {
             Ok(more) => {
                 offsets.extend(more);
-                "blocked time from uninterruptible sleeps at sched_switch, split by task_struct.in_iowait".to_owned()
+                let (in_task_storage, starts) = blocked_starts_in(kernel);
+                task_storage = in_task_storage;
+                format!(
+                    "blocked time from uninterruptible sleeps at sched_switch, split by task_struct.in_iowait, starts kept {starts}"
+                )
             }
             Err(why) => format!("no blocked time ({why})"),
         }
@@ -301,7 +308,34 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
     );
     family.fallback_probes = fallback_probes;
     family.mode = Some(mode);
+    family.task_storage = task_storage;
     (l, family)
+}
+
+/// Where blocked starts are kept on this kernel, and the words for the mode line. In
+/// task-local storage where its slots come from BPF's own pools, which the kernel's BTF
+/// shows as `bpf_local_storage_map.bpf_ma` (6.4+): a slot is then made without calling
+/// the allocator under the run-queue lock that sched_switch holds (from 5.12 to 6.3 it
+/// was a `GFP_ATOMIC` allocation there, which can wake kswapd onto that same run queue).
+/// Elsewhere in a hash of [`BLOCKED_START_ENTRIES`] tasks.
+fn blocked_starts_in(kernel: &KernelSources) -> (bool, String) {
+    let safe = kernel.btf.as_ref().map_err(Clone::clone).and_then(|btf| {
+        btf.has_member("bpf_local_storage_map", "bpf_ma")
+            .map_err(|e| e.to_string())
+    });
+    match safe {
+        Ok(true) => (true, "in task-local storage".to_owned()),
+        Ok(false) => (
+            false,
+            format!(
+                "in a hash of {BLOCKED_START_ENTRIES} tasks (this kernel's task-local storage allocates under the run-queue lock: before 6.4)"
+            ),
+        ),
+        Err(why) => (
+            false,
+            format!("in a hash of {BLOCKED_START_ENTRIES} tasks ({why})"),
+        ),
+    }
 }
 
 impl Family for Sched {
@@ -347,7 +381,12 @@ impl Family for Sched {
         Ok(Box::new(SchedMaps {
             counters: take_map(ebpf, names::SCHED_COUNTERS)?,
             start: take_map(ebpf, names::RUNQUEUE_START)?,
-            blocked_start: Mutex::new(take_map(ebpf, names::BLOCKED_START)?),
+            // The object the loader chose has one of the two stores; only the hash needs
+            // upkeep (task storage goes with its task).
+            blocked_start: match ebpf.map(names::BLOCKED_START) {
+                Some(_) => Some(Mutex::new(take_map(ebpf, names::BLOCKED_START)?)),
+                None => None,
+            },
             // Kernel timestamps are on exactly when sched_switch does the work alone; the
             // layout says whether this kernel has what blocked time also reads.
             blocked_up: self_sufficient
@@ -368,7 +407,8 @@ impl Family for Sched {
 struct SchedMaps {
     counters: PerCpuArray<MapData, SchedCounters>,
     start: HashMap<MapData, u32, u64>,
-    blocked_start: Mutex<HashMap<MapData, u64, BlockStart>>,
+    /// The hash of blocked starts, in the object without task storage.
+    blocked_start: Option<Mutex<HashMap<MapData, u64, BlockStart>>>,
     /// Blocked time is measured (sched_switch with the kernel's timestamps).
     blocked_up: bool,
     blocked_fill: FillGauge,
@@ -483,12 +523,15 @@ impl LoadedFamily for SchedMaps {
             }
         }
         Health {
-            maps: vec![
+            maps: std::iter::once(
                 self.start_fill
                     .fill(names::RUNQUEUE_START, RUNQUEUE_START_ENTRIES),
+            )
+            .chain(self.blocked_start.as_ref().map(|_| {
                 self.blocked_fill
-                    .fill(names::BLOCKED_START, BLOCKED_START_ENTRIES),
-            ],
+                    .fill(names::BLOCKED_START, BLOCKED_START_ENTRIES)
+            }))
+            .collect(),
             lost: vec![
                 ("runqueue_start_map_full", start_full),
                 ("cgroup_map_full_sched", cgroup_full),
@@ -517,7 +560,10 @@ const BLOCKED_START_STALE: Duration = Duration::from_secs(3600);
 impl SchedMaps {
     /// Counts the blocked starts, and takes out the stale ones (counted).
     fn keep_blocked_starts(&self) {
-        let mut map = self.blocked_start.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(map) = &self.blocked_start else {
+            return;
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         // The run queue's clock and CLOCK_MONOTONIC both count from boot, close enough
         // for an hour's margin.
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -600,7 +646,7 @@ mod tests {
         // (kernel, pid offset, state offset, state size), as each kernel's BTF has them.
         for (release, pid, state, size) in [
             ("5.10.0-46-cloud-amd64", 2232, 16, 8),
-            ("6.1.0-56-cloud-amd64", 2416, 24, 4),
+            ("6.1.0-57-cloud-amd64", 2416, 24, 4),
             ("6.12.118+deb13-cloud-amd64", 2432, 24, 4),
         ] {
             let (l, family) = resolve(release);
@@ -644,6 +690,34 @@ mod tests {
                 "{release}: sched_info's fields in order"
             );
         }
+    }
+
+    #[test]
+    fn blocked_starts_go_to_task_storage_from_6_4() {
+        // (kernel, task storage): 6.4 made task storage allocate from BPF's own pools.
+        let expected = [
+            ("5.10.0-46-cloud-amd64", false),
+            ("6.1.0-57-cloud-amd64", false),
+            ("6.12.118+deb13-cloud-amd64", true),
+        ];
+        for (release, task_storage) in expected {
+            let (_, family) = resolve(release);
+            assert_eq!(family.task_storage, task_storage, "{release}");
+            let mode = family.mode.unwrap_or_default();
+            let words = if task_storage {
+                "starts kept in task-local storage"
+            } else {
+                "starts kept in a hash of 16384 tasks (this kernel's task-local storage allocates under the run-queue lock: before 6.4)"
+            };
+            assert!(mode.contains(words), "{release}: {mode}");
+        }
+        // Without the BTF, no task storage, and the mode says why.
+        let (_, family) = layout(&KernelSources::for_family(
+            &Sched,
+            Err("no BTF".into()),
+            None,
+        ));
+        assert!(!family.task_storage);
     }
 
     #[test]
