@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod preflight;
+pub mod protobuf_wire;
 pub mod psi;
 pub mod remote_write;
 pub mod render;

@@ -1,7 +1,7 @@
 //! Rendering a scrape: the registry through prometheus_client's encoders, plus the families
-//! too large for them, written straight as exposition text. A protobuf scrape goes through
-//! prometheus_client's encoder whole ([`render_bytes`]): the families written as text here
-//! encode themselves there when [`protobuf`] says so.
+//! too large for them, written straight as exposition text, or in a protobuf scrape
+//! ([`render_bytes`]) straight as protobuf (`crate::protobuf_wire`). Label sets rendered
+//! once as text give their pairs one by one to the encoder when [`protobuf`] says so.
 //!
 //! A node with 4,096 pods has some 16,000 per-cgroup series. Through the encoder each
 //! sample costs a descriptor lookup, a label encoder and a dozen small buffered writes;
@@ -62,8 +62,14 @@ pub fn render_bytes(registry: &Registry, format: Format) -> Result<Vec<u8>, fmt:
     };
     use prost::Message as _;
     let _flag = Flag(PROTOBUF.replace(true));
-    let mut families = encode(registry)?;
-    let mut out = Vec::with_capacity(LAST_PROTOBUF.load(Ordering::Relaxed) * 9 / 8);
+    // The families collectors write directly (`crate::protobuf_wire`) come first.
+    // Its bytes become the response: room for the whole of the last one.
+    let capacity = LAST_PROTOBUF.load(Ordering::Relaxed) * 9 / 8;
+    let installed = Installed::new(DirectText::new(Format::Protobuf, capacity));
+    let families = encode(registry);
+    let direct = installed.finish();
+    let mut families = families?;
+    let mut out = direct.map(|d| d.protobuf).unwrap_or_default();
     for family in &mut families {
         // prometheus_client 0.26 puts an untyped sample's value in the `gauge` field, where
         // Prometheus does not look for it (it reads `untyped` for an UNTYPED family, and
@@ -164,19 +170,32 @@ pub fn direct<R>(f: impl FnOnce(Option<&mut DirectText>) -> R) -> R {
     DIRECT.with_borrow_mut(|d| f(d.as_mut()))
 }
 
-/// Families written as exposition text, in the format of the scrape.
+/// Families written directly, in the format of the scrape: exposition text, or in a
+/// protobuf scrape delimited `MetricFamily` messages.
 #[derive(Debug)]
 pub struct DirectText {
     format: Format,
     text: String,
+    protobuf: Vec<u8>,
 }
 
 impl DirectText {
     fn new(format: Format, capacity: usize) -> Self {
+        let (text, protobuf) = match format {
+            Format::Protobuf => (String::new(), Vec::with_capacity(capacity)),
+            _ => (String::with_capacity(capacity), Vec::new()),
+        };
         Self {
             format,
-            text: String::with_capacity(capacity),
+            text,
+            protobuf,
         }
+    }
+
+    /// The bytes of a protobuf scrape, to write families to with
+    /// [`crate::protobuf_wire`]; `None` when the scrape is text.
+    pub fn protobuf(&mut self) -> Option<&mut Vec<u8>> {
+        (self.format == Format::Protobuf).then_some(&mut self.protobuf)
     }
 
     /// Starts a counter family: its HELP and TYPE lines, written even if no sample

@@ -27,6 +27,9 @@ pub struct Rendered {
     tail: String,
     /// Every pair, with a trailing `,`: the prefix when a family adds a label of its own.
     full: String,
+    /// The pairs as protobuf label fields, made at the first protobuf scrape that needs
+    /// them (a node scraped only as text never pays for them).
+    protobuf: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// A label value as the text format writes it.
@@ -58,6 +61,7 @@ impl Rendered {
             head,
             tail: (*last_value).to_owned(),
             full,
+            protobuf: std::sync::OnceLock::new(),
         }
     }
 
@@ -65,6 +69,14 @@ impl Rendered {
     /// (empty for none).
     pub fn text(&self) -> &str {
         &self.full
+    }
+
+    /// Every pair as protobuf `Metric.label` fields (`crate::protobuf_wire::labels`).
+    pub fn protobuf(&self) -> &[u8] {
+        self.protobuf.get_or_init(|| {
+            let pairs: Vec<(&str, String)> = pairs(&self.full).collect();
+            crate::protobuf_wire::labels(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        })
     }
 
     /// These labels and then every pair of `extra`.
@@ -90,7 +102,7 @@ fn pairs(text: &str) -> impl Iterator<Item = (&str, String)> {
 /// Encodes pairs one label each, as the protobuf format wants them.
 fn encode_pairs<'a>(
     encoder: &mut LabelSetEncoder,
-    pairs: impl Iterator<Item = (&'a str, std::borrow::Cow<'a, str>)>,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> std::fmt::Result {
     use std::fmt::Write as _;
     for (k, v) in pairs {
@@ -98,7 +110,7 @@ fn encode_pairs<'a>(
         let mut key = label.encode_label_key()?;
         key.write_str(k)?;
         let mut value = key.encode_label_value()?;
-        value.write_str(&v)?;
+        value.write_str(v)?;
         value.finish()?;
     }
     Ok(())
@@ -110,7 +122,7 @@ impl EncodeLabelSet for Rendered {
             return Ok(());
         }
         if crate::render::protobuf() {
-            return encode_pairs(encoder, pairs(&self.full).map(|(k, v)| (k, v.into())));
+            return encode_pairs(encoder, crate::protobuf_wire::read_labels(self.protobuf()));
         }
         use std::fmt::Write as _;
         let mut label = encoder.encode_label();
@@ -140,8 +152,8 @@ impl<const N: usize> EncodeLabelSet for WithLabels<'_, N> {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
         use std::fmt::Write as _;
         if crate::render::protobuf() {
-            let base = pairs(&self.base.full).map(|(k, v)| (k, v.into()));
-            let extra = self.extra.iter().map(|(k, v)| (*k, (*v).into()));
+            let base = crate::protobuf_wire::read_labels(self.base.protobuf());
+            let extra = self.extra.iter().map(|(k, v)| (*k, *v));
             return encode_pairs(encoder, base.chain(extra));
         }
         let Some(((last_key, last_value), rest)) = self.extra.split_last() else {

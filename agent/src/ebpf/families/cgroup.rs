@@ -29,6 +29,7 @@ use crate::{
         slots::CgroupSlots,
     },
     metrics::{CollectError, counter, gauge},
+    protobuf_wire,
     render::{self, Samples},
 };
 
@@ -224,7 +225,7 @@ impl LoadedFamily for CgroupMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
         let (tracked, evictions, unknown) = self.stats.scrape(|scrape| {
             if render::protobuf() {
-                self.encode_protobuf(out, &scrape.rows.rows)?;
+                self.encode_protobuf(&scrape.rows.rows)?;
             } else {
                 self.encode(&scrape.rows.rows)?;
             }
@@ -432,47 +433,33 @@ fn row_texts(
 }
 
 impl CgroupMaps {
-    /// A protobuf scrape's families, through the encoder: the kept text is of no use there.
-    fn encode_protobuf(
-        &self,
-        out: &mut DescriptorEncoder,
-        rows: &[Row<(), CgroupStats>],
-    ) -> Result<(), CollectError> {
-        use prometheus_client::{
-            encoding::{EncodeLabelSet, MetricEncoder, NoLabelSet},
-            metrics::MetricType,
-        };
-        fn put(
-            metric: &mut MetricEncoder,
-            labels: &impl EncodeLabelSet,
-            value: Value,
-        ) -> std::fmt::Result {
-            let mut sample = metric.encode_family(labels)?;
-            match value {
-                Value::Seconds(ns) => {
-                    sample.encode_counter::<NoLabelSet, f64, f64>(&(ns as f64 / 1e9), None)
-                }
-                Value::Count(n) => sample.encode_counter::<NoLabelSet, u64, u64>(&n, None),
-            }
-        }
+    /// A protobuf scrape's families, written directly (`crate::protobuf_wire`) with each
+    /// cgroup's labels encoded once; the kept text is of no use there.
+    fn encode_protobuf(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
         let labels = series::choose(rows.iter().map(|r| r.series));
-        for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
-            if !self.exported[i] {
-                continue;
-            }
-            let base = name.strip_suffix("_total").unwrap_or(name);
-            let mut metric = out.encode_descriptor(base, help, None, MetricType::Counter)?;
-            for (row, l) in rows.iter().zip(&labels) {
-                let samples = row_samples(&row.values).into_iter();
-                for (_, kind, value) in samples.filter(|(f, _, v)| *f == i && !v.is_zero()) {
-                    match kind {
-                        Some(k) => put(&mut metric, &l.and_all([("kind", k)]), value)?,
-                        None => put(&mut metric, l, value)?,
+        render::direct(|out| {
+            let out = out
+                .and_then(|o| o.protobuf())
+                .ok_or(CollectError::NotRendering)?;
+            for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
+                if !self.exported[i] {
+                    continue;
+                }
+                let mut family = protobuf_wire::CounterFamily::new(name, help);
+                for (row, l) in rows.iter().zip(&labels) {
+                    let samples = row_samples(&row.values).into_iter();
+                    for (_, kind, value) in samples.filter(|(f, _, v)| *f == i && !v.is_zero()) {
+                        let value = match value {
+                            Value::Seconds(ns) => ns as f64 / 1e9,
+                            Value::Count(n) => n as f64,
+                        };
+                        family.sample(l.protobuf(), kind.map(|k| ("kind", k)), value);
                     }
                 }
+                family.finish(out);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Writes the exported families directly as text (`crate::render`): these are most of

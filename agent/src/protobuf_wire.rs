@@ -1,0 +1,239 @@
+//! The Prometheus protobuf exposition format (`io.prometheus.client.MetricFamily`, length
+//! delimited), written directly for the per-cgroup families: through prometheus_client's
+//! encoder, each of a busy node's 25,000 per-pod samples became a message of its own with
+//! a `String` per label name and value, and a scrape cost four times the text's. Here a
+//! cgroup's labels are encoded once ([`labels`], kept by `cgroups::series::Rendered`) and
+//! each sample is one copy of them and its value.
+//!
+//! Field numbers from Prometheus's `metrics.proto`: MetricFamily {name 1, help 2, type 3,
+//! metric 4}, Metric {label 1, counter 3}, LabelPair {name 1, value 2}, Counter {value 1}.
+
+/// `MetricType.COUNTER`.
+const COUNTER: u64 = 0;
+
+/// Wire types: varint (0), 64-bit (1), length-delimited (2).
+const fn tag(field: u32, wire_type: u32) -> u8 {
+    ((field << 3) | wire_type) as u8
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    out.push(tag(field, 2));
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The length of a LabelPair message.
+fn pair_len(name: &str, value: &str) -> usize {
+    2 + varint_len(name.len() as u64) + name.len() + varint_len(value.len() as u64) + value.len()
+}
+
+/// The length of a `Metric.label` field holding that pair.
+fn label_len(name: &str, value: &str) -> usize {
+    let pair = pair_len(name, value);
+    1 + varint_len(pair as u64) + pair
+}
+
+/// One `Metric.label` field: a LabelPair message.
+fn label(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(tag(1, 2));
+    varint(out, pair_len(name, value) as u64);
+    bytes_field(out, 1, name.as_bytes());
+    bytes_field(out, 2, value.as_bytes());
+}
+
+/// A label set as the `Metric.label` fields of a message, encoded once for every sample
+/// that carries it.
+pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in pairs {
+        label(&mut out, name, value);
+    }
+    out
+}
+
+/// The pairs of [`labels`]' bytes, read back. Bytes that are not such fields end the
+/// pairs (they are only ever ours).
+pub fn read_labels(mut bytes: &[u8]) -> impl Iterator<Item = (&str, &str)> {
+    std::iter::from_fn(move || {
+        let (pair, rest) = delimited(bytes, tag(1, 2))?;
+        bytes = rest;
+        let (name, after) = delimited(pair, tag(1, 2))?;
+        let (value, _) = delimited(after, tag(2, 2))?;
+        Some((
+            std::str::from_utf8(name).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
+    })
+}
+
+/// A length-delimited field with this tag at the start of `bytes`: (its bytes, the rest).
+fn delimited(bytes: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, mut rest) = bytes.split_first()?;
+    if first != want {
+        return None;
+    }
+    let mut len: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let (&b, after) = rest.split_first()?;
+        rest = after;
+        len |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+    let len = usize::try_from(len).ok()?;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// One counter family being written: its samples go into a buffer of their own, since
+/// the family's length comes before them.
+pub struct CounterFamily<'a> {
+    name: &'a str,
+    help: &'a str,
+    metrics: Vec<u8>,
+}
+
+impl<'a> CounterFamily<'a> {
+    /// `name` is the family's whole name, `_total` included, as Prometheus's own clients
+    /// and prometheus_client name a counter family in this format.
+    pub fn new(name: &'a str, help: &'a str) -> Self {
+        Self {
+            name,
+            help,
+            metrics: Vec::new(),
+        }
+    }
+
+    /// A sample: the encoded `labels`, one more pair if any, and the value.
+    pub fn sample(&mut self, labels: &[u8], extra: Option<(&str, &str)>, value: f64) {
+        let extra_len = extra.map_or(0, |(name, v)| label_len(name, v));
+        // Counter { value: double } is 9 bytes; as Metric.counter, 11.
+        let metric_len = labels.len() + extra_len + 11;
+        self.metrics.push(tag(4, 2));
+        varint(&mut self.metrics, metric_len as u64);
+        self.metrics.extend_from_slice(labels);
+        if let Some((name, v)) = extra {
+            label(&mut self.metrics, name, v);
+        }
+        self.metrics.push(tag(3, 2));
+        self.metrics.push(9);
+        self.metrics.push(tag(1, 1));
+        self.metrics.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// Writes the family, length first, to `out`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        let mut head = Vec::with_capacity(self.name.len() + self.help.len() + 8);
+        bytes_field(&mut head, 1, self.name.as_bytes());
+        bytes_field(&mut head, 2, self.help.as_bytes());
+        head.push(tag(3, 0));
+        varint(&mut head, COUNTER);
+        varint(out, (head.len() + self.metrics.len()) as u64);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&self.metrics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+        MetricFamily, MetricType,
+    };
+    use prost::Message as _;
+
+    #[test]
+    fn a_family_written_here_decodes_as_prometheus_reads_it() {
+        let long = "v".repeat(300);
+        let labels = labels([("namespace", "team-a"), ("pod", long.as_str())]);
+        assert_eq!(
+            read_labels(&labels).collect::<Vec<_>>(),
+            [("namespace", "team-a"), ("pod", long.as_str())]
+        );
+        let mut family = CounterFamily::new("nodelens_x_seconds_total", "Help, with \"quotes\"");
+        family.sample(&labels, Some(("kind", "io")), 1.5);
+        family.sample(&labels, None, 0.0);
+        family.sample(&[], None, f64::MAX);
+        let mut out = vec![];
+        family.finish(&mut out);
+        let mut rest = out.as_slice();
+        let decoded = MetricFamily::decode_length_delimited(&mut rest).expect("decodes");
+        assert!(rest.is_empty(), "nothing after the family");
+        assert_eq!(decoded.name, "nodelens_x_seconds_total");
+        assert_eq!(decoded.help, "Help, with \"quotes\"");
+        assert_eq!(decoded.r#type, MetricType::Counter as i32);
+        let got: Vec<(Vec<(String, String)>, f64)> = decoded
+            .metric
+            .iter()
+            .map(|m| {
+                (
+                    m.label
+                        .iter()
+                        .map(|l| (l.name.clone(), l.value.clone()))
+                        .collect(),
+                    m.counter.as_ref().expect("a counter").value,
+                )
+            })
+            .collect();
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            got,
+            [
+                (
+                    vec![
+                        pair("namespace", "team-a"),
+                        pair("pod", &long),
+                        pair("kind", "io")
+                    ],
+                    1.5
+                ),
+                (vec![pair("namespace", "team-a"), pair("pod", &long)], 0.0),
+                (vec![], f64::MAX),
+            ]
+        );
+    }
+
+    #[test]
+    fn label_lengths_match_the_encoding() {
+        for (name, value) in [("a", ""), ("kind", "io"), ("pod", &"x".repeat(200))] {
+            let mut out = vec![];
+            label(&mut out, name, value);
+            assert_eq!(out.len(), label_len(name, value), "{name}");
+        }
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = vec![];
+            varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+    }
+}
