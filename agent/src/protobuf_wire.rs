@@ -6,10 +6,13 @@
 //! each sample is one copy of them and its value.
 //!
 //! Field numbers from Prometheus's `metrics.proto`: MetricFamily {name 1, help 2, type 3,
-//! metric 4}, Metric {label 1, counter 3}, LabelPair {name 1, value 2}, Counter {value 1}.
+//! metric 4}, Metric {label 1, counter 3, histogram 7}, LabelPair {name 1, value 2},
+//! Counter {value 1}, Histogram {sample_count 1, sample_sum 2, schema 5, zero_threshold 6,
+//! zero_count 7, positive_span 12, positive_delta 13}, BucketSpan {offset 1, length 2}.
 
-/// `MetricType.COUNTER`.
+/// `MetricType.COUNTER` and `MetricType.HISTOGRAM`.
 const COUNTER: u64 = 0;
+const HISTOGRAM: u64 = 4;
 
 /// Wire types: varint (0), 64-bit (1), length-delimited (2).
 const fn tag(field: u32, wire_type: u32) -> u8 {
@@ -26,6 +29,11 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A signed value as `sint32`/`sint64` encode it (zigzag).
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
 }
 
 fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
@@ -110,6 +118,18 @@ pub struct CounterFamily<'a> {
     metrics: Vec<u8>,
 }
 
+/// Writes a family, length first, to `out`.
+fn family(out: &mut Vec<u8>, name: &str, help: &str, kind: u64, metrics: &[u8]) {
+    let mut head = Vec::with_capacity(name.len() + help.len() + 8);
+    bytes_field(&mut head, 1, name.as_bytes());
+    bytes_field(&mut head, 2, help.as_bytes());
+    head.push(tag(3, 0));
+    varint(&mut head, kind);
+    varint(out, (head.len() + metrics.len()) as u64);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(metrics);
+}
+
 impl<'a> CounterFamily<'a> {
     /// `name` is the family's whole name, `_total` included, as Prometheus's own clients
     /// and prometheus_client name a counter family in this format.
@@ -140,14 +160,80 @@ impl<'a> CounterFamily<'a> {
 
     /// Writes the family, length first, to `out`.
     pub fn finish(self, out: &mut Vec<u8>) {
-        let mut head = Vec::with_capacity(self.name.len() + self.help.len() + 8);
-        bytes_field(&mut head, 1, self.name.as_bytes());
-        bytes_field(&mut head, 2, self.help.as_bytes());
-        head.push(tag(3, 0));
-        varint(&mut head, COUNTER);
-        varint(out, (head.len() + self.metrics.len()) as u64);
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&self.metrics);
+        family(out, self.name, self.help, COUNTER, &self.metrics);
+    }
+}
+
+/// A native histogram sample's numbers (`crate::metrics::NativeBuckets` gives the spans
+/// and deltas).
+pub struct Native<'a> {
+    pub count: u64,
+    pub sum: f64,
+    pub schema: i32,
+    pub zero_threshold: f64,
+    pub zero_count: u64,
+    pub spans: &'a [(i32, u32)],
+    pub deltas: &'a [i64],
+}
+
+/// One family of native histograms (no classic buckets) being written.
+pub struct NativeHistogramFamily<'a> {
+    name: &'a str,
+    help: &'a str,
+    metrics: Vec<u8>,
+    histogram: Vec<u8>,
+}
+
+impl<'a> NativeHistogramFamily<'a> {
+    pub fn new(name: &'a str, help: &'a str) -> Self {
+        Self {
+            name,
+            help,
+            metrics: Vec::new(),
+            histogram: Vec::new(),
+        }
+    }
+
+    /// A sample: the encoded `labels` and the histogram. A zero threshold above 0 is what
+    /// tells Prometheus a histogram without buckets is native.
+    pub fn sample(&mut self, labels: &[u8], h: &Native) {
+        let m = &mut self.histogram;
+        m.clear();
+        m.push(tag(1, 0));
+        varint(m, h.count);
+        m.push(tag(2, 1));
+        m.extend_from_slice(&h.sum.to_le_bytes());
+        m.push(tag(5, 0));
+        varint(m, zigzag(i64::from(h.schema)));
+        m.push(tag(6, 1));
+        m.extend_from_slice(&h.zero_threshold.to_le_bytes());
+        m.push(tag(7, 0));
+        varint(m, h.zero_count);
+        for &(offset, length) in h.spans {
+            let mut span = Vec::with_capacity(12);
+            span.push(tag(1, 0));
+            varint(&mut span, zigzag(i64::from(offset)));
+            span.push(tag(2, 0));
+            varint(&mut span, u64::from(length));
+            bytes_field(m, 12, &span);
+        }
+        if !h.deltas.is_empty() {
+            let mut packed = Vec::with_capacity(h.deltas.len() * 2);
+            for &d in h.deltas {
+                varint(&mut packed, zigzag(d));
+            }
+            bytes_field(m, 13, &packed);
+        }
+        let histogram_len = 1 + varint_len(m.len() as u64) + m.len();
+        self.metrics.push(tag(4, 2));
+        varint(&mut self.metrics, (labels.len() + histogram_len) as u64);
+        self.metrics.extend_from_slice(labels);
+        bytes_field(&mut self.metrics, 7, &self.histogram);
+    }
+
+    /// Writes the family, length first, to `out`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        family(out, self.name, self.help, HISTOGRAM, &self.metrics);
     }
 }
 
@@ -208,6 +294,56 @@ mod tests {
                 (vec![], f64::MAX),
             ]
         );
+    }
+
+    #[test]
+    fn a_native_histogram_written_here_decodes_with_its_spans_and_deltas() {
+        let labels = labels([("pod", "web-0")]);
+        let mut family = NativeHistogramFamily::new("nodelens_x_seconds", "Waits.");
+        family.sample(
+            &labels,
+            &Native {
+                count: 9,
+                sum: 0.25,
+                schema: 0,
+                zero_threshold: 2f64.powi(-20),
+                zero_count: 1,
+                spans: &[(-19, 2), (3, 1)],
+                deltas: &[3, -1, 2],
+            },
+        );
+        family.sample(
+            &[],
+            &Native {
+                count: 0,
+                sum: 0.0,
+                schema: 0,
+                zero_threshold: 2f64.powi(-20),
+                zero_count: 0,
+                spans: &[],
+                deltas: &[],
+            },
+        );
+        let mut out = vec![];
+        family.finish(&mut out);
+        let decoded = MetricFamily::decode_length_delimited(out.as_slice()).expect("decodes");
+        assert_eq!(decoded.r#type, MetricType::Histogram as i32);
+        assert_eq!(decoded.metric.len(), 2);
+        let h = decoded.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!(decoded.metric[0].label[0].value, "web-0");
+        assert_eq!((h.sample_count, h.sample_sum), (9, 0.25));
+        assert_eq!((h.schema, h.zero_count), (0, 1));
+        assert_eq!(h.zero_threshold, 2f64.powi(-20));
+        let spans: Vec<(i32, u32)> = h
+            .positive_span
+            .iter()
+            .map(|s| (s.offset, s.length))
+            .collect();
+        assert_eq!(spans, [(-19, 2), (3, 1)]);
+        assert_eq!(h.positive_delta, [3, -1, 2]);
+        assert!(h.bucket.is_empty(), "native only");
+        let empty = decoded.metric[1].histogram.as_ref().expect("a histogram");
+        assert_eq!(empty.sample_count, 0);
     }
 
     #[test]

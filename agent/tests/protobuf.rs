@@ -18,6 +18,10 @@ use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
 use prost::Message as _;
 use serde_json::json;
 
+/// The families only a protobuf scrape has: per-pod native histograms, which the text
+/// formats cannot carry.
+const PROTOBUF_ONLY: &[&str] = &["nodelens_cgroup_runqueue_latency_seconds"];
+
 /// What Prometheus 2.42 to 3.x send with native histograms on.
 const PROTOBUF_FIRST: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -162,7 +166,11 @@ fn a_protobuf_scrape_has_the_text_scrapes_families_labels_and_values() {
     let before = text_samples(&agent);
     let families = protobuf_scrape(&agent);
     let after = text_samples(&agent);
-    let (proto, types) = samples(&families);
+    let (mut proto, mut types) = samples(&families);
+    for name in PROTOBUF_ONLY {
+        assert_eq!(types.remove(*name).as_deref(), Some("histogram"), "{name}");
+        proto.retain(|k, _| !k.starts_with(&format!("{name}_")));
+    }
 
     // Families: the same names and types (the text declares counters with `_total`, as
     // prometheus_client's 0.0.4 encoder does, and the protobuf names them so).
@@ -281,6 +289,137 @@ fn check_native_runqueue_histogram(families: &[MetricFamily]) {
             native_up_to(classic.upper_bound),
             classic.cumulative_count
         );
+    }
+}
+
+/// A per-pod native histogram as a scrape had it.
+struct PodHistogram {
+    count: u64,
+    sum: f64,
+    /// (schema-0 index, count) of the buckets that hold waits.
+    buckets: Vec<(i32, u64)>,
+}
+
+/// The cgroup's per-pod run-queue histogram in a protobuf scrape.
+fn pod_runqueue_histogram(agent: &Agent, cgroup: &str) -> Option<PodHistogram> {
+    let families = protobuf_scrape(agent);
+    let family = families
+        .iter()
+        .find(|f| f.name == "nodelens_cgroup_runqueue_latency_seconds")?;
+    let m = family.metric.iter().find(|m| {
+        m.label
+            .iter()
+            .any(|l| l.name == "cgroup" && l.value == cgroup)
+    })?;
+    let h = m.histogram.as_ref()?;
+    assert_eq!(h.schema, 0, "per-pod histograms have schema 0");
+    assert!(h.bucket.is_empty(), "native only");
+    let mut buckets = vec![];
+    let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
+    for (n, span) in h.positive_span.iter().enumerate() {
+        index = if n == 0 {
+            span.offset
+        } else {
+            index + span.offset
+        };
+        for _ in 0..span.length {
+            count += deltas.next().expect("a delta per bucket");
+            buckets.push((index, count as u64));
+            index += 1;
+        }
+    }
+    let total = h.zero_count + buckets.iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(total, h.sample_count, "every wait in one bucket");
+    Some(PodHistogram {
+        count: h.sample_count,
+        sum: h.sample_sum,
+        buckets,
+    })
+}
+
+/// How many times the cgroup's threads got a CPU (`/proc/<tid>/schedstat`, third field),
+/// and how many threads it has.
+fn arrivals(dir: &std::path::Path) -> (u64, u64) {
+    let threads = common::read(dir.join("cgroup.threads"));
+    let tids: Vec<&str> = threads.split_whitespace().collect();
+    assert!(!tids.is_empty(), "threads in {}", dir.display());
+    let sum = tids
+        .iter()
+        .map(|tid| {
+            std::fs::read_to_string(format!("/proc/{tid}/schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    (sum, tids.len() as u64)
+}
+
+#[test]
+fn a_pods_run_queue_waits_are_a_native_histogram_with_a_p99() {
+    common::require_root();
+    common::mount_tracefs();
+    let agent = Agent::start(&[]);
+    let prometheus = common::ScrapingPrometheus::start_with(
+        json!([{"job_name": "nodelens", "static_configs": [{"targets": [agent.addr]}]}]),
+        &["--enable-feature=native-histograms"],
+    );
+    // Two hogs on one CPU for 4 s: each waits for the other's slices.
+    let name = format!("nodelens-podhist-{}", std::process::id());
+    let dir = common::cgroup2_root().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dirs = common::Cgroups(vec![dir.clone()]);
+    let hog = "taskset -c 0 timeout 4 sh -c 'while :; do :; done'; exit 0";
+    let mut hogs = [
+        common::Workload::spawn_into(&dir, &["/bin/sh", "-c", hog]),
+        common::Workload::spawn_into(&dir, &["/bin/sh", "-c", hog]),
+    ];
+    // Labelled by its path below the cgroup2 root.
+    let cgroup = name.clone();
+    agent.metrics_until(Duration::from_secs(10), "the hogs waited", |m| {
+        m.get(&format!(
+            "nodelens_cgroup_runqueue_wait_seconds_total{{cgroup=\"{cgroup}\"}}"
+        ))
+        .is_some_and(|v| v > 0.2)
+    });
+    // The kernel's count of arrivals before and after a scrape: every wait the histogram
+    // has was an arrival, and every arrival but each thread's current one was charged
+    // when its thread left the CPU.
+    let (before, threads) = arrivals(&dir);
+    let PodHistogram {
+        count,
+        sum,
+        buckets,
+    } = pod_runqueue_histogram(&agent, &cgroup).expect("the histogram");
+    let (after, _) = arrivals(&dir);
+    eprintln!("{count} waits in the histogram, {before}..{after} arrivals, {threads} threads");
+    assert!(count <= after, "{count} waits, {after} arrivals");
+    assert!(
+        count as f64 >= (before - threads) as f64 * 0.95,
+        "{count} waits, {before} arrivals of {threads} threads"
+    );
+    assert!(sum > 0.2 && buckets.len() > 1, "{sum} s in {buckets:?}");
+    // Prometheus takes its p99, and its count as the scrape had it.
+    common::wait_for(
+        "Prometheus has the cgroup's per-pod histogram",
+        Duration::from_secs(30),
+        || {
+            !prometheus
+                .query(&format!(
+                    "histogram_quantile(0.99, nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}}) > 0"
+                ))
+                .is_empty()
+        },
+    );
+    let p99 = prometheus.query(&format!(
+        "histogram_quantile(0.99, nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}})"
+    ));
+    let p99: f64 = p99[0]["value"][1].as_str().unwrap().parse().unwrap();
+    // A slice of the other hog, at most: well under the 4 s they ran.
+    assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99} s");
+    eprintln!("p99 run-queue wait of the two hogs: {p99} s");
+    for hog in &mut hogs {
+        hog.reap_success();
     }
 }
 

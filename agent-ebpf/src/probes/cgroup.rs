@@ -15,6 +15,8 @@
 //! reads (and keeps in its memory) only those, not the whole array.
 use core::ops::AddAssign;
 
+use crate::probes::histogram::POD_NATIVE_BUCKETS;
+
 /// Default size of the per-cgroup map. User space sets it at load time from the tracked
 /// cgroup cap (room for churn: gone cgroups stay until the upkeep task deletes them).
 pub const CGROUP_STATS_ENTRIES: u32 = 16384;
@@ -39,6 +41,12 @@ pub struct CgroupStats {
     /// I/O (`in_iowait`), and for anything else (locks, page faults, vfork), until woken.
     pub blocked_io_ns: u64,
     pub blocked_other_ns: u64,
+    /// The run-queue waits of `runqueue_wait_ns` one by one, as a native histogram of
+    /// schema `histogram::POD_NATIVE_SCHEMA`: up to 2^-20 s, and then by power of two
+    /// from `histogram::POD_NATIVE_FIRST_INDEX` (`histogram::pod_native_slot` places a
+    /// wait).
+    pub runqueue_wait_zero: u64,
+    pub runqueue_wait_buckets: [u64; POD_NATIVE_BUCKETS],
 }
 
 impl AddAssign for CgroupStats {
@@ -61,6 +69,8 @@ impl CgroupStats {
             reclaim_memcg_ns,
             blocked_io_ns,
             blocked_other_ns,
+            runqueue_wait_zero,
+            runqueue_wait_buckets,
         } = other;
         Self {
             cpu_ns: f(self.cpu_ns, cpu_ns),
@@ -71,6 +81,10 @@ impl CgroupStats {
             reclaim_memcg_ns: f(self.reclaim_memcg_ns, reclaim_memcg_ns),
             blocked_io_ns: f(self.blocked_io_ns, blocked_io_ns),
             blocked_other_ns: f(self.blocked_other_ns, blocked_other_ns),
+            runqueue_wait_zero: f(self.runqueue_wait_zero, runqueue_wait_zero),
+            runqueue_wait_buckets: core::array::from_fn(|i| {
+                f(self.runqueue_wait_buckets[i], runqueue_wait_buckets[i])
+            }),
         }
     }
 
@@ -219,7 +233,7 @@ pub mod programs {
 mod tests {
     use super::*;
 
-    /// Every field different: 1 to 8.
+    /// Every field different: 1 to 8, 9 for the zero bucket, then 10, 11, ...
     const ONE_TO_EIGHT: CgroupStats = CgroupStats {
         cpu_ns: 1,
         runqueue_wait_ns: 2,
@@ -229,6 +243,16 @@ mod tests {
         reclaim_memcg_ns: 6,
         blocked_io_ns: 7,
         blocked_other_ns: 8,
+        runqueue_wait_zero: 9,
+        runqueue_wait_buckets: {
+            let mut b = [0; POD_NATIVE_BUCKETS];
+            let mut i = 0;
+            while i < POD_NATIVE_BUCKETS {
+                b[i] = 10 + i as u64;
+                i += 1;
+            }
+            b
+        },
     };
 
     #[test]
@@ -247,6 +271,8 @@ mod tests {
                 reclaim_memcg_ns: 12,
                 blocked_io_ns: 14,
                 blocked_other_ns: 16,
+                runqueue_wait_zero: 18,
+                runqueue_wait_buckets: core::array::from_fn(|i| 2 * (10 + i as u64)),
             }
         );
     }

@@ -438,11 +438,17 @@ impl NativeHistogram {
     /// values. Callers own the histogram (a per-CPU map value) while they run.
     #[inline(always)]
     pub fn add(&mut self, ns: u64) {
-        if ns <= NATIVE_ZERO_THRESHOLD_NS {
+        self.add_at(native_entry(ns));
+    }
+
+    /// Adds a value already placed by [`native_entry`].
+    #[inline(always)]
+    pub fn add_at(&mut self, entry: Option<usize>) {
+        let Some(entry) = entry else {
             self.zero += 1;
             return;
-        }
-        if let Some(n) = self.buckets.get_mut(native_bucket(ns)) {
+        };
+        if let Some(n) = self.buckets.get_mut(entry) {
             *n += 1;
         }
     }
@@ -454,6 +460,32 @@ impl NativeHistogram {
             *t += v;
         }
     }
+}
+
+/// The entry of [`NATIVE_BOUNDS_NS`] whose bucket holds `ns`, or `None` for the zero bucket.
+#[inline(always)]
+pub fn native_entry(ns: u64) -> Option<usize> {
+    (ns > NATIVE_ZERO_THRESHOLD_NS).then(|| native_bucket(ns))
+}
+
+/// Schema of the per-pod native histograms: bucket `i` holds `(2^(i-1), 2^i]` seconds, one
+/// bucket per power of two. Coarser than the node's ([`NATIVE_SCHEMA`]) because every
+/// cgroup has one, in the slot its totals share by every CPU: 33 counters a cgroup. Each
+/// bucket is eight of the node's, so its bounds are exact too.
+pub const POD_NATIVE_SCHEMA: i32 = 0;
+
+/// The schema-0 bucket index of [`PodNativeHistogram::buckets`]`[0]`: `(2^-20, 2^-19]` s.
+pub const POD_NATIVE_FIRST_INDEX: i32 = -19;
+
+/// Buckets of a per-pod native histogram: indices -19 to 12, up to 4,096 s.
+pub const POD_NATIVE_BUCKETS: usize = 32;
+
+/// A per-pod native histogram slot for a value placed by [`native_entry`]: 0 for the zero
+/// bucket, else 1 + the index into the buckets. A schema-3 bucket `j` lies in schema-0
+/// bucket `ceil(j / 8)`; with `j = entry - 159`, that is `(entry + 8) / 8 - 20`.
+#[inline(always)]
+pub fn pod_native_slot(entry: Option<usize>) -> u64 {
+    entry.map_or(0, |e| ((e + 8) / 8) as u64)
 }
 
 /// The entry of [`NATIVE_BOUNDS_NS`] whose bucket holds `ns`: the first bound `ns` is at
@@ -488,6 +520,31 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_node_bucket_lies_in_the_pod_bucket_the_slot_names() {
+        // Node bucket j (schema 3) is (2^((j-1)/8), 2^(j/8)]; pod bucket i (schema 0) is
+        // (2^(i-1), 2^i]: j's lies in i's exactly when 8(i-1) <= j-1 and j <= 8i.
+        for entry in 0..NATIVE_BUCKETS {
+            let j = entry as i32 + NATIVE_FIRST_INDEX;
+            let slot = pod_native_slot(Some(entry));
+            assert!((1..=POD_NATIVE_BUCKETS as u64).contains(&slot), "{entry}");
+            let i = POD_NATIVE_FIRST_INDEX + slot as i32 - 1;
+            assert!(
+                8 * (i - 1) < j && j <= 8 * i,
+                "entry {entry}: node {j} in pod {i}"
+            );
+        }
+        assert_eq!(pod_native_slot(None), 0, "the zero bucket");
+        // A value on a pod bucket's edge, and 1 ns above: 2^-19 s is 1907.3 ns.
+        assert_eq!(pod_native_slot(native_entry(1_907)), 1);
+        assert_eq!(pod_native_slot(native_entry(1_908)), 2);
+        assert_eq!(pod_native_slot(native_entry(953)), 0);
+        assert_eq!(pod_native_slot(native_entry(954)), 1);
+        // 1 s is the edge of bucket 0: at most 1 s is slot 20, more is slot 21.
+        assert_eq!(pod_native_slot(native_entry(1_000_000_000)), 20);
+        assert_eq!(pod_native_slot(native_entry(1_000_000_001)), 21);
+    }
 
     #[test]
     fn slot_upper_bound_is_exact_power_of_two() {

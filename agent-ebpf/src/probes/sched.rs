@@ -106,6 +106,9 @@ pub struct SchedCounters {
     /// How long the task now on this CPU waited for it. Charged to that task's cgroup when
     /// it leaves the CPU, together with its run time, in the same map update.
     pub pending_wait_ns: u64,
+    /// That wait's slot in its cgroup's native histogram (`histogram::pod_native_slot`),
+    /// placed when it was recorded here.
+    pub pending_wait_slot: u64,
     /// Which task arrived at this CPU's last switch (its `task_struct` address with tp_btf,
     /// `1 << 32 | pid` with classic tracepoints; 0 before the first): the one the two
     /// fields above belong to.
@@ -251,6 +254,7 @@ mod programs {
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
+        histogram::{native_entry, pod_native_slot},
         kernel,
     };
 
@@ -393,6 +397,7 @@ mod programs {
     ) -> Option<Charge> {
         let since = cpu.last_switch_run_clock;
         let waited = cpu.pending_wait_ns;
+        let wait_slot = cpu.pending_wait_slot;
         let arrived = cpu.arrived_task;
         let (departed, departed_sum, departed_arrivals) = (
             cpu.departed_task,
@@ -411,7 +416,11 @@ mod programs {
             } else {
                 0
             };
-            return Some(Charge { ran, waited });
+            return Some(Charge {
+                ran,
+                waited,
+                wait_slot,
+            });
         }
         // 0 before this CPU's first switch: the start, not a gap.
         if arrived != 0 {
@@ -426,13 +435,19 @@ mod programs {
     struct Charge {
         ran: u64,
         waited: u64,
+        /// `waited`'s slot in the cgroup's native histogram.
+        wait_slot: u64,
     }
 
     impl Charge {
         /// Run time only: the task's wait was not seen.
         #[inline(always)]
         fn ran(ran: u64) -> Self {
-            Charge { ran, waited: 0 }
+            Charge {
+                ran,
+                waited: 0,
+                wait_slot: 0,
+            }
         }
     }
 
@@ -467,7 +482,11 @@ mod programs {
     /// it had before it got the CPU, and the switch.
     #[inline(always)]
     fn charge_cgroup(cpu: &mut SchedCounters, charge: Charge, prev_runnable: bool) {
-        let Charge { ran, waited } = charge;
+        let Charge {
+            ran,
+            waited,
+            wait_slot,
+        } = charge;
         if !cgroup::enabled() {
             return;
         }
@@ -482,6 +501,16 @@ mod programs {
             }
             if waited != 0 {
                 cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
+                let bucket = match wait_slot {
+                    0 => Some(&raw mut (*stats).runqueue_wait_zero),
+                    n => (*stats)
+                        .runqueue_wait_buckets
+                        .get_mut((n - 1) as usize)
+                        .map(|b| b as *mut u64),
+                };
+                if let Some(bucket) = bucket {
+                    cgroup::add(bucket, 1);
+                }
             }
             if prev_runnable {
                 cgroup::add(&raw mut (*stats).involuntary_switches, 1);
@@ -554,8 +583,10 @@ mod programs {
         let _ = RUNQUEUE_START.remove(next_pid);
         let waited = now.saturating_sub(start);
         cpu.runqueue_latency.add(waited);
-        cpu.runqueue_native.add(waited);
+        let entry = native_entry(waited);
+        cpu.runqueue_native.add_at(entry);
         cpu.pending_wait_ns = waited;
+        cpu.pending_wait_slot = pod_native_slot(entry);
     }
 
     /// Kernel-timestamp mode: no helper but the cgroup id, one map update per switch; a
@@ -628,8 +659,10 @@ mod programs {
         }
         let waited = now - queued;
         cpu.runqueue_latency.add(waited);
-        cpu.runqueue_native.add(waited);
+        let entry = native_entry(waited);
+        cpu.runqueue_native.add_at(entry);
         cpu.pending_wait_ns = waited;
+        cpu.pending_wait_slot = pod_native_slot(entry);
         if slept {
             blocked_end(cpu, layout, next, queued);
         }

@@ -7,7 +7,7 @@ use crate::metrics::NativeBuckets;
 
 /// The zero bucket's threshold in seconds: `2^-20`, which the kernel's
 /// `NATIVE_ZERO_THRESHOLD_NS` is in whole nanoseconds.
-const ZERO_THRESHOLD_SECONDS: f64 = 1.0 / (1u64 << 20) as f64;
+pub const ZERO_THRESHOLD_SECONDS: f64 = 1.0 / (1u64 << 20) as f64;
 
 /// `h`'s buckets for [`crate::metrics::histogram_with_native`].
 pub fn native_seconds(h: &NativeHistogram) -> NativeBuckets<'_> {

@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_ebpf::cgroup::{CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED, names};
+use agent_ebpf::{
+    cgroup::{CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED, names},
+    histogram::POD_NATIVE_BUCKETS,
+};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap, MapData, Stack},
@@ -35,11 +38,14 @@ use super::batch;
 /// How long a taken slot waits before it is zeroed and given back.
 pub const MIN_WAIT: Duration = Duration::from_secs(1);
 
-/// 64-bit words per slot: the id, then the six totals.
+/// 64-bit words per slot: the id, then the totals (eight, and the run-queue wait
+/// histogram's zero bucket and buckets).
 const WORDS: usize = size_of::<CgroupSlot>() / 8;
 const _: () = {
     use std::mem::offset_of;
-    assert!(size_of::<CgroupSlot>() == WORDS * 8 && WORDS == 9);
+    assert!(size_of::<CgroupSlot>() == WORDS * 8 && WORDS == 10 + POD_NATIVE_BUCKETS);
+    assert!(offset_of!(CgroupStats, runqueue_wait_zero) == 64);
+    assert!(offset_of!(CgroupStats, runqueue_wait_buckets) == 72);
     assert!(offset_of!(CgroupSlot, cgroup_id) == 0 && offset_of!(CgroupSlot, stats) == 8);
     assert!(offset_of!(CgroupStats, cpu_ns) == 0);
     assert!(offset_of!(CgroupStats, runqueue_wait_ns) == 8);
@@ -338,7 +344,7 @@ impl SlotView {
     }
 }
 
-/// A slot's totals from its words 1 to 8, in `CgroupStats` field order.
+/// A slot's totals from its words 1 on, in `CgroupStats` field order.
 fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
         cpu_ns: word(1),
@@ -349,6 +355,8 @@ fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
         reclaim_memcg_ns: word(6),
         blocked_io_ns: word(7),
         blocked_other_ns: word(8),
+        runqueue_wait_zero: word(9),
+        runqueue_wait_buckets: std::array::from_fn(|i| word(10 + i)),
     }
 }
 

@@ -296,6 +296,50 @@ const FAMILIES: [(CgroupSeries, &str, &str); 5] = [
     ),
 ];
 
+/// The index of `runqueue_wait` in [`FAMILIES`]: in a protobuf scrape it also brings the
+/// per-pod native histogram of the waits ([`runqueue_latency`]).
+const RUNQUEUE_WAIT: usize = 1;
+
+/// The per-pod native histogram of run-queue waits, one sample per cgroup that waited:
+/// schema 0, from the buckets the kernel keeps in the cgroup's slot
+/// (`CgroupStats::runqueue_wait_buckets`). Its count is the buckets' total, its sum the
+/// cgroup's run-queue wait. Protobuf only: the text formats cannot carry it.
+fn runqueue_latency(out: &mut Vec<u8>, rows: &[Row<(), CgroupStats>], labels: &[&Rendered]) {
+    use agent_ebpf::histogram::{POD_NATIVE_FIRST_INDEX, POD_NATIVE_SCHEMA};
+    let mut family = protobuf_wire::NativeHistogramFamily::new(
+        "nodelens_cgroup_runqueue_latency_seconds",
+        "Run-queue waits of the cgroup's tasks, one by one: a native histogram, in a protobuf scrape only.",
+    );
+    for (row, l) in rows.iter().zip(labels) {
+        let v = &row.values;
+        let buckets = crate::metrics::NativeBuckets {
+            schema: POD_NATIVE_SCHEMA,
+            zero_threshold: crate::ebpf::native::ZERO_THRESHOLD_SECONDS,
+            zero_count: v.runqueue_wait_zero,
+            first_index: POD_NATIVE_FIRST_INDEX,
+            counts: &v.runqueue_wait_buckets,
+        };
+        let count = buckets.zero_count + buckets.counts.iter().sum::<u64>();
+        if count == 0 {
+            continue;
+        }
+        let (spans, deltas) = buckets.spans_and_deltas();
+        family.sample(
+            l.protobuf(),
+            &protobuf_wire::Native {
+                count,
+                sum: v.runqueue_wait_ns as f64 / 1e9,
+                schema: buckets.schema,
+                zero_threshold: buckets.zero_threshold,
+                zero_count: buckets.zero_count,
+                spans: &spans,
+                deltas: &deltas,
+            },
+        );
+    }
+    family.finish(out);
+}
+
 /// Which of [`FAMILIES`] are exported.
 type Exported = [bool; FAMILIES.len()];
 
@@ -457,6 +501,9 @@ impl CgroupMaps {
                     }
                 }
                 family.finish(out);
+            }
+            if self.exported[RUNQUEUE_WAIT] {
+                runqueue_latency(out, rows, &labels);
             }
             Ok(())
         })
