@@ -115,6 +115,8 @@ impl Cluster {
                     "1s",
                     "--remote-write-external-labels",
                     &format!("node=node-{i}"),
+                    // The per-pod quantile panel reads native histograms.
+                    "--remote-write-native-histograms",
                 ]);
             }
             agents.push(Some(agent.spawn().unwrap()));
@@ -132,7 +134,12 @@ impl Cluster {
         .unwrap();
         let receiver: &[&str] = match mode {
             Mode::Scrape => &[],
-            Mode::Push => &["--web.enable-remote-write-receiver"],
+            // Native histograms on: the pushed classic series are floats and stay, beside
+            // the native ones.
+            Mode::Push => &[
+                "--web.enable-remote-write-receiver",
+                "--enable-feature=native-histograms",
+            ],
         };
         let prometheus = common::prometheus(dir.path(), &prom_addr, receiver);
         Cluster {
@@ -228,8 +235,12 @@ fn prometheus_config(repo: &Path, mode: Mode) -> String {
     config.to_string()
 }
 
-/// Every query of every dashboard panel, with the dashboard's variables filled in.
-fn dashboard_queries(repo: &Path) -> Vec<(String, String)> {
+/// What a panel's description says when its queries read native histograms.
+const NEEDS_NATIVE: &str = "Needs native histograms";
+
+/// Every query of every dashboard panel, with the dashboard's variables filled in: (panel
+/// title, query, whether it reads native histograms).
+fn dashboard_queries(repo: &Path) -> Vec<(String, String, bool)> {
     let dash: Json = serde_json::from_str(&common::read(
         repo.join("manifests/grafana/nodelens-dashboard.json"),
     ))
@@ -240,6 +251,9 @@ fn dashboard_queries(repo: &Path) -> Vec<(String, String)> {
         .iter()
         .flat_map(|p| {
             let title = p["title"].as_str().unwrap_or("").to_owned();
+            let native = p["description"]
+                .as_str()
+                .is_some_and(|d| d.contains(NEEDS_NATIVE));
             p["targets"]
                 .as_array()
                 .cloned()
@@ -253,7 +267,7 @@ fn dashboard_queries(repo: &Path) -> Vec<(String, String)> {
                         .replace("$namespace", ".*")
                         .replace("$pod", ".*")
                         .replace("$__rate_interval", "10s");
-                    (title.clone(), expr)
+                    (title.clone(), expr, native)
                 })
         })
         .collect()
@@ -295,7 +309,7 @@ fn three_nodes_scraped_by_prometheus_with_dashboards_and_alerts() {
         },
     );
     let _work = workload_for_every_panel();
-    assert_every_dashboard_query_has_data(&cluster, &repo);
+    assert_every_dashboard_query_has_data(&cluster, &repo, false);
     let node_info = cluster.query("nodelens_node_info");
     assert_eq!(
         node_info.len(),
@@ -424,10 +438,16 @@ fn workload_for_every_panel() -> PanelWork {
 
 /// Polls every dashboard query until it returns data: the workload's samples reach
 /// Prometheus at the next scrape or push, and rate() needs two of them.
-fn assert_every_dashboard_query_has_data(cluster: &Cluster, repo: &Path) {
+/// Every query has data; with `native` false (Prometheus without native histograms, as
+/// the scrape test runs it, and as most users do), the panels that need them are left out.
+fn assert_every_dashboard_query_has_data(cluster: &Cluster, repo: &Path, native: bool) {
     let queries = dashboard_queries(repo);
     assert!(!queries.is_empty(), "the dashboard has queries");
-    for (title, expr) in queries {
+    assert!(
+        queries.iter().any(|(_, _, n)| *n),
+        "a panel reads native histograms"
+    );
+    for (title, expr, _) in queries.into_iter().filter(|(_, _, n)| native || !n) {
         common::wait_for(
             &format!("data for dashboard panel {title:?}: {expr}"),
             Duration::from_secs(60),
@@ -452,7 +472,7 @@ fn three_nodes_push_to_one_prometheus_and_every_dashboard_query_has_data() {
         || cluster.query("nodelens_node_info").len() == NODES,
     );
     let _work = workload_for_every_panel();
-    assert_every_dashboard_query_has_data(&cluster, &repo);
+    assert_every_dashboard_query_has_data(&cluster, &repo, true);
     // The external label each agent was given, and the default instance (its node name).
     for i in 1..=NODES {
         let q = format!(

@@ -357,7 +357,12 @@ fn check_monitor(job: impl Fn(&str) -> Json) {
     // this pod slow" row needs.
     args.extend(["--cgroup-series".to_owned(), common::why_slow_series()]);
     let agent = common::Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let prometheus = common::ScrapingPrometheus::start(json!([job(&agent.addr)]));
+    // Native histograms on, as the dashboard's per-pod quantile panel needs: the operator's
+    // scrape config then asks for protobuf.
+    let prometheus = common::ScrapingPrometheus::start_with(
+        json!([job(&agent.addr)]),
+        &["--enable-feature=native-histograms"],
+    );
     common::wait_for(
         "Prometheus scrapes the agent (up 1)",
         Duration::from_secs(60),

@@ -355,6 +355,29 @@ fn arrivals(dir: &std::path::Path) -> (u64, u64) {
     (sum, tids.len() as u64)
 }
 
+/// Two hogs sharing CPU 0 for `seconds` in a cgroup of their own, each waiting for the
+/// other's slices: (the cgroup's label, its directory, the hogs, the directory's guard).
+fn hogs_waiting_in_a_cgroup(
+    tag: &str,
+    seconds: u32,
+) -> (
+    String,
+    std::path::PathBuf,
+    Vec<common::Workload>,
+    common::Cgroups,
+) {
+    let name = format!("nodelens-{tag}-{}", std::process::id());
+    let dir = common::cgroup2_root().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let guard = common::Cgroups(vec![dir.clone()]);
+    let hog = format!("taskset -c 0 timeout {seconds} sh -c 'while :; do :; done'; exit 0");
+    let hogs = (0..2)
+        .map(|_| common::Workload::spawn_into(&dir, &["/bin/sh", "-c", &hog]))
+        .collect();
+    // Labelled by its path below the cgroup2 root.
+    (name, dir, hogs, guard)
+}
+
 #[test]
 fn a_pods_run_queue_waits_are_a_native_histogram_with_a_p99() {
     common::require_root();
@@ -364,18 +387,7 @@ fn a_pods_run_queue_waits_are_a_native_histogram_with_a_p99() {
         json!([{"job_name": "nodelens", "static_configs": [{"targets": [agent.addr]}]}]),
         &["--enable-feature=native-histograms"],
     );
-    // Two hogs on one CPU for 4 s: each waits for the other's slices.
-    let name = format!("nodelens-podhist-{}", std::process::id());
-    let dir = common::cgroup2_root().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _dirs = common::Cgroups(vec![dir.clone()]);
-    let hog = "taskset -c 0 timeout 4 sh -c 'while :; do :; done'; exit 0";
-    let mut hogs = [
-        common::Workload::spawn_into(&dir, &["/bin/sh", "-c", hog]),
-        common::Workload::spawn_into(&dir, &["/bin/sh", "-c", hog]),
-    ];
-    // Labelled by its path below the cgroup2 root.
-    let cgroup = name.clone();
+    let (cgroup, dir, mut hogs, _dirs) = hogs_waiting_in_a_cgroup("podhist", 4);
     agent.metrics_until(Duration::from_secs(10), "the hogs waited", |m| {
         m.get(&format!(
             "nodelens_cgroup_runqueue_wait_seconds_total{{cgroup=\"{cgroup}\"}}"
@@ -399,25 +411,97 @@ fn a_pods_run_queue_waits_are_a_native_histogram_with_a_p99() {
         "{count} waits, {before} arrivals of {threads} threads"
     );
     assert!(sum > 0.2 && buckets.len() > 1, "{sum} s in {buckets:?}");
-    // Prometheus takes its p99, and its count as the scrape had it.
+    // Prometheus takes its p99.
+    let p99 = format!(
+        "histogram_quantile(0.99, nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}})"
+    );
     common::wait_for(
         "Prometheus has the cgroup's per-pod histogram",
         Duration::from_secs(30),
-        || {
-            !prometheus
-                .query(&format!(
-                    "histogram_quantile(0.99, nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}}) > 0"
-                ))
-                .is_empty()
-        },
+        || !prometheus.query(&format!("{p99} > 0")).is_empty(),
     );
-    let p99 = prometheus.query(&format!(
-        "histogram_quantile(0.99, nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}})"
-    ));
-    let p99: f64 = p99[0]["value"][1].as_str().unwrap().parse().unwrap();
+    let p99: f64 = prometheus.query(&p99)[0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     // A slice of the other hog, at most: well under the 4 s they ran.
     assert!(p99 > 0.0 && p99 < 1.0, "p99 {p99} s");
     eprintln!("p99 run-queue wait of the two hogs: {p99} s");
+    for hog in &mut hogs {
+        hog.reap_success();
+    }
+}
+
+#[test]
+fn remote_write_sends_the_native_histograms_a_scrape_has() {
+    common::require_root();
+    common::mount_tracefs();
+    let prometheus = common::ScrapingPrometheus::start_with(
+        json!([]),
+        &[
+            "--enable-feature=native-histograms",
+            "--web.enable-remote-write-receiver",
+        ],
+    );
+    let url = format!("http://{}/api/v1/write", prometheus.addr);
+    let agent = Agent::start(&[
+        "--remote-write-url",
+        &url,
+        "--remote-write-interval",
+        "1s",
+        "--remote-write-native-histograms",
+    ]);
+    let (cgroup, _dir, mut hogs, _dirs) = hogs_waiting_in_a_cgroup("pushhist", 3);
+    common::wait_for(
+        "the node's and a pod's native histograms pushed",
+        Duration::from_secs(30),
+        || {
+            let has = |q: &str| !prometheus.query(q).is_empty();
+            has("histogram_count(nodelens_runqueue_latency_seconds{job=\"nodelens\"}) > 0")
+                && has(&format!(
+                    "histogram_count(nodelens_cgroup_runqueue_latency_seconds{{cgroup=\"{cgroup}\"}}) > 0"
+                ))
+                // The classic series still come, from the text.
+                && has("nodelens_runqueue_latency_seconds_count{job=\"nodelens\"} > 0")
+        },
+    );
+    // The pushed count of a round stamped after a text scrape lies between that scrape's
+    // and one taken after the round arrived: every sample of a round has its timestamp.
+    let count = |m: &common::Metrics| m.value("nodelens_runqueue_latency_seconds_count");
+    let before = count(&agent.metrics());
+    let asked = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut at = 0.0;
+    common::wait_for(
+        "a round after the text scrape",
+        Duration::from_secs(10),
+        || {
+            let t = prometheus.query("timestamp(node_memory_MemTotal_bytes{job=\"nodelens\"})");
+            at = t
+                .first()
+                .and_then(|r| r["value"][1].as_str()?.parse().ok())
+                .unwrap_or(0.0);
+            at > asked
+        },
+    );
+    let after = count(&agent.metrics());
+    let pushed = prometheus.query_at(
+        "histogram_count(nodelens_runqueue_latency_seconds{job=\"nodelens\"})",
+        at,
+    );
+    let pushed: f64 = pushed[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        before <= pushed && pushed <= after,
+        "{before} <= {pushed} <= {after}"
+    );
+    let dropped = agent
+        .metrics()
+        .get("nodelens_remote_write_samples_total{result=\"dropped\"}")
+        .unwrap_or(0.0);
+    assert_eq!(dropped, 0.0, "the receiver refused nothing");
     for hog in &mut hogs {
         hog.reap_success();
     }

@@ -20,6 +20,8 @@ pub struct RemoteWriteConfig {
     pub server_name: Option<String>,
     pub max_samples: usize,
     pub timeout: Duration,
+    /// Also send native histograms (`TimeSeries.histograms`), for receivers that take them.
+    pub native_histograms: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +162,7 @@ impl RemoteWriteConfig {
                 Some(v) => duration("remote_write.timeout", &v, Duration::from_millis(100))?,
                 None => DEFAULT_REMOTE_WRITE_TIMEOUT,
             },
+            native_histograms: s.native_histograms.unwrap_or(false),
         }))
     }
 }

@@ -316,6 +316,19 @@ pub struct RemoteWriteSettings {
         global = true
     )]
     pub timeout: Option<String>,
+    /// Also send native histograms (remote_write 1.0's `TimeSeries.histograms`): the
+    /// run-queue latency per node and per pod. Only for receivers that take them
+    /// (Prometheus with native histograms on, Mimir, VictoriaMetrics); others refuse them
+    /// [default: false].
+    #[arg(
+        id = "remote_write_native_histograms",
+        long = "remote-write-native-histograms",
+        env = "NODELENS_REMOTE_WRITE_NATIVE_HISTOGRAMS",
+        global = true,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub native_histograms: Option<bool>,
     #[command(flatten)]
     #[serde(default)]
     pub queue: RemoteWriteQueueSettings,
@@ -325,7 +338,7 @@ pub struct RemoteWriteSettings {
 #[derive(Debug, Default, Args, Serialize, Deserialize)]
 pub struct RemoteWriteQueueSettings {
     /// Most samples kept while the receiver is unreachable; past it the oldest are dropped
-    /// and counted [default: 250000, about 6 MiB].
+    /// and counted [default: 250000, about 8 MiB].
     #[arg(
         id = "remote_write_queue_max_samples",
         long = "remote-write-queue-max-samples",

@@ -8,8 +8,10 @@
 //! errors, 5xx and 429 with backoff (30 ms doubling to 5 s, or the receiver's
 //! `Retry-After`), so nothing is lost while the queue has room. Other 4xx answers drop the
 //! batch, counted and logged with the receiver's message. Pull keeps working beside it.
+//! With `remote_write.native_histograms` the native histograms go too (`native`).
 mod client;
 mod exposition;
+mod native;
 pub mod queue;
 mod stats;
 pub mod wire;
@@ -26,7 +28,7 @@ use tokio::sync::Notify;
 pub use self::stats::{RemoteWriteCollector, Stats};
 use self::{
     client::{Client, Outcome},
-    queue::{Queue, Rounds},
+    queue::{Point, Queue, Rounds},
 };
 use crate::config::RemoteWriteConfig;
 
@@ -107,6 +109,7 @@ async fn sample(
         last_ms = timestamp_ms;
         let registry = registry.clone();
         let external = config.external_labels.clone();
+        let native_histograms = config.native_histograms;
         // Collectors read /proc and the maps, and a big node has tens of thousands of
         // samples to sort: all of it off the event loop, which serves scrapes.
         let round = tokio::task::spawn_blocking(move || {
@@ -116,7 +119,19 @@ async fn sample(
                 if unreadable > 0 {
                     tracing::debug!(unreadable, "remote_write: exposition lines not understood");
                 }
-                rounds.entries(samples, &external, timestamp_ms)
+                let mut points: Vec<(queue::Series, Point)> = samples
+                    .into_iter()
+                    .map(|s| (s.labels, Point::Float(s.value)))
+                    .collect();
+                if native_histograms {
+                    match crate::render::render_bytes(&registry, crate::render::Format::Protobuf) {
+                        Ok(bytes) => points.extend(native::histograms(&bytes)),
+                        Err(_) => tracing::debug!(
+                            "remote_write: the protobuf render failed; no native histograms this round"
+                        ),
+                    }
+                }
+                rounds.entries(points.into_iter(), &external, timestamp_ms)
             });
             (rounds, entries)
         })

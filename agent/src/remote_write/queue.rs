@@ -13,10 +13,17 @@ pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 /// A series' labels, sorted by name (so `__name__` comes first for nodelens's names).
 pub type Series = Vec<(String, String)>;
 
+/// A sample's value: a float, or a native histogram (`remote_write.native_histograms`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Point {
+    Float(f64),
+    Histogram(Arc<super::wire::Histogram>),
+}
+
 pub struct Entry {
     pub series: Arc<Series>,
     pub timestamp_ms: i64,
-    pub value: f64,
+    pub value: Point,
 }
 
 pub struct Queue {
@@ -66,16 +73,17 @@ pub struct Rounds {
 }
 
 impl Rounds {
+    /// A round's entries from its samples: (labels, value) each.
     pub fn entries(
         &mut self,
-        samples: Vec<super::exposition::Sample>,
+        samples: impl ExactSizeIterator<Item = (Series, Point)>,
         external: &[(String, String)],
         timestamp_ms: i64,
     ) -> Vec<Entry> {
         let mut out = Vec::with_capacity(samples.len() + 8);
         let mut seen: HashSet<Arc<Series>> = HashSet::with_capacity(samples.len());
-        for sample in samples {
-            let mut labels = sample.labels;
+        for (labels, value) in samples {
+            let mut labels = labels;
             // The spec forbids empty label values; Prometheus reads an empty one as absent.
             labels.retain(|(_, value)| !value.is_empty());
             for (name, value) in external {
@@ -95,15 +103,17 @@ impl Rounds {
             out.push(Entry {
                 series,
                 timestamp_ms,
-                value: sample.value,
+                value,
             });
         }
         for (gone, ()) in self.live.drain() {
             if !seen.contains(&gone) {
+                // A float stale marker ends a histogram series too (Prometheus turns it into
+                // the histogram's own).
                 out.push(Entry {
                     series: gone,
                     timestamp_ms,
-                    value: f64::from_bits(STALE_NAN),
+                    value: Point::Float(f64::from_bits(STALE_NAN)),
                 });
             }
         }
@@ -115,16 +125,14 @@ impl Rounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote_write::exposition::Sample;
-
-    fn sample(name: &str, cgroup: &str, value: f64) -> Sample {
-        Sample {
-            labels: vec![
+    fn sample(name: &str, cgroup: &str, value: f64) -> (Series, Point) {
+        (
+            vec![
                 ("__name__".into(), name.into()),
                 ("cgroup".into(), cgroup.into()),
             ],
-            value,
-        }
+            Point::Float(value),
+        )
     }
 
     #[test]
@@ -134,7 +142,7 @@ mod tests {
             (0..2).map(move |_| Entry {
                 series: Arc::new(vec![("__name__".to_owned(), "x".to_owned())]),
                 timestamp_ms: t,
-                value: 0.0,
+                value: Point::Float(0.0),
             })
         };
         assert_eq!(q.push(round(1)), 0);
@@ -152,22 +160,22 @@ mod tests {
         let mut rounds = Rounds::default();
         let external = [("node".to_owned(), "n1".to_owned())];
         let first = rounds.entries(
-            vec![sample("a", "x", 1.0), sample("a", "y", 2.0)],
+            vec![sample("a", "x", 1.0), sample("a", "y", 2.0)].into_iter(),
             &external,
             1000,
         );
         assert_eq!(first.len(), 2);
         let names: Vec<&str> = first[0].series.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["__name__", "cgroup", "node"]);
-        let second = rounds.entries(vec![sample("a", "x", 3.0)], &external, 2000);
+        let second = rounds.entries(vec![sample("a", "x", 3.0)].into_iter(), &external, 2000);
         assert_eq!(second.len(), 2);
         assert!(
             Arc::ptr_eq(&first[0].series, &second[0].series),
             "labels shared"
         );
-        assert_eq!(second[1].value.to_bits(), STALE_NAN);
+        assert!(matches!(second[1].value, Point::Float(v) if v.to_bits() == STALE_NAN));
         assert_eq!(second[1].series[1].1, "y");
-        let third = rounds.entries(vec![sample("a", "x", 4.0)], &external, 3000);
+        let third = rounds.entries(vec![sample("a", "x", 4.0)].into_iter(), &external, 3000);
         assert_eq!(third.len(), 1, "a stale marker is sent once");
     }
 }

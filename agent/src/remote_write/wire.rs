@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use prost::Message as _;
 
-use super::queue::{Entry, Series};
+use super::queue::{Entry, Point, Series};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
@@ -21,6 +21,41 @@ pub struct TimeSeries {
     pub labels: Vec<Label>,
     #[prost(message, repeated, tag = "2")]
     pub samples: Vec<Sample>,
+    /// Native histograms, which remote_write 1.0 receivers that know them take (Prometheus
+    /// with native histograms on); others refuse or drop them.
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<Histogram>,
+}
+
+/// `prompb.Histogram` with integer counts: the `count_int` and `zero_count_int` members of
+/// its oneofs (each encoded as a plain field), positive buckets only.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Histogram {
+    #[prost(uint64, tag = "1")]
+    pub count_int: u64,
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    #[prost(uint64, tag = "6")]
+    pub zero_count_int: u64,
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<BucketSpan>,
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    /// Milliseconds since the epoch.
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BucketSpan {
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -57,13 +92,21 @@ pub fn encode(batch: &[Entry]) -> Vec<u8> {
                     })
                     .collect(),
                 samples: Vec::new(),
+                histograms: Vec::new(),
             });
             request.timeseries.len() - 1
         });
-        request.timeseries[at].samples.push(Sample {
-            value: entry.value,
-            timestamp: entry.timestamp_ms,
-        });
+        let series = &mut request.timeseries[at];
+        match &entry.value {
+            Point::Float(value) => series.samples.push(Sample {
+                value: *value,
+                timestamp: entry.timestamp_ms,
+            }),
+            Point::Histogram(h) => series.histograms.push(Histogram {
+                timestamp: entry.timestamp_ms,
+                ..(**h).clone()
+            }),
+        }
     }
     let raw = request.encode_to_vec();
     // Compressing a Vec in memory fails only past snappy's 4 GiB block limit, far above
@@ -95,28 +138,48 @@ mod tests {
             Entry {
                 series: a.clone(),
                 timestamp_ms: 1,
-                value: 1.0,
+                value: Point::Float(1.0),
             },
             Entry {
                 series: b.clone(),
                 timestamp_ms: 1,
-                value: 5.0,
+                value: Point::Float(5.0),
             },
             Entry {
                 series: a.clone(),
                 timestamp_ms: 2,
-                value: 2.0,
+                value: Point::Float(2.0),
             },
             Entry {
                 series: b,
                 timestamp_ms: 2,
-                value: f64::from_bits(STALE_NAN),
+                value: Point::Float(f64::from_bits(STALE_NAN)),
+            },
+            Entry {
+                series: series(&[("__name__", "h"), ("job", "x")]),
+                timestamp_ms: 3,
+                value: Point::Histogram(Arc::new(Histogram {
+                    count_int: 3,
+                    sum: 0.5,
+                    schema: 0,
+                    zero_threshold: 2f64.powi(-20),
+                    zero_count_int: 1,
+                    positive_spans: vec![BucketSpan {
+                        offset: -3,
+                        length: 1,
+                    }],
+                    positive_deltas: vec![2],
+                    timestamp: 0,
+                })),
             },
         ];
         let body = encode(&batch);
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let request = WriteRequest::decode(raw.as_slice()).unwrap();
-        assert_eq!(request.timeseries.len(), 2);
+        assert_eq!(request.timeseries.len(), 3);
+        let h = &request.timeseries[2].histograms[0];
+        assert_eq!((h.count_int, h.timestamp, h.positive_deltas[0]), (3, 3, 2));
+        assert!(request.timeseries[2].samples.is_empty());
         let first = &request.timeseries[0];
         assert_eq!(first.labels[0].name, "__name__");
         assert_eq!(first.labels[0].value, "up");
