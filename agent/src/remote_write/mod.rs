@@ -194,7 +194,9 @@ async fn deliver(
         }
         let n = batch.len();
         stats.in_flight(n);
-        let body = Bytes::from(wire::encode(&batch));
+        let body = Bytes::from(wire::encode(
+            batch.iter().map(|e| (&e.series, e.timestamp_ms, &e.value)),
+        ));
         drop(batch);
         loop {
             let started = Instant::now();

@@ -10,10 +10,7 @@ use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
 };
 use prost::Message as _;
 
-use super::{
-    queue::{Point, Series},
-    wire,
-};
+use super::wire::{self, Point, Series};
 
 /// The native histograms of a protobuf exposition, each with its labels (`__name__`
 /// first). A histogram with classic buckets only (no zero threshold, no spans) is not one.

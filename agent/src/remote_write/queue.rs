@@ -10,15 +10,7 @@ use std::{
 /// it at once rather than five minutes later.
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 
-/// A series' labels, sorted by name (so `__name__` comes first for nodelens's names).
-pub type Series = Vec<(String, String)>;
-
-/// A sample's value: a float, or a native histogram (`remote_write.native_histograms`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Point {
-    Float(f64),
-    Histogram(Arc<super::wire::Histogram>),
-}
+pub use super::wire::{Point, Series};
 
 pub struct Entry {
     pub series: Arc<Series>,

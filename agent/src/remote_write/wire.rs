@@ -7,7 +7,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use prost::Message as _;
 
-use super::queue::{Entry, Point, Series};
+/// A series' labels, sorted by name (so `__name__` comes first for nodelens's names).
+pub type Series = Vec<(String, String)>;
+
+/// A sample's value: a float, or a native histogram (`remote_write.native_histograms`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Point {
+    Float(f64),
+    Histogram(Arc<Histogram>),
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
@@ -75,16 +83,15 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// Groups a batch by series, keeping the batch's order (oldest first) within each series,
-/// and returns the compressed body.
-pub fn encode(batch: &[Entry]) -> Vec<u8> {
+/// Groups a batch of (series, timestamp in ms, value) by series, keeping the batch's order
+/// (oldest first) within each series, and returns the compressed body.
+pub fn encode<'a>(batch: impl IntoIterator<Item = (&'a Arc<Series>, i64, &'a Point)>) -> Vec<u8> {
     let mut index: HashMap<*const Series, usize> = HashMap::new();
     let mut request = WriteRequest::default();
-    for entry in batch {
-        let at = *index.entry(Arc::as_ptr(&entry.series)).or_insert_with(|| {
+    for (labels, timestamp_ms, value) in batch {
+        let at = *index.entry(Arc::as_ptr(labels)).or_insert_with(|| {
             request.timeseries.push(TimeSeries {
-                labels: entry
-                    .series
+                labels: labels
                     .iter()
                     .map(|(name, value)| Label {
                         name: name.clone(),
@@ -97,13 +104,13 @@ pub fn encode(batch: &[Entry]) -> Vec<u8> {
             request.timeseries.len() - 1
         });
         let series = &mut request.timeseries[at];
-        match &entry.value {
+        match value {
             Point::Float(value) => series.samples.push(Sample {
                 value: *value,
-                timestamp: entry.timestamp_ms,
+                timestamp: timestamp_ms,
             }),
             Point::Histogram(h) => series.histograms.push(Histogram {
-                timestamp: entry.timestamp_ms,
+                timestamp: timestamp_ms,
                 ..(**h).clone()
             }),
         }
@@ -119,7 +126,7 @@ pub fn encode(batch: &[Entry]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote_write::queue::STALE_NAN;
+    use crate::remote_write::queue::{Entry, STALE_NAN};
 
     fn series(labels: &[(&str, &str)]) -> Arc<Series> {
         Arc::new(
@@ -134,7 +141,7 @@ mod tests {
     fn a_batch_decodes_back_grouped_by_series_in_time_order() {
         let a = series(&[("__name__", "up"), ("job", "x")]);
         let b = series(&[("__name__", "z"), ("job", "x")]);
-        let batch = vec![
+        let batch = [
             Entry {
                 series: a.clone(),
                 timestamp_ms: 1,
@@ -173,7 +180,7 @@ mod tests {
                 })),
             },
         ];
-        let body = encode(&batch);
+        let body = encode(batch.iter().map(|e| (&e.series, e.timestamp_ms, &e.value)));
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let request = WriteRequest::decode(raw.as_slice()).unwrap();
         assert_eq!(request.timeseries.len(), 3);

@@ -317,7 +317,9 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
 /// shows as `bpf_local_storage_map.bpf_ma` (6.4+): a slot is then made without calling
 /// the allocator under the run-queue lock that sched_switch holds (from 5.12 to 6.3 it
 /// was a `GFP_ATOMIC` allocation there, which can wake kswapd onto that same run queue).
-/// Elsewhere in a hash of [`BLOCKED_START_ENTRIES`] tasks.
+/// Elsewhere in a hash of [`BLOCKED_START_ENTRIES`] tasks: also on a kernel whose local
+/// storage allocates some other way (a later allocator may replace `bpf_ma`), until that
+/// way is known to be safe there.
 fn blocked_starts_in(kernel: &KernelSources) -> (bool, String) {
     let safe = kernel.btf.as_ref().map_err(Clone::clone).and_then(|btf| {
         btf.has_member("bpf_local_storage_map", "bpf_ma")
@@ -328,7 +330,7 @@ fn blocked_starts_in(kernel: &KernelSources) -> (bool, String) {
         Ok(false) => (
             false,
             format!(
-                "in a hash of {BLOCKED_START_ENTRIES} tasks (this kernel's task-local storage allocates under the run-queue lock: before 6.4)"
+                "in a hash of {BLOCKED_START_ENTRIES} tasks (no bpf_local_storage_map.bpf_ma in this kernel's BTF: its task-local storage may allocate under the run-queue lock, as before 6.4)"
             ),
         ),
         Err(why) => (
@@ -707,7 +709,7 @@ mod tests {
             let words = if task_storage {
                 "starts kept in task-local storage"
             } else {
-                "starts kept in a hash of 16384 tasks (this kernel's task-local storage allocates under the run-queue lock: before 6.4)"
+                "starts kept in a hash of 16384 tasks (no bpf_local_storage_map.bpf_ma in this kernel's BTF: its task-local storage may allocate under the run-queue lock, as before 6.4)"
             };
             assert!(mode.contains(words), "{release}: {mode}");
         }
