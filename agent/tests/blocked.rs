@@ -151,21 +151,33 @@ fn io_wait_matches_delay_accounting() {
         "delay accounting {kernel} s ({ticks} ticks), nodelens io {} s, other {} s; the reader was neither running nor queued {not_running:.3} s, waited {queued:.3} s for a CPU",
         last.0, last.1
     );
-    // Where the starts were kept: task-local storage from 6.4 (this host), which the
-    // kernel lists as a task_storage map of the agent's (its name cut to 15 bytes).
-    let release = common::read("/proc/sys/kernel/osrelease");
-    let mut version = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
-    let maps = common::output("bpftool", &["map", "show"]);
-    let task_storage = maps
-        .lines()
-        .any(|l| l.contains("task_storage") && l.contains("name BLOCKED_START_T"));
+    // Where the starts were kept: in task-local storage when the kernel's BTF shows it
+    // allocating from BPF's own pools (`bpf_local_storage_map.bpf_ma`, 6.4+), which
+    // bpftool reads independently; the agent's own maps say which it loaded.
+    let btf = common::output(
+        "bpftool",
+        &[
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ],
+    );
+    let bpf_ma = btf
+        .split("\n[")
+        .find(|t| t.contains("STRUCT 'bpf_local_storage_map'"))
+        .is_some_and(|t| t.contains("'bpf_ma'"));
+    let m = agent.metrics();
+    let has = |map: &str| {
+        m.get(&format!("nodelens_map_memory_bytes{{map=\"{map}\"}}"))
+            .is_some()
+    };
     assert_eq!(
-        task_storage,
-        (major, minor) >= (6, 4),
-        "kernel {release}: blocked starts in task storage? bpftool map show:\n{maps}"
+        (has("BLOCKED_START_TASK"), has("BLOCKED_START")),
+        (bpf_ma, !bpf_ma),
+        "bpf_local_storage_map.bpf_ma in the kernel's BTF: {bpf_ma}"
     );
 }
 

@@ -254,7 +254,7 @@ mod programs {
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
-        histogram::{native_entry, pod_native_slot},
+        histogram::{POD_NATIVE_BUCKETS, native_entry, pod_native_slot},
         kernel,
     };
 
@@ -501,15 +501,14 @@ mod programs {
             }
             if waited != 0 {
                 cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
-                let bucket = match wait_slot {
-                    0 => Some(&raw mut (*stats).runqueue_wait_zero),
-                    n => (*stats)
-                        .runqueue_wait_buckets
-                        .get_mut((n - 1) as usize)
-                        .map(|b| b as *mut u64),
-                };
-                if let Some(bucket) = bucket {
-                    cgroup::add(bucket, 1);
+                // Raw pointers: other CPUs add to the same counters atomically.
+                // The index checked as it is used, so that every verifier sees its bounds.
+                let index = wait_slot.wrapping_sub(1);
+                if wait_slot == 0 {
+                    cgroup::add(&raw mut (*stats).runqueue_wait_zero, 1);
+                } else if index < POD_NATIVE_BUCKETS as u64 {
+                    let buckets = (&raw mut (*stats).runqueue_wait_buckets).cast::<u64>();
+                    cgroup::add(buckets.add(index as usize), 1);
                 }
             }
             if prev_runnable {

@@ -114,24 +114,26 @@ async fn sample(
         // samples to sort: all of it off the event loop, which serves scrapes.
         let round = tokio::task::spawn_blocking(move || {
             let rendered = crate::render::render(&registry, crate::render::Format::Prometheus);
-            let entries = rendered.ok().map(|text| {
+            let entries = rendered.ok().and_then(|text| {
                 let (samples, unreadable) = exposition::parse(&text);
                 if unreadable > 0 {
                     tracing::debug!(unreadable, "remote_write: exposition lines not understood");
                 }
-                let mut points: Vec<(queue::Series, Point)> = samples
-                    .into_iter()
-                    .map(|s| (s.labels, Point::Float(s.value)))
-                    .collect();
+                // The native histograms first: a round's batches go in order, so a float of
+                // the round arriving means its histograms have.
+                let mut points: Vec<(queue::Series, Point)> = Vec::new();
                 if native_histograms {
-                    match crate::render::render_bytes(&registry, crate::render::Format::Protobuf) {
-                        Ok(bytes) => points.extend(native::histograms(&bytes)),
-                        Err(_) => tracing::debug!(
-                            "remote_write: the protobuf render failed; no native histograms this round"
-                        ),
-                    }
+                    let protobuf =
+                        crate::render::render_bytes(&registry, crate::render::Format::Protobuf);
+                    // Without them this round would mark every histogram series stale.
+                    points = native::histograms(&protobuf.ok()?);
                 }
-                rounds.entries(points.into_iter(), &external, timestamp_ms)
+                points.extend(
+                    samples
+                        .into_iter()
+                        .map(|s| (s.labels, Point::Float(s.value))),
+                );
+                Some(rounds.entries(points.into_iter(), &external, timestamp_ms))
             });
             (rounds, entries)
         })
