@@ -141,15 +141,15 @@ impl<'a> CounterFamily<'a> {
         }
     }
 
-    /// A sample: the encoded `labels`, one more pair if any, and the value.
-    pub fn sample(&mut self, labels: &[u8], extra: Option<(&str, &str)>, value: f64) {
-        let extra_len = extra.map_or(0, |(name, v)| label_len(name, v));
+    /// A sample: the encoded `labels`, more pairs after them, and the value.
+    pub fn sample(&mut self, labels: &[u8], extra: &[(&str, &str)], value: f64) {
+        let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
         // Counter { value: double } is 9 bytes; as Metric.counter, 11.
         let metric_len = labels.len() + extra_len + 11;
         self.metrics.push(tag(4, 2));
         varint(&mut self.metrics, metric_len as u64);
         self.metrics.extend_from_slice(labels);
-        if let Some((name, v)) = extra {
+        for (name, v) in extra {
             label(&mut self.metrics, name, v);
         }
         self.metrics.push(tag(3, 2));
@@ -254,9 +254,9 @@ mod tests {
             [("namespace", "team-a"), ("pod", long.as_str())]
         );
         let mut family = CounterFamily::new("nodelens_x_seconds_total", "Help, with \"quotes\"");
-        family.sample(&labels, Some(("kind", "io")), 1.5);
-        family.sample(&labels, None, 0.0);
-        family.sample(&[], None, f64::MAX);
+        family.sample(&labels, &[("kind", "io")], 1.5);
+        family.sample(&labels, &[], 0.0);
+        family.sample(&[], &[], f64::MAX);
         let mut out = vec![];
         family.finish(&mut out);
         let mut rest = out.as_slice();

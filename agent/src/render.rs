@@ -257,18 +257,20 @@ impl<'a> Samples<'a> {
     }
 
     /// Starts a sample line. `labels` is the label text between the braces, escaped, with
-    /// or without a trailing comma (`a="x",b="y"`; empty for none), and `extra` one more
-    /// pair after it (a family's own label, such as `kind`).
-    fn start(&mut self, labels: &str, extra: Option<(&str, &str)>) {
+    /// or without a trailing comma (`a="x",b="y"`; empty for none), and `extra` more pairs
+    /// after it (a family's own labels, such as `kind`, or `device` and `op`).
+    fn start(&mut self, labels: &str, extra: &[(&str, &str)]) {
         self.text.push_str(self.name);
         let labels = labels.strip_suffix(',').unwrap_or(labels);
-        if !labels.is_empty() || extra.is_some() {
+        if !labels.is_empty() || !extra.is_empty() {
             self.text.push('{');
             self.text.push_str(labels);
-            if let Some((key, value)) = extra {
-                if !labels.is_empty() {
+            let mut first = labels.is_empty();
+            for (key, value) in extra {
+                if !first {
                     self.text.push(',');
                 }
+                first = false;
                 self.text.push_str(key);
                 self.text.push_str("=\"");
                 escape_into(self.text, value);
@@ -281,7 +283,7 @@ impl<'a> Samples<'a> {
 
     /// A sample with a float value: the digits prometheus_client writes for finite values,
     /// and `+Inf`, `-Inf` or `NaN` (which both formats spell so) for the others.
-    pub fn float(&mut self, labels: &str, extra: Option<(&str, &str)>, value: f64) {
+    pub fn float(&mut self, labels: &str, extra: &[(&str, &str)], value: f64) {
         self.start(labels, extra);
         if value.is_finite() {
             self.text.push_str(dtoa::Buffer::new().format_finite(value));
@@ -296,7 +298,7 @@ impl<'a> Samples<'a> {
     }
 
     /// A sample with a whole-number value.
-    pub fn count(&mut self, labels: &str, extra: Option<(&str, &str)>, value: u64) {
+    pub fn count(&mut self, labels: &str, extra: &[(&str, &str)], value: u64) {
         self.start(labels, extra);
         self.text.push_str(itoa::Buffer::new().format(value));
         self.text.push('\n');
@@ -378,11 +380,11 @@ mod tests {
                 let d = d.expect("rendering");
                 let mut x = d.counter("x_seconds_total", HELP);
                 // With and without the trailing comma Rendered's text carries.
-                x.float("pod=\"a\",namespace=\"b\\\"q\",", None, 0.001262962);
-                x.float("pod=\"a\",namespace=\"b\\\"q\"", None, 3.0);
+                x.float("pod=\"a\",namespace=\"b\\\"q\",", &[], 0.001262962);
+                x.float("pod=\"a\",namespace=\"b\\\"q\"", &[], 3.0);
                 let mut y = d.counter("y_total", HELP);
-                y.count("", Some(("kind", "v")), 7);
-                y.count("pod=\"a\",", Some(("kind", "w\"\n")), 8);
+                y.count("", &[("kind", "v")], 7);
+                y.count("pod=\"a\",", &[("kind", "w\"\n")], 8);
                 // Declared, without samples.
                 d.counter("z_total", HELP);
             });
@@ -420,7 +422,7 @@ mod tests {
                 direct(|d| {
                     d.expect("rendering")
                         .counter("direct_total", "Direct.")
-                        .count("", None, 2)
+                        .count("", &[], 2)
                 });
                 Ok(())
             }
@@ -444,7 +446,7 @@ mod tests {
                 direct(|d| {
                     d.expect("rendering")
                         .counter("a_total", "A.")
-                        .count("", None, 1)
+                        .count("", &[], 1)
                 });
                 panic!("a collector bug");
             }

@@ -113,6 +113,9 @@ enum Task {
         /// Short loads and fewer scrapes: checks that the bench works (CI uses this).
         #[arg(long)]
         short: bool,
+        /// Only the 4,096-pod rows, printed and not written to the report.
+        #[arg(long)]
+        scale_only: bool,
     },
 }
 
@@ -210,12 +213,13 @@ fn main() -> ExitCode {
         Task::Soak { minutes } => setup(Tools::Quick)
             .and_then(|()| require_root("the soak loads eBPF programs and creates cgroups"))
             .and_then(|()| soak::soak(minutes, None)),
-        Task::Bench { short } => setup(Tools::Quick)
+        Task::Bench { short, scale_only } => setup(Tools::Quick)
             .and_then(|()| require_root("the bench loads eBPF programs and creates cgroups"))
             .and_then(|()| {
                 bench::bench(bench::Options {
                     short,
                     nodelens: None,
+                    scale_only,
                 })
             }),
     };

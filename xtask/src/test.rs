@@ -236,6 +236,7 @@ fn full_tier(stages: &mut Stages) {
         bench::bench(bench::Options {
             short: true,
             nodelens: amd64.clone(),
+            scale_only: false,
         })
     });
 }

@@ -71,7 +71,7 @@ mod tests {
     fn native_histograms_are_taken_and_other_families_left() {
         let mut exposition = Vec::new();
         let mut counter = CounterFamily::new("c_total", "A counter.");
-        counter.sample(&labels([("pod", "a")]), None, 1.0);
+        counter.sample(&labels([("pod", "a")]), &[], 1.0);
         counter.finish(&mut exposition);
         let mut family = NativeHistogramFamily::new("h_seconds", "Waits.");
         family.sample(

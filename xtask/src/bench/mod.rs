@@ -69,6 +69,9 @@ pub struct Options {
     /// The static amd64 agent to measure (`cargo xtask test --full` builds it once for the
     /// soak, the matrix and the bench); built here when `None`.
     pub nodelens: Option<PathBuf>,
+    /// Only the 4,096-pod rows, printed and not written to the report: to see what a change
+    /// does to the scrape's cost without the whole bench.
+    pub scale_only: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -388,6 +391,93 @@ fn ebpf_object(nodelens: &Path) -> Result<PathBuf> {
         .with_context(|| format!("no agent-ebpf object under {}", build.display()))
 }
 
+/// The 4,096-pod rows: the agent idle and with nobody scraping, then every pod busy (text
+/// and protobuf scrapes of the defaults, and a second agent with every series).
+struct Scale {
+    scaled: ScrapeFigures,
+    idle_cpu_percent: f64,
+    busy: ScrapeFigures,
+    busy_pods: std::collections::BTreeMap<String, exposition::PodFamily>,
+    busy_protobuf: (f64, f64, f64),
+    every: ScrapeFigures,
+    every_pods: std::collections::BTreeMap<String, exposition::PodFamily>,
+}
+
+fn scale_rows(env: &Env, scrapes: usize, short: bool) -> Result<Scale> {
+    step("scale: 4,096 pods' cgroups with kubelet paths and names");
+    let logs = scale::KubeletLogs::new(&workspace_root())?;
+    let addr = free_addr()?;
+    // The agent first: it sees the processes that run in the new cgroups.
+    let scaled_args = |addr: &str, series: &str| -> Vec<String> {
+        vec![
+            "--listen-address".into(),
+            addr.into(),
+            "--pod-logs-dir".into(),
+            logs.pods(),
+            "--container-logs-dir".into(),
+            logs.containers(),
+            "--cgroup-series".into(),
+            series.into(),
+        ]
+    };
+    let scaled_agent = start(
+        "nodelens",
+        &env.nodelens,
+        &scaled_args(&addr, "default"),
+        addr.clone(),
+    )?;
+    let tree = scale::KubeletTree::new(4096, &logs)?;
+    wait_for_tracked(&scaled_agent, 4096)?;
+    let quiet = if short { 20 } else { 60 };
+    step(&format!(
+        "scale: the agent's own CPU over {quiet} s with nobody scraping (upkeep, cgroup file refresh)"
+    ));
+    let idle_cpu_percent = cpu_percent_alone(&scaled_agent, Duration::from_secs(quiet))?;
+    let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
+    step("scale: every pod busy (CPU over a limit, queued, reclaiming, blocked on reads)");
+    let mut tree = tree;
+    // A second agent exports every per-pod series (`all`), to show what the ones off by
+    // default would cost. Started before the busy work, so that it sees all of it.
+    let addr = free_addr()?;
+    let every_agent = start(
+        "nodelens",
+        &env.nodelens,
+        &scaled_args(&addr, "all"),
+        addr.clone(),
+    )?;
+    // The end-to-end loads' loop device and memory cgroup (its limit makes reads reclaim).
+    tree.make_busy(&env.loop_device.path, &env.memcg.0)?;
+    let busy_pods = wait_for_busy_series(&scaled_agent, false)?;
+    // The second agent is stopped while the first is measured: its upkeep and file
+    // refreshes would take CPU from it (its programs stay attached, and cost per event).
+    let busy = {
+        let _stopped = every_agent.stop()?;
+        measure_scrapes(&scaled_agent, scrapes.min(200))?
+    };
+    let busy_protobuf = {
+        let _stopped = every_agent.stop()?;
+        measure_protobuf_scrapes(&scaled_agent, scrapes.min(50))?
+    };
+    save_scrape(&scaled_agent, "busy-default.prom")?;
+    drop(scaled_agent);
+    let every_pods = wait_for_busy_series(&every_agent, true)?;
+    let every = measure_scrapes(&every_agent, scrapes.min(50))?;
+    save_scrape(&every_agent, "busy-all.prom")?;
+    drop(every_agent);
+    drop(tree);
+    drop(logs);
+
+    Ok(Scale {
+        scaled,
+        idle_cpu_percent,
+        busy,
+        busy_pods,
+        busy_protobuf,
+        every,
+        every_pods,
+    })
+}
+
 pub fn bench(opts: Options) -> Result<()> {
     let (seconds, rounds, scrapes, reclaim_mib) = if opts.short {
         (2, 2, 30, 64)
@@ -410,6 +500,22 @@ pub fn bench(opts: Options) -> Result<()> {
         reclaim_mib,
     };
 
+    if opts.scale_only {
+        let s = scale_rows(&env, scrapes, opts.short)?;
+        let row = |name: &str, f: &ScrapeFigures| {
+            println!(
+                "{name}: {:.2} ms CPU a scrape, p99 {:.2} ms, {:.0} B, {:.0} series",
+                f.cpu_ms_per_scrape, f.p99_ms, f.bytes, f.series
+            )
+        };
+        row("4,096 idle pods", &s.scaled);
+        println!("nobody scraping: {:.2}% of a CPU", s.idle_cpu_percent);
+        row("4,096 busy pods, defaults", &s.busy);
+        let (cpu, p99, bytes) = s.busy_protobuf;
+        println!("the same, protobuf: {cpu:.2} ms CPU a scrape, p99 {p99:.2} ms, {bytes:.0} B");
+        row("4,096 busy pods, every series", &s.every);
+        return Ok(());
+    }
     step(&format!("end to end: {rounds} interleaved rounds per load"));
     let e2e = end_to_end(&env, rounds, opts.short)?;
     step("per-probe cost: self-measured and kernel BPF statistics");
@@ -452,68 +558,16 @@ pub fn bench(opts: Options) -> Result<()> {
     let full = measure_scrapes(&nodelens_full, scrapes)?;
     drop((nodelens, node_exporter, nodelens_full));
 
-    step("scale: 4,096 pods' cgroups with kubelet paths and names");
-    let logs = scale::KubeletLogs::new(&workspace_root())?;
-    let addr = free_addr()?;
-    // The agent first: it sees the processes that run in the new cgroups.
-    let scaled_args = |addr: &str, series: &str| -> Vec<String> {
-        vec![
-            "--listen-address".into(),
-            addr.into(),
-            "--pod-logs-dir".into(),
-            logs.pods(),
-            "--container-logs-dir".into(),
-            logs.containers(),
-            "--cgroup-series".into(),
-            series.into(),
-        ]
-    };
-    let scaled_agent = start(
-        "nodelens",
-        &env.nodelens,
-        &scaled_args(&addr, "default"),
-        addr.clone(),
-    )?;
-    let tree = scale::KubeletTree::new(4096, &logs)?;
-    wait_for_tracked(&scaled_agent, 4096)?;
-    let quiet = if opts.short { 20 } else { 60 };
-    step(&format!(
-        "scale: the agent's own CPU over {quiet} s with nobody scraping (upkeep, cgroup file refresh)"
-    ));
-    let idle_cpu_percent = cpu_percent_alone(&scaled_agent, Duration::from_secs(quiet))?;
-    let scaled = measure_scrapes(&scaled_agent, scrapes.min(200))?;
-    step("scale: every pod busy (CPU over a limit, queued, reclaiming, blocked on reads)");
-    let mut tree = tree;
-    // A second agent exports every per-pod series (`all`), to show what the ones off by
-    // default would cost. Started before the busy work, so that it sees all of it.
-    let addr = free_addr()?;
-    let every_agent = start(
-        "nodelens",
-        &env.nodelens,
-        &scaled_args(&addr, "all"),
-        addr.clone(),
-    )?;
-    // The end-to-end loads' loop device and memory cgroup (its limit makes reads reclaim).
-    tree.make_busy(&env.loop_device.path, &env.memcg.0)?;
-    let busy_pods = wait_for_busy_series(&scaled_agent, false)?;
-    // The second agent is stopped while the first is measured: its upkeep and file
-    // refreshes would take CPU from it (its programs stay attached, and cost per event).
-    let busy = {
-        let _stopped = every_agent.stop()?;
-        measure_scrapes(&scaled_agent, scrapes.min(200))?
-    };
-    let busy_protobuf = {
-        let _stopped = every_agent.stop()?;
-        measure_protobuf_scrapes(&scaled_agent, scrapes.min(50))?
-    };
-    save_scrape(&scaled_agent, "busy-default.prom")?;
-    drop(scaled_agent);
-    let every_pods = wait_for_busy_series(&every_agent, true)?;
-    let every = measure_scrapes(&every_agent, scrapes.min(50))?;
-    save_scrape(&every_agent, "busy-all.prom")?;
-    drop(every_agent);
-    drop(tree);
-    drop(logs);
+    let scale = scale_rows(&env, scrapes, opts.short)?;
+    let Scale {
+        scaled,
+        idle_cpu_percent,
+        busy,
+        busy_pods,
+        busy_protobuf,
+        every,
+        every_pods,
+    } = scale;
 
     step(&format!(
         "push cost ({}s of remote_write every second)",

@@ -360,9 +360,12 @@ impl Value {
     }
 }
 
+/// Samples a row has in every format, one per total of [`CgroupStats`].
+const SAMPLES: usize = 8;
+
 /// A row's samples in [`FAMILIES`] order: (family index, its `kind` label, value). Only
 /// the non-zero ones of exported families are written, in either format.
-fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); 8] {
+fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); SAMPLES] {
     use Value::{Count, Seconds};
     [
         (0, None, Seconds(v.cpu_ns)),
@@ -376,6 +379,13 @@ fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); 8] {
     ]
 }
 
+/// The numbers of a row's samples, to tell whether its text is still right.
+fn sample_values(v: &CgroupStats) -> [u64; SAMPLES] {
+    row_samples(v).map(|(_, _, value)| match value {
+        Value::Seconds(n) | Value::Count(n) => n,
+    })
+}
+
 /// One row's sample lines, kept from scrape to scrape and rendered again only when its
 /// values or its labels change. Most cgroups of a node (pause containers, idle pods) do not
 /// move between two scrapes, and formatting their lines was a fifth of a 4,096-pod scrape.
@@ -385,7 +395,10 @@ struct RowText {
     /// of its label sets `series::choose` picked (with the cgroup path or without).
     serial: u64,
     with_path: bool,
-    values: CgroupStats,
+    /// The values its lines show: only the totals ([`row_samples`]). The run-queue
+    /// histogram's counters, four-fifths of a row's values, are in no text line, and
+    /// keeping or comparing them made every text scrape of 4,096 idle pods twice as dear.
+    values: [u64; SAMPLES],
     /// The row's lines of every family, one after the other; family i's lines end at
     /// `ends[i]`.
     text: String,
@@ -398,7 +411,7 @@ impl RowText {
             id: row.id,
             serial: row.series.serial(),
             with_path: false,
-            values: row.values,
+            values: sample_values(&row.values),
             text: String::new(),
             ends: [0; FAMILIES.len()],
         };
@@ -407,16 +420,16 @@ impl RowText {
     }
 
     /// This row's text, rendered again (into the same buffer) unless it is still right.
-    fn update(mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) -> Self {
+    fn update(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) {
+        let values = sample_values(&row.values);
         if !(self.serial == row.series.serial()
             && self.with_path == row.series.is_with_path(labels)
-            && self.values == row.values)
+            && self.values == values)
         {
             self.serial = row.series.serial();
-            self.values = row.values;
+            self.values = values;
             self.render(row, labels, exported);
         }
-        self
     }
 
     /// Renders the exported families (the others get no lines).
@@ -437,6 +450,7 @@ impl RowText {
             }
             let mut samples = Samples::into_string(text, FAMILIES[family].1);
             let kind = kind.map(|k| ("kind", k));
+            let kind = kind.as_slice();
             match value {
                 Value::Seconds(ns) => samples.float(l, kind, ns as f64 / 1e9),
                 Value::Count(n) => samples.count(l, kind, n),
@@ -469,7 +483,10 @@ fn row_texts(
     for (row, labels) in rows.iter().zip(labels) {
         while last.next_if(|t| t.id < row.id).is_some() {}
         texts.push(match last.next_if(|t| t.id == row.id) {
-            Some(text) => text.update(row, labels, exported),
+            Some(mut text) => {
+                text.update(row, labels, exported);
+                text
+            }
             None => RowText::new(row, labels, exported),
         });
     }
@@ -497,7 +514,8 @@ impl CgroupMaps {
                             Value::Seconds(ns) => ns as f64 / 1e9,
                             Value::Count(n) => n as f64,
                         };
-                        family.sample(l.protobuf(), kind.map(|k| ("kind", k)), value);
+                        let kind = kind.map(|k| ("kind", k));
+                        family.sample(l.protobuf(), kind.as_slice(), value);
                     }
                 }
                 family.finish(out);
@@ -649,7 +667,7 @@ mod tests {
     fn a_kept_row_text_changes_with_its_values_and_labels_only() {
         let unnamed = series("", "kubepods.slice/pod-x.slice/c.scope");
         let first = row(&unnamed, 2_000_000, 0);
-        let text = RowText::new(&first, chosen(&first), ALL);
+        let mut text = RowText::new(&first, chosen(&first), ALL);
         assert_eq!(
             text.family(0),
             "nodelens_cgroup_cpu_seconds_total{cgroup=\"kubepods.slice/pod-x.slice/c.scope\",\
@@ -661,20 +679,20 @@ mod tests {
 
         // Unchanged: the very same text, not rendered again.
         let before = text.text.as_ptr();
-        let text = text.update(&first, chosen(&first), ALL);
+        text.update(&first, chosen(&first), ALL);
         assert_eq!(text.text.as_ptr(), before);
         assert_fresh(&text, &first);
 
         // A value moved, one series appeared.
         let moved = row(&unnamed, 2_500_000, 1);
-        let text = text.update(&moved, chosen(&moved), ALL);
+        text.update(&moved, chosen(&moved), ALL);
         assert_fresh(&text, &moved);
         assert!(text.family(2).contains("kind=\"involuntary\"} 1\n"));
 
         // Same values, new labels (the pod got its name): rendered again.
         let named = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
         let renamed = row(&named, 2_500_000, 1);
-        let text = text.update(&renamed, chosen(&renamed), ALL);
+        text.update(&renamed, chosen(&renamed), ALL);
         assert_fresh(&text, &renamed);
         assert!(text.family(0).contains("pod=\"web-1\""));
     }

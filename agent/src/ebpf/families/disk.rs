@@ -42,9 +42,10 @@ use crate::{
             KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep, Workload,
             global_bytes, map_error, take_map,
         },
-        per_cgroup::{CgroupMap, PerCgroupMap, Scrape, capacity_for},
+        per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
     },
-    metrics::{CollectError, Log2Buckets, counts, family, histogram},
+    metrics::{CollectError, Log2Buckets, histogram},
+    protobuf_wire, render,
 };
 
 /// The kernel keeps exactly the exported buckets (agent-ebpf's `DiskHistograms`): from the
@@ -370,87 +371,136 @@ impl DeviceNames {
 }
 
 impl DiskMaps {
-    /// The three per-cgroup families; a series appears once it is non-zero.
-    fn collect_per_cgroup(
-        &self,
-        pc: &PerCgroupMap<CgroupDiskMap>,
-        out: &mut DescriptorEncoder,
-    ) -> Result<(), CollectError> {
-        // Owned rows, so that the tracker lock (which the labels are borrowed under) is not
-        // held while the families are encoded; these rows are few (cgroups that did I/O).
-        let rows = pc.scrape(|scrape| Ok(owned_rows(scrape)))?;
-        let rows: Vec<(series::Rendered, String, &str, CgroupDiskStats)> = rows
-            .into_iter()
-            .map(|(l, (dev, op), v)| {
-                let op = DISK_OP_NAMES.get(op as usize).copied().unwrap_or("other");
-                (l, self.names.name(dev), op, v)
+    /// The three per-cgroup families, written directly in the scrape's format
+    /// (`crate::render`, `crate::protobuf_wire`): a busy node has a few per pod, and
+    /// through prometheus_client's encoders they were a third of a text scrape of 4,096
+    /// pods and most of a protobuf one. A series appears once it is non-zero.
+    fn collect_per_cgroup(&self, pc: &PerCgroupMap<CgroupDiskMap>) -> Result<(), CollectError> {
+        pc.scrape(|scrape| {
+            let unknown = series::SeriesLabels::new(
+                &crate::cgroups::CgroupLabels {
+                    cgroup: "unknown".into(),
+                    ..Default::default()
+                },
+                crate::cgroups::settings::PathLabel::Always,
+            );
+            let all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = scrape
+                .rows
+                .rows
+                .iter()
+                .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, r.values))
+                .chain(
+                    scrape
+                        .unknown
+                        .iter()
+                        .map(|(k, v)| (&unknown, (k.dev, k.op), *v)),
+                )
+                .collect();
+            let labels = series::choose(all.iter().map(|(s, _, _)| *s));
+            // A node has a few disks: their names looked up once a scrape, not once a row.
+            let mut devices: Vec<(u32, String)> = Vec::new();
+            for (_, (dev, _), _) in &all {
+                if !devices.iter().any(|(d, _)| d == dev) {
+                    devices.push((*dev, self.names.name(*dev)));
+                }
+            }
+            let rows: Vec<DiskRow> = all
+                .iter()
+                .zip(labels)
+                .map(|((_, (dev, op), values), labels)| DiskRow {
+                    labels,
+                    device: devices
+                        .iter()
+                        .find(|(d, _)| d == dev)
+                        .map_or("", |(_, name)| name.as_str()),
+                    op: DISK_OP_NAMES.get(*op as usize).copied().unwrap_or("other"),
+                    values: *values,
+                })
+                .collect();
+            render::direct(|out| {
+                let out = out.ok_or(CollectError::NotRendering)?;
+                match out.protobuf() {
+                    Some(out) => per_cgroup_protobuf(out, &rows),
+                    None => per_cgroup_text(out, &rows),
+                }
+                Ok(())
             })
-            .collect();
-        fn labelled<'a>(
-            (l, dev, op, _): &'a (series::Rendered, String, &'a str, CgroupDiskStats),
-        ) -> series::WithLabels<'a, 2> {
-            l.and_all([("device", dev.as_str()), ("op", *op)])
-        }
-        counts(
-            out,
-            "nodelens_cgroup_disk_io_bytes_total",
-            "Bytes of the cgroup's completed block requests, per whole disk and operation. Who owns a request: see docs/metrics.md (the bio's cgroup on cgroup v2 with the io controller, else the issuing task's).",
-            rows.iter()
-                .filter(|r| r.3.bytes != 0)
-                .map(|r| (labelled(r), r.3.bytes)),
-        )?;
-        counts(
-            out,
-            "nodelens_cgroup_disk_ios_total",
-            "The cgroup's completed block requests, per whole disk and operation.",
-            rows.iter()
-                .filter(|r| r.3.ios != 0)
-                .map(|r| (labelled(r), r.3.ios)),
-        )?;
-        family(
-            out,
-            "nodelens_cgroup_disk_io_seconds_total",
-            "Summed issue-to-completion time of the cgroup's completed block requests: rate(seconds) / rate(ios) is its mean device latency.",
-            prometheus_client::metrics::MetricType::Counter,
-            rows.iter()
-                .filter(|r| r.3.ns != 0)
-                .map(|r| (labelled(r), r.3.ns as f64 / 1e9)),
-        )?;
-        Ok(())
+        })
     }
 }
 
-/// One per-cgroup disk row, owned: labels, (device, op), totals.
-type OwnedRow = (series::Rendered, (u32, u32), CgroupDiskStats);
+/// One per-cgroup disk row of a scrape: its cgroup's labels, disk, op and totals.
+struct DiskRow<'a> {
+    labels: &'a series::Rendered,
+    device: &'a str,
+    op: &'static str,
+    values: CgroupDiskStats,
+}
 
-/// A scrape's rows with their labels rendered, owned, the entries without an owner as
-/// `cgroup="unknown"`.
-fn owned_rows(scrape: Scrape<'_, CgroupDiskMap>) -> Vec<OwnedRow> {
-    let unknown_labels = series::SeriesLabels::new(
-        &crate::cgroups::CgroupLabels {
-            cgroup: "unknown".into(),
-            ..Default::default()
-        },
-        crate::cgroups::settings::PathLabel::Always,
-    );
-    let mut all: Vec<(&series::SeriesLabels, (u32, u32), CgroupDiskStats)> = scrape
-        .rows
-        .rows
-        .iter()
-        .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, r.values))
-        .collect();
-    all.extend(
-        scrape
-            .unknown
-            .iter()
-            .map(|(k, v)| (&unknown_labels, (k.dev, k.op), *v)),
-    );
-    let labels = series::choose(all.iter().map(|(s, _, _)| *s));
-    labels
-        .into_iter()
-        .zip(all.iter())
-        .map(|(l, (_, dims, v))| (l.clone(), *dims, *v))
-        .collect()
+impl DiskRow<'_> {
+    /// Family `i` of [`PER_CGROUP_FAMILIES`]'s value: a whole number, or nanoseconds for
+    /// the seconds family.
+    fn value(&self, i: usize) -> u64 {
+        match i {
+            0 => self.values.bytes,
+            1 => self.values.ios,
+            _ => self.values.ns,
+        }
+    }
+
+    fn extra(&self) -> [(&str, &str); 2] {
+        [("device", self.device), ("op", self.op)]
+    }
+}
+
+/// The per-cgroup families in the order they are written; the last one is in seconds.
+const PER_CGROUP_FAMILIES: [(&str, &str); 3] = [
+    (
+        "nodelens_cgroup_disk_io_bytes_total",
+        "Bytes of the cgroup's completed block requests, per whole disk and operation. Who owns a request: see docs/metrics.md (the bio's cgroup on cgroup v2 with the io controller, else the issuing task's).",
+    ),
+    (
+        "nodelens_cgroup_disk_ios_total",
+        "The cgroup's completed block requests, per whole disk and operation.",
+    ),
+    (
+        "nodelens_cgroup_disk_io_seconds_total",
+        "Summed issue-to-completion time of the cgroup's completed block requests: rate(seconds) / rate(ios) is its mean device latency.",
+    ),
+];
+
+/// The index of the family in seconds.
+const SECONDS: usize = 2;
+
+fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow]) {
+    for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
+        let mut samples = out.counter(name, help);
+        for row in rows {
+            match row.value(i) {
+                0 => {}
+                ns if i == SECONDS => {
+                    samples.float(row.labels.text(), &row.extra(), ns as f64 / 1e9)
+                }
+                n => samples.count(row.labels.text(), &row.extra(), n),
+            }
+        }
+    }
+}
+
+fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow]) {
+    for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
+        let mut family = protobuf_wire::CounterFamily::new(name, help);
+        for row in rows {
+            match row.value(i) {
+                0 => {}
+                ns if i == SECONDS => {
+                    family.sample(row.labels.protobuf(), &row.extra(), ns as f64 / 1e9)
+                }
+                n => family.sample(row.labels.protobuf(), &row.extra(), n as f64),
+            }
+        }
+        family.finish(out);
+    }
 }
 
 impl LoadedFamily for DiskMaps {
@@ -511,7 +561,7 @@ impl LoadedFamily for DiskMaps {
             }),
         )?;
         if let Some(pc) = &self.per_cgroup {
-            self.collect_per_cgroup(pc, out)?;
+            self.collect_per_cgroup(pc)?;
         }
         Ok(())
     }
@@ -585,6 +635,136 @@ fn block_work(device: &std::path::Path) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::ebpf::btf::{Btf, fixtures};
+
+    /// The per-pod disk families as prometheus_client wrote them before they were written
+    /// directly: the golden reference, so no dashboard sees another byte.
+    fn through_the_encoder(rows: &[DiskRow]) -> prometheus_client::registry::Registry {
+        use crate::metrics::{counts, family};
+        #[derive(Debug)]
+        struct Encoder(Vec<(series::Rendered, String, &'static str, CgroupDiskStats)>);
+        impl prometheus_client::collector::Collector for Encoder {
+            fn encode(&self, mut out: DescriptorEncoder) -> std::fmt::Result {
+                type Owned = (series::Rendered, String, &'static str, CgroupDiskStats);
+                fn labelled((l, dev, op, _): &Owned) -> series::WithLabels<'_, 2> {
+                    l.and_all([("device", dev.as_str()), ("op", *op)])
+                }
+                let [bytes, ios, seconds] = PER_CGROUP_FAMILIES;
+                let rows = &self.0;
+                counts(&mut out, bytes.0, bytes.1, rows.iter().filter(|r| r.3.bytes != 0).map(|r| (labelled(r), r.3.bytes)))?;
+                counts(&mut out, ios.0, ios.1, rows.iter().filter(|r| r.3.ios != 0).map(|r| (labelled(r), r.3.ios)))?;
+                family(
+                    &mut out,
+                    seconds.0,
+                    seconds.1,
+                    prometheus_client::metrics::MetricType::Counter,
+                    rows.iter().filter(|r| r.3.ns != 0).map(|r| (labelled(r), r.3.ns as f64 / 1e9)),
+                )
+            }
+        }
+        let owned = rows
+            .iter()
+            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, r.values))
+            .collect();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Encoder(owned)));
+        registry
+    }
+
+    /// The same rows written directly, in a registry of their own.
+    fn written_directly(rows: &[DiskRow]) -> prometheus_client::registry::Registry {
+        #[derive(Debug)]
+        struct Direct(Vec<(series::Rendered, String, &'static str, CgroupDiskStats)>);
+        impl prometheus_client::collector::Collector for Direct {
+            fn encode(&self, _: DescriptorEncoder) -> std::fmt::Result {
+                let rows: Vec<DiskRow> = self
+                    .0
+                    .iter()
+                    .map(|(labels, device, op, values)| DiskRow {
+                        labels,
+                        device,
+                        op,
+                        values: *values,
+                    })
+                    .collect();
+                render::direct(|out| {
+                    let out = out.expect("rendering");
+                    match out.protobuf() {
+                        Some(out) => per_cgroup_protobuf(out, &rows),
+                        None => per_cgroup_text(out, &rows),
+                    }
+                });
+                Ok(())
+            }
+        }
+        let owned = rows
+            .iter()
+            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, r.values))
+            .collect();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Direct(owned)));
+        registry
+    }
+
+    #[test]
+    fn per_pod_disk_families_are_byte_for_byte_what_the_encoder_wrote() {
+        use crate::cgroups::{CgroupLabels, settings::PathLabel};
+        let pod = |pod: &str, path: &str| {
+            series::SeriesLabels::new(
+                &CgroupLabels {
+                    namespace: "team-a".into(),
+                    pod: pod.into(),
+                    container: "app".into(),
+                    cgroup: path.into(),
+                    identified: !pod.is_empty(),
+                },
+                PathLabel::Auto,
+            )
+        };
+        let sets = [
+            pod("web-1", "kubepods/pod1/c"),
+            pod("we\"b\\x\ny", "kubepods/pod2/c"),
+            pod("", "system.slice/containerd.service"),
+        ];
+        let labels = series::choose(sets.iter());
+        let stats = |bytes, ios, ns| CgroupDiskStats { bytes, ios, ns };
+        let rows = [
+            (0, "vda", "read", stats(4096, 1, 252_556)),
+            (0, "loop0", "write", stats(1 << 30, 262_144, 168_535_823_001)),
+            (1, "nvme0n1", "read", stats(0, 3, 0)),
+            (2, "dm-\"0", "discard", stats(512, 0, 1)),
+            (2, "vda", "flush", stats(0, 0, 0)),
+        ];
+        let rows: Vec<DiskRow> = rows
+            .iter()
+            .map(|&(i, device, op, values)| DiskRow {
+                labels: labels[i],
+                device,
+                op,
+                values,
+            })
+            .collect();
+        for format in [render::Format::Prometheus, render::Format::OpenMetrics] {
+            let want = render::render(&through_the_encoder(&rows), format).unwrap();
+            let got = render::render(&written_directly(&rows), format).unwrap();
+            assert_eq!(got, want, "{format:?}");
+            assert!(want.contains("op=\"write\"} 1073741824\n"), "{want}");
+        }
+        // Protobuf: the same families, samples, labels and values, as Prometheus decodes them.
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+        use prost::Message as _;
+        let decode = |bytes: Vec<u8>| {
+            let mut bytes = bytes.as_slice();
+            let mut families = Vec::new();
+            while !bytes.is_empty() {
+                families.push(MetricFamily::decode_length_delimited(&mut bytes).unwrap());
+            }
+            families
+        };
+        let want = decode(render::render_bytes(&through_the_encoder(&rows), render::Format::Protobuf).unwrap());
+        let got = decode(render::render_bytes(&written_directly(&rows), render::Format::Protobuf).unwrap());
+        assert_eq!(got.len(), 3);
+        assert_eq!(got, want);
+    }
 
     fn resolve(release: &str) -> DiskLayout {
         let bytes = fixtures::load(release);
