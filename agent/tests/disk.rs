@@ -268,7 +268,8 @@ impl Drop for PodCgroup {
 #[test]
 fn a_pods_disk_io_is_attributed_to_its_cgroup() {
     let lo = LoopDevice::new(128);
-    let agent = Agent::start(&[]);
+    // Per-pod bytes are off by default.
+    let agent = Agent::start(&["--cgroup-series", "default,disk_bytes"]);
     let busy = PodCgroup::new("a1");
     let idle = PodCgroup::new("b2");
     let dev = lo.path().display().to_string();

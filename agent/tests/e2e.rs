@@ -8,7 +8,8 @@ use common::{Agent, http, promtool_problems};
 
 /// Every family issue #2 promises (and per-pod disk I/O), with data on this machine. The
 /// per-pod series off by default (context switches, reclaim stalls, blocked time, pressure,
-/// throttling) are exported when `--cgroup-series` asks (tests/pods.rs, tests/docs.rs).
+/// throttling, disk bytes) are exported when `--cgroup-series` asks (tests/pods.rs,
+/// tests/docs.rs, tests/disk.rs).
 const FAMILIES: &[&str] = &[
     "nodelens_runqueue_latency_seconds_bucket",
     "nodelens_runqueue_latency_seconds_sum",
@@ -25,7 +26,6 @@ const FAMILIES: &[&str] = &[
     "nodelens_events_lost_total",
     "nodelens_cgroup_cpu_seconds_total",
     "nodelens_cgroup_runqueue_wait_seconds_total",
-    "nodelens_cgroup_disk_io_bytes_total",
     "nodelens_cgroup_disk_ios_total",
     "nodelens_cgroup_disk_io_seconds_total",
     "nodelens_map_memory_bytes",
@@ -82,8 +82,10 @@ fn live_output_is_complete_and_promtool_clean() {
             "family {family} missing or empty"
         );
     }
-    // Only CPU time and run-queue wait per pod by default (docs/metrics.md says why).
+    // Only CPU time, run-queue wait, and disk requests and device time per pod by default
+    // (docs/metrics.md says why).
     for off in [
+        "nodelens_cgroup_disk_io_bytes_total",
         "nodelens_cgroup_context_switches_total",
         "nodelens_cgroup_reclaim_stall_seconds_total",
         "nodelens_cgroup_blocked_seconds_total",

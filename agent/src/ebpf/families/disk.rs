@@ -38,9 +38,10 @@ use crate::{
     ebpf::{
         batch,
         family::{
-            Attached, ExerciseContext, Family, FamilyLayout, FillGauge, Health, KernelReads,
-            KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep, Workload,
-            global_bytes, map_error, take_map,
+            Attached, CgroupSeriesName, ExerciseContext, Family, FamilyLayout, FillGauge, Health,
+            KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec,
+            SettingError, SettingsValue, Sweep, Workload, chosen_cgroup_series, global_bytes,
+            map_error, take_map,
         },
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
     },
@@ -54,6 +55,22 @@ const LATENCY_LAST_SLOT: usize = LATENCY_FIRST_SLOT + LATENCY_SLOTS - 2;
 const SIZE_LAST_SLOT: usize = SIZE_FIRST_SLOT + SIZE_SLOTS - 2;
 
 pub struct Disk;
+
+/// The family's name, under which its settings are kept.
+const NAME: &str = "disk";
+
+/// Per-pod bytes are off by default: with CPU, run-queue wait and the per-pod requests and
+/// device time (which give a pod's disk latency), they would take a node of 4,096 busy
+/// pods past 3 MB a scrape, and a pod's device time tells who keeps a disk busy better
+/// than its bytes do.
+const SERIES: &[CgroupSeriesName] = &[CgroupSeriesName {
+    name: "disk_bytes",
+    default: false,
+}];
+
+/// Whether `nodelens_cgroup_disk_io_bytes_total` is exported (`disk_bytes`).
+#[derive(Debug, Clone, Copy)]
+struct PerCgroupBytes(bool);
 
 /// (probe, slot in DISK_COST).
 const COST_SLOTS: [(&str, u32); 2] = [
@@ -202,7 +219,16 @@ pub fn layout(kernel: &KernelSources, io_on_cgroup2: bool) -> (DiskLayout, Famil
 
 impl Family for Disk {
     fn name(&self) -> &'static str {
-        "disk"
+        NAME
+    }
+
+    fn cgroup_series(&self) -> &'static [CgroupSeriesName] {
+        SERIES
+    }
+
+    fn settings(&self, merged: &serde_json::Value) -> Result<Option<SettingsValue>, SettingError> {
+        let bytes = !chosen_cgroup_series(merged, SERIES).is_empty();
+        Ok(Some(std::sync::Arc::new(PerCgroupBytes(bytes))))
     }
 
     fn aliases(&self) -> &'static [&'static str] {
@@ -282,6 +308,10 @@ impl Family for Disk {
             } else {
                 None
             },
+            per_cgroup_bytes: ctx
+                .settings
+                .get::<PerCgroupBytes>(NAME)
+                .is_some_and(|b| b.0),
             up: attached.all_up(&["block_rq_issue", "block_rq_complete"]),
             names: DeviceNames::new(ctx.sysfs.join("dev/block")),
             histogram_fill: FillGauge::default(),
@@ -295,6 +325,8 @@ struct DiskMaps {
     costs: ProbeCosts,
     /// Per-cgroup totals, when the `cgroup` collector is on.
     per_cgroup: Option<PerCgroupMap<CgroupDiskMap>>,
+    /// Whether the per-cgroup bytes are exported (`disk_bytes`).
+    per_cgroup_bytes: bool,
     /// block_rq_issue and block_rq_complete attached.
     up: bool,
     names: DeviceNames,
@@ -419,9 +451,10 @@ impl DiskMaps {
                 .collect();
             render::direct(|out| {
                 let out = out.ok_or(CollectError::NotRendering)?;
+                let exported = [self.per_cgroup_bytes, true, true];
                 match out.protobuf() {
-                    Some(out) => per_cgroup_protobuf(out, &rows),
-                    None => per_cgroup_text(out, &rows),
+                    Some(out) => per_cgroup_protobuf(out, &rows, exported),
+                    None => per_cgroup_text(out, &rows, exported),
                 }
                 Ok(())
             })
@@ -453,7 +486,8 @@ impl DiskRow<'_> {
     }
 }
 
-/// The per-cgroup families in the order they are written; the last one is in seconds.
+/// The per-cgroup families in the order they are written; the last one is in seconds. The
+/// first (bytes) is exported only when `--cgroup-series` asks for `disk_bytes`.
 const PER_CGROUP_FAMILIES: [(&str, &str); 3] = [
     (
         "nodelens_cgroup_disk_io_bytes_total",
@@ -472,8 +506,14 @@ const PER_CGROUP_FAMILIES: [(&str, &str); 3] = [
 /// The index of the family in seconds.
 const SECONDS: usize = 2;
 
-fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow]) {
+/// Which of [`PER_CGROUP_FAMILIES`] are exported.
+type Exported = [bool; PER_CGROUP_FAMILIES.len()];
+
+fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow], exported: Exported) {
     for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
+        if !exported[i] {
+            continue;
+        }
         let mut samples = out.counter(name, help);
         for row in rows {
             match row.value(i) {
@@ -487,8 +527,11 @@ fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow]) {
     }
 }
 
-fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow]) {
+fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow], exported: Exported) {
     for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
+        if !exported[i] {
+            continue;
+        }
         let mut family = protobuf_wire::CounterFamily::new(name, help);
         for row in rows {
             match row.value(i) {
@@ -671,9 +714,12 @@ mod tests {
     }
 
     /// The same rows written directly, in a registry of their own.
-    fn written_directly(rows: &[DiskRow]) -> prometheus_client::registry::Registry {
+    fn written_directly(rows: &[DiskRow], exported: Exported) -> prometheus_client::registry::Registry {
         #[derive(Debug)]
-        struct Direct(Vec<(series::Rendered, String, &'static str, CgroupDiskStats)>);
+        struct Direct(
+            Vec<(series::Rendered, String, &'static str, CgroupDiskStats)>,
+            Exported,
+        );
         impl prometheus_client::collector::Collector for Direct {
             fn encode(&self, _: DescriptorEncoder) -> std::fmt::Result {
                 let rows: Vec<DiskRow> = self
@@ -689,8 +735,8 @@ mod tests {
                 render::direct(|out| {
                     let out = out.expect("rendering");
                     match out.protobuf() {
-                        Some(out) => per_cgroup_protobuf(out, &rows),
-                        None => per_cgroup_text(out, &rows),
+                        Some(out) => per_cgroup_protobuf(out, &rows, self.1),
+                        None => per_cgroup_text(out, &rows, self.1),
                     }
                 });
                 Ok(())
@@ -701,12 +747,16 @@ mod tests {
             .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, r.values))
             .collect();
         let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(Direct(owned)));
+        registry.register_collector(Box::new(Direct(owned, exported)));
         registry
     }
 
     #[test]
     fn per_pod_disk_families_are_byte_for_byte_what_the_encoder_wrote() {
+        assert_eq!(
+            PER_CGROUP_FAMILIES[0].0, "nodelens_cgroup_disk_io_bytes_total",
+            "disk_bytes chooses the first"
+        );
         use crate::cgroups::{CgroupLabels, settings::PathLabel};
         let pod = |pod: &str, path: &str| {
             series::SeriesLabels::new(
@@ -745,9 +795,15 @@ mod tests {
             .collect();
         for format in [render::Format::Prometheus, render::Format::OpenMetrics] {
             let want = render::render(&through_the_encoder(&rows), format).unwrap();
-            let got = render::render(&written_directly(&rows), format).unwrap();
+            let got = render::render(&written_directly(&rows, [true; 3]), format).unwrap();
             assert_eq!(got, want, "{format:?}");
             assert!(want.contains("op=\"write\"} 1073741824\n"), "{want}");
+            // Without `disk_bytes`: the same, less the bytes family.
+            let bytes = want.find("# HELP nodelens_cgroup_disk_io_bytes").unwrap();
+            let ios = want.find("# HELP nodelens_cgroup_disk_ios").unwrap();
+            let want = format!("{}{}", &want[..bytes], &want[ios..]);
+            let got = render::render(&written_directly(&rows, [false, true, true]), format);
+            assert_eq!(got.unwrap(), want, "{format:?}");
         }
         // Protobuf: the same families, samples, labels and values, as Prometheus decodes them.
         use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
@@ -761,7 +817,10 @@ mod tests {
             families
         };
         let want = decode(render::render_bytes(&through_the_encoder(&rows), render::Format::Protobuf).unwrap());
-        let got = decode(render::render_bytes(&written_directly(&rows), render::Format::Protobuf).unwrap());
+        let got = decode(
+            render::render_bytes(&written_directly(&rows, [true; 3]), render::Format::Protobuf)
+                .unwrap(),
+        );
         assert_eq!(got.len(), 3);
         assert_eq!(got, want);
     }
