@@ -114,6 +114,7 @@ fn run_preflight(
 }
 
 fn run(config: Config) -> ExitCode {
+    nodelens::render::set_protobuf_classic_histograms(config.protobuf_classic_histograms);
     let web = match web::Web::load(config.web_config_file.as_deref()) {
         Ok(w) => Arc::new(w),
         Err(e) => {

@@ -217,6 +217,12 @@ pub fn histogram_with_native<'a, L: EncodeLabelSet>(
         };
         let count = native.zero_count + native.counts.iter().sum::<u64>();
         let (spans, deltas) = native.spans_and_deltas();
+        // Native only (`protobuf_classic_histograms` off): no bucket, not even +Inf.
+        let buckets = if crate::render::classic_beside_native() {
+            buckets
+        } else {
+            Vec::new()
+        };
         let native = prometheus_client::encoding::NativeHistogram {
             schema: native.schema,
             zero_threshold: native.zero_threshold,

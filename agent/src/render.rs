@@ -44,6 +44,20 @@ pub fn protobuf() -> bool {
     PROTOBUF.get()
 }
 
+/// `protobuf_classic_histograms`: set once at startup, for every protobuf scrape.
+static PROTOBUF_CLASSIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets `protobuf_classic_histograms` (on unless turned off).
+pub fn set_protobuf_classic_histograms(on: bool) {
+    PROTOBUF_CLASSIC.store(on, Ordering::Relaxed);
+}
+
+/// Whether a histogram that also has a native version gets its classic buckets in this
+/// scrape: always in text, in protobuf unless `protobuf_classic_histograms` is off.
+pub fn classic_beside_native() -> bool {
+    !protobuf() || PROTOBUF_CLASSIC.load(Ordering::Relaxed)
+}
+
 /// Encodes `registry` in `format`, as the bytes of a response body.
 pub fn render_bytes(registry: &Registry, format: Format) -> Result<Vec<u8>, fmt::Error> {
     if format != Format::Protobuf {

@@ -292,6 +292,68 @@ fn check_native_runqueue_histogram(families: &[MetricFamily]) {
     }
 }
 
+#[test]
+fn protobuf_classic_histograms_off_leaves_native_only_where_there_is_one() {
+    common::mount_tracefs();
+    let agent = Agent::start(&["--protobuf-classic-histograms=false"]);
+    let mut families = Vec::new();
+    common::wait_for(
+        "run-queue waits and disk requests in a protobuf scrape",
+        Duration::from_secs(10),
+        || {
+            // A read of our own executable past the page cache: a disk request.
+            let _ = std::process::Command::new("dd")
+                .args([
+                    "of=/dev/null",
+                    "bs=4k",
+                    "count=1",
+                    "iflag=direct",
+                    "status=none",
+                ])
+                .arg(format!("if={}", std::env::current_exe().unwrap().display()))
+                .status();
+            families = protobuf_scrape(&agent);
+            let count = |name: &str| {
+                families
+                    .iter()
+                    .filter(|f| f.name == name)
+                    .flat_map(|f| &f.metric)
+                    .filter_map(|m| m.histogram.as_ref())
+                    .map(|h| h.sample_count)
+                    .sum::<u64>()
+            };
+            count("nodelens_runqueue_latency_seconds") > 100
+                && count("nodelens_disk_io_latency_seconds") > 0
+        },
+    );
+    let histograms = |name: &str| {
+        let family = families.iter().find(|f| f.name == name).expect(name);
+        assert!(!family.metric.is_empty(), "{name}: no sample");
+        family
+            .metric
+            .iter()
+            .map(|m| m.histogram.clone().expect("a histogram"))
+            .collect::<Vec<_>>()
+    };
+    for h in histograms("nodelens_runqueue_latency_seconds") {
+        assert!(h.bucket.is_empty(), "classic buckets: {:?}", h.bucket);
+        assert_eq!(h.schema, 3);
+        let native: i64 = h.positive_span.iter().map(|s| i64::from(s.length)).sum();
+        assert!(native > 0, "no native bucket");
+    }
+    // A histogram without a native version keeps its classic buckets.
+    for h in histograms("nodelens_disk_io_latency_seconds") {
+        assert!(!h.bucket.is_empty(), "the disk histogram lost its buckets");
+        assert!(h.positive_span.is_empty());
+    }
+    // Text scrapes are not affected.
+    let text = agent.scrape();
+    assert!(
+        text.contains("nodelens_runqueue_latency_seconds_bucket{le=\"+Inf\"}"),
+        "the text scrape lost the classic buckets"
+    );
+}
+
 /// A per-pod native histogram as a scrape had it.
 struct PodHistogram {
     count: u64,

@@ -90,6 +90,8 @@ pub struct Config {
     pub map_upkeep_interval: Duration,
     pub kernel_bpf_stats: bool,
     pub web_config_file: Option<PathBuf>,
+    /// Classic buckets beside native ones in a protobuf scrape.
+    pub protobuf_classic_histograms: bool,
     pub keep_capabilities: bool,
     pub seccomp: SeccompMode,
     /// `None`: push is off.
@@ -184,6 +186,7 @@ impl Config {
             map_upkeep_interval,
             kernel_bpf_stats: s.kernel_bpf_stats.unwrap_or(false),
             web_config_file: s.web_config_file,
+            protobuf_classic_histograms: s.protobuf_classic_histograms.unwrap_or(true),
             keep_capabilities: s.keep_capabilities.unwrap_or(false),
             seccomp,
             remote_write,
@@ -701,6 +704,26 @@ mod tests {
             "nested file keys survive the merge"
         );
         assert!(c.cgroups.include.is_some(), "nested flags too");
+    }
+
+    #[test]
+    fn protobuf_classic_histograms_are_on_unless_turned_off() {
+        assert!(
+            Config::resolve(flags())
+                .unwrap()
+                .protobuf_classic_histograms
+        );
+        let cli =
+            Cli::from_command_line(["nodelens", "--protobuf-classic-histograms=false"]).unwrap();
+        assert!(
+            !Config::resolve(cli.settings)
+                .unwrap()
+                .protobuf_classic_histograms
+        );
+        let file =
+            Settings::parse_file(Path::new("c.toml"), "protobuf_classic_histograms = false\n")
+                .unwrap();
+        assert!(!Config::resolve(file).unwrap().protobuf_classic_histograms);
     }
 
     #[test]

@@ -108,6 +108,12 @@ pub struct Settings {
     /// client certificates, basic auth and response headers. Re-read on each connection.
     #[arg(long, env = "NODELENS_WEB_CONFIG_FILE", global = true)]
     pub web_config_file: Option<PathBuf>,
+    /// In a protobuf scrape, serve the histograms that also have a native version (the
+    /// node's run-queue latency) with their classic buckets beside it. Off: native only
+    /// there, for a Prometheus that scrapes no classic histograms; text scrapes keep the
+    /// classic buckets [default: true].
+    #[arg(long, env = "NODELENS_PROTOBUF_CLASSIC_HISTOGRAMS", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub protobuf_classic_histograms: Option<bool>,
     /// Keep the capabilities after attaching instead of dropping them all [default: false].
     #[arg(long, env = "NODELENS_KEEP_CAPABILITIES", global = true, num_args = 0..=1, default_missing_value = "true")]
     pub keep_capabilities: Option<bool>,

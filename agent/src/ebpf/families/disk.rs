@@ -693,14 +693,30 @@ mod tests {
                 }
                 let [bytes, ios, seconds] = PER_CGROUP_FAMILIES;
                 let rows = &self.0;
-                counts(&mut out, bytes.0, bytes.1, rows.iter().filter(|r| r.3.bytes != 0).map(|r| (labelled(r), r.3.bytes)))?;
-                counts(&mut out, ios.0, ios.1, rows.iter().filter(|r| r.3.ios != 0).map(|r| (labelled(r), r.3.ios)))?;
+                counts(
+                    &mut out,
+                    bytes.0,
+                    bytes.1,
+                    rows.iter()
+                        .filter(|r| r.3.bytes != 0)
+                        .map(|r| (labelled(r), r.3.bytes)),
+                )?;
+                counts(
+                    &mut out,
+                    ios.0,
+                    ios.1,
+                    rows.iter()
+                        .filter(|r| r.3.ios != 0)
+                        .map(|r| (labelled(r), r.3.ios)),
+                )?;
                 family(
                     &mut out,
                     seconds.0,
                     seconds.1,
                     prometheus_client::metrics::MetricType::Counter,
-                    rows.iter().filter(|r| r.3.ns != 0).map(|r| (labelled(r), r.3.ns as f64 / 1e9)),
+                    rows.iter()
+                        .filter(|r| r.3.ns != 0)
+                        .map(|r| (labelled(r), r.3.ns as f64 / 1e9)),
                 )
             }
         }
@@ -714,7 +730,10 @@ mod tests {
     }
 
     /// The same rows written directly, in a registry of their own.
-    fn written_directly(rows: &[DiskRow], exported: Exported) -> prometheus_client::registry::Registry {
+    fn written_directly(
+        rows: &[DiskRow],
+        exported: Exported,
+    ) -> prometheus_client::registry::Registry {
         #[derive(Debug)]
         struct Direct(
             Vec<(series::Rendered, String, &'static str, CgroupDiskStats)>,
@@ -779,7 +798,12 @@ mod tests {
         let stats = |bytes, ios, ns| CgroupDiskStats { bytes, ios, ns };
         let rows = [
             (0, "vda", "read", stats(4096, 1, 252_556)),
-            (0, "loop0", "write", stats(1 << 30, 262_144, 168_535_823_001)),
+            (
+                0,
+                "loop0",
+                "write",
+                stats(1 << 30, 262_144, 168_535_823_001),
+            ),
             (1, "nvme0n1", "read", stats(0, 3, 0)),
             (2, "dm-\"0", "discard", stats(512, 0, 1)),
             (2, "vda", "flush", stats(0, 0, 0)),
@@ -816,10 +840,15 @@ mod tests {
             }
             families
         };
-        let want = decode(render::render_bytes(&through_the_encoder(&rows), render::Format::Protobuf).unwrap());
+        let want = decode(
+            render::render_bytes(&through_the_encoder(&rows), render::Format::Protobuf).unwrap(),
+        );
         let got = decode(
-            render::render_bytes(&written_directly(&rows, [true; 3]), render::Format::Protobuf)
-                .unwrap(),
+            render::render_bytes(
+                &written_directly(&rows, [true; 3]),
+                render::Format::Protobuf,
+            )
+            .unwrap(),
         );
         assert_eq!(got.len(), 3);
         assert_eq!(got, want);
