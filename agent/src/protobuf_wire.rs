@@ -194,9 +194,38 @@ impl<'a> NativeHistogramFamily<'a> {
         }
     }
 
-    /// A sample: the encoded `labels` and the histogram. A zero threshold above 0 is what
-    /// tells Prometheus a histogram without buckets is native.
-    pub fn sample(&mut self, labels: &[u8], h: &Native) {
+    /// A sample of a histogram the kernel keeps as `buckets`, with `sum` in the exported
+    /// unit: none when it holds no value (a cgroup that never waited has no series).
+    pub fn sample_buckets(
+        &mut self,
+        labels: &[u8],
+        extra: &[(&str, &str)],
+        buckets: &crate::metrics::NativeBuckets,
+        sum: f64,
+    ) {
+        let count = buckets.zero_count + buckets.counts.iter().sum::<u64>();
+        if count == 0 {
+            return;
+        }
+        let (spans, deltas) = buckets.spans_and_deltas();
+        self.sample(
+            labels,
+            extra,
+            &Native {
+                count,
+                sum,
+                schema: buckets.schema,
+                zero_threshold: buckets.zero_threshold,
+                zero_count: buckets.zero_count,
+                spans: &spans,
+                deltas: &deltas,
+            },
+        );
+    }
+
+    /// A sample: the encoded `labels`, more pairs after them, and the histogram. A zero
+    /// threshold above 0 is what tells Prometheus a histogram without buckets is native.
+    pub fn sample(&mut self, labels: &[u8], extra: &[(&str, &str)], h: &Native) {
         let m = &mut self.histogram;
         m.clear();
         m.push(tag(1, 0));
@@ -225,9 +254,16 @@ impl<'a> NativeHistogramFamily<'a> {
             bytes_field(m, 13, &packed);
         }
         let histogram_len = 1 + varint_len(m.len() as u64) + m.len();
+        let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
         self.metrics.push(tag(4, 2));
-        varint(&mut self.metrics, (labels.len() + histogram_len) as u64);
+        varint(
+            &mut self.metrics,
+            (labels.len() + extra_len + histogram_len) as u64,
+        );
         self.metrics.extend_from_slice(labels);
+        for (name, v) in extra {
+            label(&mut self.metrics, name, v);
+        }
         bytes_field(&mut self.metrics, 7, &self.histogram);
     }
 
@@ -302,6 +338,7 @@ mod tests {
         let mut family = NativeHistogramFamily::new("nodelens_x_seconds", "Waits.");
         family.sample(
             &labels,
+            &[("device", "vda"), ("op", "read")],
             &Native {
                 count: 9,
                 sum: 0.25,
@@ -313,6 +350,7 @@ mod tests {
             },
         );
         family.sample(
+            &[],
             &[],
             &Native {
                 count: 0,
@@ -330,7 +368,12 @@ mod tests {
         assert_eq!(decoded.r#type, MetricType::Histogram as i32);
         assert_eq!(decoded.metric.len(), 2);
         let h = decoded.metric[0].histogram.as_ref().expect("a histogram");
-        assert_eq!(decoded.metric[0].label[0].value, "web-0");
+        let pairs: Vec<(&str, &str)> = decoded.metric[0]
+            .label
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(pairs, [("pod", "web-0"), ("device", "vda"), ("op", "read")]);
         assert_eq!((h.sample_count, h.sample_sum), (9, 0.25));
         assert_eq!((h.schema, h.zero_count), (0, 1));
         assert_eq!(h.zero_threshold, 2f64.powi(-20));

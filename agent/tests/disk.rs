@@ -18,6 +18,14 @@ fn assert_requests(what: &str, ours: f64, device: f64) {
     );
 }
 
+/// A per-cgroup disk series of `cgroup` on `dev`.
+fn cgroup_series(m: &Metrics, family: &str, cgroup: &str, dev: &str, op: &str) -> f64 {
+    m.get(&format!(
+        "{family}{{cgroup=\"{cgroup}\",device=\"{dev}\",op=\"{op}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
 fn series(m: &Metrics, family: &str, dev: &str, op: &str) -> f64 {
     m.get(&format!("{family}{{device=\"{dev}\",op=\"{op}\"}}"))
         .unwrap_or(0.0)
@@ -350,5 +358,94 @@ fn a_pods_disk_io_is_attributed_to_its_cgroup() {
             all_cgroups, node,
             "{op}: sum over cgroups vs the node histogram"
         );
+    }
+    check_native_latencies(&agent, &lo.dev, &busy.label(), &m);
+}
+
+/// In a protobuf scrape, the disk latencies are native histograms too: per node (schema 3,
+/// beside the classic buckets) and per pod (schema 0). Every request of the device is in
+/// one cgroup's, so their sum is the node's histogram folded into eight times wider
+/// buckets: each request placed once in the kernel, in the bucket the exported unit's
+/// bounds say.
+fn check_native_latencies(agent: &Agent, dev: &str, cgroup: &str, text: &Metrics) {
+    let families = common::protobuf_scrape(agent);
+    let family = |name: &str| {
+        families
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{name} missing from the protobuf scrape"))
+    };
+    let node = family("nodelens_disk_io_latency_seconds");
+    let pods = family("nodelens_cgroup_disk_io_latency_seconds");
+    for op in ["write", "read"] {
+        let on_device = |m: &&common::MetricFamilyMetric| {
+            let l = common::protobuf_labels(m);
+            l.contains(&("device", dev)) && l.contains(&("op", op))
+        };
+        let node = node
+            .metric
+            .iter()
+            .find(on_device)
+            .expect("the node's histogram");
+        let node = node.histogram.as_ref().unwrap();
+        let every_pod: Vec<_> = pods.metric.iter().filter(on_device).collect();
+        let pod = every_pod
+            .iter()
+            .find(|m| common::protobuf_labels(m).contains(&("cgroup", cgroup)))
+            .unwrap_or_else(|| panic!("{op}: no native histogram of {cgroup}"));
+        let pod = pod.histogram.as_ref().unwrap();
+        // The pod's count and sum are its text totals.
+        let ios = cgroup_series(text, "nodelens_cgroup_disk_ios_total", cgroup, dev, op);
+        let seconds = cgroup_series(
+            text,
+            "nodelens_cgroup_disk_io_seconds_total",
+            cgroup,
+            dev,
+            op,
+        );
+        assert_eq!(pod.sample_count as f64, ios, "{op}: count");
+        assert!((pod.sample_sum - seconds).abs() < 1e-9, "{op}: sum");
+        // The node's: schema 3, its buckets add up to its count and to the classic +Inf.
+        assert_eq!((node.schema, pod.schema), (3, 0));
+        let native = common::native_buckets(node);
+        assert!(!native.is_empty(), "{op}: no native bucket");
+        let total: u64 = node.zero_count + native.iter().map(|(_, n)| n).sum::<u64>();
+        assert_eq!(
+            total, node.sample_count,
+            "{op}: every request in one bucket"
+        );
+        assert_eq!(
+            node.bucket.last().map(|b| b.cumulative_count),
+            Some(node.sample_count),
+            "{op}: classic and native count the same requests"
+        );
+        // Folded: schema-3 bucket j lies in schema-0 bucket ceil(j / 8).
+        let mut folded = std::collections::BTreeMap::new();
+        for (j, n) in &native {
+            *folded
+                .entry(j.div_euclid(8) + i32::from(j.rem_euclid(8) != 0))
+                .or_insert(0) += n;
+        }
+        let mut pod_buckets = std::collections::BTreeMap::new();
+        let mut pod_zero = 0;
+        for m in &every_pod {
+            let h = m.histogram.as_ref().unwrap();
+            pod_zero += h.zero_count;
+            for (i, n) in common::native_buckets(h) {
+                *pod_buckets.entry(i).or_insert(0) += n;
+            }
+        }
+        pod_buckets.retain(|_, n| *n > 0);
+        folded.retain(|_, n| *n > 0);
+        eprintln!(
+            "{op}: {} requests, in schema-3 buckets {:?} and schema-0 {pod_buckets:?}",
+            node.sample_count,
+            native.iter().map(|(i, _)| i).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            pod_buckets, folded,
+            "{op}: every cgroup's buckets vs the node's, folded"
+        );
+        assert_eq!(pod_zero, node.zero_count, "{op}: zero buckets");
     }
 }

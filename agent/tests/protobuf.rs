@@ -11,47 +11,18 @@ use std::{
     time::Duration,
 };
 
-use common::Agent;
+use common::{Agent, protobuf_scrape};
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
     LabelPair, MetricFamily, MetricType,
 };
-use prost::Message as _;
 use serde_json::json;
 
 /// The families only a protobuf scrape has: per-pod native histograms, which the text
 /// formats cannot carry.
-const PROTOBUF_ONLY: &[&str] = &["nodelens_cgroup_runqueue_latency_seconds"];
-
-/// What Prometheus 2.42 to 3.x send with native histograms on.
-const PROTOBUF_FIRST: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-
-fn protobuf_scrape(agent: &Agent) -> Vec<MetricFamily> {
-    let (status, headers, body) = common::http(
-        &agent.addr,
-        "GET",
-        "/metrics",
-        &[("Accept", PROTOBUF_FIRST)],
-    )
-    .unwrap();
-    assert_eq!(status, 200);
-    let content_type = headers
-        .iter()
-        .find(|(k, _)| k == "content-type")
-        .map(|(_, v)| v.as_str());
-    assert_eq!(
-        content_type,
-        Some(
-            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
-        )
-    );
-    let mut rest = body.as_slice();
-    let mut families = Vec::new();
-    while !rest.is_empty() {
-        families.push(MetricFamily::decode_length_delimited(&mut rest).expect("a MetricFamily"));
-    }
-    assert!(!families.is_empty(), "an empty protobuf scrape");
-    families
-}
+const PROTOBUF_ONLY: &[&str] = &[
+    "nodelens_cgroup_runqueue_latency_seconds",
+    "nodelens_cgroup_disk_io_latency_seconds",
+];
 
 /// A bucket bound as both sides write it here.
 fn le(bound: f64) -> String {
@@ -341,9 +312,15 @@ fn protobuf_classic_histograms_off_leaves_native_only_where_there_is_one() {
         let native: i64 = h.positive_span.iter().map(|s| i64::from(s.length)).sum();
         assert!(native > 0, "no native bucket");
     }
-    // A histogram without a native version keeps its classic buckets.
     for h in histograms("nodelens_disk_io_latency_seconds") {
-        assert!(!h.bucket.is_empty(), "the disk histogram lost its buckets");
+        assert!(h.bucket.is_empty(), "classic buckets: {:?}", h.bucket);
+    }
+    // A histogram without a native version keeps its classic buckets.
+    for h in histograms("nodelens_disk_io_size_bytes") {
+        assert!(
+            !h.bucket.is_empty(),
+            "the disk size histogram lost its buckets"
+        );
         assert!(h.positive_span.is_empty());
     }
     // Text scrapes are not affected.
@@ -619,8 +596,10 @@ fn prometheus_with_native_histograms_on_asks_for_protobuf_and_ingests_it() {
             let has = |q: &str| !prometheus.query(q).is_empty();
             has("up{job=\"nodelens\"} == 1")
                 && has("histogram_count(nodelens_runqueue_latency_seconds{job=\"nodelens\"}) > 0")
-                // Classic only: the disk histograms have no native buckets yet.
-                && has("nodelens_disk_io_latency_seconds_bucket{job=\"nodelens\",le=\"+Inf\"} > 0")
+                && has("histogram_count(nodelens_disk_io_latency_seconds{job=\"nodelens\"}) > 0")
+                && has("histogram_count(nodelens_cgroup_disk_io_latency_seconds{job=\"nodelens\"}) > 0")
+                // Classic only: the disk request sizes have no native buckets.
+                && has("nodelens_disk_io_size_bytes_bucket{job=\"nodelens\",le=\"+Inf\"} > 0")
                 && has("nodelens_cgroup_cpu_seconds_total{job=\"nodelens\"} > 0")
                 && has("node_memory_MemTotal_bytes{job=\"nodelens\"} > 0")
                 // Untyped, as node_exporter has it (a value Prometheus reads elsewhere).
@@ -670,16 +649,147 @@ fn prometheus_with_native_histograms_on_asks_for_protobuf_and_ingests_it() {
     let text = agent.metrics().samples.len() as f64;
     let stored = prometheus.query("scrape_samples_scraped{job=\"nodelens\"}");
     let stored: f64 = stored[0]["value"][1].as_str().unwrap().parse().unwrap();
-    // Less the run-queue histogram's classic series, which become one native series.
-    let classic = agent
-        .metrics()
-        .samples
-        .keys()
-        .filter(|k| k.starts_with("nodelens_runqueue_latency_seconds_"))
-        .count() as f64;
-    let text = text - classic + 1.0;
+    // Less the run-queue and disk latency histograms' classic series, each histogram one
+    // native series; plus the per-pod native histograms, one per cgroup that waited and
+    // per cgroup, disk and op that did I/O.
+    let m = agent.metrics();
+    let count = |prefix: &str| m.samples.keys().filter(|k| k.starts_with(prefix)).count() as f64;
+    let classic =
+        count("nodelens_runqueue_latency_seconds_") + count("nodelens_disk_io_latency_seconds_");
+    let native = 1.0 + count("nodelens_disk_io_latency_seconds_count");
+    let per_pod = count("nodelens_cgroup_runqueue_wait_seconds_total")
+        + count("nodelens_cgroup_disk_ios_total");
+    let text = text - classic + native + per_pod;
     assert!(
         (stored - text).abs() <= text * 0.05,
         "Prometheus scraped {stored} samples, a text scrape has {text}"
+    );
+}
+
+/// The waiter's side of [`waits_of_a_known_length_land_in_the_bucket_the_spec_says`]: on
+/// CPU 0, a SCHED_FIFO parent wakes its child through a pipe and then spins for 1.96 ms
+/// before it blocks, so each of the child's waits for the CPU lasts 1.96 ms and a little,
+/// just above the schema-0 edge of 2^-9 s (1.953 ms). Run once it reads a line on stdin,
+/// so that the waits of starting up are before the test's first scrape.
+const KNOWN_WAITS: &str = r#"
+import os, sys, time
+N, D = int(sys.argv[1]), int(sys.argv[2])
+os.sched_setaffinity(0, {0})
+r1, w1 = os.pipe(); r2, w2 = os.pipe()
+pid = os.fork()
+if pid == 0:
+    for _ in range(N):
+        os.read(r1, 1); os.write(w2, b"x")
+    os._exit(0)
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(N):
+    os.write(w1, b"x")
+    end = time.perf_counter_ns() + D
+    while time.perf_counter_ns() < end:
+        pass
+    os.read(r2, 1)
+os.waitpid(pid, 0)
+print("done", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Exact boundaries, end to end: waits of a known length (1.96 ms and a few µs) land in
+/// the schema-0 bucket (2^-9, 2^-8] s the spec says, not in the one below. Buckets in
+/// powers of two of nanoseconds relabelled as seconds would put the edge at 2^21 ns
+/// (2.097 ms), and every one of these waits below it.
+#[test]
+fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
+    use std::io::{BufRead as _, Write as _};
+    common::require_root();
+    common::mount_tracefs();
+    const WAITS: u64 = 200;
+    const SPIN_NS: u64 = 1_960_000;
+    let agent = Agent::start(&[]);
+    let name = format!("nodelens-known-{}", std::process::id());
+    let dir = common::cgroup2_root().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _guard = common::Cgroups(vec![dir.clone()]);
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" {WAITS} {SPIN_NS}",
+                dir.display()
+            ),
+            KNOWN_WAITS,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the waiter did not start");
+    // The cgroup's histogram before: its start-up waits, once the agent has seen them.
+    let mut before = None;
+    common::wait_for(
+        "the waiter's cgroup in a protobuf scrape",
+        Duration::from_secs(10),
+        || {
+            before = pod_runqueue_histogram(&agent, &name);
+            before.is_some()
+        },
+    );
+    let before = before.unwrap();
+    writeln!(stdin, "go").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "done", "the waiter did not finish");
+    // The waits are charged as the waiter leaves the CPU: its last one by now, as it
+    // blocks on stdin.
+    let mut after = None;
+    common::wait_for("every known wait counted", Duration::from_secs(10), || {
+        after = pod_runqueue_histogram(&agent, &name);
+        after
+            .as_ref()
+            .is_some_and(|a| a.count >= before.count + WAITS)
+    });
+    let after = after.unwrap();
+    writeln!(stdin).unwrap();
+    let _ = child.wait();
+    let in_bucket = |h: &PodHistogram, index: i32| {
+        h.buckets
+            .iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let added = |index: i32| in_bucket(&after, index) - in_bucket(&before, index);
+    let from = |lowest: i32| (lowest..=12).map(added).sum::<u64>();
+    eprintln!(
+        "known waits: {} more waits; by bucket -11..=-7: {:?}",
+        after.count - before.count,
+        (-11..=-7).map(added).collect::<Vec<_>>()
+    );
+    // The child's waits: each at least the parent's spin, so in (2^-9, 2^-8] s or above
+    // (longer when something else took CPU 0 first). The parent's: a few µs each (it is
+    // SCHED_FIFO, and runs as soon as it is woken).
+    assert!(
+        from(-8) >= WAITS - 1,
+        "{} of {WAITS} waits above 2^-9 s",
+        from(-8)
+    );
+    assert!(
+        added(-8) >= WAITS * 9 / 10 || from(-7) > WAITS / 10,
+        "most known waits in (2^-9, 2^-8] s: {}",
+        added(-8)
+    );
+    let just_below: u64 = (-11..=-9).map(added).sum();
+    assert!(
+        just_below <= WAITS / 10,
+        "{just_below} waits in (2^-12, 2^-9] s: the bucket edge is off"
+    );
+    assert!(
+        after.sum - before.sum >= (WAITS - 1) as f64 * SPIN_NS as f64 / 1e9,
+        "the sum of the waits is at least the spins"
     );
 }

@@ -24,7 +24,7 @@
 //! the writeback; or, where the io controller is not on cgroup2 (hybrid hosts) and with
 //! classic tracepoints (no request pointer), the issuing task's cgroup. A request without
 //! an owner (a flush has no bio) counts under cgroup id 0, "unknown".
-use crate::probes::histogram::RangeHistogram;
+use crate::probes::histogram::{NativeHistogram, POD_NATIVE_BUCKETS, RangeHistogram};
 
 /// Block request operation, decoded from `rwbs` (classic tracepoint) or from the request's
 /// `cmd_flags` (tp_btf). The values index [`DISK_OP_NAMES`].
@@ -81,12 +81,23 @@ pub const SIZE_SLOTS: usize = 27 - SIZE_FIRST_SLOT + 2;
 
 /// Latency (ns) and size (bytes) of completed requests, recorded together at completion so
 /// that both histograms always have the same count. Only the exported buckets are kept:
-/// 400 bytes per (disk, op) per CPU.
+/// 400 bytes per (disk, op) per CPU, and the latencies again as a native histogram (schema
+/// 3, exact bounds in seconds: `histogram::NativeHistogram`), 2 KiB more.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DiskHistograms {
     pub latency: RangeHistogram<LATENCY_FIRST_SLOT, LATENCY_SLOTS>,
     pub size: RangeHistogram<SIZE_FIRST_SLOT, SIZE_SLOTS>,
+    pub latency_native: NativeHistogram,
+}
+
+/// The zeroed values new map entries start from (`DISK_ZERO`, never written): both are
+/// too large for the 512-byte BPF stack next to everything else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DiskZero {
+    pub histograms: DiskHistograms,
+    pub cgroup: CgroupDiskStats,
 }
 
 /// A request between issue and completion: one slot of `DISK_INFLIGHT`.
@@ -122,15 +133,30 @@ pub struct CgroupDiskStats {
     pub ios: u64,
     /// Summed issue-to-completion time.
     pub ns: u64,
+    /// The latencies of `ns` one by one, as a native histogram of schema
+    /// `histogram::POD_NATIVE_SCHEMA`, as the per-pod run-queue waits are
+    /// (`cgroup::CgroupStats::runqueue_wait_buckets`): 264 bytes per entry, not per CPU.
+    pub latency_zero: u64,
+    pub latency_buckets: [u64; POD_NATIVE_BUCKETS],
 }
 
 impl core::ops::AddAssign for CgroupDiskStats {
     fn add_assign(&mut self, rhs: Self) {
         // Destructured, so that a new field fails to compile until it is added here too.
-        let CgroupDiskStats { bytes, ios, ns } = rhs;
+        let CgroupDiskStats {
+            bytes,
+            ios,
+            ns,
+            latency_zero,
+            latency_buckets,
+        } = rhs;
         self.bytes += bytes;
         self.ios += ios;
         self.ns += ns;
+        self.latency_zero += latency_zero;
+        for (t, v) in self.latency_buckets.iter_mut().zip(latency_buckets) {
+            *t += v;
+        }
     }
 }
 
@@ -157,7 +183,7 @@ pub fn inflight_slot(key: u64) -> u32 {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - DISK_INFLIGHT_SLOTS_LOG2)) as u32
 }
 /// Distinct (disk, op) pairs. Entries are allocated on first use (BPF_F_NO_PREALLOC), so
-/// memory follows the pairs a node really has: 77 KB per pair on a 192-CPU node.
+/// memory follows the pairs a node really has: 470 KB per pair on a 192-CPU node.
 pub const DISK_HISTOGRAM_ENTRIES: u32 = 256;
 
 #[repr(C)]
@@ -214,6 +240,7 @@ mod pod {
     // SAFETY: #[repr(C)] structs of u64/u32 fields with explicit padding.
     unsafe impl aya::Pod for super::DiskKey {}
     unsafe impl aya::Pod for super::DiskHistograms {}
+    unsafe impl aya::Pod for super::DiskZero {}
     unsafe impl aya::Pod for super::DiskCounters {}
     unsafe impl aya::Pod for super::DiskInFlight {}
     unsafe impl aya::Pod for super::CgroupDiskKey {}
@@ -262,11 +289,12 @@ mod programs {
     use super::{
         CGROUP_DISK_ENTRIES, COST_COMPLETE, COST_ISSUE, COST_SLOTS, CgroupDiskKey, CgroupDiskStats,
         DISK_HISTOGRAM_ENTRIES, DISK_INFLIGHT_ENTRIES, DiskCounters, DiskHistograms, DiskInFlight,
-        DiskKey, DiskLayout, disk_op_from_req_op, disk_op_from_rwbs, inflight_slot,
+        DiskKey, DiskLayout, DiskZero, disk_op_from_req_op, disk_op_from_rwbs, inflight_slot,
     };
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
+        histogram::{POD_NATIVE_BUCKETS, native_entry, pod_native_slot},
         kernel,
     };
 
@@ -282,10 +310,9 @@ mod programs {
     static DISK_HISTOGRAMS: PerCpuHashMap<DiskKey, DiskHistograms> =
         PerCpuHashMap::with_max_entries(DISK_HISTOGRAM_ENTRIES, BPF_F_NO_PREALLOC);
 
-    /// Never written: the zeroed value a new histogram entry starts from (400 bytes, too
-    /// much for the 512-byte BPF stack next to everything else).
+    /// Never written: the zeroed values new entries start from (see [`DiskZero`]).
     #[map]
-    static DISK_ZERO: PerCpuArray<DiskHistograms> = PerCpuArray::with_max_entries(1, 0);
+    static DISK_ZERO: Array<DiskZero> = Array::with_max_entries(1, 0);
 
     #[map]
     static DISK_COUNTERS: PerCpuArray<DiskCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -386,7 +413,11 @@ mod programs {
                 // By reference: a copy of the value would not fit the 512-byte stack.
                 // SAFETY: the zero entry is never written.
                 #[allow(clippy::needless_borrows_for_generic_args)]
-                let _ = DISK_HISTOGRAMS.insert(hkey, unsafe { &*zero }, u64::from(BPF_NOEXIST));
+                let _ = DISK_HISTOGRAMS.insert(
+                    hkey,
+                    unsafe { &(*zero).histograms },
+                    u64::from(BPF_NOEXIST),
+                );
                 match DISK_HISTOGRAMS.get_ptr_mut(hkey) {
                     Some(h) => h,
                     None => {
@@ -400,14 +431,18 @@ mod programs {
         let hist = unsafe { &mut *hist };
         hist.latency.add(latency);
         hist.size.add(u64::from(inflight.bytes));
+        // Placed once, for the node's native histogram and the cgroup's.
+        let entry = native_entry(latency);
+        hist.latency_native.add_at(entry);
         if inflight.per_cgroup != 0 {
-            charge_cgroup(&inflight, latency);
+            charge_cgroup(&inflight, latency, pod_native_slot(entry));
         }
     }
 
-    /// Adds a completed request to its owner's (cgroup, disk, op) entry.
+    /// Adds a completed request to its owner's (cgroup, disk, op) entry; `slot` is its
+    /// latency's per-pod native bucket (`histogram::pod_native_slot`).
     #[inline(always)]
-    fn charge_cgroup(inflight: &DiskInFlight, latency: u64) {
+    fn charge_cgroup(inflight: &DiskInFlight, latency: u64, slot: u64) {
         let key = CgroupDiskKey {
             cgroup: inflight.cgroup,
             dev: inflight.dev,
@@ -416,8 +451,12 @@ mod programs {
         let stats = match CGROUP_DISK.get_ptr_mut(key) {
             Some(s) => s,
             None => {
+                let Some(zero) = DISK_ZERO.get_ptr(0) else {
+                    return;
+                };
                 // Another CPU may create it first: NOEXIST, then look up again either way.
-                let _ = CGROUP_DISK.insert(key, CgroupDiskStats::default(), u64::from(BPF_NOEXIST));
+                // SAFETY: the zero entry is never written.
+                let _ = CGROUP_DISK.insert(key, unsafe { &(*zero).cgroup }, u64::from(BPF_NOEXIST));
                 match CGROUP_DISK.get_ptr_mut(key) {
                     Some(s) => s,
                     None => {
@@ -432,6 +471,15 @@ mod programs {
             cgroup::add(&raw mut (*stats).bytes, u64::from(inflight.bytes));
             cgroup::add(&raw mut (*stats).ios, 1);
             cgroup::add(&raw mut (*stats).ns, latency);
+            // Raw pointers: other CPUs add to the same counters atomically. The index
+            // checked as it is used, so that every verifier sees its bounds.
+            let index = slot.wrapping_sub(1);
+            if slot == 0 {
+                cgroup::add(&raw mut (*stats).latency_zero, 1);
+            } else if index < POD_NATIVE_BUCKETS as u64 {
+                let buckets = (&raw mut (*stats).latency_buckets).cast::<u64>();
+                cgroup::add(buckets.add(index as usize), 1);
+            }
         }
     }
 

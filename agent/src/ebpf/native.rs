@@ -1,7 +1,10 @@
 //! Native histograms of nanoseconds, as the kernel keeps them
 //! (`agent_ebpf::histogram::NativeHistogram`), for the exposition: Prometheus schema 3 in
 //! seconds, the zero bucket up to 2^-20 s. Only a protobuf scrape carries them.
-use agent_ebpf::histogram::{NATIVE_FIRST_INDEX, NATIVE_SCHEMA, NativeHistogram};
+use agent_ebpf::histogram::{
+    NATIVE_FIRST_INDEX, NATIVE_SCHEMA, NativeHistogram, POD_NATIVE_BUCKETS, POD_NATIVE_FIRST_INDEX,
+    POD_NATIVE_SCHEMA,
+};
 
 use crate::metrics::NativeBuckets;
 
@@ -17,6 +20,19 @@ pub fn native_seconds(h: &NativeHistogram) -> NativeBuckets<'_> {
         zero_count: h.zero,
         first_index: NATIVE_FIRST_INDEX,
         counts: &h.buckets,
+    }
+}
+
+/// A per-pod native histogram of nanoseconds as the kernel keeps it in a cgroup's entry
+/// (`histogram::pod_native_slot`: the zero bucket, then schema 0 from
+/// `POD_NATIVE_FIRST_INDEX`), in seconds.
+pub fn pod_native_seconds(zero: u64, buckets: &[u64; POD_NATIVE_BUCKETS]) -> NativeBuckets<'_> {
+    NativeBuckets {
+        schema: POD_NATIVE_SCHEMA,
+        zero_threshold: ZERO_THRESHOLD_SECONDS,
+        zero_count: zero,
+        first_index: POD_NATIVE_FIRST_INDEX,
+        counts: buckets,
     }
 }
 

@@ -76,6 +76,7 @@ mod tests {
         let mut family = NativeHistogramFamily::new("h_seconds", "Waits.");
         family.sample(
             &labels([("pod", "a")]),
+            &[],
             &Native {
                 count: 4,
                 sum: 0.5,

@@ -848,3 +848,75 @@ pub fn why_slow_series() -> String {
         .unwrap_or_else(|| panic!("no NODELENS_CGROUP_SERIES value in {path}"));
     value.trim().to_owned()
 }
+
+/// What Prometheus 2.42 to 3.x send with native histograms on.
+pub const PROTOBUF_FIRST: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// A family of a protobuf scrape, and one of its samples.
+pub type MetricFamily =
+    prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+pub type MetricFamilyMetric =
+    prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Metric;
+
+/// A scrape in the protobuf format, decoded.
+pub fn protobuf_scrape(agent: &Agent) -> Vec<MetricFamily> {
+    use prost::Message as _;
+    let (status, headers, body) = http(
+        &agent.addr,
+        "GET",
+        "/metrics",
+        &[("Accept", PROTOBUF_FIRST)],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        content_type,
+        Some(
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        )
+    );
+    let mut rest = body.as_slice();
+    let mut families = Vec::new();
+    while !rest.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut rest).expect("a MetricFamily"));
+    }
+    assert!(!families.is_empty(), "an empty protobuf scrape");
+    families
+}
+
+/// A native histogram's positive buckets by index, as Prometheus reads its spans and
+/// deltas: (index, count) of each bucket the spans name.
+pub fn native_buckets(
+    h: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram,
+) -> Vec<(i32, u64)> {
+    let mut buckets = Vec::new();
+    let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
+    for (i, span) in h.positive_span.iter().enumerate() {
+        index = if i == 0 {
+            span.offset
+        } else {
+            index + span.offset
+        };
+        for _ in 0..span.length {
+            count += deltas.next().expect("a delta per bucket");
+            buckets.push((index, count as u64));
+            index += 1;
+        }
+    }
+    assert!(deltas.next().is_none(), "a delta per bucket");
+    buckets
+}
+
+/// The labels of a protobuf sample, as (name, value) pairs.
+pub fn protobuf_labels(
+    m: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Metric,
+) -> Vec<(&str, &str)> {
+    m.label
+        .iter()
+        .map(|l| (l.name.as_str(), l.value.as_str()))
+        .collect()
+}

@@ -25,6 +25,7 @@ use crate::{
             LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep, chosen_cgroup_series,
             global_bytes, take_map,
         },
+        native::pod_native_seconds,
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::CgroupSlots,
     },
@@ -305,36 +306,17 @@ const RUNQUEUE_WAIT: usize = 1;
 /// (`CgroupStats::runqueue_wait_buckets`). Its count is the buckets' total, its sum the
 /// cgroup's run-queue wait. Protobuf only: the text formats cannot carry it.
 fn runqueue_latency(out: &mut Vec<u8>, rows: &[Row<(), CgroupStats>], labels: &[&Rendered]) {
-    use agent_ebpf::histogram::{POD_NATIVE_FIRST_INDEX, POD_NATIVE_SCHEMA};
     let mut family = protobuf_wire::NativeHistogramFamily::new(
         "nodelens_cgroup_runqueue_latency_seconds",
         "Run-queue waits of the cgroup's tasks, one by one: a native histogram, in a protobuf scrape only.",
     );
     for (row, l) in rows.iter().zip(labels) {
         let v = &row.values;
-        let buckets = crate::metrics::NativeBuckets {
-            schema: POD_NATIVE_SCHEMA,
-            zero_threshold: crate::ebpf::native::ZERO_THRESHOLD_SECONDS,
-            zero_count: v.runqueue_wait_zero,
-            first_index: POD_NATIVE_FIRST_INDEX,
-            counts: &v.runqueue_wait_buckets,
-        };
-        let count = buckets.zero_count + buckets.counts.iter().sum::<u64>();
-        if count == 0 {
-            continue;
-        }
-        let (spans, deltas) = buckets.spans_and_deltas();
-        family.sample(
+        family.sample_buckets(
             l.protobuf(),
-            &protobuf_wire::Native {
-                count,
-                sum: v.runqueue_wait_ns as f64 / 1e9,
-                schema: buckets.schema,
-                zero_threshold: buckets.zero_threshold,
-                zero_count: buckets.zero_count,
-                spans: &spans,
-                deltas: &deltas,
-            },
+            &[],
+            &pod_native_seconds(v.runqueue_wait_zero, &v.runqueue_wait_buckets),
+            v.runqueue_wait_ns as f64 / 1e9,
         );
     }
     family.finish(out);

@@ -21,7 +21,7 @@ use agent_ebpf::{
         DISK_LAYOUT_GLOBAL, DISK_OP_NAMES, DiskCounters, DiskHistograms, DiskKey, DiskLayout,
         LATENCY_FIRST_SLOT, LATENCY_SLOTS, SIZE_FIRST_SLOT, SIZE_SLOTS,
     },
-    histogram::Log2Histogram,
+    histogram::{Log2Histogram, NativeHistogram},
 };
 use aya::{
     Ebpf,
@@ -43,9 +43,10 @@ use crate::{
             SettingError, SettingsValue, Sweep, Workload, chosen_cgroup_series, global_bytes,
             map_error, take_map,
         },
+        native::{native_seconds, pod_native_seconds},
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
     },
-    metrics::{CollectError, Log2Buckets, histogram},
+    metrics::{CollectError, Log2Buckets, histogram, histogram_with_native},
     protobuf_wire, render,
 };
 
@@ -528,6 +529,20 @@ fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow], exported: Exp
 }
 
 fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow], exported: Exported) {
+    // The latencies one by one, per pod: a native histogram, which only protobuf carries.
+    let mut latency = protobuf_wire::NativeHistogramFamily::new(
+        "nodelens_cgroup_disk_io_latency_seconds",
+        "Latencies of the cgroup's completed block requests, issue to completion, per whole disk and operation: a native histogram, in a protobuf scrape only.",
+    );
+    for row in rows {
+        latency.sample_buckets(
+            row.labels.protobuf(),
+            &row.extra(),
+            &pod_native_seconds(row.values.latency_zero, &row.values.latency_buckets),
+            row.values.ns as f64 / 1e9,
+        );
+    }
+    latency.finish(out);
     for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
         if !exported[i] {
             continue;
@@ -551,29 +566,51 @@ impl LoadedFamily for DiskMaps {
         if !self.up {
             return Ok(());
         }
-        let mut rows: Vec<(String, &'static str, Log2Histogram, Log2Histogram)> = Vec::new();
+        let mut rows: Vec<(String, &'static str, Log2Histogram, Log2Histogram, NativeHistogram)> =
+            Vec::new();
         for item in self.histograms.iter() {
-            let (key, per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
+            let (key, mut per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
+            // The program adds a request to the classic and then the native histogram: a
+            // CPU's copy taken in between has one more in the first. Read again (a few
+            // times) for copies that agree, as a native histogram's count must.
+            for _ in 0..3 {
+                if per_cpu.iter().all(histograms_agree) {
+                    break;
+                }
+                match self.histograms.get(&key, 0) {
+                    Ok(again) => per_cpu = again,
+                    Err(e) => return Err(map_error(names::DISK_HISTOGRAMS, e)),
+                }
+            }
             let mut total = *per_cpu.iter().next().ok_or_else(|| {
                 CollectError::map(names::DISK_HISTOGRAMS, "an entry with no per-CPU values")
             })?;
             for h in per_cpu.iter().skip(1) {
                 total.latency.merge(&h.latency);
                 total.size.merge(&h.size);
+                total.latency_native.merge(&h.latency_native);
             }
             let (latency, size) = (total.latency.expand(), total.size.expand());
             let op = DISK_OP_NAMES
                 .get(key.op as usize)
                 .copied()
                 .unwrap_or("other");
-            rows.push((self.names.name(key.dev), op, latency, size));
+            rows.push((
+                self.names.name(key.dev),
+                op,
+                latency,
+                size,
+                total.latency_native,
+            ));
         }
         rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        histogram(
+        // Native beside classic in a protobuf scrape; the text formats cannot carry it.
+        let protobuf = render::protobuf();
+        histogram_with_native(
             out,
             "nodelens_disk_io_latency_seconds",
             "Block request latency from issue to completion, per whole disk and operation.",
-            rows.iter().map(|(device, op, latency, _)| {
+            rows.iter().map(|(device, op, latency, _, native)| {
                 (
                     [("device", device.as_str()), ("op", *op)],
                     Log2Buckets {
@@ -583,6 +620,7 @@ impl LoadedFamily for DiskMaps {
                         last_slot: LATENCY_LAST_SLOT,
                         scale: 1e-9,
                     },
+                    protobuf.then(|| native_seconds(native)),
                 )
             }),
         )?;
@@ -590,7 +628,7 @@ impl LoadedFamily for DiskMaps {
             out,
             "nodelens_disk_io_size_bytes",
             "Block request size at issue, per whole disk and operation.",
-            rows.iter().map(|(device, op, _, size)| {
+            rows.iter().map(|(device, op, _, size, _)| {
                 (
                     [("device", device.as_str()), ("op", *op)],
                     Log2Buckets {
@@ -645,6 +683,12 @@ impl LoadedFamily for DiskMaps {
             costs: self.costs.read(),
         }
     }
+}
+
+/// Whether a CPU's classic and native latency histograms hold the same requests.
+fn histograms_agree(h: &DiskHistograms) -> bool {
+    let native = &h.latency_native;
+    h.latency.slots.iter().sum::<u64>() == native.zero + native.buckets.iter().sum::<u64>()
 }
 
 /// Block work: up to 256 O_DIRECT reads of 4 KiB from the start of a disk or file. Reads
@@ -795,7 +839,12 @@ mod tests {
             pod("", "system.slice/containerd.service"),
         ];
         let labels = series::choose(sets.iter());
-        let stats = |bytes, ios, ns| CgroupDiskStats { bytes, ios, ns };
+        let stats = |bytes, ios, ns| CgroupDiskStats {
+            bytes,
+            ios,
+            ns,
+            ..Default::default()
+        };
         let rows = [
             (0, "vda", "read", stats(4096, 1, 252_556)),
             (
@@ -808,6 +857,10 @@ mod tests {
             (2, "dm-\"0", "discard", stats(512, 0, 1)),
             (2, "vda", "flush", stats(0, 0, 0)),
         ];
+        let mut rows = rows;
+        // The first row's request took 252,556 ns: schema-0 bucket (2^-12, 2^-11] s, slot
+        // -11 - (-19) = 8 of the per-pod buckets.
+        rows[0].3.latency_buckets[8] = 1;
         let rows: Vec<DiskRow> = rows
             .iter()
             .map(|&(i, device, op, values)| DiskRow {
@@ -850,8 +903,33 @@ mod tests {
             )
             .unwrap(),
         );
+        // And, only in protobuf, the per-pod native latency histogram of each row that has
+        // one.
+        let (native, got): (Vec<_>, Vec<_>) = got
+            .into_iter()
+            .partition(|f| f.name == "nodelens_cgroup_disk_io_latency_seconds");
         assert_eq!(got.len(), 3);
         assert_eq!(got, want);
+        let [native] = native.as_slice() else {
+            panic!("one native family: {native:?}")
+        };
+        let [metric] = native.metric.as_slice() else {
+            panic!("only the first row has latencies: {native:?}")
+        };
+        let h = metric.histogram.as_ref().unwrap();
+        assert_eq!((h.sample_count, h.sample_sum), (1, 0.000252556));
+        assert_eq!((h.schema, h.positive_span[0].offset), (0, -11));
+        let pairs: Vec<_> = metric.label.iter().map(|l| (&*l.name, &*l.value)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("container", "app"),
+                ("namespace", "team-a"),
+                ("pod", "web-1"),
+                ("device", "vda"),
+                ("op", "read")
+            ]
+        );
     }
 
     fn resolve(release: &str) -> DiskLayout {
