@@ -566,8 +566,13 @@ impl LoadedFamily for DiskMaps {
         if !self.up {
             return Ok(());
         }
-        let mut rows: Vec<(String, &'static str, Log2Histogram, Log2Histogram, NativeHistogram)> =
-            Vec::new();
+        let mut rows: Vec<(
+            String,
+            &'static str,
+            Log2Histogram,
+            Log2Histogram,
+            NativeHistogram,
+        )> = Vec::new();
         for item in self.histograms.iter() {
             let (key, mut per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
             // The program adds a request to the classic and then the native histogram: a
