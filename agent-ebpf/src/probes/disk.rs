@@ -455,7 +455,9 @@ mod programs {
                     return;
                 };
                 // Another CPU may create it first: NOEXIST, then look up again either way.
+                // By reference: a copy of the value would not fit the 512-byte stack.
                 // SAFETY: the zero entry is never written.
+                #[allow(clippy::needless_borrows_for_generic_args)]
                 let _ = CGROUP_DISK.insert(key, unsafe { &(*zero).cgroup }, u64::from(BPF_NOEXIST));
                 match CGROUP_DISK.get_ptr_mut(key) {
                     Some(s) => s,
