@@ -99,6 +99,26 @@ fn memcg_reclaim_is_measured() {
     eprintln!("memcg reclaim: {stalls} stalls, {secs} s");
     assert!(stalls > 0.0, "memcg reclaim histogram must grow");
     assert!(secs > 0.0, "stall time is recorded");
+    // In a protobuf scrape the stalls are a native histogram too (schema 3), in the same
+    // sample as the classic buckets: every stall in one native bucket, as many as in the
+    // classic ones, and at least those the text scrapes saw.
+    let families = common::protobuf_scrape(&agent);
+    let family = families
+        .iter()
+        .find(|f| f.name == "nodelens_memory_reclaim_stall_seconds")
+        .expect("the reclaim histogram");
+    let h = family
+        .metric
+        .iter()
+        .find(|m| common::protobuf_labels(m).contains(&("kind", "memcg")))
+        .and_then(|m| m.histogram.as_ref())
+        .expect("the memcg stalls");
+    assert_eq!(h.schema, 3);
+    let native = common::native_buckets(h);
+    let total = h.zero_count + native.iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(total, h.sample_count, "every stall in one native bucket");
+    assert_eq!(h.bucket.last().map(|b| b.cumulative_count), Some(total));
+    assert!(total as f64 >= after.value(key), "{total} stalls");
 }
 
 #[test]

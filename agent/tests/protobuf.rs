@@ -649,14 +649,17 @@ fn prometheus_with_native_histograms_on_asks_for_protobuf_and_ingests_it() {
     let text = agent.metrics().samples.len() as f64;
     let stored = prometheus.query("scrape_samples_scraped{job=\"nodelens\"}");
     let stored: f64 = stored[0]["value"][1].as_str().unwrap().parse().unwrap();
-    // Less the run-queue and disk latency histograms' classic series, each histogram one
-    // native series; plus the per-pod native histograms, one per cgroup that waited and
+    // Less the run-queue, disk latency and reclaim stall histograms' classic series, each
+    // histogram one native series; plus the per-pod native histograms, one per cgroup that waited and
     // per cgroup, disk and op that did I/O.
     let m = agent.metrics();
     let count = |prefix: &str| m.samples.keys().filter(|k| k.starts_with(prefix)).count() as f64;
-    let classic =
-        count("nodelens_runqueue_latency_seconds_") + count("nodelens_disk_io_latency_seconds_");
-    let native = 1.0 + count("nodelens_disk_io_latency_seconds_count");
+    let classic = count("nodelens_runqueue_latency_seconds_")
+        + count("nodelens_disk_io_latency_seconds_")
+        + count("nodelens_memory_reclaim_stall_seconds_");
+    let native = 1.0
+        + count("nodelens_disk_io_latency_seconds_count")
+        + count("nodelens_memory_reclaim_stall_seconds_count");
     let per_pod = count("nodelens_cgroup_runqueue_wait_seconds_total")
         + count("nodelens_cgroup_disk_ios_total");
     let text = text - classic + native + per_pod;

@@ -14,6 +14,16 @@ pub const COST_MEMCG_END: u32 = 3;
 pub const COST_MARK_VICTIM: u32 = 4;
 pub const COST_SLOTS: u32 = 5;
 
+/// One reclaim kind's stalls on one CPU: the log2 histogram the classic buckets come from,
+/// and the same stalls as a native histogram (schema 3, exact bounds in seconds), added
+/// one after the other by the same program run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReclaimHistograms {
+    pub latency: crate::probes::histogram::Log2Histogram,
+    pub native: crate::probes::histogram::NativeHistogram,
+}
+
 /// Threads inside reclaim at once.
 pub const RECLAIM_START_ENTRIES: u32 = 8192;
 
@@ -60,6 +70,7 @@ pub const MEMORY_LAYOUT_GLOBAL: &str = "MEMORY_LAYOUT";
 mod pod {
     // SAFETY: #[repr(C)] structs of u64/u32 fields with explicit padding.
     unsafe impl aya::Pod for super::MemoryCounters {}
+    unsafe impl aya::Pod for super::ReclaimHistograms {}
     unsafe impl aya::Pod for super::OomEvent {}
     unsafe impl aya::Pod for super::MemoryLayout {}
 }
@@ -106,12 +117,11 @@ mod programs {
     use super::{
         COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
         COST_SLOTS, MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT, RECLAIM_MEMCG,
-        RECLAIM_START_ENTRIES,
+        RECLAIM_START_ENTRIES, ReclaimHistograms,
     };
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
-        histogram::Log2Histogram,
         kernel,
     };
 
@@ -126,7 +136,7 @@ mod programs {
 
     /// Index RECLAIM_DIRECT or RECLAIM_MEMCG.
     #[map]
-    static RECLAIM_LATENCY: PerCpuArray<Log2Histogram> = PerCpuArray::with_max_entries(2, 0);
+    static RECLAIM_LATENCY: PerCpuArray<ReclaimHistograms> = PerCpuArray::with_max_entries(2, 0);
 
     #[map]
     static MEMORY_COUNTERS: PerCpuArray<MemoryCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -182,7 +192,10 @@ mod programs {
         let stalled = now.saturating_sub(start);
         if let Some(hist) = RECLAIM_LATENCY.get_ptr_mut(kind) {
             // SAFETY: per-CPU entry, only this CPU writes it while the program runs.
-            unsafe { (*hist).add(stalled) };
+            unsafe {
+                (*hist).latency.add(stalled);
+                (*hist).native.add(stalled);
+            }
         }
         if !cgroup::enabled() {
             return 0;

@@ -109,7 +109,7 @@ pub struct Settings {
     #[arg(long, env = "NODELENS_WEB_CONFIG_FILE", global = true)]
     pub web_config_file: Option<PathBuf>,
     /// In a protobuf scrape, serve the histograms that also have a native version (the
-    /// node's run-queue and disk latency) with their classic buckets beside it. Off: native only
+    /// node's run-queue, disk and reclaim stall latency) with their classic buckets beside it. Off: native only
     /// there, for a Prometheus that scrapes no classic histograms; text scrapes keep the
     /// classic buckets [default: true].
     #[arg(long, env = "NODELENS_PROTOBUF_CLASSIC_HISTOGRAMS", global = true, num_args = 0..=1, default_missing_value = "true")]
@@ -323,7 +323,7 @@ pub struct RemoteWriteSettings {
     )]
     pub timeout: Option<String>,
     /// Also send native histograms (remote_write 1.0's `TimeSeries.histograms`): the
-    /// run-queue and disk latency per node and per pod. Only for receivers that take them
+    /// run-queue and disk latency per node and per pod, the reclaim stalls per node. Only for receivers that take them
     /// (Prometheus with native histograms on, Mimir, VictoriaMetrics); others refuse them
     /// [default: false].
     #[arg(

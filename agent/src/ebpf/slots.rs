@@ -119,7 +119,11 @@ impl CgroupSlots {
         self.view.slots
     }
 
-    /// (cgroup id, totals) of every live slot, in slot order.
+    /// (cgroup id, totals) of every live slot, in slot order. The run-queue histogram's
+    /// counters only in a protobuf scrape, the one place they go: four-fifths of a slot's
+    /// words, that a text scrape and the upkeep round would read for nothing. (Upkeep only
+    /// tells moving entries from still ones with these; what it keeps of a gone cgroup
+    /// comes from [`Self::take`], whole.)
     pub fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
         let used = match self.used.get(&0, 0) {
             Ok(n) => n.min(u64::from(self.view.slots)) as u32,
@@ -130,7 +134,7 @@ impl CgroupSlots {
             }
         };
         self.view.cover(used)?;
-        Ok(self.view.live(used))
+        Ok(self.view.live(used, crate::render::protobuf()))
     }
 
     /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
@@ -327,10 +331,29 @@ impl SlotView {
         (w(0), totals(w))
     }
 
-    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones).
-    fn live(&self, n: u32) -> Vec<(u64, CgroupStats)> {
+    /// [`Self::read`] without the histogram's words (left zero).
+    fn read_totals(&self, slot: u32) -> (u64, CgroupStats) {
+        let w = |i| {
+            if i < HISTOGRAM_WORD {
+                self.word(slot, i).load(Ordering::Relaxed)
+            } else {
+                0
+            }
+        };
+        (w(0), totals(w))
+    }
+
+    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones), with the
+    /// histogram's counters or without.
+    fn live(&self, n: u32, histogram: bool) -> Vec<(u64, CgroupStats)> {
         (0..n.min(self.mapped()))
-            .map(|slot| self.read(slot))
+            .map(|slot| {
+                if histogram {
+                    self.read(slot)
+                } else {
+                    self.read_totals(slot)
+                }
+            })
             .filter(|&(id, _)| id != SLOT_NEVER_USED && id != SLOT_FREED)
             .collect()
     }
@@ -344,6 +367,9 @@ impl SlotView {
     }
 }
 
+/// The first word of the run-queue histogram (its zero bucket).
+const HISTOGRAM_WORD: usize = 9;
+
 /// A slot's totals from its words 1 on, in `CgroupStats` field order.
 fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
@@ -355,7 +381,7 @@ fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
         reclaim_memcg_ns: word(6),
         blocked_io_ns: word(7),
         blocked_other_ns: word(8),
-        runqueue_wait_zero: word(9),
+        runqueue_wait_zero: word(HISTOGRAM_WORD),
         runqueue_wait_buckets: std::array::from_fn(|i| word(10 + i)),
     }
 }
@@ -395,10 +421,33 @@ mod tests {
             }
         );
         assert_eq!(view.read(2), (SLOT_FREED, CgroupStats::default()));
-        assert!(view.live(3).is_empty(), "a freed slot is not live");
+        assert!(view.live(3, true).is_empty(), "a freed slot is not live");
         view.word(0, 0).store(5, Ordering::Relaxed);
-        assert_eq!(view.live(3), [(5, CgroupStats::default())]);
-        assert!(view.live(0).is_empty(), "only the slots ever used are read");
+        assert_eq!(view.live(3, true), [(5, CgroupStats::default())]);
+        assert!(
+            view.live(0, true).is_empty(),
+            "only the slots ever used are read"
+        );
+        // The histogram's words only when asked for.
+        view.word(0, HISTOGRAM_WORD + 3).store(7, Ordering::Relaxed);
+        view.word(0, 2).store(11, Ordering::Relaxed);
+        let [(_, with)] = view.live(1, true)[..] else {
+            panic!("one live slot")
+        };
+        let [(_, without)] = view.live(1, false)[..] else {
+            panic!("one live slot")
+        };
+        assert_eq!(
+            (with.runqueue_wait_buckets[2], with.runqueue_wait_ns),
+            (7, 11)
+        );
+        assert_eq!(
+            without,
+            CgroupStats {
+                runqueue_wait_ns: 11,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -31,12 +31,12 @@ use std::{
 };
 
 use agent_ebpf::{
-    histogram::Log2Histogram,
+    histogram::{Log2Histogram, NativeHistogram},
     memory::names,
     memory::{
         COST_DIRECT_BEGIN, COST_DIRECT_END, COST_MARK_VICTIM, COST_MEMCG_BEGIN, COST_MEMCG_END,
         MEMORY_LAYOUT_GLOBAL, MemoryCounters, MemoryLayout, OomEvent, RECLAIM_DIRECT,
-        RECLAIM_KIND_NAMES, RECLAIM_MEMCG, RECLAIM_START_ENTRIES,
+        RECLAIM_KIND_NAMES, RECLAIM_MEMCG, RECLAIM_START_ENTRIES, ReclaimHistograms,
     },
 };
 use aya::{
@@ -60,9 +60,11 @@ use crate::{
             KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep,
             Workload, global_bytes, map_error, take_map,
         },
+        native::native_seconds,
         per_cgroup::{PerCgroupMap, UserMap, capacity_for},
     },
-    metrics::{CollectError, Log2Buckets, family, histogram},
+    metrics::{CollectError, Log2Buckets, family, histogram_with_native},
+    render,
 };
 
 /// Stall buckets: 2^10 ns (about 1 µs) to 2^36 ns (about 69 s).
@@ -274,7 +276,7 @@ pub const OOM_ROW_RETENTION: Duration = Duration::from_secs(15 * 60);
 type OomKills = PerCgroupMap<UserMap<u64>>;
 
 struct MemoryMaps {
-    reclaim: PerCpuArray<MapData, Log2Histogram>,
+    reclaim: PerCpuArray<MapData, ReclaimHistograms>,
     counters: PerCpuArray<MapData, MemoryCounters>,
     costs: ProbeCosts,
     start: HashMap<MapData, u64, u64>,
@@ -330,19 +332,33 @@ impl MemoryMaps {
 
 impl LoadedFamily for MemoryMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        let mut stalls: Vec<(&'static str, Log2Histogram)> = Vec::with_capacity(2);
+        let mut stalls: Vec<(&'static str, Log2Histogram, NativeHistogram)> = Vec::with_capacity(2);
         for (kind, up) in [
             (RECLAIM_DIRECT, self.direct_up),
             (RECLAIM_MEMCG, self.memcg_up),
         ] {
             if up {
-                let per_cpu = self
-                    .reclaim
-                    .get(&kind, 0)
-                    .map_err(|e| map_error(names::RECLAIM_LATENCY, e))?;
-                let mut total = Log2Histogram::zeroed();
-                per_cpu.iter().for_each(|h| total.merge(h));
-                stalls.push((RECLAIM_KIND_NAMES[kind as usize], total));
+                let read = || {
+                    self.reclaim
+                        .get(&kind, 0)
+                        .map_err(|e| map_error(names::RECLAIM_LATENCY, e))
+                };
+                // The program adds a stall to the classic and then the native histogram: a
+                // CPU's copy taken in between has one more in the first. Read again (a few
+                // times) for copies that agree, as a native histogram's count must.
+                let mut per_cpu = read()?;
+                for _ in 0..3 {
+                    if per_cpu.iter().all(histograms_agree) {
+                        break;
+                    }
+                    per_cpu = read()?;
+                }
+                let (mut total, mut native) = (Log2Histogram::zeroed(), NativeHistogram::zeroed());
+                for h in per_cpu.iter() {
+                    total.merge(&h.latency);
+                    native.merge(&h.native);
+                }
+                stalls.push((RECLAIM_KIND_NAMES[kind as usize], total, native));
             }
         }
         let oom_rows = if self.oom_up {
@@ -351,11 +367,13 @@ impl LoadedFamily for MemoryMaps {
             None
         };
         if !stalls.is_empty() {
-            histogram(
+            // Native beside classic in a protobuf scrape; the text formats cannot carry it.
+            let protobuf = render::protobuf();
+            histogram_with_native(
                 out,
                 "nodelens_memory_reclaim_stall_seconds",
                 "Time tasks spent stalled in memory reclaim: direct (the allocating task reclaims) or memcg (a cgroup hit its limit).",
-                stalls.iter().map(|(kind, h)| {
+                stalls.iter().map(|(kind, h, native)| {
                     (
                         [("kind", *kind)],
                         Log2Buckets {
@@ -365,6 +383,7 @@ impl LoadedFamily for MemoryMaps {
                             last_slot: STALL_LAST_SLOT,
                             scale: 1e-9,
                         },
+                        protobuf.then(|| native_seconds(native)),
                     )
                 }),
             )?;
@@ -525,6 +544,11 @@ fn reclaim_work(cgroup2: &std::path::Path, device: &std::path::Path) -> Result<S
     std::thread::sleep(std::time::Duration::from_millis(50));
     let _ = std::fs::remove_dir(&dir);
     result
+}
+
+/// Whether a CPU's classic and native histograms of one reclaim kind hold the same stalls.
+fn histograms_agree(h: &ReclaimHistograms) -> bool {
+    h.latency.slots.iter().sum::<u64>() == h.native.zero + h.native.buckets.iter().sum::<u64>()
 }
 
 #[cfg(test)]
