@@ -314,39 +314,88 @@ fn s_json(v: &Json) -> &str {
 /// Every alert whose summary names a pod, its expression with each threshold (`> n`)
 /// made `>= 0`: what is checked here is where the labels come from, not the thresholds
 /// (manifests/prometheus/rules_test.yml tests those).
-fn per_pod_alert_expressions() -> Vec<(String, String)> {
-    let rules = yaml("manifests/monitoring/rules/prometheusrule.yaml");
-    let threshold = |expr: &str| -> String {
-        let mut out = String::new();
-        let mut rest = expr;
-        while let Some(at) = rest.find("> ") {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + 2..];
-            let end = after
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(after.len());
-            if end > 0 {
-                out.push_str(">= 0");
-            } else {
-                out.push_str("> ");
-            }
-            rest = &after[end..];
+/// An alert's expression with every threshold `> N` relaxed to `>= 0`: true wherever its
+/// series have data.
+fn without_thresholds(expr: &str) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("> ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(after.len());
+        if end > 0 {
+            out.push_str(">= 0");
+        } else {
+            out.push_str("> ");
         }
-        out.push_str(rest);
-        out
-    };
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The alert rules whose summary satisfies `pick`: (alert, expression without thresholds).
+fn alert_expressions(pick: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let rules = yaml("manifests/monitoring/rules/prometheusrule.yaml");
     rules["spec"]["groups"]
         .as_sequence()
         .unwrap()
         .iter()
         .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
-        .filter(|r| {
-            r["annotations"]["summary"]
-                .as_str()
-                .is_some_and(|s| s.contains("$labels.pod"))
-        })
-        .map(|r| (s(&r["alert"]).to_owned(), threshold(s(&r["expr"]))))
+        .filter(|r| r["annotations"]["summary"].as_str().is_some_and(&pick))
+        .map(|r| (s(&r["alert"]).to_owned(), without_thresholds(s(&r["expr"]))))
         .collect()
+}
+
+fn per_pod_alert_expressions() -> Vec<(String, String)> {
+    alert_expressions(|summary| summary.contains("$labels.pod"))
+}
+
+/// The histograms that are native as well as classic in a protobuf scrape, which a
+/// Prometheus with native histograms on (2.42 to 2.44 always, later ones without
+/// `scrape_classic_histograms`) stores as native only.
+const NATIVE_TOO: [&str; 2] = [
+    "nodelens_disk_io_latency_seconds",
+    "nodelens_memory_reclaim_stall_seconds",
+];
+
+/// The node-level dashboard queries and alert expressions that read [`NATIVE_TOO`]: each
+/// must return the node whether Prometheus keeps the classic series or the native one.
+fn native_too_node_queries() -> Vec<(String, String)> {
+    let dash: Json = serde_json::from_str(&common::read(
+        repo().join("manifests/grafana/nodelens-dashboard.json"),
+    ))
+    .unwrap();
+    let reads = |expr: &str| NATIVE_TOO.iter().any(|h| expr.contains(h)) && !expr.contains("pod");
+    let mut queries: Vec<(String, String)> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = s_json(&p["title"]).to_owned();
+            p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |t| (title.clone(), s_json(&t["expr"]).to_owned()))
+        })
+        .filter(|(_, expr)| reads(expr))
+        .map(|(title, expr)| {
+            let expr = expr
+                .replace("$instance", NODE)
+                .replace("$__rate_interval", "30s");
+            (title, expr)
+        })
+        .collect();
+    queries.extend(
+        alert_expressions(|_| true)
+            .into_iter()
+            .filter(|(_, expr)| reads(expr)),
+    );
+    queries
 }
 
 fn check_monitor(job: impl Fn(&str) -> Json) {
@@ -381,6 +430,22 @@ fn check_monitor(job: impl Fn(&str) -> Json) {
             &format!("{what:?} returns {NAMESPACE}/{POD}: {expr}"),
             Duration::from_secs(60),
             || prometheus.query(expr).iter().any(is_workload),
+        );
+    }
+    // The node's disk latency and reclaim stall panels and alerts, which this Prometheus
+    // (native histograms on, 2.42) has as native histograms only.
+    let node_queries = native_too_node_queries();
+    assert!(node_queries.len() >= 4, "{node_queries:?}");
+    for (what, expr) in &node_queries {
+        common::wait_for(
+            &format!("{what:?} returns {NODE}: {expr}"),
+            Duration::from_secs(60),
+            || {
+                prometheus
+                    .query(expr)
+                    .iter()
+                    .any(|r| r["metric"]["instance"] == NODE)
+            },
         );
     }
     // The dashboard's node variable lists this node.

@@ -670,14 +670,14 @@ fn prometheus_with_native_histograms_on_asks_for_protobuf_and_ingests_it() {
 }
 
 /// The waiter's side of [`waits_of_a_known_length_land_in_the_bucket_the_spec_says`]: on
-/// CPU 0, a SCHED_FIFO parent wakes its child through a pipe and then spins for 1.96 ms
+/// one CPU, a SCHED_FIFO parent wakes its child through a pipe and then spins for 1.96 ms
 /// before it blocks, so each of the child's waits for the CPU lasts 1.96 ms and a little,
 /// just above the schema-0 edge of 2^-9 s (1.953 ms). Run once it reads a line on stdin,
 /// so that the waits of starting up are before the test's first scrape.
 const KNOWN_WAITS: &str = r#"
 import os, sys, time
 N, D = int(sys.argv[1]), int(sys.argv[2])
-os.sched_setaffinity(0, {0})
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 r1, w1 = os.pipe(); r2, w2 = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -698,6 +698,16 @@ print("done", flush=True)
 sys.stdin.readline()
 "#;
 
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Exact boundaries, end to end: waits of a known length (1.96 ms and a few µs) land in
 /// the schema-0 bucket (2^-9, 2^-8] s the spec says, not in the one below. Buckets in
 /// powers of two of nanoseconds relabelled as seconds would put the edge at 2^21 ns
@@ -714,7 +724,8 @@ fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
     let dir = common::cgroup2_root().join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let _guard = common::Cgroups(vec![dir.clone()]);
-    let mut child = std::process::Command::new("sh")
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new("sh")
         .args([
             "-c",
             &format!(
@@ -725,13 +736,30 @@ fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
         .spawn()
         .expect("python3");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "the waiter did not start");
+    // Killed before its cgroup is removed, also when an assertion fails.
+    let mut child = KillOnDrop(child);
+    let mut stdin = child.0.stdin.take().unwrap();
+    let lines = {
+        let stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        lines
+    };
+    let expect = |what: &str, limit: Duration| match lines.recv_timeout(limit) {
+        Ok(line) if line == what => {}
+        got => panic!(
+            "the waiter did not say {what:?} within {limit:?} ({got:?}); its stderr: {}",
+            std::fs::read_to_string(stderr.path()).unwrap_or_default()
+        ),
+    };
+    expect("ready", Duration::from_secs(30));
     // The cgroup's histogram before: its start-up waits, once the agent has seen them.
     let mut before = None;
     common::wait_for(
@@ -744,9 +772,8 @@ fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
     );
     let before = before.unwrap();
     writeln!(stdin, "go").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "done", "the waiter did not finish");
+    // 200 spins of 1.96 ms: 0.4 s, far longer on a loaded machine.
+    expect("done", Duration::from_secs(60));
     // The waits are charged as the waiter leaves the CPU: its last one by now, as it
     // blocks on stdin.
     let mut after = None;
@@ -758,7 +785,7 @@ fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
     });
     let after = after.unwrap();
     writeln!(stdin).unwrap();
-    let _ = child.wait();
+    let _ = child.0.wait();
     let in_bucket = |h: &PodHistogram, index: i32| {
         h.buckets
             .iter()
