@@ -221,22 +221,10 @@ fn check_native_runqueue_histogram(families: &[MetricFamily]) {
     assert_eq!(h.zero_threshold, 2f64.powi(-20));
     assert!(h.negative_span.is_empty() && h.negative_delta.is_empty());
     // Native buckets by index, as Prometheus reads spans and deltas.
-    let mut native = Vec::new();
-    let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
-    for (i, span) in h.positive_span.iter().enumerate() {
-        index = if i == 0 {
-            span.offset
-        } else {
-            index + span.offset
-        };
-        for _ in 0..span.length {
-            count += deltas.next().expect("a delta per bucket");
-            assert!(count > 0, "bucket {index}: {count}");
-            native.push((index, count as u64));
-            index += 1;
-        }
+    let native = common::native_buckets(h);
+    for (index, count) in &native {
+        assert!(*count > 0, "bucket {index}: {count}");
     }
-    assert!(deltas.next().is_none(), "a delta per bucket");
     let total = h.zero_count + native.iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(total, h.sample_count, "every event in one native bucket");
     assert!(h.sample_count > 100, "{} events", h.sample_count);
@@ -353,20 +341,7 @@ fn pod_runqueue_histogram(agent: &Agent, cgroup: &str) -> Option<PodHistogram> {
     let h = m.histogram.as_ref()?;
     assert_eq!(h.schema, 0, "per-pod histograms have schema 0");
     assert!(h.bucket.is_empty(), "native only");
-    let mut buckets = vec![];
-    let (mut index, mut count, mut deltas) = (0i32, 0i64, h.positive_delta.iter());
-    for (n, span) in h.positive_span.iter().enumerate() {
-        index = if n == 0 {
-            span.offset
-        } else {
-            index + span.offset
-        };
-        for _ in 0..span.length {
-            count += deltas.next().expect("a delta per bucket");
-            buckets.push((index, count as u64));
-            index += 1;
-        }
-    }
+    let buckets = common::native_buckets(h);
     let total = h.zero_count + buckets.iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(total, h.sample_count, "every wait in one bucket");
     Some(PodHistogram {
@@ -698,16 +673,6 @@ print("done", flush=True)
 sys.stdin.readline()
 "#;
 
-/// A child process killed and reaped when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Exact boundaries, end to end: waits of a known length (1.96 ms and a few µs) land in
 /// the schema-0 bucket (2^-9, 2^-8] s the spec says, not in the one below. Buckets in
 /// powers of two of nanoseconds relabelled as seconds would put the edge at 2^21 ns
@@ -740,7 +705,7 @@ fn waits_of_a_known_length_land_in_the_bucket_the_spec_says() {
         .spawn()
         .expect("python3");
     // Killed before its cgroup is removed, also when an assertion fails.
-    let mut child = KillOnDrop(child);
+    let mut child = common::KillOnDrop(child);
     let mut stdin = child.0.stdin.take().unwrap();
     let lines = {
         let stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());

@@ -645,16 +645,6 @@ fn a_bad_remote_write_url_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("remote_write.ca_file"));
 }
 
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn https_and_basic_auth_to_prometheus_by_host_name() {
     // A CA, and a certificate for "localhost" it signed.
@@ -684,7 +674,7 @@ fn https_and_basic_auth_to_prometheus_by_host_name() {
     .unwrap();
     std::fs::write(path("prometheus.yml"), "global: {}\n").unwrap();
     let port = common::free_port();
-    let _prometheus = Guard(common::prometheus(
+    let _prometheus = common::KillOnDrop(common::prometheus(
         dir.path(),
         &format!("127.0.0.1:{port}"),
         &[

@@ -23,6 +23,26 @@ pub fn native_seconds(h: &NativeHistogram) -> NativeBuckets<'_> {
     }
 }
 
+/// Per-CPU copies of a classic and a native histogram that hold the same values: `first`,
+/// or `read` again (at most three times more) until every CPU's copy `agree`s. A program
+/// adds each value to the classic histogram and then to the native one, so a copy taken in
+/// between has one more in the first; a native histogram's buckets must add up to its
+/// count, or Prometheus refuses it. After three tries the last copies are used as they are.
+pub fn read_agreeing<T: aya::Pod, E>(
+    first: aya::maps::PerCpuValues<T>,
+    read: impl Fn() -> Result<aya::maps::PerCpuValues<T>, E>,
+    agree: impl Fn(&T) -> bool,
+) -> Result<aya::maps::PerCpuValues<T>, E> {
+    let mut values = first;
+    for _ in 0..3 {
+        if values.iter().all(&agree) {
+            break;
+        }
+        values = read()?;
+    }
+    Ok(values)
+}
+
 /// A per-pod native histogram of nanoseconds as the kernel keeps it in a cgroup's entry
 /// (`histogram::pod_native_slot`: the zero bucket, then schema 0 from
 /// `POD_NATIVE_FIRST_INDEX`), in seconds.

@@ -920,3 +920,13 @@ pub fn protobuf_labels(
         .map(|l| (l.name.as_str(), l.value.as_str()))
         .collect()
 }
+
+/// A child process killed and reaped when dropped, also when a test fails.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -559,15 +559,6 @@ pub fn bench(opts: Options) -> Result<()> {
     drop((nodelens, node_exporter, nodelens_full));
 
     let scale = scale_rows(&env, scrapes, opts.short)?;
-    let Scale {
-        scaled,
-        idle_cpu_percent,
-        busy,
-        busy_pods,
-        busy_protobuf,
-        every,
-        every_pods,
-    } = scale;
 
     step(&format!(
         "push cost ({}s of remote_write every second)",
@@ -584,13 +575,13 @@ pub fn bench(opts: Options) -> Result<()> {
         ours: &ours,
         theirs: &theirs,
         full: &full,
-        scaled: &scaled,
-        busy: &busy,
-        busy_pods: &busy_pods,
-        every: &every,
-        every_pods: &every_pods,
-        busy_protobuf,
-        idle_cpu_percent,
+        scaled: &scale.scaled,
+        busy: &scale.busy,
+        busy_pods: &scale.busy_pods,
+        every: &scale.every,
+        every_pods: &scale.every_pods,
+        busy_protobuf: scale.busy_protobuf,
+        idle_cpu_percent: scale.idle_cpu_percent,
         push: &push,
         memory,
         scrapes,
@@ -630,13 +621,13 @@ pub fn bench(opts: Options) -> Result<()> {
     // wait series), so the check is on cgroups: the tracked places are (nearly) all filled.
     // The system's own cgroups take a few of the 4,096 places, so the last pods fold into
     // "other", and a cgroup seen only through reclaim has no CPU series.
-    if scaled.cgroup_series < 4000.0 || scaled.pods < 4096.0 - 256.0 {
+    if scale.scaled.cgroup_series < 4000.0 || scale.scaled.pods < 4096.0 - 256.0 {
         missing.push(format!(
             "scale row: only {} cgroups ({} of the 4096 pods) exported one by one; others: {:?}",
-            scaled.cgroup_series, scaled.pods, scaled.not_pods
+            scale.scaled.cgroup_series, scale.scaled.pods, scale.scaled.not_pods
         ));
     }
-    let short_of_busy: Vec<String> = [(false, &busy_pods), (true, &every_pods)]
+    let short_of_busy: Vec<String> = [(false, &scale.busy_pods), (true, &scale.every_pods)]
         .into_iter()
         .flat_map(|(every, pods)| busy_families(every).map(move |f| (f, pods)))
         .map(|(f, pods)| (f, pods.get(f).map_or(0, |f| f.pods)))

@@ -43,7 +43,7 @@ use crate::{
             SettingError, SettingsValue, Sweep, Workload, chosen_cgroup_series, global_bytes,
             map_error, take_map,
         },
-        native::native_seconds,
+        native::{native_seconds, read_agreeing},
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
     },
     metrics::{CollectError, Log2Buckets, histogram, histogram_with_native},
@@ -470,19 +470,13 @@ impl LoadedFamily for DiskMaps {
             NativeHistogram,
         )> = Vec::new();
         for item in self.histograms.iter() {
-            let (key, mut per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
-            // The program adds a request to the classic and then the native histogram: a
-            // CPU's copy taken in between has one more in the first. Read again (a few
-            // times) for copies that agree, as a native histogram's count must.
-            for _ in 0..3 {
-                if per_cpu.iter().all(histograms_agree) {
-                    break;
-                }
-                match self.histograms.get(&key, 0) {
-                    Ok(again) => per_cpu = again,
-                    Err(e) => return Err(map_error(names::DISK_HISTOGRAMS, e)),
-                }
-            }
+            let (key, per_cpu) = item.map_err(|e| map_error(names::DISK_HISTOGRAMS, e))?;
+            let read = || {
+                self.histograms
+                    .get(&key, 0)
+                    .map_err(|e| map_error(names::DISK_HISTOGRAMS, e))
+            };
+            let per_cpu = read_agreeing(per_cpu, read, histograms_agree)?;
             let mut total = *per_cpu.iter().next().ok_or_else(|| {
                 CollectError::map(names::DISK_HISTOGRAMS, "an entry with no per-CPU values")
             })?;

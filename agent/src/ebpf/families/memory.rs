@@ -60,7 +60,7 @@ use crate::{
             KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Sweep,
             Workload, global_bytes, map_error, take_map,
         },
-        native::native_seconds,
+        native::{native_seconds, read_agreeing},
         per_cgroup::{PerCgroupMap, UserMap, capacity_for},
     },
     metrics::{CollectError, Log2Buckets, family, histogram_with_native},
@@ -343,16 +343,7 @@ impl LoadedFamily for MemoryMaps {
                         .get(&kind, 0)
                         .map_err(|e| map_error(names::RECLAIM_LATENCY, e))
                 };
-                // The program adds a stall to the classic and then the native histogram: a
-                // CPU's copy taken in between has one more in the first. Read again (a few
-                // times) for copies that agree, as a native histogram's count must.
-                let mut per_cpu = read()?;
-                for _ in 0..3 {
-                    if per_cpu.iter().all(histograms_agree) {
-                        break;
-                    }
-                    per_cpu = read()?;
-                }
+                let per_cpu = read_agreeing(read()?, read, histograms_agree)?;
                 let (mut total, mut native) = (Log2Histogram::zeroed(), NativeHistogram::zeroed());
                 for h in per_cpu.iter() {
                     total.merge(&h.latency);

@@ -31,7 +31,7 @@ use crate::{
             KernelReads, KernelSources, LoadContext, LoadedFamily, ProbeCosts, ProbeSpec, Workload,
             global_bytes, map_error, take_map,
         },
-        native::native_seconds,
+        native::{native_seconds, read_agreeing},
     },
     metrics::{CollectError, Log2Buckets, NoLabels, family, histogram_with_native},
     render,
@@ -431,22 +431,13 @@ fn histograms_agree(c: &SchedCounters) -> bool {
 
 impl LoadedFamily for SchedMaps {
     fn collect(&self, out: &mut DescriptorEncoder) -> Result<(), CollectError> {
-        // The programs add each wait to the classic and the native histogram one after the
-        // other, so a CPU's entry copied in between has one more in the first: read again
-        // (a few times) for a copy where they agree, which a native histogram needs (its
-        // buckets must add up to its count, or Prometheus refuses it).
+        // Copies where the classic and native histograms hold the same waits.
         let read = || {
             self.counters
                 .get(&0, 0)
                 .map_err(|e| map_error(names::SCHED_COUNTERS, e))
         };
-        let mut counters = read()?;
-        for _ in 0..3 {
-            if counters.iter().all(histograms_agree) {
-                break;
-            }
-            counters = read()?;
-        }
+        let counters = read_agreeing(read()?, read, histograms_agree)?;
         let (mut voluntary, mut involuntary) = (0u64, 0u64);
         let (mut blocked_io, mut blocked_other) = (0u64, 0u64);
         let mut latency = Log2Histogram::zeroed();
