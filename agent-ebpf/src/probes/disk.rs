@@ -429,13 +429,11 @@ mod programs {
         };
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         let hist = unsafe { &mut *hist };
-        // Placed once, for the node's native histogram and the cgroup's, before either
-        // add: the classic and native adds back to back, so that a copy user space takes in
-        // between (it reads again until they agree) is rare.
-        let entry = native_entry(latency);
         hist.latency.add(latency);
-        hist.latency_native.add_at(entry);
         hist.size.add(u64::from(inflight.bytes));
+        // Placed once, for the node's native histogram and the cgroup's.
+        let entry = native_entry(latency);
+        hist.latency_native.add_at(entry);
         if inflight.per_cgroup != 0 {
             charge_cgroup(&inflight, latency, pod_native_slot(entry));
         }

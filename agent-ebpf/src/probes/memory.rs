@@ -122,7 +122,6 @@ mod programs {
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
-        histogram::native_entry,
         kernel,
     };
 
@@ -192,13 +191,10 @@ mod programs {
         let now = unsafe { bpf_ktime_get_ns() };
         let stalled = now.saturating_sub(start);
         if let Some(hist) = RECLAIM_LATENCY.get_ptr_mut(kind) {
-            // Placed before the adds, so that they are back to back (user space reads again
-            // until the two agree).
-            let entry = native_entry(stalled);
             // SAFETY: per-CPU entry, only this CPU writes it while the program runs.
             unsafe {
                 (*hist).latency.add(stalled);
-                (*hist).native.add_at(entry);
+                (*hist).native.add(stalled);
             }
         }
         if !cgroup::enabled() {
