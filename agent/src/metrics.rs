@@ -172,11 +172,16 @@ pub struct NativeBuckets<'a> {
     pub counts: &'a [u64],
 }
 
+/// The most empty buckets kept inside a span (as zero counts) rather than skipped by a new
+/// span: client_golang's choice too.
+const GAP_IN_SPAN: i32 = 2;
+
 impl NativeBuckets<'_> {
-    /// The positive buckets as Prometheus encodes them: spans of consecutive buckets that
-    /// hold values (`(offset, length)`, the first offset the first bucket's index, each
-    /// later one the empty buckets skipped before it), and the counts as deltas, each from
-    /// the bucket before it in the spans.
+    /// The positive buckets as Prometheus encodes them: spans of consecutive buckets
+    /// (`(offset, length)`, the first offset the first bucket's index, each later one the
+    /// empty buckets skipped before it), and the counts as deltas, each from the bucket
+    /// before it in the spans. A gap of up to [`GAP_IN_SPAN`] empty buckets stays in its
+    /// span as zero counts, as client_golang writes it: a zero costs a byte, a new span six.
     pub fn spans_and_deltas(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
         let (mut spans, mut deltas) = (Vec::new(), Vec::new());
         let (mut next_index, mut previous) = (None::<i32>, 0i64);
@@ -185,8 +190,14 @@ impl NativeBuckets<'_> {
                 continue;
             }
             let index = self.first_index + k as i32;
-            match spans.last_mut() {
-                Some((_, length)) if next_index == Some(index) => *length += 1,
+            match (spans.last_mut(), next_index) {
+                (Some((_, length)), Some(next)) if index - next <= GAP_IN_SPAN => {
+                    for _ in next..index {
+                        deltas.push(-previous);
+                        previous = 0;
+                    }
+                    *length += (index - next) as u32 + 1;
+                }
                 _ => spans.push((next_index.map_or(index, |next| index - next), 1)),
             }
             next_index = Some(index + 1);
@@ -248,8 +259,9 @@ mod tests {
 
     #[test]
     fn native_buckets_become_spans_and_deltas() {
-        // Buckets -3, -2 (a span), then 0 and 1 after one empty bucket, then 5.
-        let counts = [2, 5, 0, 1, 1, 0, 0, 0, 4];
+        // Buckets -3, -2, then 0 and 1 after one empty bucket (kept in the span as a zero),
+        // then 5 after three (a span of its own), then 7 after one again.
+        let counts = [2, 5, 0, 1, 1, 0, 0, 0, 4, 0, 3];
         let native = NativeBuckets {
             schema: 3,
             zero_threshold: 0.0,
@@ -258,8 +270,8 @@ mod tests {
             counts: &counts,
         };
         let (spans, deltas) = native.spans_and_deltas();
-        assert_eq!(spans, [(-3, 2), (1, 2), (3, 1)]);
-        assert_eq!(deltas, [2, 3, -4, 0, 3]);
+        assert_eq!(spans, [(-3, 5), (3, 3)]);
+        assert_eq!(deltas, [2, 3, -5, 1, 0, 3, -4, 3]);
         // Read back as Prometheus does: counts in index order.
         let (mut index, mut count, mut back) = (0i32, 0i64, Vec::new());
         let mut d = deltas.iter();
@@ -271,7 +283,19 @@ mod tests {
                 index += 1;
             }
         }
-        assert_eq!(back, [(-3, 2), (-2, 5), (0, 1), (1, 1), (5, 4)]);
+        assert_eq!(
+            back,
+            [
+                (-3, 2),
+                (-2, 5),
+                (-1, 0),
+                (0, 1),
+                (1, 1),
+                (5, 4),
+                (6, 0),
+                (7, 3)
+            ]
+        );
         let empty = NativeBuckets {
             counts: &[0, 0],
             ..native

@@ -248,4 +248,44 @@ fn vfork_parent_blocks_in_other_not_io() {
     );
     assert!(last.1 < 0.05, "vfork's wait counted as I/O: {last:?}");
     eprintln!("other {} s, io {} s", last.0, last.1);
+    // The cgroup's blocked times one by one, in a protobuf scrape: the vfork wait is at
+    // least the child's second of sleep and well under two, so schema-0 bucket 1, (1, 2] s,
+    // holds exactly it, and nothing else the helper did blocked that long. The cgroup has
+    // no task left, so its histogram and its text totals no longer move.
+    let families = common::protobuf_scrape(&agent);
+    let m = families
+        .iter()
+        .find(|f| f.name == "nodelens_cgroup_blocked_latency_seconds")
+        .and_then(|f| {
+            f.metric
+                .iter()
+                .find(|m| common::protobuf_labels(m).contains(&("cgroup", name.as_str())))
+        })
+        .expect("the cgroup's blocked-time histogram");
+    let h = m.histogram.as_ref().expect("a histogram");
+    assert_eq!((h.schema, h.bucket.len()), (0, 0), "schema 0, native only");
+    let buckets = common::native_buckets(h);
+    let total = h.zero_count + buckets.iter().map(|(_, n)| n).sum::<u64>();
+    assert_eq!(total, h.sample_count, "every blocked time in one bucket");
+    let long: Vec<(i32, u64)> = buckets
+        .iter()
+        .copied()
+        .filter(|&(i, n)| i >= 1 && n > 0)
+        .collect();
+    assert_eq!(
+        long,
+        [(1, 1)],
+        "the vfork wait alone in (1, 2] s: {buckets:?}"
+    );
+    let text = agent.metrics();
+    let seconds = blocked(&text, &name, "other") + blocked(&text, &name, "io");
+    assert!(
+        (h.sample_sum - seconds).abs() < 1e-6,
+        "the histogram's sum {} s is the cgroup's blocked time {seconds} s",
+        h.sample_sum
+    );
+    eprintln!(
+        "blocked-time histogram: {} waits, {} s, buckets {buckets:?}",
+        h.sample_count, h.sample_sum
+    );
 }

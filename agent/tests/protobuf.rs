@@ -22,6 +22,7 @@ use serde_json::json;
 const PROTOBUF_ONLY: &[&str] = &[
     "nodelens_cgroup_runqueue_latency_seconds",
     "nodelens_cgroup_disk_io_latency_seconds",
+    "nodelens_cgroup_blocked_latency_seconds",
 ];
 
 /// A bucket bound as both sides write it here.
@@ -222,9 +223,7 @@ fn check_native_runqueue_histogram(families: &[MetricFamily]) {
     assert!(h.negative_span.is_empty() && h.negative_delta.is_empty());
     // Native buckets by index, as Prometheus reads spans and deltas.
     let native = common::native_buckets(h);
-    for (index, count) in &native {
-        assert!(*count > 0, "bucket {index}: {count}");
-    }
+    assert!(native.iter().any(|(_, n)| *n > 0), "no native bucket");
     let total = h.zero_count + native.iter().map(|(_, n)| n).sum::<u64>();
     assert_eq!(total, h.sample_count, "every event in one native bucket");
     assert!(h.sample_count > 100, "{} events", h.sample_count);

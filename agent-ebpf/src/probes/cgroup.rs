@@ -47,6 +47,10 @@ pub struct CgroupStats {
     /// wait).
     pub runqueue_wait_zero: u64,
     pub runqueue_wait_buckets: [u64; POD_NATIVE_BUCKETS],
+    /// The blocked times of `blocked_io_ns` and `blocked_other_ns` one by one, whatever
+    /// the cause, as a native histogram of the same schema.
+    pub blocked_zero: u64,
+    pub blocked_buckets: [u64; POD_NATIVE_BUCKETS],
 }
 
 impl AddAssign for CgroupStats {
@@ -71,6 +75,8 @@ impl CgroupStats {
             blocked_other_ns,
             runqueue_wait_zero,
             runqueue_wait_buckets,
+            blocked_zero,
+            blocked_buckets,
         } = other;
         Self {
             cpu_ns: f(self.cpu_ns, cpu_ns),
@@ -84,6 +90,10 @@ impl CgroupStats {
             runqueue_wait_zero: f(self.runqueue_wait_zero, runqueue_wait_zero),
             runqueue_wait_buckets: core::array::from_fn(|i| {
                 f(self.runqueue_wait_buckets[i], runqueue_wait_buckets[i])
+            }),
+            blocked_zero: f(self.blocked_zero, blocked_zero),
+            blocked_buckets: core::array::from_fn(|i| {
+                f(self.blocked_buckets[i], blocked_buckets[i])
             }),
         }
     }
@@ -151,7 +161,27 @@ pub mod programs {
     use super::{
         BPF_F_MMAPABLE, CGROUP_STATS_ENTRIES, CgroupSlot, CgroupStats, SLOT_FREED, SLOT_NEVER_USED,
     };
+    use crate::probes::histogram::POD_NATIVE_BUCKETS;
     pub use crate::probes::kernel::atomic_add as add;
+
+    /// Counts one value in a per-pod native histogram (a zero bucket and its buckets, in a
+    /// map entry every CPU adds to) at `slot` (`histogram::pod_native_slot`). The index is
+    /// checked as it is used, so that every verifier sees its bounds.
+    ///
+    /// # Safety
+    /// Both pointers point into a live map entry.
+    #[inline(always)]
+    pub unsafe fn count_native(zero: *mut u64, buckets: *mut [u64; POD_NATIVE_BUCKETS], slot: u64) {
+        let index = slot.wrapping_sub(1);
+        // SAFETY: the caller's entry; the index is below the buckets' length.
+        unsafe {
+            if slot == 0 {
+                add(zero, 1);
+            } else if index < POD_NATIVE_BUCKETS as u64 {
+                add(buckets.cast::<u64>().add(index as usize), 1);
+            }
+        }
+    }
 
     #[unsafe(no_mangle)]
     static CGROUP_ACCOUNTING: Global<u32> = Global::new(0);
@@ -233,7 +263,8 @@ pub mod programs {
 mod tests {
     use super::*;
 
-    /// Every field different: 1 to 8, 9 for the zero bucket, then 10, 11, ...
+    /// Every field different: 1 to 8, 9 for the zero bucket, then 10, 11, ...; the blocked
+    /// histogram's zero bucket 100, its buckets 101, 102, ...
     const ONE_TO_EIGHT: CgroupStats = CgroupStats {
         cpu_ns: 1,
         runqueue_wait_ns: 2,
@@ -244,16 +275,20 @@ mod tests {
         blocked_io_ns: 7,
         blocked_other_ns: 8,
         runqueue_wait_zero: 9,
-        runqueue_wait_buckets: {
-            let mut b = [0; POD_NATIVE_BUCKETS];
-            let mut i = 0;
-            while i < POD_NATIVE_BUCKETS {
-                b[i] = 10 + i as u64;
-                i += 1;
-            }
-            b
-        },
+        runqueue_wait_buckets: counting_from(10),
+        blocked_zero: 100,
+        blocked_buckets: counting_from(101),
     };
+
+    const fn counting_from(first: u64) -> [u64; POD_NATIVE_BUCKETS] {
+        let mut b = [0; POD_NATIVE_BUCKETS];
+        let mut i = 0;
+        while i < POD_NATIVE_BUCKETS {
+            b[i] = first + i as u64;
+            i += 1;
+        }
+        b
+    }
 
     #[test]
     fn add_assign_adds_every_field() {
@@ -273,6 +308,8 @@ mod tests {
                 blocked_other_ns: 16,
                 runqueue_wait_zero: 18,
                 runqueue_wait_buckets: core::array::from_fn(|i| 2 * (10 + i as u64)),
+                blocked_zero: 200,
+                blocked_buckets: core::array::from_fn(|i| 2 * (101 + i as u64)),
             }
         );
     }

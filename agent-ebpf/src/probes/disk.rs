@@ -294,7 +294,7 @@ mod programs {
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
-        histogram::{POD_NATIVE_BUCKETS, native_entry, pod_native_slot},
+        histogram::{native_entry, pod_native_slot},
         kernel,
     };
 
@@ -473,15 +473,11 @@ mod programs {
             cgroup::add(&raw mut (*stats).bytes, u64::from(inflight.bytes));
             cgroup::add(&raw mut (*stats).ios, 1);
             cgroup::add(&raw mut (*stats).ns, latency);
-            // Raw pointers: other CPUs add to the same counters atomically. The index
-            // checked as it is used, so that every verifier sees its bounds.
-            let index = slot.wrapping_sub(1);
-            if slot == 0 {
-                cgroup::add(&raw mut (*stats).latency_zero, 1);
-            } else if index < POD_NATIVE_BUCKETS as u64 {
-                let buckets = (&raw mut (*stats).latency_buckets).cast::<u64>();
-                cgroup::add(buckets.add(index as usize), 1);
-            }
+            cgroup::count_native(
+                &raw mut (*stats).latency_zero,
+                &raw mut (*stats).latency_buckets,
+                slot,
+            );
         }
     }
 

@@ -254,7 +254,7 @@ mod programs {
     use crate::probes::{
         cgroup::programs as cgroup,
         cost::{ProbeCost, programs as cost},
-        histogram::{POD_NATIVE_BUCKETS, native_entry, pod_native_slot},
+        histogram::{native_entry, pod_native_slot},
         kernel,
     };
 
@@ -501,15 +501,11 @@ mod programs {
             }
             if waited != 0 {
                 cgroup::add(&raw mut (*stats).runqueue_wait_ns, waited);
-                // Raw pointers: other CPUs add to the same counters atomically.
-                // The index checked as it is used, so that every verifier sees its bounds.
-                let index = wait_slot.wrapping_sub(1);
-                if wait_slot == 0 {
-                    cgroup::add(&raw mut (*stats).runqueue_wait_zero, 1);
-                } else if index < POD_NATIVE_BUCKETS as u64 {
-                    let buckets = (&raw mut (*stats).runqueue_wait_buckets).cast::<u64>();
-                    cgroup::add(buckets.add(index as usize), 1);
-                }
+                cgroup::count_native(
+                    &raw mut (*stats).runqueue_wait_zero,
+                    &raw mut (*stats).runqueue_wait_buckets,
+                    wait_slot,
+                );
             }
             if prev_runnable {
                 cgroup::add(&raw mut (*stats).involuntary_switches, 1);
@@ -745,6 +741,11 @@ mod programs {
             } else {
                 cgroup::add(&raw mut (*stats).blocked_other_ns, blocked);
             }
+            cgroup::count_native(
+                &raw mut (*stats).blocked_zero,
+                &raw mut (*stats).blocked_buckets,
+                pod_native_slot(native_entry(blocked)),
+            );
         }
     }
 

@@ -72,6 +72,16 @@ pub struct Rows<'t, D, V> {
     pub tracker: &'t TrackerState,
 }
 
+/// The rows in a stable order for readers and diffs: by id alone (comparing label strings
+/// cost a tenth of the scrape at 4,096 cgroups), then as they came. Sorted through their
+/// indices and moved once: a row carries a per-pod native histogram (about 300 bytes), and
+/// sorting the rows themselves moved each of them a dozen times at 4,096 cgroups.
+fn sorted_by_id<D: Copy, V: Copy>(rows: Vec<Row<'_, D, V>>) -> Vec<Row<'_, D, V>> {
+    let mut order: Vec<(u64, usize)> = rows.iter().map(|r| r.id).zip(0..).collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, i)| rows[i].clone()).collect()
+}
+
 /// The user-space side of one per-cgroup kernel map.
 #[derive(Debug)]
 pub struct CounterTable<K: CgroupKey, V> {
@@ -453,10 +463,10 @@ where
                 values,
             }));
         }
-        // A stable order for readers and diffs, by id alone (comparing label strings cost a
-        // tenth of the scrape at 4,096 cgroups).
-        rows.sort_unstable_by_key(|r| r.id);
-        Rows { rows, tracker }
+        Rows {
+            rows: sorted_by_id(rows),
+            tracker,
+        }
     }
 
     /// Rows waiting for their final export.

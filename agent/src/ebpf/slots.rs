@@ -38,14 +38,21 @@ use super::batch;
 /// How long a taken slot waits before it is zeroed and given back.
 pub const MIN_WAIT: Duration = Duration::from_secs(1);
 
-/// 64-bit words per slot: the id, then the totals (eight, and the run-queue wait
-/// histogram's zero bucket and buckets).
+/// 64-bit words per slot: the id, then the totals (eight), then two native histograms
+/// (the run-queue waits' and the blocked times', each a zero bucket and its buckets).
 const WORDS: usize = size_of::<CgroupSlot>() / 8;
+/// The first word of the run-queue histogram (its zero bucket), after the id and totals.
+const HISTOGRAM_WORD: usize = 9;
+/// The first word of the blocked-time histogram.
+const BLOCKED_HISTOGRAM_WORD: usize = HISTOGRAM_WORD + 1 + POD_NATIVE_BUCKETS;
 const _: () = {
     use std::mem::offset_of;
-    assert!(size_of::<CgroupSlot>() == WORDS * 8 && WORDS == 10 + POD_NATIVE_BUCKETS);
+    assert!(size_of::<CgroupSlot>() == WORDS * 8);
+    assert!(WORDS == BLOCKED_HISTOGRAM_WORD + 1 + POD_NATIVE_BUCKETS);
     assert!(offset_of!(CgroupStats, runqueue_wait_zero) == 64);
     assert!(offset_of!(CgroupStats, runqueue_wait_buckets) == 72);
+    assert!(offset_of!(CgroupStats, blocked_zero) == (BLOCKED_HISTOGRAM_WORD - 1) * 8);
+    assert!(offset_of!(CgroupStats, blocked_buckets) == BLOCKED_HISTOGRAM_WORD * 8);
     assert!(offset_of!(CgroupSlot, cgroup_id) == 0 && offset_of!(CgroupSlot, stats) == 8);
     assert!(offset_of!(CgroupStats, cpu_ns) == 0);
     assert!(offset_of!(CgroupStats, runqueue_wait_ns) == 8);
@@ -62,6 +69,9 @@ pub struct CgroupSlots {
     /// How many slots were ever used: slots `0..n`.
     used: Array<MapData, u64>,
     view: SlotView,
+    /// The words of a slot a protobuf scrape reads: the totals and the histograms that are
+    /// exported ([`Self::reading_histograms`]).
+    protobuf_words: usize,
     /// Slots taken from gone cgroups, waiting at least [`MIN_WAIT`] before they are reused.
     waiting: Vec<Waiting>,
 }
@@ -111,17 +121,29 @@ impl CgroupSlots {
             free,
             used,
             view: SlotView::new(stats),
+            protobuf_words: WORDS,
             waiting: Vec::new(),
         }
+    }
+
+    /// Which native histograms a protobuf scrape reads (by default both): the words of one
+    /// that is not exported are left zero.
+    pub fn reading_histograms(mut self, runqueue: bool, blocked: bool) -> Self {
+        self.protobuf_words = match (runqueue, blocked) {
+            (_, true) => WORDS,
+            (true, false) => BLOCKED_HISTOGRAM_WORD,
+            (false, false) => HISTOGRAM_WORD,
+        };
+        self
     }
 
     pub fn capacity(&self) -> u32 {
         self.view.slots
     }
 
-    /// (cgroup id, totals) of every live slot, in slot order. The run-queue histogram's
-    /// counters only in a protobuf scrape, the one place they go: four-fifths of a slot's
-    /// words, that a text scrape and the upkeep round would read for nothing. (Upkeep only
+    /// (cgroup id, totals) of every live slot, in slot order. The histograms' counters only
+    /// in a protobuf scrape, the one place they go: most of a slot's words, that a text
+    /// scrape and the upkeep round would read for nothing. (Upkeep only
     /// tells moving entries from still ones with these; what it keeps of a gone cgroup
     /// comes from [`Self::take`], whole.)
     pub fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
@@ -134,7 +156,12 @@ impl CgroupSlots {
             }
         };
         self.view.cover(used)?;
-        Ok(self.view.live(used, crate::render::protobuf()))
+        let words = if crate::render::protobuf() {
+            self.protobuf_words
+        } else {
+            HISTOGRAM_WORD
+        };
+        Ok(self.view.live(used, words))
     }
 
     /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
@@ -153,7 +180,7 @@ impl CgroupSlots {
         }
         // Not live any more: scrapes skip it from here on.
         self.view.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
-        let (_, taken) = self.view.read(slot);
+        let (_, taken) = self.view.read(slot, WORDS);
         self.waiting.push(Waiting {
             slot,
             cgroup_id,
@@ -321,20 +348,15 @@ impl SlotView {
             .filter(|m| slot < m.slots && word < WORDS)
             .unwrap_or_else(|| panic!("slot {slot} word {word} is not mapped"));
         // SAFETY: in bounds (checked above) of a mapping that lives as long as `self`
-        // borrows it, 8-byte aligned (page-aligned base, 56-byte slots), and only ever
+        // borrows it, 8-byte aligned (page-aligned base, slots of whole words), and only ever
         // accessed as atomics here and by the kernel's atomic adds.
         unsafe { &*m.base.as_ptr().add(slot as usize * WORDS + word) }
     }
 
-    fn read(&self, slot: u32) -> (u64, CgroupStats) {
-        let w = |i| self.word(slot, i).load(Ordering::Relaxed);
-        (w(0), totals(w))
-    }
-
-    /// [`Self::read`] without the histogram's words (left zero).
-    fn read_totals(&self, slot: u32) -> (u64, CgroupStats) {
+    /// A slot's id and totals from its first `words` words (the others left zero).
+    fn read(&self, slot: u32, words: usize) -> (u64, CgroupStats) {
         let w = |i| {
-            if i < HISTOGRAM_WORD {
+            if i < words {
                 self.word(slot, i).load(Ordering::Relaxed)
             } else {
                 0
@@ -343,17 +365,11 @@ impl SlotView {
         (w(0), totals(w))
     }
 
-    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones), with the
-    /// histogram's counters or without.
-    fn live(&self, n: u32, histogram: bool) -> Vec<(u64, CgroupStats)> {
+    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones), read from
+    /// their first `words` words.
+    fn live(&self, n: u32, words: usize) -> Vec<(u64, CgroupStats)> {
         (0..n.min(self.mapped()))
-            .map(|slot| {
-                if histogram {
-                    self.read(slot)
-                } else {
-                    self.read_totals(slot)
-                }
-            })
+            .map(|slot| self.read(slot, words))
             .filter(|&(id, _)| id != SLOT_NEVER_USED && id != SLOT_FREED)
             .collect()
     }
@@ -367,9 +383,6 @@ impl SlotView {
     }
 }
 
-/// The first word of the run-queue histogram (its zero bucket).
-const HISTOGRAM_WORD: usize = 9;
-
 /// A slot's totals from its words 1 on, in `CgroupStats` field order.
 fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
@@ -382,7 +395,9 @@ fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
         blocked_io_ns: word(7),
         blocked_other_ns: word(8),
         runqueue_wait_zero: word(HISTOGRAM_WORD),
-        runqueue_wait_buckets: std::array::from_fn(|i| word(10 + i)),
+        runqueue_wait_buckets: std::array::from_fn(|i| word(HISTOGRAM_WORD + 1 + i)),
+        blocked_zero: word(BLOCKED_HISTOGRAM_WORD),
+        blocked_buckets: std::array::from_fn(|i| word(BLOCKED_HISTOGRAM_WORD + 1 + i)),
     }
 }
 
@@ -401,11 +416,11 @@ mod tests {
         let view = SlotView::anonymous(3);
         view.word(2, 0).store(77, Ordering::Relaxed);
         add(&view, 2, 5, 9);
-        let (id, stats) = view.read(2);
+        let (id, stats) = view.read(2, WORDS);
         assert_eq!(id, 77);
         assert_eq!((stats.cpu_ns, stats.reclaim_memcg_ns), (5, 9));
         assert_eq!(
-            view.read(1),
+            view.read(1, WORDS),
             (0, CgroupStats::default()),
             "neighbours untouched"
         );
@@ -420,29 +435,44 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert_eq!(view.read(2), (SLOT_FREED, CgroupStats::default()));
-        assert!(view.live(3, true).is_empty(), "a freed slot is not live");
+        assert_eq!(view.read(2, WORDS), (SLOT_FREED, CgroupStats::default()));
+        assert!(view.live(3, WORDS).is_empty(), "a freed slot is not live");
         view.word(0, 0).store(5, Ordering::Relaxed);
-        assert_eq!(view.live(3, true), [(5, CgroupStats::default())]);
+        assert_eq!(view.live(3, WORDS), [(5, CgroupStats::default())]);
         assert!(
-            view.live(0, true).is_empty(),
+            view.live(0, WORDS).is_empty(),
             "only the slots ever used are read"
         );
-        // The histogram's words only when asked for.
+        // The histograms' words only when asked for: each lands in its own field.
         view.word(0, HISTOGRAM_WORD + 3).store(7, Ordering::Relaxed);
+        view.word(0, BLOCKED_HISTOGRAM_WORD)
+            .store(13, Ordering::Relaxed);
+        view.word(0, WORDS - 1).store(17, Ordering::Relaxed);
         view.word(0, 2).store(11, Ordering::Relaxed);
-        let [(_, with)] = view.live(1, true)[..] else {
-            panic!("one live slot")
+        let read = |words| {
+            let [(_, stats)] = view.live(1, words)[..] else {
+                panic!("one live slot")
+            };
+            stats
         };
-        let [(_, without)] = view.live(1, false)[..] else {
-            panic!("one live slot")
-        };
+        let all = read(WORDS);
         assert_eq!(
-            (with.runqueue_wait_buckets[2], with.runqueue_wait_ns),
-            (7, 11)
+            (
+                all.runqueue_wait_buckets[2],
+                all.runqueue_wait_ns,
+                all.blocked_zero,
+                all.blocked_buckets[POD_NATIVE_BUCKETS - 1]
+            ),
+            (7, 11, 13, 17)
+        );
+        let runqueue_only = read(BLOCKED_HISTOGRAM_WORD);
+        assert_eq!(runqueue_only.runqueue_wait_buckets[2], 7);
+        assert_eq!(
+            (runqueue_only.blocked_zero, runqueue_only.blocked_buckets),
+            (0, [0; POD_NATIVE_BUCKETS])
         );
         assert_eq!(
-            without,
+            read(HISTOGRAM_WORD),
             CgroupStats {
                 runqueue_wait_ns: 11,
                 ..Default::default()

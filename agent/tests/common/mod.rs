@@ -889,7 +889,7 @@ pub fn protobuf_scrape(agent: &Agent) -> Vec<MetricFamily> {
 }
 
 /// A native histogram's positive buckets by index, as Prometheus reads its spans and
-/// deltas: (index, count) of each bucket the spans name.
+/// deltas: (index, count) of each bucket the spans name (a span may hold empty ones).
 pub fn native_buckets(
     h: &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram,
 ) -> Vec<(i32, u64)> {
@@ -903,7 +903,8 @@ pub fn native_buckets(
         };
         for _ in 0..span.length {
             count += deltas.next().expect("a delta per bucket");
-            buckets.push((index, count as u64));
+            let n = u64::try_from(count).expect("no bucket count below zero");
+            buckets.push((index, n));
             index += 1;
         }
     }

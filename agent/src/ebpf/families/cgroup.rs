@@ -8,7 +8,10 @@
 //! cgroups and keeps their final values, see `cgroups::table`) and exports them.
 use std::sync::{Arc, Mutex};
 
-use agent_ebpf::cgroup::{CGROUP_ACCOUNTING_GLOBAL, CgroupStats, names};
+use agent_ebpf::{
+    cgroup::{CGROUP_ACCOUNTING_GLOBAL, CgroupStats, names},
+    histogram::POD_NATIVE_BUCKETS,
+};
 use aya::Ebpf;
 use clap::ValueEnum;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -176,17 +179,19 @@ impl Family for Cgroup {
             take_map(ebpf, names::CGROUP_SLOTS_USED)?,
             take_map(ebpf, names::CGROUP_STATS)?,
         );
+        let exported = exported(
+            &ctx.settings
+                .get::<CgroupFamilySettings>(NAME)
+                .cloned()
+                .unwrap_or_default()
+                .series,
+        );
+        let slots = slots.reading_histograms(exported[RUNQUEUE_WAIT], exported[BLOCKED]);
         let capacity = slots.capacity();
         Ok(Box::new(CgroupMaps {
             stats: PerCgroupMap::new(names::CGROUP_STATS, slots, capacity, ctx.cgroups.clone()),
             texts: Mutex::default(),
-            exported: exported(
-                &ctx.settings
-                    .get::<CgroupFamilySettings>(NAME)
-                    .cloned()
-                    .unwrap_or_default()
-                    .series,
-            ),
+            exported,
         }))
     }
 }
@@ -297,26 +302,59 @@ const FAMILIES: [(CgroupSeries, &str, &str); 5] = [
     ),
 ];
 
-/// The index of `runqueue_wait` in [`FAMILIES`]: in a protobuf scrape it also brings the
-/// per-pod native histogram of the waits ([`runqueue_latency`]).
+/// The indices of `runqueue_wait` and `blocked` in [`FAMILIES`]: in a protobuf scrape each
+/// also brings a per-pod native histogram ([`NATIVE_FAMILIES`]).
 const RUNQUEUE_WAIT: usize = 1;
+const BLOCKED: usize = 4;
 
-/// The per-pod native histogram of run-queue waits, one sample per cgroup that waited:
-/// schema 0, from the buckets the kernel keeps in the cgroup's slot
-/// (`CgroupStats::runqueue_wait_buckets`). Its count is the buckets' total, its sum the
-/// cgroup's run-queue wait. Protobuf only: the text formats cannot carry it.
-fn runqueue_latency(out: &mut Vec<u8>, rows: &[Row<(), CgroupStats>], labels: &[&Rendered]) {
-    let mut family = protobuf_wire::NativeHistogramFamily::new(
+/// A row's native histogram: (zero bucket, buckets, sum in nanoseconds).
+type NativeOf = fn(&CgroupStats) -> (u64, &[u64; POD_NATIVE_BUCKETS], u64);
+
+/// The per-pod native histograms, each with the family of [`FAMILIES`] that brings it: one
+/// sample per cgroup with a value, schema 0, from the buckets the kernel keeps in the
+/// cgroup's slot. Its count is the buckets' total, its sum the family's total (both kinds
+/// of blocked time). Protobuf only: the text formats cannot carry them.
+const NATIVE_FAMILIES: [(usize, &str, &str, NativeOf); 2] = [
+    (
+        RUNQUEUE_WAIT,
         "nodelens_cgroup_runqueue_latency_seconds",
         "Run-queue waits of the cgroup's tasks, one by one: a native histogram, in a protobuf scrape only.",
-    );
+        |v| {
+            (
+                v.runqueue_wait_zero,
+                &v.runqueue_wait_buckets,
+                v.runqueue_wait_ns,
+            )
+        },
+    ),
+    (
+        BLOCKED,
+        "nodelens_cgroup_blocked_latency_seconds",
+        "Blocked times of the cgroup's tasks (uninterruptible sleep until woken, I/O or other), one by one: a native histogram, in a protobuf scrape only.",
+        |v| {
+            (
+                v.blocked_zero,
+                &v.blocked_buckets,
+                v.blocked_io_ns + v.blocked_other_ns,
+            )
+        },
+    ),
+];
+
+fn native_family(
+    out: &mut Vec<u8>,
+    rows: &[Row<(), CgroupStats>],
+    labels: &[&Rendered],
+    (name, help, of): (&str, &str, NativeOf),
+) {
+    let mut family = protobuf_wire::NativeHistogramFamily::new(name, help);
     for (row, l) in rows.iter().zip(labels) {
-        let v = &row.values;
+        let (zero, buckets, sum_ns) = of(&row.values);
         family.sample_buckets(
             l.protobuf(),
             &[],
-            &pod_native_seconds(v.runqueue_wait_zero, &v.runqueue_wait_buckets),
-            v.runqueue_wait_ns as f64 / 1e9,
+            &pod_native_seconds(zero, buckets),
+            sum_ns as f64 / 1e9,
         );
     }
     family.finish(out);
@@ -502,8 +540,10 @@ impl CgroupMaps {
                 }
                 family.finish(out);
             }
-            if self.exported[RUNQUEUE_WAIT] {
-                runqueue_latency(out, rows, &labels);
+            for (brought_by, name, help, of) in NATIVE_FAMILIES {
+                if self.exported[brought_by] {
+                    native_family(out, rows, &labels, (name, help, of));
+                }
             }
             Ok(())
         })

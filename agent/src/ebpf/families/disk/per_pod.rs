@@ -26,7 +26,7 @@ pub(super) struct DiskRow<'a> {
     pub labels: &'a series::Rendered,
     pub device: &'a str,
     pub op: &'static str,
-    pub values: CgroupDiskStats,
+    pub values: &'a CgroupDiskStats,
 }
 
 impl DiskRow<'_> {
@@ -167,7 +167,7 @@ mod tests {
         }
         let owned = rows
             .iter()
-            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, r.values))
+            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, *r.values))
             .collect();
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(Encoder(owned)));
@@ -193,7 +193,7 @@ mod tests {
                         labels,
                         device,
                         op,
-                        values: *values,
+                        values,
                     })
                     .collect();
                 render::direct(|out| {
@@ -208,7 +208,7 @@ mod tests {
         }
         let owned = rows
             .iter()
-            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, r.values))
+            .map(|r| (r.labels.clone(), r.device.to_owned(), r.op, *r.values))
             .collect();
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(Direct(owned, exported)));
@@ -264,8 +264,8 @@ mod tests {
         rows[0].3.latency_buckets[8] = 1;
         let rows: Vec<DiskRow> = rows
             .iter()
-            .map(|&(i, device, op, values)| DiskRow {
-                labels: labels[i],
+            .map(|(i, device, op, values)| DiskRow {
+                labels: labels[*i],
                 device,
                 op,
                 values,
