@@ -14,12 +14,15 @@
 //! CPU time per cgroup, and why it adds up to what `cpu.stat`'s `usage_usec` adds up: the
 //! kernel charges a task's CPU time (`update_curr`, for every scheduling class) as
 //! `rq->clock_task` minus the task's `exec_start`, and sets `exec_start` to `clock_task`
-//! when the task gets the CPU. Both happen in `__schedule` with the clock that the
-//! tracepoint then sees, so what a task is charged between getting a CPU and leaving it is
-//! exactly the difference of `clock_task` at the two `sched_switch` events on that CPU. The
-//! program keeps `clock_task` per CPU at each switch and, at the next one, charges the
-//! difference to the leaving task's cgroup (`current` is still `prev`). That holds for
-//! every kind of switch:
+//! when the task gets the CPU, so its `sum_exec_runtime` grows by exactly what it is
+//! charged while it has a CPU. With tp_btf the program keeps the arriving task's
+//! `sum_exec_runtime` per CPU at each switch and, at the next one, charges what the
+//! leaving task's grew by to its cgroup (`current` is still `prev`). Without a task pointer
+//! (classic tracepoints) it keeps `clock_task` instead and charges the clock's difference:
+//! the same, except that a CPU about to go idle balances after the leaving task's last
+//! update (`sched_balance_newidle`, with the run queue unlocked) and moves the clock on,
+//! which the difference also counts (µs, and once 25 ms under the matrix's emulated CPUs).
+//! That holds for every kind of switch:
 //! - blocking (voluntary) and preemption (involuntary): `prev` is charged its stretch;
 //! - a task's last switch (`TASK_DEAD`, after `do_exit`): charged like any other, to the
 //!   cgroup it ran in (`cgroup_exit` unlinks the task but keeps its `css_set` until it is
@@ -113,6 +116,13 @@ pub struct SchedCounters {
     /// `1 << 32 | pid` with classic tracepoints; 0 before the first): the one the two
     /// fields above belong to.
     pub arrived_task: u64,
+    /// That task's `sum_exec_runtime` when it arrived, where the program can read it
+    /// (tp_btf; `arrived_sum_exec_known` 1): what it ran is then what the total gained,
+    /// the kernel's own figure. The clock difference from the switch that brought it
+    /// would also count a newly idle CPU's balancing after its last update, which runs
+    /// with the run queue unlocked and moves its clock on (25 ms once, under emulated CPUs).
+    pub arrived_sum_exec: u64,
+    pub arrived_sum_exec_known: u64,
     /// Which task left at that switch, and its `sum_exec_runtime` and `sched_info.pcount`
     /// then: what a task that comes back without a tracepoint is charged from.
     pub departed_task: u64,
@@ -393,12 +403,14 @@ mod programs {
         prev: u64,
         prev_totals: Totals,
         next: u64,
+        next_sum_exec: Option<u64>,
         run_clock: u64,
     ) -> Option<Charge> {
         let since = cpu.last_switch_run_clock;
         let waited = cpu.pending_wait_ns;
         let wait_slot = cpu.pending_wait_slot;
         let arrived = cpu.arrived_task;
+        let arrived_sum = (cpu.arrived_sum_exec_known != 0).then_some(cpu.arrived_sum_exec);
         let (departed, departed_sum, departed_arrivals) = (
             cpu.departed_task,
             cpu.departed_sum_exec,
@@ -407,14 +419,16 @@ mod programs {
         cpu.last_switch_run_clock = run_clock;
         cpu.pending_wait_ns = 0;
         cpu.arrived_task = next;
+        cpu.arrived_sum_exec = next_sum_exec.unwrap_or(0);
+        cpu.arrived_sum_exec_known = u64::from(next_sum_exec.is_some());
         cpu.departed_task = prev;
         cpu.departed_sum_exec = prev_totals.sum_exec;
         cpu.departed_arrivals = prev_totals.arrivals;
         if arrived == prev {
-            let ran = if since != 0 && run_clock != 0 {
-                run_clock.saturating_sub(since)
-            } else {
-                0
+            let ran = match arrived_sum {
+                Some(arrived_sum) => prev_totals.sum_exec.saturating_sub(arrived_sum),
+                None if since != 0 && run_clock != 0 => run_clock.saturating_sub(since),
+                None => 0,
             };
             return Some(Charge {
                 ran,
@@ -557,6 +571,8 @@ mod programs {
             classic_identity(prev_pid),
             prev_totals,
             classic_identity(next_pid),
+            // `next`'s total is out of reach here (no task pointer): the clock it is.
+            None,
             run_clock,
         );
 
@@ -618,6 +634,9 @@ mod programs {
             prev as u64,
             task_totals(layout, prev),
             next as u64,
+            // SAFETY: a direct load through the BTF-typed `next`.
+            (layout.task_clock != 0)
+                .then(|| unsafe { kernel::btf_load::<u64>(next, layout.task_sum_exec) }),
             run_clock,
         );
         if prev_pid != 0 {
