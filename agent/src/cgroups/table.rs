@@ -395,7 +395,12 @@ where
         let mut other: HashMap<K::Dims, V> = HashMap::default();
         // Final rows exported with their recreated entry, not again on their own.
         let mut merged: Vec<K> = Vec::new();
-        for (key, mut value) in entries {
+        // In the rows' order (see `sorted_by_id`), so that the rows are mostly sorted as
+        // they are made: each entry is copied once, in this loop.
+        let mut order: Vec<(u64, usize)> =
+            entries.iter().map(|(k, _)| k.cgroup()).zip(0..).collect();
+        order.sort_unstable();
+        for (key, mut value) in order.into_iter().map(|(_, i)| entries[i]) {
             let (assignment, series) = tracker.series(key.cgroup());
             match assignment {
                 Assignment::Tracked => {
@@ -463,10 +468,11 @@ where
                 values,
             }));
         }
-        Rows {
-            rows: sorted_by_id(rows),
-            tracker,
+        // Rows of finals and twins came after the entries' and need a sort; "other" is last.
+        if !rows.is_sorted_by_key(|r| r.id) {
+            rows = sorted_by_id(rows);
         }
+        Rows { rows, tracker }
     }
 
     /// Rows waiting for their final export.
