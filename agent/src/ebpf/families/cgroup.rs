@@ -56,7 +56,8 @@ pub enum CgroupSeries {
     ContextSwitches,
     #[value(name = "reclaim_stall")]
     ReclaimStall,
-    /// Two series per pod (I/O, other) once it has blocked uninterruptibly.
+    /// Two series per pod (I/O, other) once it has blocked uninterruptibly, and in a
+    /// protobuf scrape the native histogram of its blocked times.
     Blocked,
 }
 
@@ -306,6 +307,10 @@ const FAMILIES: [(CgroupSeries, &str, &str); 5] = [
 /// also brings a per-pod native histogram ([`NATIVE_FAMILIES`]).
 const RUNQUEUE_WAIT: usize = 1;
 const BLOCKED: usize = 4;
+const _: () = assert!(
+    matches!(FAMILIES[RUNQUEUE_WAIT].0, CgroupSeries::RunqueueWait)
+        && matches!(FAMILIES[BLOCKED].0, CgroupSeries::Blocked)
+);
 
 /// A row's native histogram: (zero bucket, buckets, sum in nanoseconds).
 type NativeOf = fn(&CgroupStats) -> (u64, &[u64; POD_NATIVE_BUCKETS], u64);
