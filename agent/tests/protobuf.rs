@@ -322,7 +322,7 @@ fn protobuf_classic_histograms_off_leaves_native_only_where_there_is_one() {
 struct PodHistogram {
     count: u64,
     sum: f64,
-    /// (schema-0 index, count) of the buckets that hold waits.
+    /// (schema-0 index, count) of the buckets its spans name (empty ones among them).
     buckets: Vec<(i32, u64)>,
 }
 

@@ -103,7 +103,8 @@ pub struct SchedCounters {
     pub cgroup_map_full: u64,
     /// The run clock at this CPU's last switch: `rq->clock_task` where the layout has it
     /// (see the module doc), else `bpf_ktime_get_ns`. The task leaving at the next switch
-    /// has run for the difference. Per-CPU state rather than a counter; 0 until the first
+    /// has run for the difference, where its `sum_exec_runtime` at arrival is not known
+    /// (`arrived_sum_exec_known`). Per-CPU state rather than a counter; 0 until the first
     /// switch is seen.
     pub last_switch_run_clock: u64,
     /// How long the task now on this CPU waited for it. Charged to that task's cgroup when
@@ -168,12 +169,14 @@ pub struct SchedLayout {
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
     /// 1: `task_cfs_rq`, `cfs_rq_rq` and `rq_clock_task` are set, and run time is measured
-    /// with the run queue's task clock (see the module doc); 0: with `bpf_ktime_get_ns`.
+    /// with the kernel's own totals (tp_btf) or the run queue's task clock (see the module
+    /// doc); 0: with `bpf_ktime_get_ns`.
     pub task_clock: u32,
     /// `rq.clock_task`: the clock the kernel charges run time with.
     pub rq_clock_task: u32,
     /// `task_struct.se.sum_exec_runtime` and `task_struct.sched_info.pcount`: a task's
-    /// totals, for a task whose arrival no tracepoint showed (see `leaving`). Set with
+    /// totals, read at every tp_btf switch (what a task ran is what its total grew by),
+    /// and for a task whose arrival no tracepoint showed (see `leaving`). Set with
     /// `task_clock`.
     pub task_sum_exec: u32,
     pub task_pcount: u32,
@@ -571,7 +574,8 @@ mod programs {
             classic_identity(prev_pid),
             prev_totals,
             classic_identity(next_pid),
-            // `next`'s total is out of reach here (no task pointer): the clock it is.
+            // Classic tracepoints have no pointer to `next`, and tp_btf comes here only
+            // without the kernel timestamps: the clock it is.
             None,
             run_clock,
         );

@@ -126,8 +126,10 @@ impl CgroupSlots {
         }
     }
 
-    /// Which native histograms a protobuf scrape reads (by default both): the words of one
-    /// that is not exported are left zero.
+    /// Which native histograms a protobuf scrape reads (by default both). A slot is read
+    /// from its first word on, so the blocked-time histogram's words are left zero when it
+    /// is not exported, and both when neither is; with only `blocked` on, the run-queue
+    /// histogram's are read too.
     pub fn reading_histograms(mut self, runqueue: bool, blocked: bool) -> Self {
         self.protobuf_words = match (runqueue, blocked) {
             (_, true) => WORDS,

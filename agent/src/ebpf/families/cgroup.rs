@@ -420,8 +420,8 @@ struct RowText {
     /// of its label sets `series::choose` picked (with the cgroup path or without).
     serial: u64,
     with_path: bool,
-    /// The values its lines show: only the totals ([`row_samples`]). The run-queue
-    /// histogram's counters, four-fifths of a row's values, are in no text line, and
+    /// The values its lines show: only the totals ([`row_samples`]). The histograms'
+    /// counters, 66 of a row's 74 values, are in no text line, and
     /// keeping or comparing them made every text scrape of 4,096 idle pods twice as dear.
     values: [u64; SAMPLES],
     /// The row's lines of every family, one after the other; family i's lines end at

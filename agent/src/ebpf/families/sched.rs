@@ -149,7 +149,8 @@ fn run_clock_layout(
     let cfs_rq_rq = m("cfs_rq", "rq")?;
     let rq_clock_task = m("rq", "clock_task")?;
     let rq_clock = m("rq", "clock")?;
-    // A task's own totals, for a task whose arrival no tracepoint showed.
+    // A task's own totals: what it ran, with tp_btf, and for a task whose arrival no
+    // tracepoint showed.
     let sum_exec = se + m("sched_entity", "sum_exec_runtime")?;
     let sched_info = m("task_struct", "sched_info")?;
     let pcount = sched_info + m("sched_info", "pcount")?;
@@ -263,7 +264,7 @@ pub fn layout(kernel: &KernelSources) -> (SchedLayout, FamilyLayout) {
     let run_clock = match run_clock_layout(kernel, &mut l) {
         Ok(more) if btf.is_ok() => {
             offsets.extend(more);
-            "CPU time per cgroup from the run queue's task clock".to_owned()
+            "CPU time per cgroup from the kernel's own run-time totals (sum_exec_runtime; the run queue's task clock with classic tracepoints)".to_owned()
         }
         Ok(_) => {
             l.task_clock = 0;
