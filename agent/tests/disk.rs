@@ -370,16 +370,11 @@ fn a_pods_disk_io_is_attributed_to_its_cgroup() {
 fn check_native_latencies(agent: &Agent, dev: &str, cgroup: &str) {
     // Two scrapes and two maps read moments apart: a request on the device in between (udev
     // probing it, say) can make one disagree with the other once; it settles at once.
-    // Polled until they agree, with a deadline: `common::wait_for` would lose what did not
-    // match, which the failure should say.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match native_latencies(agent, dev, cgroup) {
-            Ok(()) => return,
-            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+    common::poll_until(
+        "the native disk latencies to agree with the totals",
+        Duration::from_secs(10),
+        || native_latencies(agent, dev, cgroup),
+    );
 }
 
 /// One protobuf scrape's native disk latencies against a text scrape's totals and

@@ -548,14 +548,24 @@ pub fn url_encode(s: &str) -> String {
 
 /// Polls `f` every 250 ms until it holds; fails the test after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    poll_until(what, limit, || {
+        f().then_some(()).ok_or_else(|| "not yet".to_owned())
+    });
+}
+
+/// Polls `f` every 250 ms until it returns `Ok`, for at most `limit`; the panic says what
+/// it returned last, so that a failure tells what did not match.
+pub fn poll_until(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if start.elapsed() >= limit => {
+                panic!("timed out after {limit:?} waiting for {what}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
-        std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 /// Starts Debian's Prometheus with `<dir>/prometheus.yml`, its storage in `<dir>/data`,
