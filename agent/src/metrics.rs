@@ -184,6 +184,14 @@ impl NativeBuckets<'_> {
     /// span as zero counts, as client_golang writes it: a zero costs a byte, a new span six.
     pub fn spans_and_deltas(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
         let (mut spans, mut deltas) = (Vec::new(), Vec::new());
+        self.spans_and_deltas_into(&mut spans, &mut deltas);
+        (spans, deltas)
+    }
+
+    /// [`Self::spans_and_deltas`], into vectors the caller reuses (cleared first).
+    pub fn spans_and_deltas_into(&self, spans: &mut Vec<(i32, u32)>, deltas: &mut Vec<i64>) {
+        spans.clear();
+        deltas.clear();
         let (mut next_index, mut previous) = (None::<i32>, 0i64);
         for (k, count) in self.counts.iter().enumerate() {
             if *count == 0 {
@@ -204,7 +212,6 @@ impl NativeBuckets<'_> {
             deltas.push(*count as i64 - previous);
             previous = *count as i64;
         }
-        (spans, deltas)
     }
 }
 

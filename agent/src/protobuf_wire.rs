@@ -110,35 +110,46 @@ fn delimited(bytes: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
-/// One counter family being written: its samples go into a buffer of their own, since
-/// the family's length comes before them.
-pub struct CounterFamily<'a> {
-    name: &'a str,
-    help: &'a str,
-    metrics: Vec<u8>,
+/// Room left before a family for its length, the longest a varint can be: the family is
+/// written straight into the scrape's bytes, then moved back to sit right after its length.
+const LENGTH_ROOM: usize = 10;
+
+/// Starts a family in `out`: room for its length, then its name, help and type. Returns
+/// where it starts, for [`end_family`].
+fn begin_family(out: &mut Vec<u8>, name: &str, help: &str, kind: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_ROOM]);
+    bytes_field(out, 1, name.as_bytes());
+    bytes_field(out, 2, help.as_bytes());
+    out.push(tag(3, 0));
+    varint(out, kind);
+    start
 }
 
-/// Writes a family, length first, to `out`.
-fn family(out: &mut Vec<u8>, name: &str, help: &str, kind: u64, metrics: &[u8]) {
-    let mut head = Vec::with_capacity(name.len() + help.len() + 8);
-    bytes_field(&mut head, 1, name.as_bytes());
-    bytes_field(&mut head, 2, help.as_bytes());
-    head.push(tag(3, 0));
-    varint(&mut head, kind);
-    varint(out, (head.len() + metrics.len()) as u64);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(metrics);
+/// Ends the family begun at `start`: its length in front of it, in as few bytes as the
+/// varint takes. One move of the family's bytes, where writing it into a buffer of its own
+/// copied it into the scrape and, as that buffer grew, a dozen times more.
+fn end_family(out: &mut Vec<u8>, start: usize) {
+    let body = start + LENGTH_ROOM;
+    let mut length = Vec::with_capacity(LENGTH_ROOM);
+    varint(&mut length, (out.len() - body) as u64);
+    out.copy_within(body.., start + length.len());
+    out[start..start + length.len()].copy_from_slice(&length);
+    out.truncate(out.len() - (LENGTH_ROOM - length.len()));
+}
+
+/// One counter family being written into a scrape's bytes; [`Self::finish`] ends it.
+pub struct CounterFamily<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
 }
 
 impl<'a> CounterFamily<'a> {
     /// `name` is the family's whole name, `_total` included, as Prometheus's own clients
     /// and prometheus_client name a counter family in this format.
-    pub fn new(name: &'a str, help: &'a str) -> Self {
-        Self {
-            name,
-            help,
-            metrics: Vec::new(),
-        }
+    pub fn new(out: &'a mut Vec<u8>, name: &str, help: &str) -> Self {
+        let start = begin_family(out, name, help, COUNTER);
+        Self { out, start }
     }
 
     /// A sample: the encoded `labels`, more pairs after them, and the value.
@@ -146,21 +157,22 @@ impl<'a> CounterFamily<'a> {
         let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
         // Counter { value: double } is 9 bytes; as Metric.counter, 11.
         let metric_len = labels.len() + extra_len + 11;
-        self.metrics.push(tag(4, 2));
-        varint(&mut self.metrics, metric_len as u64);
-        self.metrics.extend_from_slice(labels);
+        let out = &mut *self.out;
+        out.push(tag(4, 2));
+        varint(out, metric_len as u64);
+        out.extend_from_slice(labels);
         for (name, v) in extra {
-            label(&mut self.metrics, name, v);
+            label(out, name, v);
         }
-        self.metrics.push(tag(3, 2));
-        self.metrics.push(9);
-        self.metrics.push(tag(1, 1));
-        self.metrics.extend_from_slice(&value.to_le_bytes());
+        out.push(tag(3, 2));
+        out.push(9);
+        out.push(tag(1, 1));
+        out.extend_from_slice(&value.to_le_bytes());
     }
 
-    /// Writes the family, length first, to `out`.
-    pub fn finish(self, out: &mut Vec<u8>) {
-        family(out, self.name, self.help, COUNTER, &self.metrics);
+    /// Ends the family: its length goes in front of it.
+    pub fn finish(self) {
+        end_family(self.out, self.start);
     }
 }
 
@@ -176,21 +188,29 @@ pub struct Native<'a> {
     pub deltas: &'a [i64],
 }
 
-/// One family of native histograms (no classic buckets) being written.
+/// One family of native histograms (no classic buckets) being written into a scrape's
+/// bytes; [`Self::finish`] ends it. Its buffers are reused from sample to sample: a busy
+/// node has some 10,000 per-pod histograms in a scrape, and allocating each one's spans,
+/// deltas and message was a tenth of the scrape.
 pub struct NativeHistogramFamily<'a> {
-    name: &'a str,
-    help: &'a str,
-    metrics: Vec<u8>,
+    out: &'a mut Vec<u8>,
+    start: usize,
     histogram: Vec<u8>,
+    packed: Vec<u8>,
+    spans: Vec<(i32, u32)>,
+    deltas: Vec<i64>,
 }
 
 impl<'a> NativeHistogramFamily<'a> {
-    pub fn new(name: &'a str, help: &'a str) -> Self {
+    pub fn new(out: &'a mut Vec<u8>, name: &str, help: &str) -> Self {
+        let start = begin_family(out, name, help, HISTOGRAM);
         Self {
-            name,
-            help,
-            metrics: Vec::new(),
+            out,
+            start,
             histogram: Vec::new(),
+            packed: Vec::new(),
+            spans: Vec::new(),
+            deltas: Vec::new(),
         }
     }
 
@@ -207,7 +227,11 @@ impl<'a> NativeHistogramFamily<'a> {
         if count == 0 {
             return;
         }
-        let (spans, deltas) = buckets.spans_and_deltas();
+        let (mut spans, mut deltas) = (
+            std::mem::take(&mut self.spans),
+            std::mem::take(&mut self.deltas),
+        );
+        buckets.spans_and_deltas_into(&mut spans, &mut deltas);
         self.sample(
             labels,
             extra,
@@ -221,6 +245,7 @@ impl<'a> NativeHistogramFamily<'a> {
                 deltas: &deltas,
             },
         );
+        (self.spans, self.deltas) = (spans, deltas);
     }
 
     /// A sample: the encoded `labels`, more pairs after them, and the histogram. A zero
@@ -259,29 +284,28 @@ impl<'a> NativeHistogramFamily<'a> {
             varint(m, length);
         }
         if !h.deltas.is_empty() {
-            let mut packed = Vec::with_capacity(h.deltas.len() * 2);
+            let packed = &mut self.packed;
+            packed.clear();
             for &d in h.deltas {
-                varint(&mut packed, zigzag(d));
+                varint(packed, zigzag(d));
             }
-            bytes_field(m, 13, &packed);
+            bytes_field(m, 13, packed);
         }
         let histogram_len = 1 + varint_len(m.len() as u64) + m.len();
         let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
-        self.metrics.push(tag(4, 2));
-        varint(
-            &mut self.metrics,
-            (labels.len() + extra_len + histogram_len) as u64,
-        );
-        self.metrics.extend_from_slice(labels);
+        let out = &mut *self.out;
+        out.push(tag(4, 2));
+        varint(out, (labels.len() + extra_len + histogram_len) as u64);
+        out.extend_from_slice(labels);
         for (name, v) in extra {
-            label(&mut self.metrics, name, v);
+            label(out, name, v);
         }
-        bytes_field(&mut self.metrics, 7, &self.histogram);
+        bytes_field(out, 7, &self.histogram);
     }
 
-    /// Writes the family, length first, to `out`.
-    pub fn finish(self, out: &mut Vec<u8>) {
-        family(out, self.name, self.help, HISTOGRAM, &self.metrics);
+    /// Ends the family: its length goes in front of it.
+    pub fn finish(self) {
+        end_family(self.out, self.start);
     }
 }
 
@@ -301,12 +325,16 @@ mod tests {
             read_labels(&labels).collect::<Vec<_>>(),
             [("namespace", "team-a"), ("pod", long.as_str())]
         );
-        let mut family = CounterFamily::new("nodelens_x_seconds_total", "Help, with \"quotes\"");
+        let mut out = vec![];
+        let mut family = CounterFamily::new(
+            &mut out,
+            "nodelens_x_seconds_total",
+            "Help, with \"quotes\"",
+        );
         family.sample(&labels, &[("kind", "io")], 1.5);
         family.sample(&labels, &[], 0.0);
         family.sample(&[], &[], f64::MAX);
-        let mut out = vec![];
-        family.finish(&mut out);
+        family.finish();
         let mut rest = out.as_slice();
         let decoded = MetricFamily::decode_length_delimited(&mut rest).expect("decodes");
         assert!(rest.is_empty(), "nothing after the family");
@@ -347,7 +375,8 @@ mod tests {
     #[test]
     fn a_native_histogram_written_here_decodes_with_its_spans_and_deltas() {
         let labels = labels([("pod", "web-0")]);
-        let mut family = NativeHistogramFamily::new("nodelens_x_seconds", "Waits.");
+        let mut out = vec![];
+        let mut family = NativeHistogramFamily::new(&mut out, "nodelens_x_seconds", "Waits.");
         family.sample(
             &labels,
             &[("device", "vda"), ("op", "read")],
@@ -374,8 +403,7 @@ mod tests {
                 deltas: &[],
             },
         );
-        let mut out = vec![];
-        family.finish(&mut out);
+        family.finish();
         let decoded = MetricFamily::decode_length_delimited(out.as_slice()).expect("decodes");
         assert_eq!(decoded.r#type, MetricType::Histogram as i32);
         assert_eq!(decoded.metric.len(), 2);
@@ -399,6 +427,44 @@ mod tests {
         assert!(h.bucket.is_empty(), "native only");
         let empty = decoded.metric[1].histogram.as_ref().expect("a histogram");
         assert_eq!(empty.sample_count, 0);
+    }
+
+    #[test]
+    fn families_of_every_length_size_follow_each_other() {
+        // Families whose lengths take one, two and three bytes, written one after the
+        // other into the same bytes: each is moved back behind its length.
+        let labels = labels([("pod", "web-0")]);
+        let mut out = vec![];
+        for samples in [0, 10, 2_000] {
+            let mut family = CounterFamily::new(&mut out, "c_total", "C.");
+            for k in 0..samples {
+                family.sample(&labels, &[], k as f64);
+            }
+            family.finish();
+        }
+        let mut rest = out.as_slice();
+        let mut lengths = vec![];
+        while !rest.is_empty() {
+            let before = rest.len();
+            let decoded = MetricFamily::decode_length_delimited(&mut rest).expect("decodes");
+            lengths.push((decoded.metric.len(), before - rest.len()));
+            let values: Vec<f64> = decoded
+                .metric
+                .iter()
+                .map(|m| m.counter.as_ref().expect("a counter").value)
+                .collect();
+            assert!(
+                values
+                    .iter()
+                    .copied()
+                    .eq((0..values.len()).map(|k| k as f64))
+            );
+        }
+        let counts: Vec<usize> = lengths.iter().map(|(n, _)| *n).collect();
+        assert_eq!(counts, [0, 10, 2_000]);
+        // The whole families are 16, about 300 and about 60,000 bytes: length prefixes of
+        // one, two and three bytes.
+        assert!(lengths[0].1 < 128 && lengths[1].1 > 130 && lengths[2].1 > 16_400);
     }
 
     #[test]

@@ -74,12 +74,16 @@ pub struct Rows<'t, D, V> {
 
 /// The rows in a stable order for readers and diffs: by id alone (comparing label strings
 /// cost a tenth of the scrape at 4,096 cgroups), then as they came. Sorted through their
-/// indices and moved once: a row carries per-pod native histograms (about 600 bytes), and
-/// sorting the rows themselves moved each of them a dozen times at 4,096 cgroups.
-fn sorted_by_id<D: Copy, V: Copy>(rows: Vec<Row<'_, D, V>>) -> Vec<Row<'_, D, V>> {
+/// indices and moved once: a row may be large (a per-pod disk row carries its native
+/// histogram, 288 bytes), and sorting the rows themselves moved each a dozen times.
+fn sorted_by_id<D, V>(rows: Vec<Row<'_, D, V>>) -> Vec<Row<'_, D, V>> {
     let mut order: Vec<(u64, usize)> = rows.iter().map(|r| r.id).zip(0..).collect();
     order.sort_unstable();
-    order.into_iter().map(|(_, i)| rows[i].clone()).collect()
+    let mut rows: Vec<Option<Row<'_, D, V>>> = rows.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(_, i)| rows[i].take())
+        .collect()
 }
 
 /// The user-space side of one per-cgroup kernel map.
@@ -112,7 +116,7 @@ struct TableState<K: CgroupKey, V> {
 impl<K, V> TableState<K, V>
 where
     K: CgroupKey,
-    V: Copy + Default + AddAssign,
+    V: Clone + Default + AddAssign,
 {
     /// Moves carried values whose cgroup has a live twin of its own now (a service made
     /// again twice: A's values carried into B, B made again as C) into that twin, so that
@@ -176,7 +180,7 @@ where
 impl<K, V> CounterTable<K, V>
 where
     K: CgroupKey,
-    V: Copy + Default + PartialEq + AddAssign,
+    V: Clone + Default + PartialEq + AddAssign,
 {
     fn lock(&self) -> MutexGuard<'_, TableState<K, V>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -400,14 +404,17 @@ where
         let mut order: Vec<(u64, usize)> =
             entries.iter().map(|(k, _)| k.cgroup()).zip(0..).collect();
         order.sort_unstable();
-        for (key, mut value) in order.into_iter().map(|(_, i)| entries[i]) {
+        for (key, mut value) in order
+            .into_iter()
+            .map(|(_, i)| (entries[i].0, std::mem::take(&mut entries[i].1)))
+        {
             let (assignment, series) = tracker.series(key.cgroup());
             match assignment {
                 Assignment::Tracked => {
                     // A gone cgroup's entry recreated after upkeep moved its value into
                     // finals: export the sum, never less than before.
                     if let Some((v, _, exported)) = t.finals.get_mut(&key) {
-                        value += *v;
+                        value += v.clone();
                         *exported = true;
                         merged.push(key);
                     }
@@ -452,13 +459,13 @@ where
                     id: key.cgroup(),
                     series,
                     dims: key.dims(),
-                    values: *v,
+                    values: v.clone(),
                 });
             }
         }
         if tracker.other_used() {
             for (dims, v) in &t.retired {
-                *other.entry(*dims).or_default() += *v;
+                *other.entry(*dims).or_default() += v.clone();
             }
             let series = tracker.other_series();
             rows.extend(other.into_iter().map(|(dims, values)| Row {

@@ -34,7 +34,7 @@ pub type Entries<M> = Vec<(<M as CgroupMap>::Key, <M as CgroupMap>::Value)>;
 /// A per-cgroup kernel map, as the sweep and the scrape use it.
 pub trait CgroupMap: Send {
     type Key: CgroupKey<Dims: Send> + Send;
-    type Value: Copy + Default + PartialEq + std::ops::AddAssign + Send;
+    type Value: Clone + Default + PartialEq + std::ops::AddAssign + Send;
     /// Every entry. Entries of cgroup id 0 (no owner known) are the family's own
     /// ("unknown"): the sweep never takes them.
     fn entries(&mut self) -> Result<Entries<Self>, String>;
@@ -65,7 +65,7 @@ impl<V> Default for UserMap<V> {
     }
 }
 
-impl<V: Copy + Default + std::ops::AddAssign> UserMap<V> {
+impl<V: Clone + Default + std::ops::AddAssign> UserMap<V> {
     /// Sets cgroups' values.
     pub fn set(&mut self, values: impl IntoIterator<Item = (u64, V)>) {
         self.values.extend(values);
@@ -78,19 +78,19 @@ impl<V: Copy + Default + std::ops::AddAssign> UserMap<V> {
 
     /// A cgroup's value.
     pub fn get(&self, id: u64) -> V {
-        self.values.get(&id).copied().unwrap_or_default()
+        self.values.get(&id).cloned().unwrap_or_default()
     }
 }
 
 impl<V> CgroupMap for UserMap<V>
 where
-    V: Copy + Default + PartialEq + std::ops::AddAssign + Send,
+    V: Clone + Default + PartialEq + std::ops::AddAssign + Send,
 {
     type Key = u64;
     type Value = V;
 
     fn entries(&mut self) -> Result<Entries<Self>, String> {
-        Ok(self.values.iter().map(|(k, v)| (*k, *v)).collect())
+        Ok(self.values.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
     fn take(&mut self, id: &u64, _: Assignment) -> Option<V> {

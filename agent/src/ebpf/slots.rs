@@ -62,6 +62,122 @@ const _: () = {
     assert!(offset_of!(CgroupStats, reclaim_memcg_ns) == 40);
 };
 
+/// The eight totals of a slot (its words 1 to 8, in [`CgroupStats`] field order): what every
+/// format exports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupTotals {
+    pub cpu_ns: u64,
+    pub runqueue_wait_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub reclaim_direct_ns: u64,
+    pub reclaim_memcg_ns: u64,
+    pub blocked_io_ns: u64,
+    pub blocked_other_ns: u64,
+}
+
+/// A slot's two native histograms (see [`CgroupStats`]): only a protobuf scrape exports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodHistograms {
+    pub runqueue_wait_zero: u64,
+    pub runqueue_wait_buckets: [u64; POD_NATIVE_BUCKETS],
+    pub blocked_zero: u64,
+    pub blocked_buckets: [u64; POD_NATIVE_BUCKETS],
+}
+
+/// A cgroup's slot as user space carries it: the totals, and the histograms only when they
+/// were read (a protobuf scrape that exports one; a slot taken, whole). Boxed, so that the
+/// rows of a text scrape and upkeep's copies are 80 bytes each rather than the whole slot's
+/// 600: copying those made a text scrape of 4,096 idle pods half again as dear.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CgroupValues {
+    pub totals: CgroupTotals,
+    pub histograms: Option<Box<PodHistograms>>,
+}
+
+impl From<CgroupStats> for CgroupValues {
+    fn from(stats: CgroupStats) -> Self {
+        // Destructured, so that a new field fails to compile until it is carried here too.
+        let CgroupStats {
+            cpu_ns,
+            runqueue_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            reclaim_direct_ns,
+            reclaim_memcg_ns,
+            blocked_io_ns,
+            blocked_other_ns,
+            runqueue_wait_zero,
+            runqueue_wait_buckets,
+            blocked_zero,
+            blocked_buckets,
+        } = stats;
+        Self {
+            totals: CgroupTotals {
+                cpu_ns,
+                runqueue_wait_ns,
+                voluntary_switches,
+                involuntary_switches,
+                reclaim_direct_ns,
+                reclaim_memcg_ns,
+                blocked_io_ns,
+                blocked_other_ns,
+            },
+            histograms: Some(Box::new(PodHistograms {
+                runqueue_wait_zero,
+                runqueue_wait_buckets,
+                blocked_zero,
+                blocked_buckets,
+            })),
+        }
+    }
+}
+
+impl std::ops::AddAssign for CgroupTotals {
+    fn add_assign(&mut self, rhs: Self) {
+        let CgroupTotals {
+            cpu_ns,
+            runqueue_wait_ns,
+            voluntary_switches,
+            involuntary_switches,
+            reclaim_direct_ns,
+            reclaim_memcg_ns,
+            blocked_io_ns,
+            blocked_other_ns,
+        } = rhs;
+        self.cpu_ns += cpu_ns;
+        self.runqueue_wait_ns += runqueue_wait_ns;
+        self.voluntary_switches += voluntary_switches;
+        self.involuntary_switches += involuntary_switches;
+        self.reclaim_direct_ns += reclaim_direct_ns;
+        self.reclaim_memcg_ns += reclaim_memcg_ns;
+        self.blocked_io_ns += blocked_io_ns;
+        self.blocked_other_ns += blocked_other_ns;
+    }
+}
+
+impl std::ops::AddAssign for PodHistograms {
+    fn add_assign(&mut self, rhs: Self) {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        self.runqueue_wait_zero += rhs.runqueue_wait_zero;
+        add(&mut self.runqueue_wait_buckets, &rhs.runqueue_wait_buckets);
+        self.blocked_zero += rhs.blocked_zero;
+        add(&mut self.blocked_buckets, &rhs.blocked_buckets);
+    }
+}
+
+/// Histograms not read count as zero: a sum has them if either side does.
+impl std::ops::AddAssign for CgroupValues {
+    fn add_assign(&mut self, rhs: Self) {
+        self.totals += rhs.totals;
+        match (&mut self.histograms, rhs.histograms) {
+            (Some(mine), Some(theirs)) => **mine += *theirs,
+            (mine @ None, theirs @ Some(_)) => *mine = theirs,
+            (_, None) => {}
+        }
+    }
+}
+
 /// The four maps behind the per-cgroup totals.
 pub struct CgroupSlots {
     ids: HashMap<MapData, u64, u32>,
@@ -143,12 +259,12 @@ impl CgroupSlots {
         self.view.slots
     }
 
-    /// (cgroup id, totals) of every live slot, in slot order. The histograms' counters only
-    /// in a protobuf scrape, the one place they go: most of a slot's words, that a text
-    /// scrape and the upkeep round would read for nothing. (Upkeep only
-    /// tells moving entries from still ones with these; what it keeps of a gone cgroup
-    /// comes from [`Self::take`], whole.)
-    pub fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
+    /// (cgroup id, values) of every live slot, in slot order. The histograms only in a
+    /// protobuf scrape, the one place they go: most of a slot's words, that a text scrape
+    /// and the upkeep round would read and carry for nothing. (Upkeep only tells moving
+    /// entries from still ones with these; what it keeps of a gone cgroup comes from
+    /// [`Self::take`], whole.)
+    pub fn entries(&mut self) -> Result<Vec<(u64, CgroupValues)>, String> {
         let used = match self.used.get(&0, 0) {
             Ok(n) => n.min(u64::from(self.view.slots)) as u32,
             Err(e) => {
@@ -169,7 +285,7 @@ impl CgroupSlots {
     /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
     /// slot. The slot waits for [`Self::release_waiting`], which reports what reached it
     /// late if `keep_late`.
-    pub fn take(&mut self, cgroup_id: u64, keep_late: bool) -> Option<CgroupStats> {
+    pub fn take(&mut self, cgroup_id: u64, keep_late: bool) -> Option<CgroupValues> {
         let slot = batch::take(&mut self.ids, &cgroup_id)?;
         // A slot from the kernel's map, normally one a scan has just found; anything else
         // (the map changed from outside) is left alone rather than trusted.
@@ -190,7 +306,7 @@ impl CgroupSlots {
             at: Instant::now(),
             keep_late,
         });
-        Some(taken)
+        Some(taken.into())
     }
 
     /// Slots taken and not given back yet.
@@ -200,7 +316,7 @@ impl CgroupSlots {
 
     /// Gives back the slots taken at least [`MIN_WAIT`] ago, and returns what programs
     /// added to them after they were taken (by cgroup id, only where non-zero and wanted).
-    pub fn release_waiting(&mut self) -> Vec<(u64, CgroupStats)> {
+    pub fn release_waiting(&mut self) -> Vec<(u64, CgroupValues)> {
         let mut late = Vec::new();
         let (ready, waiting) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -209,7 +325,7 @@ impl CgroupSlots {
         for w in ready {
             let added = self.view.zero(w.slot).since(w.taken);
             if w.keep_late && added != CgroupStats::default() {
-                late.push((w.cgroup_id, added));
+                late.push((w.cgroup_id, added.into()));
             }
             if let Err(e) = self.free.push(w.slot, 0) {
                 // Only if something else filled the stack; the slot is lost, not reused.
@@ -367,18 +483,33 @@ impl SlotView {
         (w(0), totals(w))
     }
 
-    /// (cgroup id, totals) of the live slots among the first `n` (mapped ones), read from
-    /// their first `words` words.
-    fn live(&self, n: u32, words: usize) -> Vec<(u64, CgroupStats)> {
+    /// (cgroup id, values) of the live slots among the first `n` (mapped ones), read from
+    /// their first `words` words: the histograms only if `words` reaches them, those past
+    /// `words` left zero.
+    fn live(&self, n: u32, words: usize) -> Vec<(u64, CgroupValues)> {
         let n = n.min(self.mapped());
-        // Room for every slot at once: grown as it fills, the vector of 4,096 slots of
-        // 600 bytes was copied a dozen times.
+        // Room for every slot at once: grown as it fills, the vector of 4,096 slots was
+        // copied a dozen times.
         let mut live = Vec::with_capacity(n as usize);
         for slot in 0..n {
-            let (id, stats) = self.read(slot, words);
-            if id != SLOT_NEVER_USED && id != SLOT_FREED {
-                live.push((id, stats));
+            let id = self.word(slot, 0).load(Ordering::Relaxed);
+            if id == SLOT_NEVER_USED || id == SLOT_FREED {
+                continue;
             }
+            let w = |i: usize| {
+                if i < words {
+                    self.word(slot, i).load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            };
+            live.push((
+                id,
+                CgroupValues {
+                    totals: slot_totals(w),
+                    histograms: (words > HISTOGRAM_WORD).then(|| Box::new(slot_histograms(w))),
+                },
+            ));
         }
         live
     }
@@ -392,7 +523,31 @@ impl SlotView {
     }
 }
 
-/// A slot's totals from its words 1 on, in `CgroupStats` field order.
+/// A slot's totals from its words 1 to 8, as [`totals`] reads them.
+fn slot_totals(word: impl Fn(usize) -> u64) -> CgroupTotals {
+    CgroupTotals {
+        cpu_ns: word(1),
+        runqueue_wait_ns: word(2),
+        voluntary_switches: word(3),
+        involuntary_switches: word(4),
+        reclaim_direct_ns: word(5),
+        reclaim_memcg_ns: word(6),
+        blocked_io_ns: word(7),
+        blocked_other_ns: word(8),
+    }
+}
+
+/// A slot's histograms from its words [`HISTOGRAM_WORD`] on, as [`totals`] reads them.
+fn slot_histograms(word: impl Fn(usize) -> u64) -> PodHistograms {
+    PodHistograms {
+        runqueue_wait_zero: word(HISTOGRAM_WORD),
+        runqueue_wait_buckets: std::array::from_fn(|i| word(HISTOGRAM_WORD + 1 + i)),
+        blocked_zero: word(BLOCKED_HISTOGRAM_WORD),
+        blocked_buckets: std::array::from_fn(|i| word(BLOCKED_HISTOGRAM_WORD + 1 + i)),
+    }
+}
+
+/// A slot's whole `CgroupStats` from its words 1 on, in field order.
 fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
         cpu_ns: word(1),
@@ -447,7 +602,10 @@ mod tests {
         assert_eq!(view.read(2, WORDS), (SLOT_FREED, CgroupStats::default()));
         assert!(view.live(3, WORDS).is_empty(), "a freed slot is not live");
         view.word(0, 0).store(5, Ordering::Relaxed);
-        assert_eq!(view.live(3, WORDS), [(5, CgroupStats::default())]);
+        assert_eq!(
+            view.live(3, WORDS),
+            [(5, CgroupValues::from(CgroupStats::default()))]
+        );
         assert!(
             view.live(0, WORDS).is_empty(),
             "only the slots ever used are read"
@@ -459,34 +617,78 @@ mod tests {
         view.word(0, WORDS - 1).store(17, Ordering::Relaxed);
         view.word(0, 2).store(11, Ordering::Relaxed);
         let read = |words| {
-            let [(_, stats)] = view.live(1, words)[..] else {
+            let [(_, values)] = &view.live(1, words)[..] else {
                 panic!("one live slot")
             };
-            stats
+            values.clone()
         };
         let all = read(WORDS);
+        let h = all.histograms.expect("read");
         assert_eq!(
             (
-                all.runqueue_wait_buckets[2],
-                all.runqueue_wait_ns,
-                all.blocked_zero,
-                all.blocked_buckets[POD_NATIVE_BUCKETS - 1]
+                h.runqueue_wait_buckets[2],
+                all.totals.runqueue_wait_ns,
+                h.blocked_zero,
+                h.blocked_buckets[POD_NATIVE_BUCKETS - 1]
             ),
             (7, 11, 13, 17)
         );
-        let runqueue_only = read(BLOCKED_HISTOGRAM_WORD);
+        let runqueue_only = read(BLOCKED_HISTOGRAM_WORD).histograms.expect("read");
         assert_eq!(runqueue_only.runqueue_wait_buckets[2], 7);
         assert_eq!(
             (runqueue_only.blocked_zero, runqueue_only.blocked_buckets),
             (0, [0; POD_NATIVE_BUCKETS])
         );
+        // A text scrape's read: the totals, no histograms at all.
         assert_eq!(
             read(HISTOGRAM_WORD),
-            CgroupStats {
-                runqueue_wait_ns: 11,
-                ..Default::default()
+            CgroupValues {
+                totals: CgroupTotals {
+                    runqueue_wait_ns: 11,
+                    ..Default::default()
+                },
+                histograms: None,
             }
         );
+    }
+
+    #[test]
+    fn values_add_with_histograms_not_read_as_zero() {
+        let whole = |cpu_ns, bucket| {
+            let mut stats = CgroupStats {
+                cpu_ns,
+                ..Default::default()
+            };
+            stats.runqueue_wait_buckets[3] = bucket;
+            CgroupValues::from(stats)
+        };
+        let totals_only = |cpu_ns| CgroupValues {
+            totals: CgroupTotals {
+                cpu_ns,
+                ..Default::default()
+            },
+            histograms: None,
+        };
+        // Into a row without histograms (an "other" row starts as the default).
+        let mut sum = totals_only(1);
+        sum += whole(2, 5);
+        sum += totals_only(4);
+        sum += whole(8, 6);
+        assert_eq!(sum.totals.cpu_ns, 15);
+        let h = sum
+            .histograms
+            .as_deref()
+            .expect("taken from the whole ones");
+        assert_eq!(h.runqueue_wait_buckets[3], 11);
+        assert_eq!(
+            h.runqueue_wait_buckets.iter().sum::<u64>() + h.blocked_buckets.iter().sum::<u64>(),
+            11,
+            "nothing else"
+        );
+        // Neither side read: still none.
+        let mut none = totals_only(1);
+        none += totals_only(2);
+        assert_eq!(none, totals_only(3));
     }
 
     #[test]

@@ -70,10 +70,10 @@ mod tests {
     #[test]
     fn native_histograms_are_taken_and_other_families_left() {
         let mut exposition = Vec::new();
-        let mut counter = CounterFamily::new("c_total", "A counter.");
+        let mut counter = CounterFamily::new(&mut exposition, "c_total", "A counter.");
         counter.sample(&labels([("pod", "a")]), &[], 1.0);
-        counter.finish(&mut exposition);
-        let mut family = NativeHistogramFamily::new("h_seconds", "Waits.");
+        counter.finish();
+        let mut family = NativeHistogramFamily::new(&mut exposition, "h_seconds", "Waits.");
         family.sample(
             &labels([("pod", "a")]),
             &[],
@@ -87,7 +87,7 @@ mod tests {
                 deltas: &[2, -1],
             },
         );
-        family.finish(&mut exposition);
+        family.finish();
         // A truncated family after them ends the reading.
         exposition.extend_from_slice(&[0x20, 0x0a]);
         let got = histograms(&exposition);

@@ -315,9 +315,9 @@ pub(super) const BUSY_FAMILIES: &[(&str, bool)] = &[
 ];
 
 /// Keeps one scrape of `agent` as target/bench/`name`, to see what a row's bytes are.
-fn save_scrape(agent: &Daemon, name: &str) -> Result<()> {
+fn save_scrape(agent: &Daemon, name: &str, headers: &[(&str, &str)]) -> Result<()> {
     let path = workspace_root().join("target/bench").join(name);
-    std::fs::write(&path, get(&agent.addr, "/metrics")?)
+    std::fs::write(&path, http::get_with(&agent.addr, "/metrics", headers)?)
         .with_context(|| format!("write {}", path.display()))
 }
 
@@ -458,11 +458,16 @@ fn scale_rows(env: &Env, scrapes: usize, short: bool) -> Result<Scale> {
         let _stopped = every_agent.stop()?;
         measure_protobuf_scrapes(&scaled_agent, scrapes.min(50))?
     };
-    save_scrape(&scaled_agent, "busy-default.prom")?;
+    save_scrape(&scaled_agent, "busy-default.prom", &[])?;
+    save_scrape(
+        &scaled_agent,
+        "busy-default.pb",
+        &[("Accept", PROTOBUF_ACCEPT)],
+    )?;
     drop(scaled_agent);
     let every_pods = wait_for_busy_series(&every_agent, true)?;
     let every = measure_scrapes(&every_agent, scrapes.min(50))?;
-    save_scrape(&every_agent, "busy-all.prom")?;
+    save_scrape(&every_agent, "busy-all.prom", &[])?;
     drop(every_agent);
     drop(tree);
     drop(logs);

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use agent_ebpf::{
-    cgroup::{CGROUP_ACCOUNTING_GLOBAL, CgroupStats, names},
+    cgroup::{CGROUP_ACCOUNTING_GLOBAL, names},
     histogram::POD_NATIVE_BUCKETS,
 };
 use aya::Ebpf;
@@ -30,7 +30,7 @@ use crate::{
         },
         native::pod_native_seconds,
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
-        slots::CgroupSlots,
+        slots::{CgroupSlots, CgroupTotals, CgroupValues},
     },
     metrics::{CollectError, counter, gauge},
     protobuf_wire,
@@ -209,17 +209,17 @@ struct CgroupMaps {
 /// `ebpf::slots`).
 impl CgroupMap for CgroupSlots {
     type Key = u64;
-    type Value = CgroupStats;
+    type Value = CgroupValues;
 
-    fn entries(&mut self) -> Result<Vec<(u64, CgroupStats)>, String> {
+    fn entries(&mut self) -> Result<Vec<(u64, CgroupValues)>, String> {
         CgroupSlots::entries(self)
     }
 
-    fn take(&mut self, id: &u64, assignment: Assignment) -> Option<CgroupStats> {
+    fn take(&mut self, id: &u64, assignment: Assignment) -> Option<CgroupValues> {
         CgroupSlots::take(self, *id, assignment != Assignment::Excluded)
     }
 
-    fn late(&mut self) -> Vec<(u64, CgroupStats)> {
+    fn late(&mut self) -> Vec<(u64, CgroupValues)> {
         self.release_waiting()
     }
 
@@ -312,8 +312,9 @@ const _: () = assert!(
         && matches!(FAMILIES[BLOCKED].0, CgroupSeries::Blocked)
 );
 
-/// A row's native histogram: (zero bucket, buckets, sum in nanoseconds).
-type NativeOf = fn(&CgroupStats) -> (u64, &[u64; POD_NATIVE_BUCKETS], u64);
+/// A row's native histogram: (zero bucket, buckets, sum in nanoseconds); `None` if its
+/// histograms were not read (never in a protobuf scrape that exports it).
+type NativeOf = fn(&CgroupValues) -> Option<(u64, &[u64; POD_NATIVE_BUCKETS], u64)>;
 
 /// The per-pod native histograms, each with the family of [`FAMILIES`] that brings it: one
 /// sample per cgroup with a value, schema 0, from the buckets the kernel keeps in the
@@ -325,11 +326,12 @@ const NATIVE_FAMILIES: [(usize, &str, &str, NativeOf); 2] = [
         "nodelens_cgroup_runqueue_latency_seconds",
         "Run-queue waits of the cgroup's tasks, one by one: a native histogram, in a protobuf scrape only.",
         |v| {
-            (
-                v.runqueue_wait_zero,
-                &v.runqueue_wait_buckets,
-                v.runqueue_wait_ns,
-            )
+            let h = v.histograms.as_deref()?;
+            Some((
+                h.runqueue_wait_zero,
+                &h.runqueue_wait_buckets,
+                v.totals.runqueue_wait_ns,
+            ))
         },
     ),
     (
@@ -337,24 +339,27 @@ const NATIVE_FAMILIES: [(usize, &str, &str, NativeOf); 2] = [
         "nodelens_cgroup_blocked_latency_seconds",
         "Blocked times of the cgroup's tasks (uninterruptible sleep until woken, I/O or other), one by one: a native histogram, in a protobuf scrape only.",
         |v| {
-            (
-                v.blocked_zero,
-                &v.blocked_buckets,
-                v.blocked_io_ns + v.blocked_other_ns,
-            )
+            let h = v.histograms.as_deref()?;
+            Some((
+                h.blocked_zero,
+                &h.blocked_buckets,
+                v.totals.blocked_io_ns + v.totals.blocked_other_ns,
+            ))
         },
     ),
 ];
 
 fn native_family(
     out: &mut Vec<u8>,
-    rows: &[Row<(), CgroupStats>],
+    rows: &[Row<(), CgroupValues>],
     labels: &[&Rendered],
     (name, help, of): (&str, &str, NativeOf),
 ) {
-    let mut family = protobuf_wire::NativeHistogramFamily::new(name, help);
+    let mut family = protobuf_wire::NativeHistogramFamily::new(out, name, help);
     for (row, l) in rows.iter().zip(labels) {
-        let (zero, buckets, sum_ns) = of(&row.values);
+        let Some((zero, buckets, sum_ns)) = of(&row.values) else {
+            continue;
+        };
         family.sample_buckets(
             l.protobuf(),
             &[],
@@ -362,7 +367,7 @@ fn native_family(
             sum_ns as f64 / 1e9,
         );
     }
-    family.finish(out);
+    family.finish();
 }
 
 /// Which of [`FAMILIES`] are exported.
@@ -385,12 +390,12 @@ impl Value {
     }
 }
 
-/// Samples a row has in every format, one per total of [`CgroupStats`].
+/// Samples a row has in every format, one per total of [`CgroupTotals`].
 const SAMPLES: usize = 8;
 
 /// A row's samples in [`FAMILIES`] order: (family index, its `kind` label, value). Only
 /// the non-zero ones of exported families are written, in either format.
-fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); SAMPLES] {
+fn row_samples(v: &CgroupTotals) -> [(usize, Option<&'static str>, Value); SAMPLES] {
     use Value::{Count, Seconds};
     [
         (0, None, Seconds(v.cpu_ns)),
@@ -405,7 +410,7 @@ fn row_samples(v: &CgroupStats) -> [(usize, Option<&'static str>, Value); SAMPLE
 }
 
 /// The numbers of a row's samples, to tell whether its text is still right.
-fn sample_values(v: &CgroupStats) -> [u64; SAMPLES] {
+fn sample_values(v: &CgroupTotals) -> [u64; SAMPLES] {
     row_samples(v).map(|(_, _, value)| match value {
         Value::Seconds(n) | Value::Count(n) => n,
     })
@@ -420,9 +425,7 @@ struct RowText {
     /// of its label sets `series::choose` picked (with the cgroup path or without).
     serial: u64,
     with_path: bool,
-    /// The values its lines show: only the totals ([`row_samples`]). The histograms'
-    /// counters, 66 of a row's 74 values, are in no text line, and
-    /// keeping or comparing them made every text scrape of 4,096 idle pods twice as dear.
+    /// The values its lines show: the totals ([`row_samples`]).
     values: [u64; SAMPLES],
     /// The row's lines of every family, one after the other; family i's lines end at
     /// `ends[i]`.
@@ -431,12 +434,12 @@ struct RowText {
 }
 
 impl RowText {
-    fn new(row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) -> Self {
+    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
         let mut text = Self {
             id: row.id,
             serial: row.series.serial(),
             with_path: false,
-            values: sample_values(&row.values),
+            values: sample_values(&row.values.totals),
             text: String::new(),
             ends: [0; FAMILIES.len()],
         };
@@ -445,8 +448,8 @@ impl RowText {
     }
 
     /// This row's text, rendered again (into the same buffer) unless it is still right.
-    fn update(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) {
-        let values = sample_values(&row.values);
+    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
+        let values = sample_values(&row.values.totals);
         if !(self.serial == row.series.serial()
             && self.with_path == row.series.is_with_path(labels)
             && self.values == values)
@@ -458,14 +461,14 @@ impl RowText {
     }
 
     /// Renders the exported families (the others get no lines).
-    fn render(&mut self, row: &Row<(), CgroupStats>, labels: &Rendered, exported: Exported) {
+    fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
         self.with_path = row.series.is_with_path(labels);
         self.text.clear();
         let l = labels.text();
         let text = &mut self.text;
         // Family i's lines end where family i + 1's first sample starts.
         let mut ended = 0;
-        for (family, kind, value) in row_samples(&row.values) {
+        for (family, kind, value) in row_samples(&row.values.totals) {
             while ended < family {
                 self.ends[ended] = text.len();
                 ended += 1;
@@ -499,7 +502,7 @@ impl RowText {
 /// another row's.)
 fn row_texts(
     last: Vec<RowText>,
-    rows: &[Row<(), CgroupStats>],
+    rows: &[Row<(), CgroupValues>],
     exported: Exported,
 ) -> Vec<RowText> {
     let labels = series::choose(rows.iter().map(|r| r.series));
@@ -521,7 +524,7 @@ fn row_texts(
 impl CgroupMaps {
     /// A protobuf scrape's families, written directly (`crate::protobuf_wire`) with each
     /// cgroup's labels encoded once; the kept text is of no use there.
-    fn encode_protobuf(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+    fn encode_protobuf(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
         let labels = series::choose(rows.iter().map(|r| r.series));
         render::direct(|out| {
             let out = out
@@ -531,9 +534,9 @@ impl CgroupMaps {
                 if !self.exported[i] {
                     continue;
                 }
-                let mut family = protobuf_wire::CounterFamily::new(name, help);
+                let mut family = protobuf_wire::CounterFamily::new(out, name, help);
                 for (row, l) in rows.iter().zip(&labels) {
-                    let samples = row_samples(&row.values).into_iter();
+                    let samples = row_samples(&row.values.totals).into_iter();
                     for (_, kind, value) in samples.filter(|(f, _, v)| *f == i && !v.is_zero()) {
                         let value = match value {
                             Value::Seconds(ns) => ns as f64 / 1e9,
@@ -543,7 +546,7 @@ impl CgroupMaps {
                         family.sample(l.protobuf(), kind.as_slice(), value);
                     }
                 }
-                family.finish(out);
+                family.finish();
             }
             for (brought_by, name, help, of) in NATIVE_FAMILIES {
                 if self.exported[brought_by] {
@@ -556,7 +559,7 @@ impl CgroupMaps {
 
     /// Writes the exported families directly as text (`crate::render`): these are most of
     /// the samples of a node with many pods.
-    fn encode(&self, rows: &[Row<(), CgroupStats>]) -> Result<(), CollectError> {
+    fn encode(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
         let texts = row_texts(std::mem::take(&mut *kept), rows, self.exported);
         let written = render::direct(|out| {
@@ -614,27 +617,30 @@ mod tests {
         SeriesLabels::new(&labels, PathLabel::Auto)
     }
 
-    fn row(series: &SeriesLabels, cpu_ns: u64, involuntary: u64) -> Row<'_, (), CgroupStats> {
+    fn row(series: &SeriesLabels, cpu_ns: u64, involuntary: u64) -> Row<'_, (), CgroupValues> {
         Row {
             id: 7,
             series,
             dims: (),
-            values: CgroupStats {
-                cpu_ns,
-                voluntary_switches: 3,
-                involuntary_switches: involuntary,
-                reclaim_memcg_ns: 1_500_000,
-                ..Default::default()
+            values: CgroupValues {
+                totals: CgroupTotals {
+                    cpu_ns,
+                    voluntary_switches: 3,
+                    involuntary_switches: involuntary,
+                    reclaim_memcg_ns: 1_500_000,
+                    ..Default::default()
+                },
+                histograms: None,
             },
         }
     }
 
-    fn chosen<'a>(row: &Row<'a, (), CgroupStats>) -> &'a Rendered {
+    fn chosen<'a>(row: &Row<'a, (), CgroupValues>) -> &'a Rendered {
         series::choose([row.series])[0]
     }
 
     /// The kept text against one rendered from scratch, family by family.
-    fn assert_fresh(kept: &RowText, row: &Row<(), CgroupStats>) {
+    fn assert_fresh(kept: &RowText, row: &Row<(), CgroupValues>) {
         let fresh = RowText::new(row, chosen(row), ALL);
         for i in 0..FAMILIES.len() {
             assert_eq!(kept.family(i), fresh.family(i), "family {i}");
@@ -656,7 +662,7 @@ mod tests {
             id,
             ..row(&labels[i], cpu_ns, 0)
         };
-        let fresh = |rows: &[Row<(), CgroupStats>]| whole(&row_texts(Vec::new(), rows, ALL));
+        let fresh = |rows: &[Row<(), CgroupValues>]| whole(&row_texts(Vec::new(), rows, ALL));
 
         let first = [
             at(0, 10, 1_000_000),

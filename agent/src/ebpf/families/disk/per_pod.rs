@@ -89,6 +89,7 @@ fn per_cgroup_text(out: &mut render::DirectText, rows: &[DiskRow], exported: Exp
 fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow], exported: Exported) {
     // The latencies one by one, per pod: a native histogram, which only protobuf carries.
     let mut latency = protobuf_wire::NativeHistogramFamily::new(
+        out,
         "nodelens_cgroup_disk_io_latency_seconds",
         "Latencies of the cgroup's completed block requests, issue to completion, per whole disk and operation: a native histogram, in a protobuf scrape only.",
     );
@@ -100,12 +101,12 @@ fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow], exported: Exported) 
             row.values.ns as f64 / 1e9,
         );
     }
-    latency.finish(out);
+    latency.finish();
     for (i, (name, help)) in PER_CGROUP_FAMILIES.iter().enumerate() {
         if !exported[i] {
             continue;
         }
-        let mut family = protobuf_wire::CounterFamily::new(name, help);
+        let mut family = protobuf_wire::CounterFamily::new(out, name, help);
         for row in rows {
             match row.value(i) {
                 0 => {}
@@ -115,7 +116,7 @@ fn per_cgroup_protobuf(out: &mut Vec<u8>, rows: &[DiskRow], exported: Exported) 
                 n => family.sample(row.labels.protobuf(), &row.extra(), n as f64),
             }
         }
-        family.finish(out);
+        family.finish();
     }
 }
 
