@@ -233,7 +233,9 @@ impl SeriesLabels {
 /// so a pod that reads two disks keeps its short labels on both.
 pub fn choose<'a>(rows: impl IntoIterator<Item = &'a SeriesLabels> + Clone) -> Vec<&'a Rendered> {
     // Names -> (the first cgroup's serial, whether another cgroup has them too).
-    let mut named: FxHashMap<u64, (u64, bool)> = FxHashMap::default();
+    let rows_hint = rows.clone().into_iter().size_hint().0;
+    let mut named: FxHashMap<u64, (u64, bool)> =
+        FxHashMap::with_capacity_and_hasher(rows_hint, Default::default());
     for s in rows.clone() {
         if s.without_path.is_some() {
             let seen = named.entry(s.names).or_insert((s.serial, false));

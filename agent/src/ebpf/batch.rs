@@ -35,7 +35,16 @@ struct BatchAttr {
 
 /// Every (key, value) of a (non per-CPU) hash map.
 pub fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>, String> {
-    match lookup_batch(map) {
+    entries_expecting(map, 0)
+}
+
+/// [`entries`], with room made for `expected` of them up front (the last read's count, say):
+/// a per-pod map of thousands of entries, grown as it is read, was copied a dozen times.
+pub fn entries_expecting<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    expected: usize,
+) -> Result<Vec<(K, V)>, String> {
+    match lookup_batch(map, expected) {
         Ok(all) => Ok(all),
         // EINVAL/ENOTSUPP: no batch ops on this kernel or map; the iterator always works.
         Err(_) => map
@@ -47,9 +56,10 @@ pub fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V
 
 fn lookup_batch<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
+    expected: usize,
 ) -> Result<Vec<(K, V)>, std::io::Error> {
     let fd = map_fd(map);
-    let mut out: Vec<(K, V)> = Vec::new();
+    let mut out: Vec<(K, V)> = Vec::with_capacity(expected);
     let mut keys: Vec<K> = Vec::with_capacity(BATCH as usize);
     let mut values: Vec<V> = Vec::with_capacity(BATCH as usize);
     // The cursor for hash maps is a bucket index (u32); 8 bytes leave room either way.

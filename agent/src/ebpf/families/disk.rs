@@ -307,7 +307,10 @@ impl Family for Disk {
             per_cgroup: if ctx.per_cgroup {
                 Some(PerCgroupMap::new(
                     names::CGROUP_DISK,
-                    CgroupDiskMap(take_map(ebpf, names::CGROUP_DISK)?),
+                    CgroupDiskMap {
+                        map: take_map(ebpf, names::CGROUP_DISK)?,
+                        expected: 0,
+                    },
                     capacity_for(ctx.max_cgroups),
                     ctx.cgroups.clone(),
                 ))
@@ -341,18 +344,24 @@ struct DiskMaps {
 
 /// The per-cgroup disk map, as the shared sweep sees it. Entries without an owner (cgroup
 /// id 0) are "unknown", not a cgroup the tracker could resolve, and are never taken.
-struct CgroupDiskMap(HashMap<MapData, CgroupDiskKey, CgroupDiskStats>);
+struct CgroupDiskMap {
+    map: HashMap<MapData, CgroupDiskKey, CgroupDiskStats>,
+    /// Entries the last read found, and room for an eighth more: the next read's.
+    expected: usize,
+}
 
 impl CgroupMap for CgroupDiskMap {
     type Key = CgroupDiskKey;
     type Value = CgroupDiskStats;
 
     fn entries(&mut self) -> Result<Vec<(CgroupDiskKey, CgroupDiskStats)>, String> {
-        batch::entries(&self.0).map_err(|e| e.to_string())
+        let entries = batch::entries_expecting(&self.map, self.expected)?;
+        self.expected = entries.len() + entries.len() / 8;
+        Ok(entries)
     }
 
     fn take(&mut self, key: &CgroupDiskKey, _: Assignment) -> Option<CgroupDiskStats> {
-        batch::take(&mut self.0, key)
+        batch::take(&mut self.map, key)
     }
 }
 
