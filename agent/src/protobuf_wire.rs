@@ -154,26 +154,36 @@ impl<'a> CounterFamily<'a> {
 
     /// A sample: the encoded `labels`, more pairs after them, and the value.
     pub fn sample(&mut self, labels: &[u8], extra: &[(&str, &str)], value: f64) {
-        let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
-        // Counter { value: double } is 9 bytes; as Metric.counter, 11.
-        let metric_len = labels.len() + extra_len + 11;
-        let out = &mut *self.out;
-        out.push(tag(4, 2));
-        varint(out, metric_len as u64);
-        out.extend_from_slice(labels);
-        for (name, v) in extra {
-            label(out, name, v);
-        }
-        out.push(tag(3, 2));
-        out.push(9);
-        out.push(tag(1, 1));
-        out.extend_from_slice(&value.to_le_bytes());
+        counter_metric(self.out, labels, extra, value);
+    }
+
+    /// Samples encoded earlier by [`counter_metric`].
+    pub fn encoded(&mut self, metrics: &[u8]) {
+        self.out.extend_from_slice(metrics);
     }
 
     /// Ends the family: its length goes in front of it.
     pub fn finish(self) {
         end_family(self.out, self.start);
     }
+}
+
+/// A counter sample as a family's `metric` field, appended to `out`: the encoded `labels`,
+/// more pairs after them, and the value. [`CounterFamily::encoded`] takes it as it is.
+pub fn counter_metric(out: &mut Vec<u8>, labels: &[u8], extra: &[(&str, &str)], value: f64) {
+    let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
+    // Counter { value: double } is 9 bytes; as Metric.counter, 11.
+    let metric_len = labels.len() + extra_len + 11;
+    out.push(tag(4, 2));
+    varint(out, metric_len as u64);
+    out.extend_from_slice(labels);
+    for (name, v) in extra {
+        label(out, name, v);
+    }
+    out.push(tag(3, 2));
+    out.push(9);
+    out.push(tag(1, 1));
+    out.extend_from_slice(&value.to_le_bytes());
 }
 
 /// A native histogram sample's numbers (`crate::metrics::NativeBuckets` gives the spans
@@ -188,36 +198,24 @@ pub struct Native<'a> {
     pub deltas: &'a [i64],
 }
 
-/// One family of native histograms (no classic buckets) being written into a scrape's
-/// bytes; [`Self::finish`] ends it. Its buffers are reused from sample to sample: a busy
-/// node has some 10,000 per-pod histograms in a scrape, and allocating each one's spans,
-/// deltas and message was a tenth of the scrape.
-pub struct NativeHistogramFamily<'a> {
-    out: &'a mut Vec<u8>,
-    start: usize,
+/// Encodes native histogram samples as a family's `metric` fields, with buffers reused
+/// from sample to sample: a busy node has some 10,000 per-pod histograms in a scrape, and
+/// allocating each one's spans, deltas and message was a tenth of the scrape.
+#[derive(Default)]
+pub struct NativeEncoder {
     histogram: Vec<u8>,
     packed: Vec<u8>,
     spans: Vec<(i32, u32)>,
     deltas: Vec<i64>,
 }
 
-impl<'a> NativeHistogramFamily<'a> {
-    pub fn new(out: &'a mut Vec<u8>, name: &str, help: &str) -> Self {
-        let start = begin_family(out, name, help, HISTOGRAM);
-        Self {
-            out,
-            start,
-            histogram: Vec::new(),
-            packed: Vec::new(),
-            spans: Vec::new(),
-            deltas: Vec::new(),
-        }
-    }
-
+impl NativeEncoder {
     /// A sample of a histogram the kernel keeps as `buckets`, with `sum` in the exported
-    /// unit: none when it holds no value (a cgroup that never waited has no series).
+    /// unit, appended to `out`: none when it holds no value (a cgroup that never waited has
+    /// no series).
     pub fn sample_buckets(
         &mut self,
+        out: &mut Vec<u8>,
         labels: &[u8],
         extra: &[(&str, &str)],
         buckets: &crate::metrics::NativeBuckets,
@@ -233,6 +231,7 @@ impl<'a> NativeHistogramFamily<'a> {
         );
         buckets.spans_and_deltas_into(&mut spans, &mut deltas);
         self.sample(
+            out,
             labels,
             extra,
             &Native {
@@ -248,9 +247,10 @@ impl<'a> NativeHistogramFamily<'a> {
         (self.spans, self.deltas) = (spans, deltas);
     }
 
-    /// A sample: the encoded `labels`, more pairs after them, and the histogram. A zero
-    /// threshold above 0 is what tells Prometheus a histogram without buckets is native.
-    pub fn sample(&mut self, labels: &[u8], extra: &[(&str, &str)], h: &Native) {
+    /// A sample, appended to `out`: the encoded `labels`, more pairs after them, and the
+    /// histogram. A zero threshold above 0 is what tells Prometheus a histogram without
+    /// buckets is native.
+    pub fn sample(&mut self, out: &mut Vec<u8>, labels: &[u8], extra: &[(&str, &str)], h: &Native) {
         let m = &mut self.histogram;
         m.clear();
         m.push(tag(1, 0));
@@ -296,7 +296,6 @@ impl<'a> NativeHistogramFamily<'a> {
         }
         let histogram_len = 1 + varint_len(m.len() as u64) + m.len();
         let extra_len: usize = extra.iter().map(|(name, v)| label_len(name, v)).sum();
-        let out = &mut *self.out;
         out.push(tag(4, 2));
         varint(out, (labels.len() + extra_len + histogram_len) as u64);
         out.extend_from_slice(labels);
@@ -304,6 +303,47 @@ impl<'a> NativeHistogramFamily<'a> {
             label(out, name, v);
         }
         bytes_field(out, 7, &self.histogram);
+    }
+}
+
+/// One family of native histograms (no classic buckets) being written into a scrape's
+/// bytes; [`Self::finish`] ends it.
+pub struct NativeHistogramFamily<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    encoder: NativeEncoder,
+}
+
+impl<'a> NativeHistogramFamily<'a> {
+    pub fn new(out: &'a mut Vec<u8>, name: &str, help: &str) -> Self {
+        let start = begin_family(out, name, help, HISTOGRAM);
+        Self {
+            out,
+            start,
+            encoder: NativeEncoder::default(),
+        }
+    }
+
+    /// [`NativeEncoder::sample_buckets`], into this family.
+    pub fn sample_buckets(
+        &mut self,
+        labels: &[u8],
+        extra: &[(&str, &str)],
+        buckets: &crate::metrics::NativeBuckets,
+        sum: f64,
+    ) {
+        self.encoder
+            .sample_buckets(self.out, labels, extra, buckets, sum);
+    }
+
+    /// [`NativeEncoder::sample`], into this family.
+    pub fn sample(&mut self, labels: &[u8], extra: &[(&str, &str)], h: &Native) {
+        self.encoder.sample(self.out, labels, extra, h);
+    }
+
+    /// Samples encoded earlier by a [`NativeEncoder`].
+    pub fn encoded(&mut self, metrics: &[u8]) {
+        self.out.extend_from_slice(metrics);
     }
 
     /// Ends the family: its length goes in front of it.

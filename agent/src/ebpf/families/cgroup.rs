@@ -192,6 +192,7 @@ impl Family for Cgroup {
         Ok(Box::new(CgroupMaps {
             stats: PerCgroupMap::new(names::CGROUP_STATS, slots, capacity, ctx.cgroups.clone()),
             texts: Mutex::default(),
+            protobufs: Mutex::default(),
             exported,
         }))
     }
@@ -199,8 +200,9 @@ impl Family for Cgroup {
 
 struct CgroupMaps {
     stats: PerCgroupMap<CgroupSlots>,
-    /// The last scrape's rows as text, sorted by id (see [`RowText`]).
+    /// The last scrape's rows as text, and as protobuf, sorted by id (see [`RowText`]).
     texts: Mutex<Vec<RowText>>,
+    protobufs: Mutex<Vec<RowProtobuf>>,
     exported: Exported,
 }
 
@@ -349,27 +351,6 @@ const NATIVE_FAMILIES: [(usize, &str, &str, NativeOf); 2] = [
     ),
 ];
 
-fn native_family(
-    out: &mut Vec<u8>,
-    rows: &[Row<(), CgroupValues>],
-    labels: &[&Rendered],
-    (name, help, of): (&str, &str, NativeOf),
-) {
-    let mut family = protobuf_wire::NativeHistogramFamily::new(out, name, help);
-    for (row, l) in rows.iter().zip(labels) {
-        let Some((zero, buckets, sum_ns)) = of(&row.values) else {
-            continue;
-        };
-        family.sample_buckets(
-            l.protobuf(),
-            &[],
-            &pod_native_seconds(zero, buckets),
-            sum_ns as f64 / 1e9,
-        );
-    }
-    family.finish();
-}
-
 /// Which of [`FAMILIES`] are exported.
 type Exported = [bool; FAMILIES.len()];
 
@@ -496,37 +477,173 @@ impl RowText {
     }
 }
 
-/// This scrape's rows as text, from the last scrape's: rows come sorted by id, and so do
-/// the kept texts, so a merge finds each row's text of the last scrape and drops those of
-/// rows that are gone. (Out of order, rows would only miss their kept text, never get
+/// A row's samples kept encoded from scrape to scrape, in one format.
+trait KeptRow: Sized {
+    fn id(&self) -> u64;
+    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self;
+    /// Encodes the row again unless what it shows is still right.
+    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported);
+}
+
+/// This scrape's rows encoded, from the last scrape's: rows come sorted by id, and so do
+/// the kept ones, so a merge finds each row's encoding of the last scrape and drops those of
+/// rows that are gone. (Out of order, rows would only miss their kept encoding, never get
 /// another row's.)
-fn row_texts(
-    last: Vec<RowText>,
+fn kept_rows<T: KeptRow>(
+    last: Vec<T>,
     rows: &[Row<(), CgroupValues>],
     exported: Exported,
-) -> Vec<RowText> {
+) -> Vec<T> {
     let labels = series::choose(rows.iter().map(|r| r.series));
     let mut last = last.into_iter().peekable();
-    let mut texts = Vec::with_capacity(rows.len());
+    let mut kept = Vec::with_capacity(rows.len());
     for (row, labels) in rows.iter().zip(labels) {
-        while last.next_if(|t| t.id < row.id).is_some() {}
-        texts.push(match last.next_if(|t| t.id == row.id) {
-            Some(mut text) => {
-                text.update(row, labels, exported);
-                text
+        while last.next_if(|t| t.id() < row.id).is_some() {}
+        kept.push(match last.next_if(|t| t.id() == row.id) {
+            Some(mut known) => {
+                known.update(row, labels, exported);
+                known
             }
-            None => RowText::new(row, labels, exported),
+            None => T::new(row, labels, exported),
         });
     }
-    texts
+    kept
+}
+
+impl KeptRow for RowText {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
+        RowText::new(row, labels, exported)
+    }
+
+    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
+        RowText::update(self, row, labels, exported)
+    }
+}
+
+/// A row's protobuf samples, kept as [`RowText`] keeps its lines: each family's `metric`
+/// fields (the counters of [`FAMILIES`], then the histograms of [`NATIVE_FAMILIES`]),
+/// encoded again only when the row's labels, totals or histograms change.
+struct RowProtobuf {
+    id: u64,
+    serial: u64,
+    with_path: bool,
+    values: [u64; SAMPLES],
+    /// Each native histogram's count (zero bucket and buckets added). A bucket only ever
+    /// grows (a row's counters never go back), so an unchanged count is unchanged buckets.
+    counts: [u64; NATIVE_FAMILIES.len()],
+    bytes: Vec<u8>,
+    ends: [usize; FAMILIES.len() + NATIVE_FAMILIES.len()],
+}
+
+/// The counts [`RowProtobuf`] compares.
+fn native_counts(v: &CgroupValues) -> [u64; NATIVE_FAMILIES.len()] {
+    NATIVE_FAMILIES.map(|(_, _, _, of)| {
+        of(v).map_or(0, |(zero, buckets, _)| zero + buckets.iter().sum::<u64>())
+    })
+}
+
+impl RowProtobuf {
+    fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
+        self.with_path = row.series.is_with_path(labels);
+        self.bytes.clear();
+        let l = labels.protobuf();
+        let mut end = 0;
+        for (family, kind, value) in row_samples(&row.values.totals) {
+            while end < family {
+                self.ends[end] = self.bytes.len();
+                end += 1;
+            }
+            if !exported[family] || value.is_zero() {
+                continue;
+            }
+            let kind = kind.map(|k| ("kind", k));
+            let value = match value {
+                Value::Seconds(ns) => ns as f64 / 1e9,
+                Value::Count(n) => n as f64,
+            };
+            protobuf_wire::counter_metric(&mut self.bytes, l, kind.as_slice(), value);
+        }
+        while end < FAMILIES.len() {
+            self.ends[end] = self.bytes.len();
+            end += 1;
+        }
+        NATIVE_ENCODER.with_borrow_mut(|encoder| {
+            for (k, (brought_by, _, _, of)) in NATIVE_FAMILIES.iter().enumerate() {
+                if exported[*brought_by]
+                    && let Some((zero, buckets, sum_ns)) = of(&row.values)
+                {
+                    encoder.sample_buckets(
+                        &mut self.bytes,
+                        l,
+                        &[],
+                        &pod_native_seconds(zero, buckets),
+                        sum_ns as f64 / 1e9,
+                    );
+                }
+                self.ends[FAMILIES.len() + k] = self.bytes.len();
+            }
+        });
+    }
+
+    /// Family i's samples: one of [`FAMILIES`], then the natives.
+    fn family(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
+thread_local! {
+    /// The buffers of the native histograms a scrape encodes, kept between rows.
+    static NATIVE_ENCODER: std::cell::RefCell<protobuf_wire::NativeEncoder> =
+        std::cell::RefCell::default();
+}
+
+impl KeptRow for RowProtobuf {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
+        let mut kept = Self {
+            id: row.id,
+            serial: row.series.serial(),
+            with_path: false,
+            values: sample_values(&row.values.totals),
+            counts: native_counts(&row.values),
+            bytes: Vec::new(),
+            ends: [0; FAMILIES.len() + NATIVE_FAMILIES.len()],
+        };
+        kept.render(row, labels, exported);
+        kept
+    }
+
+    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
+        let values = sample_values(&row.values.totals);
+        let counts = native_counts(&row.values);
+        if !(self.serial == row.series.serial()
+            && self.with_path == row.series.is_with_path(labels)
+            && self.values == values
+            && self.counts == counts)
+        {
+            self.serial = row.series.serial();
+            self.values = values;
+            self.counts = counts;
+            self.render(row, labels, exported);
+        }
+    }
 }
 
 impl CgroupMaps {
-    /// A protobuf scrape's families, written directly (`crate::protobuf_wire`) with each
-    /// cgroup's labels encoded once; the kept text is of no use there.
+    /// A protobuf scrape's families, written directly (`crate::protobuf_wire`) from each
+    /// row's samples, kept encoded from the last protobuf scrape ([`RowProtobuf`]).
     fn encode_protobuf(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
-        let labels = series::choose(rows.iter().map(|r| r.series));
-        render::direct(|out| {
+        let mut kept = self.protobufs.lock().unwrap_or_else(|p| p.into_inner());
+        let encoded: Vec<RowProtobuf> = kept_rows(std::mem::take(&mut *kept), rows, self.exported);
+        let written = render::direct(|out| {
             let out = out
                 .and_then(|o| o.protobuf())
                 .ok_or(CollectError::NotRendering)?;
@@ -535,33 +652,32 @@ impl CgroupMaps {
                     continue;
                 }
                 let mut family = protobuf_wire::CounterFamily::new(out, name, help);
-                for (row, l) in rows.iter().zip(&labels) {
-                    let samples = row_samples(&row.values.totals).into_iter();
-                    for (_, kind, value) in samples.filter(|(f, _, v)| *f == i && !v.is_zero()) {
-                        let value = match value {
-                            Value::Seconds(ns) => ns as f64 / 1e9,
-                            Value::Count(n) => n as f64,
-                        };
-                        let kind = kind.map(|k| ("kind", k));
-                        family.sample(l.protobuf(), kind.as_slice(), value);
-                    }
+                for row in &encoded {
+                    family.encoded(row.family(i));
                 }
                 family.finish();
             }
-            for (brought_by, name, help, of) in NATIVE_FAMILIES {
-                if self.exported[brought_by] {
-                    native_family(out, rows, &labels, (name, help, of));
+            for (k, (brought_by, name, help, _)) in NATIVE_FAMILIES.iter().enumerate() {
+                if !self.exported[*brought_by] {
+                    continue;
                 }
+                let mut family = protobuf_wire::NativeHistogramFamily::new(out, name, help);
+                for row in &encoded {
+                    family.encoded(row.family(FAMILIES.len() + k));
+                }
+                family.finish();
             }
             Ok(())
-        })
+        });
+        *kept = encoded;
+        written
     }
 
     /// Writes the exported families directly as text (`crate::render`): these are most of
     /// the samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        let texts = row_texts(std::mem::take(&mut *kept), rows, self.exported);
+        let texts: Vec<RowText> = kept_rows(std::mem::take(&mut *kept), rows, self.exported);
         let written = render::direct(|out| {
             let out = out.ok_or(CollectError::NotRendering)?;
             for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
@@ -662,14 +778,15 @@ mod tests {
             id,
             ..row(&labels[i], cpu_ns, 0)
         };
-        let fresh = |rows: &[Row<(), CgroupValues>]| whole(&row_texts(Vec::new(), rows, ALL));
+        let fresh =
+            |rows: &[Row<(), CgroupValues>]| whole(&kept_rows::<RowText>(Vec::new(), rows, ALL));
 
         let first = [
             at(0, 10, 1_000_000),
             at(1, 20, 2_000_000),
             at(2, 30, 3_000_000),
         ];
-        let kept = row_texts(Vec::new(), &first, ALL);
+        let kept = kept_rows::<RowText>(Vec::new(), &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
         let b = kept[1].text.as_ptr();
 
@@ -680,7 +797,7 @@ mod tests {
             at(2, 30, 3_500_000),
             at(0, 40, 1_000_000),
         ];
-        let kept = row_texts(kept, &second, ALL);
+        let kept = kept_rows::<RowText>(kept, &second, ALL);
         assert_eq!(whole(&kept), fresh(&second));
         assert_eq!(
             kept[0].text.as_ptr(),
@@ -690,10 +807,71 @@ mod tests {
         assert!(kept[3].text.contains("pod=\"a\""), "40 is not 10's text");
 
         // Everything gone, then back.
-        let kept = row_texts(kept, &[], ALL);
+        let kept = kept_rows::<RowText>(kept, &[], ALL);
         assert!(kept.is_empty());
-        let kept = row_texts(kept, &first, ALL);
+        let kept = kept_rows::<RowText>(kept, &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
+    }
+
+    #[test]
+    fn kept_protobuf_rows_are_encoded_again_when_a_total_or_a_histogram_moves() {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Metric;
+        use prost::Message as _;
+
+        let labels = series("a", "kubepods.slice/pod-a.slice/c.scope");
+        let with_waits = |cpu_ns: u64, waits_in_bucket_3: u64, zero: u64| {
+            let mut r = row(&labels, cpu_ns, 0);
+            r.values.totals.runqueue_wait_ns = 5_000;
+            let mut h = crate::ebpf::slots::PodHistograms {
+                runqueue_wait_zero: zero,
+                ..Default::default()
+            };
+            h.runqueue_wait_buckets[3] = waits_in_bucket_3;
+            r.values.histograms = Some(Box::new(h));
+            r
+        };
+        let fresh = |r: &Row<(), CgroupValues>| {
+            let kept: Vec<RowProtobuf> = kept_rows(Vec::new(), std::slice::from_ref(r), ALL);
+            kept.into_iter().next().expect("one row").bytes
+        };
+        // Every family's samples of one row, decoded as Prometheus reads a `metric` field.
+        let decode = |bytes: &[u8]| -> Vec<Metric> {
+            let mut rest = bytes;
+            let mut metrics = vec![];
+            while !rest.is_empty() {
+                assert_eq!(rest[0], 0x22, "a MetricFamily.metric field");
+                rest = &rest[1..];
+                metrics.push(Metric::decode_length_delimited(&mut rest).expect("decodes"));
+            }
+            metrics
+        };
+
+        let first = with_waits(1_000_000, 4, 0);
+        let kept: Vec<RowProtobuf> = kept_rows(Vec::new(), std::slice::from_ref(&first), ALL);
+        let metrics = decode(&kept[0].bytes);
+        // cpu, runqueue wait, voluntary switches, reclaim (memcg), then the histogram.
+        assert_eq!(metrics.len(), 5, "{metrics:?}");
+        let native = metrics[4].histogram.as_ref().expect("the native histogram");
+        assert_eq!((native.sample_count, native.sample_sum), (4, 5e-6));
+        let before = kept[0].bytes.as_ptr();
+
+        // Unchanged: kept as it was.
+        let kept = kept_rows(kept, std::slice::from_ref(&first), ALL);
+        assert_eq!(kept[0].bytes.as_ptr(), before, "not encoded again");
+        // A wait of 0 ns moves the histogram (its zero bucket) and no total.
+        let zero_wait = with_waits(1_000_000, 4, 1);
+        let kept = kept_rows(kept, std::slice::from_ref(&zero_wait), ALL);
+        assert_eq!(kept[0].bytes, fresh(&zero_wait));
+        let native = decode(&kept[0].bytes)[4].histogram.clone().expect("native");
+        assert_eq!((native.sample_count, native.zero_count), (5, 1));
+        // A total alone.
+        let more_cpu = with_waits(3_000_000, 4, 1);
+        let kept = kept_rows(kept, std::slice::from_ref(&more_cpu), ALL);
+        assert_eq!(kept[0].bytes, fresh(&more_cpu));
+        assert_eq!(
+            decode(&kept[0].bytes)[0].counter.as_ref().map(|c| c.value),
+            Some(0.003)
+        );
     }
 
     #[test]
