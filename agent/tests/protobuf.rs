@@ -135,27 +135,59 @@ fn a_protobuf_scrape_has_the_text_scrapes_families_labels_and_values() {
             .keys()
             .any(|k| k.starts_with("nodelens_cgroup_reclaim_stall_seconds_total{"))
     });
-    let before = text_samples(&agent);
-    let families = protobuf_scrape(&agent);
-    let after = text_samples(&agent);
-    let (mut proto, mut types) = samples(&families);
+    // Other tests make and remove cgroups meanwhile: a series that ends, or a gauge that
+    // moves and comes back, between the three scrapes is no disagreement, so the three are
+    // taken again until they agree (each one's error says what did not).
+    let mut agreed = None;
+    common::poll_until(
+        "a protobuf scrape that agrees with the text scrapes around it",
+        Duration::from_secs(60),
+        || {
+            let before = text_samples(&agent);
+            let families = protobuf_scrape(&agent);
+            let after = text_samples(&agent);
+            same_as_text(&before, &families, &after)?;
+            agreed = Some(families);
+            Ok(())
+        },
+    );
+    check_native_runqueue_histogram(&agreed.expect("agreed"));
+}
+
+/// Whether a protobuf scrape taken between the text scrapes `before` and `after` has their
+/// families, labels and values.
+fn same_as_text(
+    before: &common::Metrics,
+    families: &[MetricFamily],
+    after: &common::Metrics,
+) -> Result<(), String> {
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+    let (mut proto, mut types) = samples(families);
     for name in PROTOBUF_ONLY {
-        assert_eq!(types.remove(*name).as_deref(), Some("histogram"), "{name}");
+        check(
+            types.remove(*name).as_deref() == Some("histogram"),
+            format!("{name}: not a histogram family"),
+        )?;
         proto.retain(|k, _| !k.starts_with(&format!("{name}_")));
     }
 
     // Families: the same names and types (the text declares counters with `_total`, as
     // prometheus_client's 0.0.4 encoder does, and the protobuf names them so).
     for (name, kind) in &types {
-        assert_eq!(
-            before.types.get(name).map(String::as_str),
-            Some(kind.as_str()),
-            "{name}: a {kind} in protobuf"
-        );
+        check(
+            before.types.get(name) == Some(kind),
+            format!(
+                "{name}: a {kind} in protobuf, {:?} in text",
+                before.types.get(name)
+            ),
+        )?;
     }
     let text_families: BTreeSet<&String> = before.types.keys().collect();
     let proto_families: BTreeSet<&String> = types.keys().collect();
-    assert_eq!(text_families, proto_families, "the same families");
+    check(
+        text_families == proto_families,
+        format!("not the same families: {text_families:?} and {proto_families:?}"),
+    )?;
 
     // Series: those of both text scrapes are in the protobuf one, and it has no other.
     let both: BTreeSet<&String> = before
@@ -163,21 +195,26 @@ fn a_protobuf_scrape_has_the_text_scrapes_families_labels_and_values() {
         .keys()
         .filter(|k| after.samples.contains_key(*k))
         .collect();
-    assert!(both.len() > 300, "{} series", both.len());
+    check(both.len() > 300, format!("{} series", both.len()))?;
     for k in &both {
-        assert!(proto.contains_key(*k), "{k} is not in the protobuf scrape");
+        check(
+            proto.contains_key(*k),
+            format!("{k} is not in the protobuf scrape"),
+        )?;
     }
     for k in proto.keys() {
-        assert!(
+        check(
             before.samples.contains_key(k) || after.samples.contains_key(k),
-            "{k} is in no text scrape"
-        );
+            format!("{k} is in no text scrape"),
+        )?;
     }
-    assert!(
-        proto.keys().any(|k| k.contains("kind=\"memcg\"")
-            && k.starts_with("nodelens_cgroup_reclaim_stall_seconds_total{")),
-        "the directly written per-cgroup families, with their own label"
-    );
+    check(
+        proto.keys().any(|k| {
+            k.contains("kind=\"memcg\"")
+                && k.starts_with("nodelens_cgroup_reclaim_stall_seconds_total{")
+        }),
+        "no per-cgroup reclaim stall (a directly written family with its own label)".into(),
+    )?;
 
     // Values: a counter's lies between the two text scrapes'; a gauge that held still is
     // the same.
@@ -193,19 +230,18 @@ fn a_protobuf_scrape_has_the_text_scrapes_families_labels_and_values() {
             .unwrap_or(family);
         match types[base].as_str() {
             "counter" | "histogram" => {
-                assert!(b <= p && p <= a, "{k}: {b} <= {p} <= {a}");
+                check(b <= p && p <= a, format!("{k}: not {b} <= {p} <= {a}"))?;
                 checked += 1;
             }
             // The agent's own process figures move while it renders the protobuf scrape.
             _ if a == b && !family.starts_with("process_") => {
-                assert_eq!(p, b, "{k}");
+                check(p == b, format!("{k}: {p} in protobuf, {b} in both texts"))?;
                 checked += 1;
             }
             _ => {}
         }
     }
-    assert!(checked > 300, "{checked} values checked");
-    check_native_runqueue_histogram(&families);
+    check(checked > 300, format!("{checked} values checked"))
 }
 
 /// The run-queue histogram carries its native buckets beside the classic ones: schema 3,
