@@ -26,6 +26,11 @@ pub const CGROUP_STATS_ENTRIES: u32 = 16384;
 /// want them does not pay for them).
 pub const CGROUP_ACCOUNTING_GLOBAL: &str = "CGROUP_ACCOUNTING";
 
+/// Name of the `u32` global that turns the per-cgroup histogram of blocked times on (1; 0
+/// by default): the agent sets it only when it exports that histogram (`--cgroup-series
+/// blocked`), so that placing each blocked wait in its bucket costs nothing otherwise.
+pub const CGROUP_BLOCKED_HISTOGRAM_GLOBAL: &str = "CGROUP_BLOCKED_HISTOGRAM";
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupStats {
@@ -190,6 +195,15 @@ pub mod programs {
     #[inline(always)]
     pub fn enabled() -> bool {
         CGROUP_ACCOUNTING.load() != 0
+    }
+
+    #[unsafe(no_mangle)]
+    static CGROUP_BLOCKED_HISTOGRAM: Global<u32> = Global::new(0);
+
+    /// Whether the blocked times go into each cgroup's histogram too.
+    #[inline(always)]
+    pub fn blocked_histogram() -> bool {
+        CGROUP_BLOCKED_HISTOGRAM.load() != 0
     }
 
     /// Cgroup id to its slot in `CGROUP_STATS`.

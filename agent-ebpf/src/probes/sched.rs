@@ -764,11 +764,13 @@ mod programs {
             } else {
                 cgroup::add(&raw mut (*stats).blocked_other_ns, blocked);
             }
-            cgroup::count_native(
-                &raw mut (*stats).blocked_zero,
-                &raw mut (*stats).blocked_buckets,
-                pod_native_slot(native_entry(blocked)),
-            );
+            if cgroup::blocked_histogram() {
+                cgroup::count_native(
+                    &raw mut (*stats).blocked_zero,
+                    &raw mut (*stats).blocked_buckets,
+                    pod_native_slot(native_entry(blocked)),
+                );
+            }
         }
     }
 

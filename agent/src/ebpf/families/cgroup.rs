@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use agent_ebpf::{
-    cgroup::{CGROUP_ACCOUNTING_GLOBAL, names},
+    cgroup::{CGROUP_ACCOUNTING_GLOBAL, CGROUP_BLOCKED_HISTOGRAM_GLOBAL, names},
     histogram::POD_NATIVE_BUCKETS,
 };
 use aya::Ebpf;
@@ -144,11 +144,19 @@ impl Family for Cgroup {
     }
 
     fn layout(&self, _kernel: &KernelSources, ctx: &LoadContext) -> FamilyLayout {
+        // The histogram of blocked times is counted only where it is exported.
+        let blocked_histogram = ctx.per_cgroup && exported_in(ctx)[BLOCKED];
         FamilyLayout::new(
-            vec![(
-                CGROUP_ACCOUNTING_GLOBAL,
-                global_bytes(&u32::from(ctx.per_cgroup)),
-            )],
+            vec![
+                (
+                    CGROUP_ACCOUNTING_GLOBAL,
+                    global_bytes(&u32::from(ctx.per_cgroup)),
+                ),
+                (
+                    CGROUP_BLOCKED_HISTOGRAM_GLOBAL,
+                    global_bytes(&u32::from(blocked_histogram)),
+                ),
+            ],
             Ok(()),
             Ok(()),
             Vec::new(),
@@ -180,13 +188,7 @@ impl Family for Cgroup {
             take_map(ebpf, names::CGROUP_SLOTS_USED)?,
             take_map(ebpf, names::CGROUP_STATS)?,
         );
-        let exported = exported(
-            &ctx.settings
-                .get::<CgroupFamilySettings>(NAME)
-                .cloned()
-                .unwrap_or_default()
-                .series,
-        );
+        let exported = exported_in(ctx);
         let slots = slots.reading_histograms(exported[RUNQUEUE_WAIT], exported[BLOCKED]);
         let capacity = slots.capacity();
         Ok(Box::new(CgroupMaps {
@@ -353,6 +355,17 @@ const NATIVE_FAMILIES: [(usize, &str, &str, NativeOf); 2] = [
 
 /// Which of [`FAMILIES`] are exported.
 type Exported = [bool; FAMILIES.len()];
+
+/// Which of [`FAMILIES`] the settings export.
+fn exported_in(ctx: &LoadContext) -> Exported {
+    exported(
+        &ctx.settings
+            .get::<CgroupFamilySettings>(NAME)
+            .cloned()
+            .unwrap_or_default()
+            .series,
+    )
+}
 
 fn exported(series: &[CgroupSeries]) -> Exported {
     FAMILIES.map(|(s, _, _)| series.contains(&s))
