@@ -403,11 +403,31 @@ fn row_samples(v: &CgroupTotals) -> [(usize, Option<&'static str>, Value); SAMPL
     ]
 }
 
-/// The numbers of a row's samples, to tell whether its text is still right.
+/// The numbers of a row's samples, to tell whether its kept encoding is still right.
 fn sample_values(v: &CgroupTotals) -> [u64; SAMPLES] {
     row_samples(v).map(|(_, _, value)| match value {
         Value::Seconds(n) | Value::Count(n) => n,
     })
+}
+
+/// What a row's kept encoding shows, in either format: the labels it was encoded with (the
+/// `SeriesLabels::serial` of the row's, and which of its label sets `series::choose`
+/// picked, with the cgroup path or without) and its totals ([`row_samples`]).
+#[derive(PartialEq, Eq)]
+struct Shown {
+    serial: u64,
+    with_path: bool,
+    values: [u64; SAMPLES],
+}
+
+impl Shown {
+    fn of(row: &Row<(), CgroupValues>, labels: &Rendered) -> Self {
+        Self {
+            serial: row.series.serial(),
+            with_path: row.series.is_with_path(labels),
+            values: sample_values(&row.values.totals),
+        }
+    }
 }
 
 /// One row's sample lines, kept from scrape to scrape and rendered again only when its
@@ -415,12 +435,7 @@ fn sample_values(v: &CgroupTotals) -> [u64; SAMPLES] {
 /// move between two scrapes, and formatting their lines was a fifth of a 4,096-pod scrape.
 struct RowText {
     id: u64,
-    /// The labels it was rendered with: the `SeriesLabels::serial` of the row's, and which
-    /// of its label sets `series::choose` picked (with the cgroup path or without).
-    serial: u64,
-    with_path: bool,
-    /// The values its lines show: the totals ([`row_samples`]).
-    values: [u64; SAMPLES],
+    shown: Shown,
     /// The row's lines of every family, one after the other; family i's lines end at
     /// `ends[i]`.
     text: String,
@@ -431,9 +446,7 @@ impl RowText {
     fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
         let mut text = Self {
             id: row.id,
-            serial: row.series.serial(),
-            with_path: false,
-            values: sample_values(&row.values.totals),
+            shown: Shown::of(row, labels),
             text: String::new(),
             ends: [0; FAMILIES.len()],
         };
@@ -443,20 +456,15 @@ impl RowText {
 
     /// This row's text, rendered again (into the same buffer) unless it is still right.
     fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        let values = sample_values(&row.values.totals);
-        if !(self.serial == row.series.serial()
-            && self.with_path == row.series.is_with_path(labels)
-            && self.values == values)
-        {
-            self.serial = row.series.serial();
-            self.values = values;
+        let shown = Shown::of(row, labels);
+        if self.shown != shown {
+            self.shown = shown;
             self.render(row, labels, exported);
         }
     }
 
     /// Renders the exported families (the others get no lines).
     fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        self.with_path = row.series.is_with_path(labels);
         self.text.clear();
         let l = labels.text();
         let text = &mut self.text;
@@ -542,9 +550,7 @@ impl KeptRow for RowText {
 /// encoded again only when the row's labels, totals or histograms change.
 struct RowProtobuf {
     id: u64,
-    serial: u64,
-    with_path: bool,
-    values: [u64; SAMPLES],
+    shown: Shown,
     /// Each native histogram's count (zero bucket and buckets added). A bucket only ever
     /// grows (a row's counters never go back), so an unchanged count is unchanged buckets.
     counts: [u64; NATIVE_FAMILIES.len()],
@@ -561,7 +567,6 @@ fn native_counts(v: &CgroupValues) -> [u64; NATIVE_FAMILIES.len()] {
 
 impl RowProtobuf {
     fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        self.with_path = row.series.is_with_path(labels);
         self.bytes.clear();
         let l = labels.protobuf();
         let mut end = 0;
@@ -623,9 +628,7 @@ impl KeptRow for RowProtobuf {
     fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
         let mut kept = Self {
             id: row.id,
-            serial: row.series.serial(),
-            with_path: false,
-            values: sample_values(&row.values.totals),
+            shown: Shown::of(row, labels),
             counts: native_counts(&row.values),
             bytes: Vec::new(),
             ends: [0; FAMILIES.len() + NATIVE_FAMILIES.len()],
@@ -635,16 +638,9 @@ impl KeptRow for RowProtobuf {
     }
 
     fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        let values = sample_values(&row.values.totals);
-        let counts = native_counts(&row.values);
-        if !(self.serial == row.series.serial()
-            && self.with_path == row.series.is_with_path(labels)
-            && self.values == values
-            && self.counts == counts)
-        {
-            self.serial = row.series.serial();
-            self.values = values;
-            self.counts = counts;
+        let (shown, counts) = (Shown::of(row, labels), native_counts(&row.values));
+        if self.shown != shown || self.counts != counts {
+            (self.shown, self.counts) = (shown, counts);
             self.render(row, labels, exported);
         }
     }
