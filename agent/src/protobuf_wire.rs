@@ -131,14 +131,22 @@ fn begin_family(out: &mut Vec<u8>, name: &str, help: &str, kind: u64) -> usize {
 /// copied it into the scrape and, as that buffer grew, a dozen times more.
 fn end_family(out: &mut Vec<u8>, start: usize) {
     let body = start + LENGTH_ROOM;
-    let mut length = Vec::with_capacity(LENGTH_ROOM);
-    varint(&mut length, (out.len() - body) as u64);
-    out.copy_within(body.., start + length.len());
-    out[start..start + length.len()].copy_from_slice(&length);
-    out.truncate(out.len() - (LENGTH_ROOM - length.len()));
+    let (mut length, mut n, mut v) = ([0u8; LENGTH_ROOM], 0, (out.len() - body) as u64);
+    while v >= 0x80 {
+        length[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    length[n] = v as u8;
+    n += 1;
+    out.copy_within(body.., start + n);
+    out[start..start + n].copy_from_slice(&length[..n]);
+    out.truncate(out.len() - (LENGTH_ROOM - n));
 }
 
-/// One counter family being written into a scrape's bytes; [`Self::finish`] ends it.
+/// One counter family being written into a scrape's bytes; [`Self::finish`] ends it (a
+/// family left unfinished would leave the scrape without its length).
+#[must_use = "a family is only whole once `finish` writes its length"]
 pub struct CounterFamily<'a> {
     out: &'a mut Vec<u8>,
     start: usize,
@@ -307,7 +315,9 @@ impl NativeEncoder {
 }
 
 /// One family of native histograms (no classic buckets) being written into a scrape's
-/// bytes; [`Self::finish`] ends it.
+/// bytes; [`Self::finish`] ends it. It has an encoder of its own; rows that keep their
+/// samples encoded between scrapes use one [`NativeEncoder`] outside any family.
+#[must_use = "a family is only whole once `finish` writes its length"]
 pub struct NativeHistogramFamily<'a> {
     out: &'a mut Vec<u8>,
     start: usize,
@@ -507,7 +517,7 @@ mod tests {
         }
         let counts: Vec<usize> = lengths.iter().map(|(n, _)| *n).collect();
         assert_eq!(counts, [0, 10, 2_000]);
-        // The whole families are 16, about 300 and about 60,000 bytes: length prefixes of
+        // The whole families are 16, about 300 and about 54,000 bytes: length prefixes of
         // one, two and three bytes.
         assert!(lengths[0].1 < 128 && lengths[1].1 > 130 && lengths[2].1 > 16_400);
     }

@@ -65,8 +65,9 @@ impl AddAssign for CgroupStats {
 }
 
 impl CgroupStats {
-    /// `f` applied field by field to `self` and `other`. The one list of the fields for
-    /// arithmetic: destructured, so that a new field fails to compile until it is added.
+    /// `f` applied field by field to `self` and `other`: destructured, so that a new field
+    /// fails to compile until it is added (here, and where the agent splits the fields into
+    /// totals and histograms, `ebpf::slots`).
     #[inline(always)]
     pub fn zip_with(self, other: Self, f: impl Fn(u64, u64) -> u64) -> Self {
         let CgroupStats {

@@ -12,7 +12,7 @@
 //!
 //! Slots are given back by the upkeep task, in two steps. [`CgroupSlots::take`] removes a
 //! gone cgroup's `CGROUP_SLOTS` entry (so a late update claims a new slot, seen as a
-//! recreated entry) and returns its totals. A program that looked the slot up just before
+//! recreated entry) and returns its values. A program that looked the slot up just before
 //! may still add to it, so the slot waits: the next upkeep round that comes at least
 //! [`MIN_WAIT`] later, [`CgroupSlots::release_waiting`] zeroes it, returns what was added
 //! since (the caller adds it to the cgroup's final values) and puts it back on the free
@@ -87,8 +87,8 @@ pub struct PodHistograms {
 
 /// A cgroup's slot as user space carries it: the totals, and the histograms only when they
 /// were read (a protobuf scrape that exports one; a slot taken, whole). Boxed, so that the
-/// rows of a text scrape and upkeep's copies are 80 bytes each rather than the whole slot's
-/// 600: copying those made a text scrape of 4,096 idle pods half again as dear.
+/// values of a text scrape's rows and of upkeep's copies are 72 bytes each rather than the
+/// whole slot's 600: copying those made a text scrape of 4,096 idle pods half again as dear.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CgroupValues {
     pub totals: CgroupTotals,
@@ -158,11 +158,17 @@ impl std::ops::AddAssign for CgroupTotals {
 
 impl std::ops::AddAssign for PodHistograms {
     fn add_assign(&mut self, rhs: Self) {
+        let PodHistograms {
+            runqueue_wait_zero,
+            runqueue_wait_buckets,
+            blocked_zero,
+            blocked_buckets,
+        } = rhs;
         let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-        self.runqueue_wait_zero += rhs.runqueue_wait_zero;
-        add(&mut self.runqueue_wait_buckets, &rhs.runqueue_wait_buckets);
-        self.blocked_zero += rhs.blocked_zero;
-        add(&mut self.blocked_buckets, &rhs.blocked_buckets);
+        self.runqueue_wait_zero += runqueue_wait_zero;
+        add(&mut self.runqueue_wait_buckets, &runqueue_wait_buckets);
+        self.blocked_zero += blocked_zero;
+        add(&mut self.blocked_buckets, &blocked_buckets);
     }
 }
 
@@ -192,7 +198,7 @@ pub struct CgroupSlots {
     waiting: Vec<Waiting>,
 }
 
-/// A slot taken by [`CgroupSlots::take`]: whose it was, its totals and when, and whether
+/// A slot taken by [`CgroupSlots::take`]: whose it was, its values and when, and whether
 /// what reaches it late is wanted (not for an excluded cgroup).
 struct Waiting {
     slot: u32,
@@ -282,7 +288,7 @@ impl CgroupSlots {
         Ok(self.view.live(used, words))
     }
 
-    /// Removes `cgroup_id`'s slot entry and returns its totals, or `None` if it has no
+    /// Removes `cgroup_id`'s slot entry and returns its values (histograms too), or `None` if it has no
     /// slot. The slot waits for [`Self::release_waiting`], which reports what reached it
     /// late if `keep_late`.
     pub fn take(&mut self, cgroup_id: u64, keep_late: bool) -> Option<CgroupValues> {
@@ -480,7 +486,7 @@ impl SlotView {
                 0
             }
         };
-        (w(0), totals(w))
+        (w(0), slot_stats(w))
     }
 
     /// (cgroup id, values) of the live slots among the first `n` (mapped ones), read from
@@ -519,11 +525,11 @@ impl SlotView {
     /// zeroed slot, never lost.
     fn zero(&self, slot: u32) -> CgroupStats {
         self.word(slot, 0).store(SLOT_FREED, Ordering::Relaxed);
-        totals(|i| self.word(slot, i).swap(0, Ordering::Relaxed))
+        slot_stats(|i| self.word(slot, i).swap(0, Ordering::Relaxed))
     }
 }
 
-/// A slot's totals from its words 1 to 8, as [`totals`] reads them.
+/// A slot's totals from its words 1 to 8, as [`slot_stats`] reads them.
 fn slot_totals(word: impl Fn(usize) -> u64) -> CgroupTotals {
     CgroupTotals {
         cpu_ns: word(1),
@@ -537,7 +543,7 @@ fn slot_totals(word: impl Fn(usize) -> u64) -> CgroupTotals {
     }
 }
 
-/// A slot's histograms from its words [`HISTOGRAM_WORD`] on, as [`totals`] reads them.
+/// A slot's histograms from its words [`HISTOGRAM_WORD`] on, as [`slot_stats`] reads them.
 fn slot_histograms(word: impl Fn(usize) -> u64) -> PodHistograms {
     PodHistograms {
         runqueue_wait_zero: word(HISTOGRAM_WORD),
@@ -548,7 +554,7 @@ fn slot_histograms(word: impl Fn(usize) -> u64) -> PodHistograms {
 }
 
 /// A slot's whole `CgroupStats` from its words 1 on, in field order.
-fn totals(word: impl Fn(usize) -> u64) -> CgroupStats {
+fn slot_stats(word: impl Fn(usize) -> u64) -> CgroupStats {
     CgroupStats {
         cpu_ns: word(1),
         runqueue_wait_ns: word(2),
