@@ -285,7 +285,7 @@ pub(super) fn render(f: &Figures) -> String {
     let b = f.busy;
     let _ = writeln!(
         s,
-        "Scale, every pod busy: the same 4,096 pods after each ran work over a CPU limit, queued behind another task, reclaimed in a 32 MiB memory cgroup and blocked on reads, so that each per-pod series is out for (nearly) every pod; {} scrapes of an agent with the default series, {} of one with every series.",
+        "Scale, every pod busy: the same 4,096 pods after each ran work over a CPU limit, queued behind another task, reclaimed in a 32 MiB memory cgroup and blocked on reads, so that each per-pod series is out for (nearly) every pod; {} scrapes of an agent with the default series in each format, {} of one with every series.",
         f.scrapes.min(200),
         f.scrapes.min(50)
     );
