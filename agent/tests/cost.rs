@@ -186,6 +186,15 @@ fn probe(m: &Metrics, probe: &str, source: &str) -> (f64, f64) {
     )
 }
 
+/// What a program cannot time of itself, which the kernel's statistics include: its entry,
+/// finding its cost slot and counting the run before its clock starts, and its last
+/// instructions after the clock stops. Here it measured 15 to 35 ns a run, the same for
+/// every program, so the self-measured cost reads that much lower.
+const UNTIMED_NS: f64 = 40.0;
+
+/// Within 25% either way, and on the low side also `UNTIMED_NS`. Under disk load the
+/// kernel's figure itself moves by a quarter between runs (block_rq_issue: 181 to 254 ns),
+/// since it counts every interrupt that lands inside a program.
 #[test]
 fn self_measured_cost_is_within_25_percent_of_the_kernels_bpf_statistics() {
     let lo = LoopDevice::new(256);
@@ -223,7 +232,7 @@ fn self_measured_cost_is_within_25_percent_of_the_kernels_bpf_statistics() {
         let (sampled, kernel) = (ns("sampled"), ns("kernel"));
         eprintln!("{name}: {sampled:.0} ns/event self-measured, {kernel:.0} kernel");
         assert!(
-            (sampled - kernel).abs() <= kernel * 0.25,
+            sampled <= kernel * 1.25 && sampled >= kernel * 0.75 - UNTIMED_NS,
             "{name}: self-measured {sampled} ns vs kernel {kernel} ns"
         );
     }
