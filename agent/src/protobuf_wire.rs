@@ -257,7 +257,10 @@ impl NativeEncoder {
 
     /// A sample, appended to `out`: the encoded `labels`, more pairs after them, and the
     /// histogram. A zero threshold above 0 is what tells Prometheus a histogram without
-    /// buckets is native.
+    /// buckets is native, so it is written then, and whenever the zero bucket holds values.
+    /// A histogram with buckets and an empty zero bucket leaves it out (0): it describes the
+    /// same values, since no bucket lies below the threshold, and saves 9 bytes on nearly
+    /// every per-pod histogram (a node of 4,096 busy pods has some 9,000).
     pub fn sample(&mut self, out: &mut Vec<u8>, labels: &[u8], extra: &[(&str, &str)], h: &Native) {
         let m = &mut self.histogram;
         m.clear();
@@ -272,8 +275,10 @@ impl NativeEncoder {
             m.push(tag(5, 0));
             varint(m, zigzag(i64::from(h.schema)));
         }
-        m.push(tag(6, 1));
-        m.extend_from_slice(&h.zero_threshold.to_le_bytes());
+        if h.zero_count != 0 || h.spans.is_empty() {
+            m.push(tag(6, 1));
+            m.extend_from_slice(&h.zero_threshold.to_le_bytes());
+        }
         if h.zero_count != 0 {
             m.push(tag(7, 0));
             varint(m, h.zero_count);
@@ -312,6 +317,17 @@ impl NativeEncoder {
         }
         bytes_field(out, 7, &self.histogram);
     }
+}
+
+thread_local! {
+    /// The buffers of the native histograms a scrape encodes outside any family: rows that
+    /// keep their samples encoded between scrapes (the per-pod families) share them.
+    static NATIVE_ENCODER: std::cell::RefCell<NativeEncoder> = std::cell::RefCell::default();
+}
+
+/// Runs `encode` with this thread's [`NativeEncoder`].
+pub fn with_native_encoder<R>(encode: impl FnOnce(&mut NativeEncoder) -> R) -> R {
+    NATIVE_ENCODER.with_borrow_mut(encode)
 }
 
 /// One family of native histograms (no classic buckets) being written into a scrape's
@@ -456,10 +472,23 @@ mod tests {
                 deltas: &[],
             },
         );
+        family.sample(
+            &[],
+            &[],
+            &Native {
+                count: 2,
+                sum: 0.5,
+                schema: 0,
+                zero_threshold: 2f64.powi(-20),
+                zero_count: 0,
+                spans: &[(-1, 1)],
+                deltas: &[2],
+            },
+        );
         family.finish();
         let decoded = MetricFamily::decode_length_delimited(out.as_slice()).expect("decodes");
         assert_eq!(decoded.r#type, MetricType::Histogram as i32);
-        assert_eq!(decoded.metric.len(), 2);
+        assert_eq!(decoded.metric.len(), 3);
         let h = decoded.metric[0].histogram.as_ref().expect("a histogram");
         let pairs: Vec<(&str, &str)> = decoded.metric[0]
             .label
@@ -482,6 +511,12 @@ mod tests {
         assert_eq!(empty.sample_count, 0);
         // A schema other than 0 is written (0 is left out, and reads back as 0 above).
         assert_eq!(empty.schema, -2);
+        // Without buckets, the zero threshold is what makes it native: it stays.
+        assert_eq!(empty.zero_threshold, 2f64.powi(-20));
+        // With buckets and an empty zero bucket it is left out, and reads back as 0.
+        let no_zeros = decoded.metric[2].histogram.as_ref().expect("a histogram");
+        assert_eq!((no_zeros.zero_threshold, no_zeros.zero_count), (0.0, 0));
+        assert_eq!(no_zeros.positive_span.len(), 1);
     }
 
     #[test]

@@ -590,7 +590,7 @@ impl RowProtobuf {
             self.ends[end] = self.bytes.len();
             end += 1;
         }
-        NATIVE_ENCODER.with_borrow_mut(|encoder| {
+        protobuf_wire::with_native_encoder(|encoder| {
             for (k, (brought_by, _, _, of)) in NATIVE_FAMILIES.iter().enumerate() {
                 if exported[*brought_by]
                     && let Some((zero, buckets, sum_ns)) = of(&row.values)
@@ -613,13 +613,6 @@ impl RowProtobuf {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.bytes[start..self.ends[i]]
     }
-}
-
-thread_local! {
-    /// The buffers of the native histograms a scrape encodes, kept between rows: the rows
-    /// encode their samples outside any family (`NativeHistogramFamily` has its own).
-    static NATIVE_ENCODER: std::cell::RefCell<protobuf_wire::NativeEncoder> =
-        std::cell::RefCell::default();
 }
 
 impl KeptRow for RowProtobuf {

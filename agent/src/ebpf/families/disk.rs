@@ -324,6 +324,7 @@ impl Family for Disk {
             up: attached.all_up(&["block_rq_issue", "block_rq_complete"]),
             names: DeviceNames::new(ctx.sysfs.join("dev/block")),
             histogram_fill: FillGauge::default(),
+            protobuf_rows: Mutex::default(),
         }))
     }
 }
@@ -340,7 +341,17 @@ struct DiskMaps {
     up: bool,
     names: DeviceNames,
     histogram_fill: FillGauge,
+    /// The per-pod rows' samples as the last protobuf scrape encoded them.
+    protobuf_rows: Mutex<Vec<per_pod::KeptRow>>,
 }
+
+/// A per-pod row of a scrape, by reference: (cgroup id, labels, (dev, op), totals).
+type OwnedRow<'a> = (
+    Option<u64>,
+    &'a series::SeriesLabels,
+    (u32, u32),
+    &'a CgroupDiskStats,
+);
 
 /// The per-cgroup disk map, as the shared sweep sees it. Entries without an owner (cgroup
 /// id 0) are "unknown", not a cgroup the tracker could resolve, and are never taken.
@@ -428,23 +439,31 @@ impl DiskMaps {
                 },
                 crate::cgroups::settings::PathLabel::Always,
             );
-            // By reference: an entry is about 300 bytes (its native histogram).
-            let all: Vec<(&series::SeriesLabels, (u32, u32), &CgroupDiskStats)> = scrape
+            // By reference: an entry is about 300 bytes (its native histogram). The rows of
+            // cgroups by (id, dev, op), the order kept encodings are found in (rows come by
+            // id, and a cgroup's disks and ops as the map gave them), then the unknown ones.
+            let mut owned: Vec<OwnedRow> = scrape
                 .rows
                 .rows
                 .iter()
-                .map(|r: &Row<(u32, u32), CgroupDiskStats>| (r.series, r.dims, &r.values))
+                .map(|r: &Row<(u32, u32), CgroupDiskStats>| {
+                    (Some(r.id), r.series, r.dims, &r.values)
+                })
+                .collect();
+            owned.sort_unstable_by_key(|(id, _, dims, _)| (*id, *dims));
+            let all: Vec<_> = owned
+                .into_iter()
                 .chain(
                     scrape
                         .unknown
                         .iter()
-                        .map(|(k, v)| (&unknown, (k.dev, k.op), v)),
+                        .map(|(k, v)| (None, &unknown, (k.dev, k.op), v)),
                 )
                 .collect();
-            let labels = series::choose(all.iter().map(|(s, _, _)| *s));
+            let labels = series::choose(all.iter().map(|(_, s, _, _)| *s));
             // A node has a few disks: their names looked up once a scrape, not once a row.
             let mut devices: Vec<(u32, String)> = Vec::new();
-            for (_, (dev, _), _) in &all {
+            for (_, _, (dev, _), _) in &all {
                 if !devices.iter().any(|(d, _)| d == dev) {
                     devices.push((*dev, self.names.name(*dev)));
                 }
@@ -452,17 +471,28 @@ impl DiskMaps {
             let rows: Vec<per_pod::DiskRow> = all
                 .iter()
                 .zip(labels)
-                .map(|((_, (dev, op), values), labels)| per_pod::DiskRow {
-                    labels,
-                    device: devices
-                        .iter()
-                        .find(|(d, _)| d == dev)
-                        .map_or("", |(_, name)| name.as_str()),
-                    op: DISK_OP_NAMES.get(*op as usize).copied().unwrap_or("other"),
-                    values,
-                })
+                .map(
+                    |((id, series, (dev, op), values), labels)| per_pod::DiskRow {
+                        labels,
+                        device: devices
+                            .iter()
+                            .find(|(d, _)| d == dev)
+                            .map_or("", |(_, name)| name.as_str()),
+                        op: DISK_OP_NAMES.get(*op as usize).copied().unwrap_or("other"),
+                        values,
+                        identity: id.map(|id| per_pod::Identity {
+                            key: (id, *dev, *op),
+                            serial: series.serial(),
+                            with_path: series.is_with_path(labels),
+                        }),
+                    },
+                )
                 .collect();
-            per_pod::write(&rows, [self.per_cgroup_bytes, true, true])
+            per_pod::write(
+                &rows,
+                [self.per_cgroup_bytes, true, true],
+                &self.protobuf_rows,
+            )
         })
     }
 }
