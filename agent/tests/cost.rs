@@ -186,17 +186,18 @@ fn probe(m: &Metrics, probe: &str, source: &str) -> (f64, f64) {
     )
 }
 
-/// What a program cannot time of itself, which the kernel's statistics include: its entry,
-/// finding its cost slot and counting the run before its clock starts, and its last
-/// instructions after the clock stops. Here it measured 15 to 35 ns a run, the same for
-/// every program, so the self-measured cost reads that much lower.
-const UNTIMED_NS: f64 = 40.0;
+/// What a program cannot time of itself, which the kernel's statistics include: the
+/// kernel's indirect call into it, its first instructions (finding its cost slot, counting
+/// the run) and its last ones. It measured 20 to 45 ns a run here, whatever the program;
+/// at 150 to 250 ns a run, that is 10 to 25% of it.
+const UNTIMED_NS: f64 = 45.0;
 
-/// Within 25% either way, and on the low side also `UNTIMED_NS`. Under disk load the
-/// kernel's figure itself moves by a quarter between runs (block_rq_issue: 181 to 254 ns),
-/// since it counts every interrupt that lands inside a program.
+/// At most 25% above the kernel's figure, and at most 25% and `UNTIMED_NS` below it. The
+/// 25% either way is what the 1-in-64 sampling may miss by over a few seconds of load (the
+/// suite under `stress-ng --cpu 2 --hdd 1` found block_rq_issue 26% below the kernel's 254
+/// ns once, where the kernel's figure is usually 180 to 220).
 #[test]
-fn self_measured_cost_is_within_25_percent_of_the_kernels_bpf_statistics() {
+fn self_measured_cost_agrees_with_the_kernels_bpf_statistics() {
     let lo = LoopDevice::new(256);
     let agent = Agent::start(&["--kernel-bpf-stats"]);
     let before = agent.metrics();

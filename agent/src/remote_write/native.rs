@@ -87,11 +87,32 @@ mod tests {
                 deltas: &[2, -1],
             },
         );
+        // With an empty zero bucket the threshold is left out: its spans make it native.
+        family.sample(
+            &labels([("pod", "b")]),
+            &[],
+            &Native {
+                count: 3,
+                sum: 0.25,
+                schema: 0,
+                zero_threshold: 2f64.powi(-20),
+                zero_count: 0,
+                spans: &[(-3, 1)],
+                deltas: &[3],
+            },
+        );
         family.finish();
         // A truncated family after them ends the reading.
         exposition.extend_from_slice(&[0x20, 0x0a]);
         let got = histograms(&exposition);
-        assert_eq!(got.len(), 1);
+        assert_eq!(got.len(), 2);
+        let Point::Histogram(b) = &got[1].1 else {
+            panic!("a histogram")
+        };
+        assert_eq!(
+            (b.count_int, b.zero_threshold, b.zero_count_int),
+            (3, 0.0, 0)
+        );
         let (labels, point) = &got[0];
         assert_eq!(
             labels,

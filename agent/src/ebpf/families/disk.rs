@@ -342,11 +342,12 @@ struct DiskMaps {
     names: DeviceNames,
     histogram_fill: FillGauge,
     /// The per-pod rows' samples as the last protobuf scrape encoded them.
-    protobuf_rows: Mutex<Vec<per_pod::KeptRow>>,
+    protobuf_rows: Mutex<Vec<per_pod::KeptDiskRow>>,
 }
 
-/// A per-pod row of a scrape, by reference: (cgroup id, labels, (dev, op), totals).
-type OwnedRow<'a> = (
+/// A per-pod row of a scrape, by reference: (cgroup id, or `None` for requests of no known
+/// cgroup; labels; (dev, op); totals).
+type RowRef<'a> = (
     Option<u64>,
     &'a series::SeriesLabels,
     (u32, u32),
@@ -442,7 +443,7 @@ impl DiskMaps {
             // By reference: an entry is about 300 bytes (its native histogram). The rows of
             // cgroups by (id, dev, op), the order kept encodings are found in (rows come by
             // id, and a cgroup's disks and ops as the map gave them), then the unknown ones.
-            let mut owned: Vec<OwnedRow> = scrape
+            let mut owned: Vec<RowRef> = scrape
                 .rows
                 .rows
                 .iter()

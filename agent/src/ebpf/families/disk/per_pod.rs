@@ -4,7 +4,7 @@
 //! of a protobuf one. A series appears once it is non-zero; a protobuf scrape also has each
 //! row's latencies as a native histogram.
 //!
-//! A protobuf scrape keeps each row's samples encoded ([`KeptRow`]) and encodes them again
+//! A protobuf scrape keeps each row's samples encoded ([`KeptDiskRow`]) and encodes them again
 //! only when the row changes: most pods of a node do no I/O between two scrapes, and
 //! encoding some 5,000 rows' histograms and counters was a fifth of a protobuf scrape of
 //! 4,096 busy pods.
@@ -21,7 +21,7 @@ use crate::{
 pub(super) fn write(
     rows: &[DiskRow],
     exported: Exported,
-    kept: &Mutex<Vec<KeptRow>>,
+    kept: &Mutex<Vec<KeptDiskRow>>,
 ) -> Result<(), CollectError> {
     render::direct(|out| {
         let out = out.ok_or(CollectError::NotRendering)?;
@@ -126,8 +126,10 @@ const LATENCY_FAMILY: (&str, &str) = (
 
 /// A row's protobuf samples kept from scrape to scrape: the latency histogram's, then each
 /// counter family's `metric` fields, one after the other.
-pub(super) struct KeptRow {
+pub(super) struct KeptDiskRow {
     identity: Option<Identity>,
+    /// The families the bytes have samples of.
+    exported: Exported,
     /// What the bytes show: the device's name, and the row's [`shown_values`].
     device: String,
     values: [u64; 4],
@@ -145,10 +147,11 @@ fn shown_values(v: &CgroupDiskStats) -> [u64; 4] {
     [v.bytes, v.ios, v.ns, count]
 }
 
-impl KeptRow {
+impl KeptDiskRow {
     fn new(row: &DiskRow, exported: Exported, encoder: &mut protobuf_wire::NativeEncoder) -> Self {
         let mut kept = Self {
             identity: row.identity,
+            exported,
             device: row.device.to_owned(),
             values: shown_values(row.values),
             bytes: Vec::new(),
@@ -158,7 +161,8 @@ impl KeptRow {
         kept
     }
 
-    /// Encodes the row again, unless its labels, device and values are what it shows.
+    /// Encodes the row again, unless its labels, device, values and families are what it
+    /// shows.
     fn update(
         &mut self,
         row: &DiskRow,
@@ -166,8 +170,12 @@ impl KeptRow {
         encoder: &mut protobuf_wire::NativeEncoder,
     ) {
         let values = shown_values(row.values);
-        if self.identity != row.identity || self.device != row.device || self.values != values {
-            self.identity = row.identity;
+        if self.identity != row.identity
+            || self.exported != exported
+            || self.device != row.device
+            || self.values != values
+        {
+            (self.identity, self.exported) = (row.identity, exported);
             if self.device != row.device {
                 self.device = row.device.to_owned();
             }
@@ -216,13 +224,17 @@ impl KeptRow {
 /// is one. Rows come sorted by key (the unknown ones last), and so do the kept ones, so a
 /// merge finds each row's and drops those of rows that are gone. (Out of order, a row
 /// would only miss its kept encoding, never get another row's.)
-fn encoded_rows(last: Vec<KeptRow>, rows: &[DiskRow], exported: Exported) -> Vec<KeptRow> {
+fn encoded_rows(last: Vec<KeptDiskRow>, rows: &[DiskRow], exported: Exported) -> Vec<KeptDiskRow> {
+    debug_assert!(
+        rows.is_sorted_by_key(|r| r.identity.map_or((1, (0, 0, 0)), |i| (0, i.key))),
+        "rows by key, the unknown ones last"
+    );
     let mut last = last.into_iter().peekable();
     protobuf_wire::with_native_encoder(|encoder| {
         rows.iter()
             .map(|row| {
                 let known = row.identity.and_then(|id| {
-                    let before = |k: &KeptRow| k.identity.is_some_and(|i| i.key < id.key);
+                    let before = |k: &KeptDiskRow| k.identity.is_some_and(|i| i.key < id.key);
                     while last.next_if(before).is_some() {}
                     last.next_if(|k| k.identity.is_some_and(|i| i.key == id.key))
                 });
@@ -231,7 +243,7 @@ fn encoded_rows(last: Vec<KeptRow>, rows: &[DiskRow], exported: Exported) -> Vec
                         known.update(row, exported, encoder);
                         known
                     }
-                    None => KeptRow::new(row, exported, encoder),
+                    None => KeptDiskRow::new(row, exported, encoder),
                 }
             })
             .collect()
@@ -242,7 +254,7 @@ fn per_cgroup_protobuf(
     out: &mut Vec<u8>,
     rows: &[DiskRow],
     exported: Exported,
-    kept: &mut Vec<KeptRow>,
+    kept: &mut Vec<KeptDiskRow>,
 ) {
     let encoded = encoded_rows(std::mem::take(kept), rows, exported);
     // The latencies one by one, per pod: a native histogram, which only protobuf carries.
@@ -485,10 +497,18 @@ mod tests {
         );
     }
 
-    /// Rows of one pod on two disks, their kept encodings, and a scrape's bytes.
-    fn scrape_protobuf(rows: &[DiskRow], kept: &mut Vec<KeptRow>) -> Vec<u8> {
+    /// A protobuf scrape's bytes of `rows`, every family exported, with `kept` encodings.
+    fn scrape_protobuf(rows: &[DiskRow], kept: &mut Vec<KeptDiskRow>) -> Vec<u8> {
+        scrape_exporting(rows, kept, [true; 3])
+    }
+
+    fn scrape_exporting(
+        rows: &[DiskRow],
+        kept: &mut Vec<KeptDiskRow>,
+        exported: Exported,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
-        per_cgroup_protobuf(&mut out, rows, [true; 3], kept);
+        per_cgroup_protobuf(&mut out, rows, exported, kept);
         out
     }
 
@@ -537,12 +557,12 @@ mod tests {
         assert_eq!(scrape_protobuf(&rows, &mut kept), fresh);
         assert_eq!(kept.len(), 2);
         // A mark after each kept row's bytes: a row encoded again loses it.
-        let mark = |kept: &mut Vec<KeptRow>| {
+        let mark = |kept: &mut Vec<KeptDiskRow>| {
             for k in kept.iter_mut() {
                 k.bytes.push(0xAA);
             }
         };
-        let marked = |kept: &[KeptRow]| {
+        let marked = |kept: &[KeptDiskRow]| {
             kept.iter()
                 .map(|k| k.bytes.last() == Some(&0xAA))
                 .collect::<Vec<_>>()
@@ -563,17 +583,32 @@ mod tests {
             scrape_protobuf(&rows, &mut Vec::new())
         );
         assert_eq!(marked(&kept), [true, false]);
-        // A device renamed (gone from sysfs: MAJ:MIN) is encoded again.
+        // A device whose name changed (MAJ:MIN until sysfs named it) is encoded again.
         mark(&mut kept);
-        let rows = [
-            row(7, "253:0", "read", &read),
-            row(7, "vda", "write", &more),
-        ];
+        let rows = [row(7, "vdb", "read", &read), row(7, "vda", "write", &more)];
         assert_eq!(
             scrape_protobuf(&rows, &mut kept),
             scrape_protobuf(&rows, &mut Vec::new())
         );
         assert_eq!(marked(&kept), [false, true]);
+        // Other labels (a new serial) or other families exported: every row again.
+        mark(&mut kept);
+        let mut relabelled = [row(7, "vdb", "read", &read), row(7, "vda", "write", &more)];
+        for r in &mut relabelled {
+            r.identity.as_mut().unwrap().serial += 1;
+        }
+        assert_eq!(
+            scrape_protobuf(&relabelled, &mut kept),
+            scrape_protobuf(&relabelled, &mut Vec::new())
+        );
+        assert_eq!(marked(&kept), [false, false]);
+        mark(&mut kept);
+        let without_bytes = [false, true, true];
+        assert_eq!(
+            scrape_exporting(&relabelled, &mut kept, without_bytes),
+            scrape_exporting(&relabelled, &mut Vec::new(), without_bytes)
+        );
+        assert_eq!(marked(&kept), [false, false]);
         // A row gone is dropped; an unknown row (no identity) is encoded but not kept.
         let mut unknown = row(0, "vda", "read", &read);
         unknown.identity = None;
