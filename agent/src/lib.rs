@@ -9,6 +9,7 @@ pub mod duration;
 pub mod ebpf;
 pub mod exercise;
 pub mod fuzzing;
+pub mod kept;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -65,8 +65,8 @@ pub struct Row<'t, D, V> {
     pub values: V,
 }
 
-/// A scrape's rows, and the tracker state their labels point into: both live while the
-/// caller holds the tracker lock.
+/// A scrape's rows, sorted by id ("other" last), and the tracker state their labels point
+/// into: both live while the caller holds the tracker lock.
 pub struct Rows<'t, D, V> {
     pub rows: Vec<Row<'t, D, V>>,
     pub tracker: &'t TrackerState,

@@ -142,9 +142,21 @@ impl<M: CgroupMap> PerCgroupMap<M> {
 
     fn entries(&self) -> Result<Split<M>, String> {
         let mut owned = self.map().entries()?;
-        // In place: a scrape of 4,096 cgroups should not copy them all to split off the
-        // few entries without an owner (the slot map never has any).
-        let unknown = owned.extract_if(.., |(k, _)| k.cgroup() == 0).collect();
+        // The few entries without an owner (the slot map never has any), moved out one by
+        // one: removing them in place moved every entry after the first of them, and a
+        // protobuf scrape's per-pod disk entries are 300 bytes each. The owned ones' order
+        // does not matter (the table sorts its rows by id); the unknown ones are put in the
+        // order of their dimensions.
+        let mut unknown: Entries<M> = Vec::new();
+        let mut i = 0;
+        while i < owned.len() {
+            if owned[i].0.cgroup() == 0 {
+                unknown.push(owned.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        unknown.sort_unstable_by_key(|(k, _)| k.dims());
         Ok((owned, unknown))
     }
 

@@ -32,6 +32,7 @@ use crate::{
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::{CgroupSlots, CgroupTotals, CgroupValues},
     },
+    kept::{self, Families, Kept},
     metrics::{CollectError, counter, gauge},
     protobuf_wire,
     render::{self, Samples},
@@ -413,7 +414,7 @@ fn sample_values(v: &CgroupTotals) -> [u64; SAMPLES] {
 /// What a row's kept encoding shows, in either format: the labels it was encoded with (the
 /// `SeriesLabels::serial` of the row's, and which of its label sets `series::choose`
 /// picked, with the cgroup path or without) and its totals ([`row_samples`]).
-#[derive(PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Shown {
     serial: u64,
     with_path: bool,
@@ -430,133 +431,92 @@ impl Shown {
     }
 }
 
-/// One row's sample lines, kept from scrape to scrape and rendered again only when its
-/// values or its labels change. Most cgroups of a node (pause containers, idle pods) do not
-/// move between two scrapes, and formatting their lines was a fifth of a 4,096-pod scrape.
-struct RowText {
-    id: u64,
-    shown: Shown,
-    /// The row's lines of every family, one after the other; family i's lines end at
-    /// `ends[i]`.
-    text: String,
-    ends: [usize; FAMILIES.len()],
-}
-
-impl RowText {
-    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
-        let mut text = Self {
-            id: row.id,
-            shown: Shown::of(row, labels),
-            text: String::new(),
-            ends: [0; FAMILIES.len()],
-        };
-        text.render(row, labels, exported);
-        text
-    }
-
-    /// This row's text, rendered again (into the same buffer) unless it is still right.
-    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        let shown = Shown::of(row, labels);
-        if self.shown != shown {
-            self.shown = shown;
-            self.render(row, labels, exported);
-        }
-    }
-
-    /// Renders the exported families (the others get no lines).
-    fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        self.text.clear();
-        let l = labels.text();
-        let text = &mut self.text;
-        // Family i's lines end where family i + 1's first sample starts.
-        let mut ended = 0;
-        for (family, kind, value) in row_samples(&row.values.totals) {
-            while ended < family {
-                self.ends[ended] = text.len();
-                ended += 1;
-            }
-            if !exported[family] || value.is_zero() {
-                continue;
-            }
-            let mut samples = Samples::into_string(text, FAMILIES[family].1);
-            let kind = kind.map(|k| ("kind", k));
-            let kind = kind.as_slice();
-            match value {
-                Value::Seconds(ns) => samples.float(l, kind, ns as f64 / 1e9),
-                Value::Count(n) => samples.count(l, kind, n),
-            }
-        }
-        for end in &mut self.ends[ended..] {
-            *end = text.len();
-        }
-    }
-
-    /// Family i's lines.
-    fn family(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
-    }
-}
-
-/// A row's samples kept encoded from scrape to scrape, in one format.
-trait KeptRow: Sized {
-    fn id(&self) -> u64;
-    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self;
-    /// Encodes the row again unless what it shows is still right.
-    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported);
-}
-
-/// This scrape's rows encoded, from the last scrape's: rows come sorted by id, and so do
-/// the kept ones, so a merge finds each row's encoding of the last scrape and drops those of
-/// rows that are gone. (Out of order, rows would only miss their kept encoding, never get
-/// another row's.)
-fn kept_rows<T: KeptRow>(
-    last: Vec<T>,
-    rows: &[Row<(), CgroupValues>],
-    exported: Exported,
-) -> Vec<T> {
-    let labels = series::choose(rows.iter().map(|r| r.series));
-    let mut last = last.into_iter().peekable();
-    let mut kept = Vec::with_capacity(rows.len());
-    for (row, labels) in rows.iter().zip(labels) {
-        while last.next_if(|t| t.id() < row.id).is_some() {}
-        kept.push(match last.next_if(|t| t.id() == row.id) {
-            Some(mut known) => {
-                known.update(row, labels, exported);
-                known
-            }
-            None => T::new(row, labels, exported),
-        });
-    }
-    kept
-}
-
-impl KeptRow for RowText {
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
-        RowText::new(row, labels, exported)
-    }
-
-    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        RowText::update(self, row, labels, exported)
-    }
-}
+/// One row's sample lines, kept from scrape to scrape (`crate::kept`): each of
+/// [`FAMILIES`]'s.
+type RowText = Kept<u64, Shown, String, { FAMILIES.len() }>;
 
 /// A row's protobuf samples, kept as [`RowText`] keeps its lines: each family's `metric`
-/// fields (the counters of [`FAMILIES`], then the histograms of [`NATIVE_FAMILIES`]),
-/// encoded again only when the row's labels, totals or histograms change.
-struct RowProtobuf {
-    id: u64,
-    shown: Shown,
-    /// Each native histogram's count (zero bucket and buckets added). A bucket only ever
-    /// grows (a row's counters never go back), so an unchanged count is unchanged buckets;
-    /// and the totals `shown` compares include each histogram's sum.
-    counts: [u64; NATIVE_FAMILIES.len()],
-    bytes: Vec<u8>,
-    ends: [usize; FAMILIES.len() + NATIVE_FAMILIES.len()],
+/// fields (the counters of [`FAMILIES`], then the histograms of [`NATIVE_FAMILIES`]). What
+/// they show adds each native histogram's count (zero bucket and buckets added): a bucket
+/// only ever grows (a row's counters never go back), so an unchanged count is unchanged
+/// buckets, and the totals include each histogram's sum.
+type RowProtobuf = Kept<
+    u64,
+    (Shown, [u64; NATIVE_FAMILIES.len()]),
+    Vec<u8>,
+    { FAMILIES.len() + NATIVE_FAMILIES.len() },
+>;
+
+/// This scrape's rows encoded in one format, each from its kept encoding of the last
+/// scrape where that still shows the row (`kept::encode`; rows come sorted by id). `shown`
+/// is what a row's samples show, and `write` encodes them.
+fn kept_rows<S: PartialEq, B: kept::Buffer, const N: usize>(
+    last: Vec<Kept<u64, S, B, N>>,
+    rows: &[Row<(), CgroupValues>],
+    shown: impl Fn(&Row<(), CgroupValues>, &Rendered) -> S,
+    mut write: impl FnMut(&Row<(), CgroupValues>, &Rendered, &mut Families<B, N>),
+) -> Vec<Kept<u64, S, B, N>> {
+    let labels = series::choose(rows.iter().map(|r| r.series));
+    kept::encode(
+        last,
+        rows.iter().zip(labels),
+        |(row, _)| Some(row.id),
+        |was, (row, labels)| *was == shown(row, labels),
+        |(row, labels), families| {
+            write(row, labels, families);
+            shown(row, labels)
+        },
+    )
+}
+
+/// The rows' lines, kept from the last text scrape's `last`.
+fn kept_texts(
+    last: Vec<RowText>,
+    rows: &[Row<(), CgroupValues>],
+    exported: Exported,
+) -> Vec<RowText> {
+    kept_rows(last, rows, Shown::of, |row, labels, families| {
+        render_text(row, labels, exported, families)
+    })
+}
+
+/// The rows' protobuf samples, kept from the last protobuf scrape's `last`.
+fn kept_protobufs(
+    last: Vec<RowProtobuf>,
+    rows: &[Row<(), CgroupValues>],
+    exported: Exported,
+) -> Vec<RowProtobuf> {
+    protobuf_wire::with_native_encoder(|encoder| {
+        kept_rows(
+            last,
+            rows,
+            |row, labels| (Shown::of(row, labels), native_counts(&row.values)),
+            |row, labels, families| render_protobuf(row, labels, exported, encoder, families),
+        )
+    })
+}
+
+/// Renders a row's lines of the exported families (the others get none).
+fn render_text(
+    row: &Row<(), CgroupValues>,
+    labels: &Rendered,
+    exported: Exported,
+    families: &mut Families<String, { FAMILIES.len() }>,
+) {
+    let l = labels.text();
+    for (family, kind, value) in row_samples(&row.values.totals) {
+        if !exported[family] || value.is_zero() {
+            continue;
+        }
+        families.start(family);
+        let mut samples = Samples::into_string(&mut families.buf, FAMILIES[family].1);
+        let kind = kind.map(|k| ("kind", k));
+        let kind = kind.as_slice();
+        match value {
+            Value::Seconds(ns) => samples.float(l, kind, ns as f64 / 1e9),
+            Value::Count(n) => samples.count(l, kind, n),
+        }
+    }
 }
 
 /// The counts [`RowProtobuf`] compares.
@@ -566,77 +526,39 @@ fn native_counts(v: &CgroupValues) -> [u64; NATIVE_FAMILIES.len()] {
     })
 }
 
-impl RowProtobuf {
-    fn render(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        self.bytes.clear();
-        let l = labels.protobuf();
-        let mut end = 0;
-        for (family, kind, value) in row_samples(&row.values.totals) {
-            while end < family {
-                self.ends[end] = self.bytes.len();
-                end += 1;
-            }
-            if !exported[family] || value.is_zero() {
-                continue;
-            }
-            let kind = kind.map(|k| ("kind", k));
-            let value = match value {
-                Value::Seconds(ns) => ns as f64 / 1e9,
-                Value::Count(n) => n as f64,
-            };
-            protobuf_wire::counter_metric(&mut self.bytes, l, kind.as_slice(), value);
+/// Encodes a row's samples of the exported families: the counters, then the histograms.
+fn render_protobuf(
+    row: &Row<(), CgroupValues>,
+    labels: &Rendered,
+    exported: Exported,
+    encoder: &mut protobuf_wire::NativeEncoder,
+    families: &mut Families<Vec<u8>, { FAMILIES.len() + NATIVE_FAMILIES.len() }>,
+) {
+    let l = labels.protobuf();
+    for (family, kind, value) in row_samples(&row.values.totals) {
+        if !exported[family] || value.is_zero() {
+            continue;
         }
-        while end < FAMILIES.len() {
-            self.ends[end] = self.bytes.len();
-            end += 1;
-        }
-        protobuf_wire::with_native_encoder(|encoder| {
-            for (k, (brought_by, _, _, of)) in NATIVE_FAMILIES.iter().enumerate() {
-                if exported[*brought_by]
-                    && let Some((zero, buckets, sum_ns)) = of(&row.values)
-                {
-                    encoder.sample_buckets(
-                        &mut self.bytes,
-                        l,
-                        &[],
-                        &pod_native_seconds(zero, buckets),
-                        sum_ns as f64 / 1e9,
-                    );
-                }
-                self.ends[FAMILIES.len() + k] = self.bytes.len();
-            }
-        });
-    }
-
-    /// Family i's samples: one of [`FAMILIES`], then the natives.
-    fn family(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.bytes[start..self.ends[i]]
-    }
-}
-
-impl KeptRow for RowProtobuf {
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn new(row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) -> Self {
-        let mut kept = Self {
-            id: row.id,
-            shown: Shown::of(row, labels),
-            counts: native_counts(&row.values),
-            bytes: Vec::new(),
-            ends: [0; FAMILIES.len() + NATIVE_FAMILIES.len()],
+        families.start(family);
+        let kind = kind.map(|k| ("kind", k));
+        let value = match value {
+            Value::Seconds(ns) => ns as f64 / 1e9,
+            Value::Count(n) => n as f64,
         };
-        kept.render(row, labels, exported);
-        kept
+        protobuf_wire::counter_metric(&mut families.buf, l, kind.as_slice(), value);
     }
-
-    fn update(&mut self, row: &Row<(), CgroupValues>, labels: &Rendered, exported: Exported) {
-        let (shown, counts) = (Shown::of(row, labels), native_counts(&row.values));
-        if self.shown != shown || self.counts != counts {
-            (self.shown, self.counts) = (shown, counts);
-            self.render(row, labels, exported);
+    for (k, (brought_by, _, _, of)) in NATIVE_FAMILIES.iter().enumerate() {
+        if exported[*brought_by]
+            && let Some((zero, buckets, sum_ns)) = of(&row.values)
+        {
+            families.start(FAMILIES.len() + k);
+            encoder.sample_buckets(
+                &mut families.buf,
+                l,
+                &[],
+                &pod_native_seconds(zero, buckets),
+                sum_ns as f64 / 1e9,
+            );
         }
     }
 }
@@ -646,7 +568,7 @@ impl CgroupMaps {
     /// row's samples, kept encoded from the last protobuf scrape ([`RowProtobuf`]).
     fn encode_protobuf(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
         let mut kept = self.protobufs.lock().unwrap_or_else(|p| p.into_inner());
-        let encoded: Vec<RowProtobuf> = kept_rows(std::mem::take(&mut *kept), rows, self.exported);
+        let encoded = kept_protobufs(std::mem::take(&mut *kept), rows, self.exported);
         let written = render::direct(|out| {
             let out = out
                 .and_then(|o| o.protobuf())
@@ -681,7 +603,7 @@ impl CgroupMaps {
     /// the samples of a node with many pods.
     fn encode(&self, rows: &[Row<(), CgroupValues>]) -> Result<(), CollectError> {
         let mut kept = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        let texts: Vec<RowText> = kept_rows(std::mem::take(&mut *kept), rows, self.exported);
+        let texts = kept_texts(std::mem::take(&mut *kept), rows, self.exported);
         let written = render::direct(|out| {
             let out = out.ok_or(CollectError::NotRendering)?;
             for (i, (_, name, help)) in FAMILIES.iter().enumerate() {
@@ -755,13 +677,19 @@ mod tests {
         }
     }
 
-    fn chosen<'a>(row: &Row<'a, (), CgroupValues>) -> &'a Rendered {
-        series::choose([row.series])[0]
+    /// A row's text rendered from scratch.
+    fn text_of(row: &Row<(), CgroupValues>, exported: Exported) -> RowText {
+        kept_texts(Vec::new(), std::slice::from_ref(row), exported).remove(0)
+    }
+
+    /// A row's kept text, updated for `row`.
+    fn update(kept: RowText, row: &Row<(), CgroupValues>) -> RowText {
+        kept_texts(vec![kept], std::slice::from_ref(row), ALL).remove(0)
     }
 
     /// The kept text against one rendered from scratch, family by family.
     fn assert_fresh(kept: &RowText, row: &Row<(), CgroupValues>) {
-        let fresh = RowText::new(row, chosen(row), ALL);
+        let fresh = text_of(row, ALL);
         for i in 0..FAMILIES.len() {
             assert_eq!(kept.family(i), fresh.family(i), "family {i}");
         }
@@ -769,7 +697,7 @@ mod tests {
 
     /// The texts of a scrape, each as one string, in row order.
     fn whole(texts: &[RowText]) -> Vec<String> {
-        texts.iter().map(|t| t.text.clone()).collect()
+        texts.iter().map(|t| t.all().clone()).collect()
     }
 
     #[test]
@@ -782,18 +710,17 @@ mod tests {
             id,
             ..row(&labels[i], cpu_ns, 0)
         };
-        let fresh =
-            |rows: &[Row<(), CgroupValues>]| whole(&kept_rows::<RowText>(Vec::new(), rows, ALL));
+        let fresh = |rows: &[Row<(), CgroupValues>]| whole(&kept_texts(Vec::new(), rows, ALL));
 
         let first = [
             at(0, 10, 1_000_000),
             at(1, 20, 2_000_000),
             at(2, 30, 3_000_000),
         ];
-        let mut kept = kept_rows::<RowText>(Vec::new(), &first, ALL);
+        let mut kept = kept_texts(Vec::new(), &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
         // A mark after 20's lines: gone if its text were rendered again.
-        kept[1].text.push_str("#kept");
+        kept[1].buf_mut().push_str("#kept");
 
         // 10 gone, 20 unchanged, 25 new, 30 moved, 40 new at the end.
         let second = [
@@ -802,20 +729,20 @@ mod tests {
             at(2, 30, 3_500_000),
             at(0, 40, 1_000_000),
         ];
-        let mut kept = kept_rows::<RowText>(kept, &second, ALL);
+        let mut kept = kept_texts(kept, &second, ALL);
         assert!(
-            kept[0].text.ends_with("#kept"),
+            kept[0].all().ends_with("#kept"),
             "20's text is kept, not rendered again"
         );
-        let marked = kept[0].text.len() - "#kept".len();
-        kept[0].text.truncate(marked);
+        let marked = kept[0].all().len() - "#kept".len();
+        kept[0].buf_mut().truncate(marked);
         assert_eq!(whole(&kept), fresh(&second));
-        assert!(kept[3].text.contains("pod=\"a\""), "40 is not 10's text");
+        assert!(kept[3].all().contains("pod=\"a\""), "40 is not 10's text");
 
         // Everything gone, then back.
-        let kept = kept_rows::<RowText>(kept, &[], ALL);
+        let kept = kept_texts(kept, &[], ALL);
         assert!(kept.is_empty());
-        let kept = kept_rows::<RowText>(kept, &first, ALL);
+        let kept = kept_texts(kept, &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
     }
 
@@ -837,8 +764,8 @@ mod tests {
             r
         };
         let fresh = |r: &Row<(), CgroupValues>| {
-            let kept: Vec<RowProtobuf> = kept_rows(Vec::new(), std::slice::from_ref(r), ALL);
-            kept.into_iter().next().expect("one row").bytes
+            let kept = kept_protobufs(Vec::new(), std::slice::from_ref(r), ALL);
+            kept.into_iter().next().expect("one row").all().clone()
         };
         // Every family's samples of one row, decoded as Prometheus reads a `metric` field.
         let decode = |bytes: &[u8]| -> Vec<Metric> {
@@ -853,8 +780,8 @@ mod tests {
         };
 
         let first = with_waits(1_000_000, 4, 0);
-        let kept: Vec<RowProtobuf> = kept_rows(Vec::new(), std::slice::from_ref(&first), ALL);
-        let metrics = decode(&kept[0].bytes);
+        let kept = kept_protobufs(Vec::new(), std::slice::from_ref(&first), ALL);
+        let metrics = decode(kept[0].all());
         // cpu, runqueue wait, voluntary switches, reclaim (memcg), then the histogram.
         assert_eq!(metrics.len(), 5, "{metrics:?}");
         let native = metrics[4].histogram.as_ref().expect("the native histogram");
@@ -862,23 +789,23 @@ mod tests {
         // A mark after the samples (no family's bytes reach it): gone once the row is
         // encoded again, which clears its bytes.
         let mut kept = kept;
-        kept[0].bytes.push(0xAA);
+        kept[0].buf_mut().push(0xAA);
 
         // Unchanged: kept as it was.
-        let kept = kept_rows(kept, std::slice::from_ref(&first), ALL);
-        assert_eq!(kept[0].bytes.last(), Some(&0xAA), "not encoded again");
+        let kept = kept_protobufs(kept, std::slice::from_ref(&first), ALL);
+        assert_eq!(kept[0].all().last(), Some(&0xAA), "not encoded again");
         // A wait of 0 ns moves the histogram (its zero bucket) and no total.
         let zero_wait = with_waits(1_000_000, 4, 1);
-        let kept = kept_rows(kept, std::slice::from_ref(&zero_wait), ALL);
-        assert_eq!(kept[0].bytes, fresh(&zero_wait), "encoded again");
-        let native = decode(&kept[0].bytes)[4].histogram.clone().expect("native");
+        let kept = kept_protobufs(kept, std::slice::from_ref(&zero_wait), ALL);
+        assert_eq!(*kept[0].all(), fresh(&zero_wait), "encoded again");
+        let native = decode(kept[0].all())[4].histogram.clone().expect("native");
         assert_eq!((native.sample_count, native.zero_count), (5, 1));
         // A total alone.
         let more_cpu = with_waits(3_000_000, 4, 1);
-        let kept = kept_rows(kept, std::slice::from_ref(&more_cpu), ALL);
-        assert_eq!(kept[0].bytes, fresh(&more_cpu));
+        let kept = kept_protobufs(kept, std::slice::from_ref(&more_cpu), ALL);
+        assert_eq!(*kept[0].all(), fresh(&more_cpu));
         assert_eq!(
-            decode(&kept[0].bytes)[0].counter.as_ref().map(|c| c.value),
+            decode(kept[0].all())[0].counter.as_ref().map(|c| c.value),
             Some(0.003)
         );
     }
@@ -887,7 +814,7 @@ mod tests {
     fn a_kept_row_text_changes_with_its_values_and_labels_only() {
         let unnamed = series("", "kubepods.slice/pod-x.slice/c.scope");
         let first = row(&unnamed, 2_000_000, 0);
-        let mut text = RowText::new(&first, chosen(&first), ALL);
+        let text = text_of(&first, ALL);
         assert_eq!(
             text.family(0),
             "nodelens_cgroup_cpu_seconds_total{cgroup=\"kubepods.slice/pod-x.slice/c.scope\",\
@@ -898,21 +825,21 @@ mod tests {
         assert!(text.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
 
         // Unchanged: the very same text, not rendered again.
-        let before = text.text.as_ptr();
-        text.update(&first, chosen(&first), ALL);
-        assert_eq!(text.text.as_ptr(), before);
+        let before = text.all().as_ptr();
+        let text = update(text, &first);
+        assert_eq!(text.all().as_ptr(), before);
         assert_fresh(&text, &first);
 
         // A value moved, one series appeared.
         let moved = row(&unnamed, 2_500_000, 1);
-        text.update(&moved, chosen(&moved), ALL);
+        let text = update(text, &moved);
         assert_fresh(&text, &moved);
         assert!(text.family(2).contains("kind=\"involuntary\"} 1\n"));
 
         // Same values, new labels (the pod got its name): rendered again.
         let named = series("web-1", "kubepods.slice/pod-x.slice/c.scope");
         let renamed = row(&named, 2_500_000, 1);
-        text.update(&renamed, chosen(&renamed), ALL);
+        let text = update(text, &renamed);
         assert_fresh(&text, &renamed);
         assert!(text.family(0).contains("pod=\"web-1\""));
     }
@@ -923,7 +850,7 @@ mod tests {
         let r = row(&labels, 2_000_000, 4);
         let default = exported(&CgroupSeries::DEFAULT);
         assert_eq!(default, [true, true, false, false, false]);
-        let text = RowText::new(&r, chosen(&r), default);
+        let text = text_of(&r, default);
         assert!(text.family(0).contains("pod=\"web-1\"} 0.002\n"));
         for (family, what) in [
             (2, "context switches"),
@@ -936,15 +863,14 @@ mod tests {
                 "{what} are not exported by default"
             );
         }
-        let all = RowText::new(&r, chosen(&r), ALL);
+        let all = text_of(&r, ALL);
         assert!(all.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
         assert_eq!(
-            text.text.len() + (2..5).map(|f| all.family(f).len()).sum::<usize>(),
-            all.text.len(),
+            text.all().len() + (2..5).map(|f| all.family(f).len()).sum::<usize>(),
+            all.all().len(),
             "everything else the same"
         );
-        let only_switches =
-            RowText::new(&r, chosen(&r), exported(&[CgroupSeries::ContextSwitches]));
-        assert_eq!(only_switches.text, all.family(2));
+        let only_switches = text_of(&r, exported(&[CgroupSeries::ContextSwitches]));
+        assert_eq!(only_switches.all(), all.family(2));
     }
 }

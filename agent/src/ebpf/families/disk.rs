@@ -442,7 +442,8 @@ impl DiskMaps {
             );
             // By reference: an entry is about 300 bytes (its native histogram). The rows of
             // cgroups by (id, dev, op), the order kept encodings are found in (rows come by
-            // id, and a cgroup's disks and ops as the map gave them), then the unknown ones.
+            // id, a cgroup's disks and ops in no set order), then the unknown ones (by dev
+            // and op).
             let mut owned: Vec<RowRef> = scrape
                 .rows
                 .rows
@@ -451,7 +452,11 @@ impl DiskMaps {
                     (Some(r.id), r.series, r.dims, &r.values)
                 })
                 .collect();
-            owned.sort_unstable_by_key(|(id, _, dims, _)| (*id, *dims));
+            // The table gives rows sorted by id, so only each cgroup's few rows need sorting:
+            // sorting them all was a twentieth of a protobuf scrape of 4,096 busy pods.
+            for cgroup in owned.chunk_by_mut(|a, b| a.0 == b.0) {
+                cgroup.sort_unstable_by_key(|(_, _, dims, _)| *dims);
+            }
             let all: Vec<_> = owned
                 .into_iter()
                 .chain(

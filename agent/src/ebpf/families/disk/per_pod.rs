@@ -13,7 +13,11 @@ use std::sync::Mutex;
 use agent_ebpf::disk::CgroupDiskStats;
 
 use crate::{
-    cgroups::series, ebpf::native::pod_native_seconds, metrics::CollectError, protobuf_wire, render,
+    cgroups::series,
+    ebpf::native::pod_native_seconds,
+    kept::{self, Families, Kept},
+    metrics::CollectError,
+    protobuf_wire, render,
 };
 
 /// Writes the rows' families into the scrape being rendered. A protobuf scrape takes each
@@ -124,19 +128,62 @@ const LATENCY_FAMILY: (&str, &str) = (
     "Latencies of the cgroup's completed block requests, issue to completion, per whole disk and operation: a native histogram, in a protobuf scrape only.",
 );
 
-/// A row's protobuf samples kept from scrape to scrape: the latency histogram's, then each
-/// counter family's `metric` fields, one after the other.
-pub(super) struct KeptDiskRow {
-    identity: Option<Identity>,
-    /// The families the bytes have samples of.
+/// A row's protobuf samples kept from scrape to scrape (`crate::kept`): the latency
+/// histogram's, then each counter family's `metric` fields.
+pub(super) type KeptDiskRow = Kept<RowKey, Shown, Vec<u8>, { 1 + PER_CGROUP_FAMILIES.len() }>;
+
+/// What a row's kept samples show: its labels (the `SeriesLabels::serial` of its cgroup's
+/// and whether `series::choose` gave it the set with the path), the families exported, its
+/// device's name and its [`shown_values`].
+#[derive(Debug, PartialEq)]
+pub(super) struct Shown {
+    serial: u64,
+    with_path: bool,
     exported: Exported,
-    /// What the bytes show: the device's name, and the row's [`shown_values`].
-    device: String,
+    device: Option<DeviceName>,
     values: [u64; 4],
-    bytes: Vec<u8>,
-    /// Family k's samples end at `ends[k]`: the latency family, then
-    /// [`PER_CGROUP_FAMILIES`].
-    ends: [usize; 1 + PER_CGROUP_FAMILIES.len()],
+}
+
+impl Shown {
+    fn of(row: &DiskRow, exported: Exported) -> Self {
+        Self {
+            serial: row.identity.map_or(0, |i| i.serial),
+            with_path: row.identity.is_some_and(|i| i.with_path),
+            exported,
+            device: DeviceName::new(row.device),
+            values: shown_values(row.values),
+        }
+    }
+
+    /// Whether samples that showed `self` still show `row`. A device name too long to keep
+    /// never does.
+    fn still(&self, row: &DiskRow, exported: Exported) -> bool {
+        self.device.is_some() && *self == Self::of(row, exported)
+    }
+}
+
+/// A device's name as a kept row keeps it: in place, so that comparing names does not
+/// reach into another allocation for every row (that was a twentieth of a protobuf scrape
+/// of 4,096 busy pods). The kernel's names are at most 31 bytes (`DISK_NAME_LEN`), and so
+/// is `MAJ:MIN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DeviceName {
+    len: u8,
+    bytes: [u8; 31],
+}
+
+impl DeviceName {
+    /// `None` for a name longer than 31 bytes.
+    fn new(name: &str) -> Option<Self> {
+        let mut bytes = [0; 31];
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
+        Some(Self {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
 }
 
 /// The numbers a row's samples show: its three totals and its histogram's count. A bucket
@@ -147,106 +194,51 @@ fn shown_values(v: &CgroupDiskStats) -> [u64; 4] {
     [v.bytes, v.ios, v.ns, count]
 }
 
-impl KeptDiskRow {
-    fn new(row: &DiskRow, exported: Exported, encoder: &mut protobuf_wire::NativeEncoder) -> Self {
-        let mut kept = Self {
-            identity: row.identity,
-            exported,
-            device: row.device.to_owned(),
-            values: shown_values(row.values),
-            bytes: Vec::new(),
-            ends: Default::default(),
+/// Encodes a row's samples: its latency histogram, then the exported counter families'.
+fn encode(
+    row: &DiskRow,
+    exported: Exported,
+    encoder: &mut protobuf_wire::NativeEncoder,
+    families: &mut Families<Vec<u8>, { 1 + PER_CGROUP_FAMILIES.len() }>,
+) {
+    let (labels, extra) = (row.labels.protobuf(), row.extra());
+    encoder.sample_buckets(
+        &mut families.buf,
+        labels,
+        &extra,
+        &pod_native_seconds(row.values.latency_zero, &row.values.latency_buckets),
+        row.values.ns as f64 / 1e9,
+    );
+    for (i, exported) in exported.iter().enumerate() {
+        let value = match row.value(i) {
+            _ if !exported => continue,
+            0 => continue,
+            ns if i == SECONDS => ns as f64 / 1e9,
+            n => n as f64,
         };
-        kept.encode(row, exported, encoder);
-        kept
-    }
-
-    /// Encodes the row again, unless its labels, device, values and families are what it
-    /// shows.
-    fn update(
-        &mut self,
-        row: &DiskRow,
-        exported: Exported,
-        encoder: &mut protobuf_wire::NativeEncoder,
-    ) {
-        let values = shown_values(row.values);
-        if self.identity != row.identity
-            || self.exported != exported
-            || self.device != row.device
-            || self.values != values
-        {
-            (self.identity, self.exported) = (row.identity, exported);
-            if self.device != row.device {
-                self.device = row.device.to_owned();
-            }
-            self.values = values;
-            self.encode(row, exported, encoder);
-        }
-    }
-
-    fn encode(
-        &mut self,
-        row: &DiskRow,
-        exported: Exported,
-        encoder: &mut protobuf_wire::NativeEncoder,
-    ) {
-        let (bytes, labels, extra) = (&mut self.bytes, row.labels.protobuf(), row.extra());
-        bytes.clear();
-        encoder.sample_buckets(
-            bytes,
-            labels,
-            &extra,
-            &pod_native_seconds(row.values.latency_zero, &row.values.latency_buckets),
-            row.values.ns as f64 / 1e9,
-        );
-        self.ends[0] = bytes.len();
-        for (i, (exported, end)) in exported.iter().zip(&mut self.ends[1..]).enumerate() {
-            match row.value(i) {
-                _ if !exported => {}
-                0 => {}
-                ns if i == SECONDS => {
-                    protobuf_wire::counter_metric(bytes, labels, &extra, ns as f64 / 1e9)
-                }
-                n => protobuf_wire::counter_metric(bytes, labels, &extra, n as f64),
-            }
-            *end = bytes.len();
-        }
-    }
-
-    /// Family k's samples: the latency family, then [`PER_CGROUP_FAMILIES`].
-    fn family(&self, k: usize) -> &[u8] {
-        let start = if k == 0 { 0 } else { self.ends[k - 1] };
-        &self.bytes[start..self.ends[k]]
+        families.start(1 + i);
+        protobuf_wire::counter_metric(&mut families.buf, labels, &extra, value);
     }
 }
 
 /// This scrape's rows encoded, each from its kept encoding of the last scrape where there
-/// is one. Rows come sorted by key (the unknown ones last), and so do the kept ones, so a
-/// merge finds each row's and drops those of rows that are gone. (Out of order, a row
-/// would only miss its kept encoding, never get another row's.)
+/// is one (`kept::encode`). Rows come sorted by key, the unknown ones (no key) last.
 fn encoded_rows(last: Vec<KeptDiskRow>, rows: &[DiskRow], exported: Exported) -> Vec<KeptDiskRow> {
     debug_assert!(
         rows.is_sorted_by_key(|r| r.identity.map_or((1, (0, 0, 0)), |i| (0, i.key))),
         "rows by key, the unknown ones last"
     );
-    let mut last = last.into_iter().peekable();
     protobuf_wire::with_native_encoder(|encoder| {
-        rows.iter()
-            .map(|row| {
-                let known = row.identity.and_then(|id| {
-                    let before = |k: &KeptDiskRow| k.identity.is_some_and(|i| i.key < id.key);
-                    while last.next_if(before).is_some() {}
-                    last.next_if(|k| k.identity.is_some_and(|i| i.key == id.key))
-                });
-                match known {
-                    Some(mut known) => {
-                        known.update(row, exported, encoder);
-                        known
-                    }
-                    None => KeptDiskRow::new(row, exported, encoder),
-                }
-            })
-            .collect()
+        kept::encode(
+            last,
+            rows,
+            |row| row.identity.map(|i| i.key),
+            |was, row| was.still(row, exported),
+            |row, families| {
+                encode(row, exported, encoder, families);
+                Shown::of(row, exported)
+            },
+        )
     })
 }
 
@@ -275,10 +267,7 @@ fn per_cgroup_protobuf(
         family.finish();
     }
     // The unknown rows' encodings are not kept: their labels are made anew each scrape.
-    *kept = encoded
-        .into_iter()
-        .filter(|k| k.identity.is_some())
-        .collect();
+    *kept = encoded.into_iter().filter(|k| k.key().is_some()).collect();
 }
 
 #[cfg(test)]
@@ -559,12 +548,12 @@ mod tests {
         // A mark after each kept row's bytes: a row encoded again loses it.
         let mark = |kept: &mut Vec<KeptDiskRow>| {
             for k in kept.iter_mut() {
-                k.bytes.push(0xAA);
+                k.buf_mut().push(0xAA);
             }
         };
         let marked = |kept: &[KeptDiskRow]| {
             kept.iter()
-                .map(|k| k.bytes.last() == Some(&0xAA))
+                .map(|k| k.all().last() == Some(&0xAA))
                 .collect::<Vec<_>>()
         };
         mark(&mut kept);
@@ -618,6 +607,6 @@ mod tests {
             scrape_protobuf(&rows, &mut Vec::new())
         );
         assert_eq!(kept.len(), 1);
-        assert_eq!(kept[0].identity.map(|i| i.key), Some((7, 0, 1)));
+        assert_eq!(kept[0].key(), Some((7, 0, 1)));
     }
 }
