@@ -146,12 +146,14 @@ pub mod names {
     pub const CGROUP_STATS: &str = "CGROUP_STATS";
     pub const CGROUP_FREE_SLOTS: &str = "CGROUP_FREE_SLOTS";
     pub const CGROUP_SLOTS_USED: &str = "CGROUP_SLOTS_USED";
+    pub const CGROUP_LAST_SLOT: &str = "CGROUP_LAST_SLOT";
     /// Every map of the family.
     pub const MAPS: &[&str] = &[
         CGROUP_SLOTS,
         CGROUP_STATS,
         CGROUP_FREE_SLOTS,
         CGROUP_SLOTS_USED,
+        CGROUP_LAST_SLOT,
     ];
 }
 
@@ -161,7 +163,7 @@ pub mod programs {
         Global,
         bindings::BPF_NOEXIST,
         macros::map,
-        maps::{Array, HashMap, Stack},
+        maps::{Array, HashMap, PerCpuArray, Stack},
     };
 
     use super::{
@@ -224,16 +226,56 @@ pub mod programs {
     #[map]
     static CGROUP_SLOTS_USED: Array<u64> = Array::with_max_entries(1, 0);
 
+    /// The cgroup this CPU charged last, and its slot: most charges on a CPU are to the
+    /// cgroup charged before (the task that leaves a CPU is often the one that left it
+    /// last), and checking that costs two array reads where looking the id up in
+    /// `CGROUP_SLOTS` hashes it and walks a bucket.
+    #[map]
+    static CGROUP_LAST_SLOT: PerCpuArray<LastSlot> = PerCpuArray::with_max_entries(1, 0);
+
+    #[repr(C)]
+    struct LastSlot {
+        cgroup_id: u64,
+        slot: u32,
+        _pad: u32,
+    }
+
     /// The totals of `cgroup_id`, in a slot claimed on first use; `None` when no slot is
     /// free.
     #[inline(always)]
     pub fn stats(cgroup_id: u64) -> Option<*mut CgroupStats> {
+        let last = CGROUP_LAST_SLOT.get_ptr_mut(0);
+        if let Some(last) = last {
+            // SAFETY: this CPU's entry. A program that interrupts this one between the two
+            // writes below may leave an id with another id's slot: the check finds that.
+            let (id, slot) = unsafe { ((*last).cgroup_id, (*last).slot) };
+            // The two marks of a free slot are no cgroup's id: never a hit.
+            if id == cgroup_id
+                && cgroup_id != SLOT_NEVER_USED
+                && cgroup_id != SLOT_FREED
+                && let Some(s) = CGROUP_STATS.get_ptr_mut(slot)
+                // Still this id's slot: a slot is named for one id only once it is that
+                // id's, and marked freed when the agent takes it back.
+                // SAFETY: an array element the kernel returned.
+                && unsafe { core::ptr::read_volatile(&raw const (*s).cgroup_id) } == cgroup_id
+            {
+                // SAFETY: as above.
+                return Some(unsafe { &raw mut (*s).stats });
+            }
+        }
         let slot = match CGROUP_SLOTS.get_ptr(cgroup_id) {
             // SAFETY: a map value the kernel returned, valid for this program run.
             Some(slot) => unsafe { *slot },
             None => claim(cgroup_id)?,
         };
         let s = CGROUP_STATS.get_ptr_mut(slot)?;
+        if let Some(last) = last {
+            // SAFETY: this CPU's entry.
+            unsafe {
+                (*last).cgroup_id = cgroup_id;
+                (*last).slot = slot;
+            }
+        }
         // SAFETY: an array element the kernel returned.
         Some(unsafe { &raw mut (*s).stats })
     }
