@@ -72,8 +72,10 @@ impl<B: Buffer, const N: usize> Families<B, N> {
         self.ended = 0;
     }
 
-    /// Family `k`'s samples follow: the families before it end here.
+    /// Family `k`'s samples follow: the families before it end here. Families come in
+    /// order (a family may start again, for its next sample).
     pub fn start(&mut self, k: usize) {
+        debug_assert!(k >= self.ended, "family {k} after family {}", self.ended);
         let written = self.buf.written();
         for end in self.ends.iter_mut().take(k).skip(self.ended) {
             *end = written;
@@ -126,19 +128,19 @@ impl<K: Copy, S, B: Buffer, const N: usize> Kept<K, S, B, N> {
 
 /// This scrape's rows encoded, each from its kept encoding of the last scrape where that
 /// still shows the row; the kept encodings of rows that are gone are dropped. `key` finds a
-/// row's kept encoding (rows without one are always encoded), `shows` tells whether kept
-/// samples that showed `S` still show the row, and `write` encodes a row's families into
-/// an empty [`Families`] (calling `start` before each family's samples) and returns what
-/// they show.
+/// row's kept encoding (rows without a key are always encoded), `shown` is what a row's
+/// samples show (they are kept while it is unchanged), and `write` encodes a row's
+/// families into an empty [`Families`], calling `start` before each family's samples.
 pub fn encode<K, S, B, R, const N: usize>(
     last: Vec<Kept<K, S, B, N>>,
     rows: impl IntoIterator<Item = R>,
     key: impl Fn(&R) -> Option<K>,
-    shows: impl Fn(&S, &R) -> bool,
-    mut write: impl FnMut(&R, &mut Families<B, N>) -> S,
+    shown: impl Fn(&R) -> S,
+    mut write: impl FnMut(&R, &mut Families<B, N>),
 ) -> Vec<Kept<K, S, B, N>>
 where
     K: Ord + Copy,
+    S: PartialEq,
     B: Buffer,
 {
     let rows = rows.into_iter();
@@ -146,26 +148,19 @@ where
     let mut last = last.into_iter().peekable();
     for row in rows {
         let key = key(&row);
+        // Kept encodings of rows before this one (and any without a key) are gone.
         let found = key.and_then(|key| {
-            while last.next_if(|k| k.key.is_some_and(|k| k < key)).is_some() {}
+            while last.next_if(|k| k.key.is_none_or(|k| k < key)).is_some() {}
             last.next_if(|k| k.key == Some(key))
         });
+        let shown = shown(&row);
         let entry = match found {
-            Some(found) if shows(&found.shown, &row) => found,
-            // Encoded again into the same buffer.
-            Some(Kept { mut families, .. }) => {
+            Some(found) if found.shown == shown => found,
+            found => {
+                // Encoded again into the same buffer, or into a new one.
+                let mut families = found.map(|f| f.families).unwrap_or_default();
                 families.clear();
-                let shown = write(&row, &mut families);
-                families.finish();
-                Kept {
-                    key,
-                    shown,
-                    families,
-                }
-            }
-            None => {
-                let mut families = Families::default();
-                let shown = write(&row, &mut families);
+                write(&row, &mut families);
                 families.finish();
                 Kept {
                     key,
@@ -186,7 +181,7 @@ mod tests {
     /// A row: (key, value); its text has one family per digit of the value that is not 0.
     type Row = (Option<u32>, u32);
 
-    fn write(row: &Row, f: &mut Families<String, 3>) -> u32 {
+    fn write(row: &Row, f: &mut Families<String, 3>) {
         for k in 0..3 {
             let digit = row.1 / 10u32.pow(2 - k as u32) % 10;
             if digit != 0 {
@@ -194,20 +189,13 @@ mod tests {
                 f.buf.push_str(&format!("{k}:{digit} "));
             }
         }
-        row.1
     }
 
     fn encode_rows(
         last: Vec<Kept<u32, u32, String, 3>>,
         rows: &[Row],
     ) -> Vec<Kept<u32, u32, String, 3>> {
-        encode(
-            last,
-            rows.iter().copied(),
-            |r| r.0,
-            |shown, r| *shown == r.1,
-            write,
-        )
+        encode(last, rows.iter().copied(), |r| r.0, |r| r.1, write)
     }
 
     fn texts(kept: &[Kept<u32, u32, String, 3>]) -> Vec<&str> {
@@ -253,6 +241,16 @@ mod tests {
         );
         assert_eq!(kept[2].family(1), "1:3 ");
         assert_eq!(kept[4].key(), None);
+        // A kept encoding without a key, first among the last ones, is passed over: the
+        // rows after it still find theirs.
+        let mut kept = kept;
+        kept.rotate_right(1);
+        assert_eq!(kept[0].key(), None);
+        for k in &mut kept {
+            k.buf_mut().push('!');
+        }
+        let kept = encode_rows(kept, &second[..4]);
+        assert!(kept.iter().all(|k| k.all().ends_with('!')), "all kept");
         // Everything gone, then back: encoded anew.
         let kept = encode_rows(kept, &[]);
         assert!(kept.is_empty());

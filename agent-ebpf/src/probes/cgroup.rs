@@ -245,39 +245,46 @@ pub mod programs {
     #[inline(always)]
     pub fn stats(cgroup_id: u64) -> Option<*mut CgroupStats> {
         let last = CGROUP_LAST_SLOT.get_ptr_mut(0);
-        if let Some(last) = last {
-            // SAFETY: this CPU's entry. A program that interrupts this one between the two
-            // writes below may leave an id with another id's slot: the check finds that.
-            let (id, slot) = unsafe { ((*last).cgroup_id, (*last).slot) };
-            // The two marks of a free slot are no cgroup's id: never a hit.
-            if id == cgroup_id
-                && cgroup_id != SLOT_NEVER_USED
-                && cgroup_id != SLOT_FREED
-                && let Some(s) = CGROUP_STATS.get_ptr_mut(slot)
-                // Still this id's slot: a slot is named for one id only once it is that
-                // id's, and marked freed when the agent takes it back.
-                // SAFETY: an array element the kernel returned.
-                && unsafe { core::ptr::read_volatile(&raw const (*s).cgroup_id) } == cgroup_id
-            {
-                // SAFETY: as above.
-                return Some(unsafe { &raw mut (*s).stats });
+        // Either way gives the slot's number; one lookup of it below gives the pointer.
+        let slot = match last.and_then(|last| last_slot(last, cgroup_id)) {
+            Some(slot) => slot,
+            None => {
+                let slot = match CGROUP_SLOTS.get_ptr(cgroup_id) {
+                    // SAFETY: a map value the kernel returned, valid for this program run.
+                    Some(slot) => unsafe { *slot },
+                    None => claim(cgroup_id)?,
+                };
+                if let Some(last) = last {
+                    // SAFETY: this CPU's entry.
+                    unsafe {
+                        (*last).cgroup_id = cgroup_id;
+                        (*last).slot = slot;
+                    }
+                }
+                slot
             }
-        }
-        let slot = match CGROUP_SLOTS.get_ptr(cgroup_id) {
-            // SAFETY: a map value the kernel returned, valid for this program run.
-            Some(slot) => unsafe { *slot },
-            None => claim(cgroup_id)?,
         };
         let s = CGROUP_STATS.get_ptr_mut(slot)?;
-        if let Some(last) = last {
-            // SAFETY: this CPU's entry.
-            unsafe {
-                (*last).cgroup_id = cgroup_id;
-                (*last).slot = slot;
-            }
-        }
         // SAFETY: an array element the kernel returned.
         Some(unsafe { &raw mut (*s).stats })
+    }
+
+    /// The slot this CPU charged last, if it was `cgroup_id`'s and still is.
+    #[inline(always)]
+    fn last_slot(last: *mut LastSlot, cgroup_id: u64) -> Option<u32> {
+        // SAFETY: this CPU's entry. A program that interrupts this one between the two
+        // writes in `stats` may leave an id with another id's slot: the check finds that.
+        let (id, slot) = unsafe { ((*last).cgroup_id, (*last).slot) };
+        // The two marks of a free slot are no cgroup's id: never a hit.
+        if id != cgroup_id || cgroup_id == SLOT_NEVER_USED || cgroup_id == SLOT_FREED {
+            return None;
+        }
+        let s = CGROUP_STATS.get_ptr(slot)?;
+        // Still this id's slot: a slot is named for one id only once it is that id's, and
+        // marked freed when the agent takes it back.
+        // SAFETY: an array element the kernel returned.
+        (unsafe { core::ptr::read_volatile(&raw const (*s).cgroup_id) } == cgroup_id)
+            .then_some(slot)
     }
 
     /// Gives `cgroup_id` a free slot; if another CPU gave it one first, that one.

@@ -248,7 +248,10 @@ pub mod names {
 mod programs {
     use aya_ebpf::{
         EbpfContext, Global,
-        helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns},
+        helpers::{
+            bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+            bpf_ktime_get_ns,
+        },
         macros::{btf_tracepoint, map, tracepoint},
         maps::{HashMap, PerCpuArray},
         programs::{BtfTracePointContext, TracePointContext},
@@ -820,9 +823,8 @@ mod programs {
         };
         // Matches the kernel's own nvcsw/nivcsw split in __schedule().
         let prev_runnable = (preempt & 1) != 0 || (state & TASK_STATE_MASK) == 0;
-        // A direct load rather than bpf_get_current_pid_tgid (prev is still `current`): no
-        // helper call.
-        let prev_pid = unsafe { kernel::btf_load::<u32>(prev, layout.task_pid) };
+        // prev is still `current` here.
+        let prev_pid = bpf_get_current_pid_tgid() as u32;
         if layout.kernel_timestamps != 0 {
             on_switch_kernel_timestamps(&layout, prev, prev_pid, state, prev_runnable, next);
         } else {

@@ -56,6 +56,13 @@ pub fn pod_native_seconds(zero: u64, buckets: &[u64; POD_NATIVE_BUCKETS]) -> Nat
     }
 }
 
+/// How many values a per-pod native histogram holds (its zero bucket and its buckets). A
+/// bucket only grows, so a kept encoding whose count is unchanged has unchanged buckets
+/// (`crate::kept`).
+pub fn pod_native_count(zero: u64, buckets: &[u64; POD_NATIVE_BUCKETS]) -> u64 {
+    zero + buckets.iter().sum::<u64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

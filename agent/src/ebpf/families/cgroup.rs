@@ -28,7 +28,7 @@ use crate::{
             LoadedFamily, ProbeSpec, SettingError, SettingsValue, Sweep, chosen_cgroup_series,
             global_bytes, take_map,
         },
-        native::pod_native_seconds,
+        native::{pod_native_count, pod_native_seconds},
         per_cgroup::{CgroupMap, PerCgroupMap, capacity_for},
         slots::{CgroupSlots, CgroupTotals, CgroupValues},
     },
@@ -203,7 +203,7 @@ impl Family for Cgroup {
 
 struct CgroupMaps {
     stats: PerCgroupMap<CgroupSlots>,
-    /// The last scrape's rows as text, and as protobuf, sorted by id (see [`RowText`]).
+    /// The last scrape's rows as text, and as protobuf, sorted by id (see `crate::kept`).
     texts: Mutex<Vec<RowText>>,
     protobufs: Mutex<Vec<RowProtobuf>>,
     exported: Exported,
@@ -461,11 +461,8 @@ fn kept_rows<S: PartialEq, B: kept::Buffer, const N: usize>(
         last,
         rows.iter().zip(labels),
         |(row, _)| Some(row.id),
-        |was, (row, labels)| *was == shown(row, labels),
-        |(row, labels), families| {
-            write(row, labels, families);
-            shown(row, labels)
-        },
+        |(row, labels)| shown(row, labels),
+        |(row, labels), families| write(row, labels, families),
     )
 }
 
@@ -521,9 +518,8 @@ fn render_text(
 
 /// The counts [`RowProtobuf`] compares.
 fn native_counts(v: &CgroupValues) -> [u64; NATIVE_FAMILIES.len()] {
-    NATIVE_FAMILIES.map(|(_, _, _, of)| {
-        of(v).map_or(0, |(zero, buckets, _)| zero + buckets.iter().sum::<u64>())
-    })
+    NATIVE_FAMILIES
+        .map(|(_, _, _, of)| of(v).map_or(0, |(zero, buckets, _)| pod_native_count(zero, buckets)))
 }
 
 /// Encodes a row's samples of the exported families: the counters, then the histograms.
@@ -719,8 +715,10 @@ mod tests {
         ];
         let mut kept = kept_texts(Vec::new(), &first, ALL);
         assert_eq!(whole(&kept), fresh(&first));
-        // A mark after 20's lines: gone if its text were rendered again.
+        // A mark after 20's lines: gone if its text were rendered again. And one after
+        // 10's, which no other row may get.
         kept[1].buf_mut().push_str("#kept");
+        kept[0].buf_mut().push_str("#gone");
 
         // 10 gone, 20 unchanged, 25 new, 30 moved, 40 new at the end.
         let second = [
@@ -737,7 +735,11 @@ mod tests {
         let marked = kept[0].all().len() - "#kept".len();
         kept[0].buf_mut().truncate(marked);
         assert_eq!(whole(&kept), fresh(&second));
-        assert!(kept[3].all().contains("pod=\"a\""), "40 is not 10's text");
+        assert!(kept[3].all().contains("pod=\"a\""));
+        assert!(
+            kept.iter().all(|k| !k.all().contains("#gone")),
+            "40 has the labels and values 10 had, and not its kept text"
+        );
 
         // Everything gone, then back.
         let kept = kept_texts(kept, &[], ALL);
@@ -824,10 +826,11 @@ mod tests {
         assert!(text.family(2).ends_with("kind=\"voluntary\"} 3\n"));
         assert!(text.family(3).ends_with("kind=\"memcg\"} 0.0015\n"));
 
-        // Unchanged: the very same text, not rendered again.
-        let before = text.all().as_ptr();
-        let text = update(text, &first);
-        assert_eq!(text.all().as_ptr(), before);
+        // Unchanged: the very same text, not rendered again (a mark after it stays).
+        let mut text = text;
+        text.buf_mut().push('#');
+        let mut text = update(text, &first);
+        assert_eq!(text.buf_mut().pop(), Some('#'), "not rendered again");
         assert_fresh(&text, &first);
 
         // A value moved, one series appeared.

@@ -14,7 +14,7 @@ use agent_ebpf::disk::CgroupDiskStats;
 
 use crate::{
     cgroups::series,
-    ebpf::native::pod_native_seconds,
+    ebpf::native::{pod_native_count, pod_native_seconds},
     kept::{self, Families, Kept},
     metrics::CollectError,
     protobuf_wire, render,
@@ -140,7 +140,7 @@ pub(super) struct Shown {
     serial: u64,
     with_path: bool,
     exported: Exported,
-    device: Option<DeviceName>,
+    device: DeviceName,
     values: [u64; 4],
 }
 
@@ -154,35 +154,31 @@ impl Shown {
             values: shown_values(row.values),
         }
     }
-
-    /// Whether samples that showed `self` still show `row`. A device name too long to keep
-    /// never does.
-    fn still(&self, row: &DiskRow, exported: Exported) -> bool {
-        self.device.is_some() && *self == Self::of(row, exported)
-    }
 }
 
 /// A device's name as a kept row keeps it: in place, so that comparing names does not
 /// reach into another allocation for every row (that was a twentieth of a protobuf scrape
 /// of 4,096 busy pods). The kernel's names are at most 31 bytes (`DISK_NAME_LEN`), and so
-/// is `MAJ:MIN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct DeviceName {
-    len: u8,
-    bytes: [u8; 31],
+/// is `MAJ:MIN`; a longer one would be boxed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum DeviceName {
+    Short { len: u8, bytes: [u8; 31] },
+    Long(Box<str>),
 }
 
 impl DeviceName {
-    /// `None` for a name longer than 31 bytes.
-    fn new(name: &str) -> Option<Self> {
+    fn new(name: &str) -> Self {
         let mut bytes = [0; 31];
-        bytes
-            .get_mut(..name.len())?
-            .copy_from_slice(name.as_bytes());
-        Some(Self {
-            len: name.len() as u8,
-            bytes,
-        })
+        match bytes.get_mut(..name.len()) {
+            Some(start) => {
+                start.copy_from_slice(name.as_bytes());
+                Self::Short {
+                    len: name.len() as u8,
+                    bytes,
+                }
+            }
+            None => Self::Long(name.into()),
+        }
     }
 }
 
@@ -190,7 +186,7 @@ impl DeviceName {
 /// only grows (a row's counters never go back), so an unchanged count is unchanged buckets;
 /// the histogram's sum is the seconds total.
 fn shown_values(v: &CgroupDiskStats) -> [u64; 4] {
-    let count = v.latency_zero + v.latency_buckets.iter().sum::<u64>();
+    let count = pod_native_count(v.latency_zero, &v.latency_buckets);
     [v.bytes, v.ios, v.ns, count]
 }
 
@@ -233,11 +229,8 @@ fn encoded_rows(last: Vec<KeptDiskRow>, rows: &[DiskRow], exported: Exported) ->
             last,
             rows,
             |row| row.identity.map(|i| i.key),
-            |was, row| was.still(row, exported),
-            |row, families| {
-                encode(row, exported, encoder, families);
-                Shown::of(row, exported)
-            },
+            |row| Shown::of(row, exported),
+            |row, families| encode(row, exported, encoder, families),
         )
     })
 }
