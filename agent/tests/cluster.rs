@@ -404,8 +404,8 @@ struct PanelWork {
 
 impl Drop for PanelWork {
     fn drop(&mut self) {
-        // The loop's shell and whatever it runs at the moment (dd, sleep): every process
-        // of the cgroup goes, so that the cgroups can be removed.
+        // The loop's shell: every process of the cgroup goes, so that the cgroups can be
+        // removed.
         drop(self.busy.take());
         common::empty_cgroup(&self.busy_cgroup);
     }
@@ -421,10 +421,14 @@ fn workload_for_every_panel() -> PanelWork {
     let cpu_v1 = Path::new("/sys/fs/cgroup/cpu").join(&name);
     std::fs::create_dir_all(&v2).unwrap();
     std::fs::create_dir_all(&cpu_v1).unwrap();
-    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "50000").unwrap();
+    // A loop that never sleeps, held to a tenth of a CPU: throttled in every period, on an
+    // idle machine or a busy one. (A dd of a few ms every 0.1 s under half a CPU was
+    // throttled only now and then, and under stress-ng load once not for a minute: the
+    // throttling panel had no data.)
+    std::fs::write(cpu_v1.join("cpu.cfs_quota_us"), "10000").unwrap();
     let busy_cgroup = common::Cgroups(vec![cpu_v1.clone(), v2.clone()]);
     let script = format!(
-        "echo $$ > {}/cgroup.procs || exit 1; while :; do dd if=/dev/zero of=/dev/null bs=1M count=64 status=none; sleep 0.1; done",
+        "echo $$ > {}/cgroup.procs || exit 1; while :; do :; done",
         cpu_v1.display()
     );
     let busy = common::Workload::spawn_into(&v2, &["/bin/sh", "-c", &script]);
